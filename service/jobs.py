@@ -1,0 +1,117 @@
+"""Training jobs' records of truth, as JSON files on the volume shared by API and worker.
+
+`<jobs_dir>/<id>/job.json` is the record (replaced atomically, so readers never see half of one);
+`<jobs_dir>/<id>/cancel` is the cancel request, a separate file so that the API never races the worker
+over the record. Files, not Redis, because the record must outlive a Redis or API restart and must work
+with the embedded broker too. Imported by the worker: keep it free of FastAPI.
+"""
+
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, ValidationError
+
+from training.checkpoint import atomic_write_json
+from training.config import NAME_PATTERN, TrainConfig
+
+
+class JobStatus(StrEnum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
+
+FINISHED = {JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled}
+
+
+class Progress(BaseModel):
+    epoch: int = Field(0, description="Epochs completed.")
+    epochs: int
+    step: int = Field(0, description="Generator steps completed.")
+    total_steps: int
+    fraction: float = Field(0.0, ge=0, le=1)
+    images_per_sec: float | None = None
+    eta_seconds: float | None = None
+
+
+class PublishedModel(BaseModel):
+    name: str
+    version: int
+
+
+class JobRecord(BaseModel):
+    id: str
+    status: JobStatus
+    config: TrainConfig
+    progress: Progress | None = None
+    metrics: dict[str, float] = Field(default_factory=dict, description="Latest losses and D outputs.")
+    checkpoints: list[str] = Field(default_factory=list, description="Paths relative to the volume.")
+    samples: list[str] = Field(default_factory=list, description="Sample grid PNGs, relative to the volume.")
+    model: PublishedModel | None = None
+    error: str | None = None
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex
+
+
+class JobStore:
+    def __init__(self, jobs_dir: Path):
+        self.root = jobs_dir
+
+    def job_dir(self, job_id: str) -> Path:
+        import re
+
+        if not re.fullmatch(NAME_PATTERN, job_id):
+            raise KeyError(job_id)
+        return self.root / job_id
+
+    def create(self, config: TrainConfig) -> JobRecord:
+        record = JobRecord(id=new_job_id(), status=JobStatus.queued, config=config, created_at=now())
+        self.save(record)
+        return record
+
+    def save(self, record: JobRecord) -> None:
+        atomic_write_json(self.job_dir(record.id) / "job.json", record.model_dump(mode="json"))
+
+    def get(self, job_id: str) -> JobRecord:
+        """Raises KeyError for an unknown (or malformed) id."""
+        path = self.job_dir(job_id) / "job.json"
+        try:
+            return JobRecord.model_validate_json(path.read_bytes())
+        except FileNotFoundError:
+            raise KeyError(job_id) from None
+
+    def update(self, job_id: str, **changes: Any) -> JobRecord:
+        record = self.get(job_id).model_copy(update=changes)
+        self.save(record)
+        return record
+
+    def list(self) -> list[JobRecord]:
+        """Every readable record, newest first."""
+        records = []
+        if self.root.is_dir():
+            for path in self.root.glob("*/job.json"):
+                try:
+                    records.append(JobRecord.model_validate_json(path.read_bytes()))
+                except (OSError, ValidationError):
+                    continue  # a record from an incompatible version, or being replaced right now
+        return sorted(records, key=lambda r: r.created_at, reverse=True)
+
+    def request_cancel(self, job_id: str) -> None:
+        (self.job_dir(job_id) / "cancel").touch()
+
+    def cancel_requested(self, job_id: str) -> bool:
+        return (self.job_dir(job_id) / "cancel").exists()

@@ -1,0 +1,178 @@
+"""Checkpoints and published models on disk: safetensors tensors + a JSON of everything needed to rebuild
+and describe them. Nothing is ever unpickled.
+
+A checkpoint is a pair `<stem>.safetensors` + `<stem>.json`; the JSON carries the SHA-256 of the tensor
+file, so a truncated or swapped file is refused instead of served. Both files are written to a temporary
+name and renamed, so a reader sees the old pair or the new one, never half of one.
+
+Published models live at `<models_dir>/<name>/<version>/model.{safetensors,json}` (+ `samples.png`), with
+versions 1, 2, 3 …; a version directory appears at once, by rename, or not at all.
+"""
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import safetensors
+import safetensors.torch
+import torch
+from torch import nn
+
+from training.models import build_generator
+
+FORMAT = "ganserve-checkpoint/1"
+MODEL_STEM = "model"
+
+
+class CheckpointError(Exception):
+    """A checkpoint is missing, truncated, corrupt or not ours."""
+
+
+def library_versions() -> dict[str, str]:
+    import torchvision
+
+    return {
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "safetensors": safetensors.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    _atomic_write_bytes(path, json.dumps(obj, indent=2, sort_keys=True).encode() + b"\n")
+
+
+def save(stem: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:
+    """Write `<stem>.safetensors` then `<stem>.json` (the JSON last: it is the commit record)."""
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    blob = safetensors.torch.save(tensors)
+    _atomic_write_bytes(stem.with_suffix(".safetensors"), blob)
+    meta = {
+        **metadata,
+        "format": FORMAT,
+        "sha256": hashlib.sha256(blob).hexdigest(),
+        "versions": library_versions(),
+    }
+    atomic_write_json(stem.with_suffix(".json"), meta)
+
+
+def load_metadata(stem: Path) -> dict[str, Any]:
+    path = stem.with_suffix(".json")
+    try:
+        meta = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} does not exist") from None
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is not readable JSON: {e}") from None
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path} has format {meta.get('format')!r}, expected {FORMAT!r}")
+    return meta
+
+
+def load(stem: Path, device: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Load and verify a checkpoint; raises CheckpointError rather than returning damaged weights."""
+    meta = load_metadata(stem)
+    path = stem.with_suffix(".safetensors")
+    try:
+        blob = path.read_bytes()
+    except OSError as e:
+        raise CheckpointError(f"{path} is not readable: {e}") from None
+    digest = hashlib.sha256(blob).hexdigest()
+    if digest != meta.get("sha256"):
+        raise CheckpointError(f"{path} has SHA-256 {digest[:12]}…, its metadata says {meta.get('sha256')}")
+    try:
+        tensors = safetensors.torch.load(blob)
+    except Exception as e:  # safetensors raises its own SafetensorError on a malformed header
+        raise CheckpointError(f"{path} is not a valid safetensors file: {e}") from None
+    return {k: v.to(device) for k, v in tensors.items()}, meta
+
+
+def prefixed(module: nn.Module, prefix: str) -> dict[str, torch.Tensor]:
+    return {f"{prefix}.{k}": v for k, v in module.state_dict().items()}
+
+
+def unprefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    p = prefix + "."
+    return {k[len(p) :]: v for k, v in tensors.items() if k.startswith(p)}
+
+
+def load_generator(stem: Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the generator from the checkpoint alone, in eval mode (BatchNorm uses running statistics,
+    so an image depends on its own latent only)."""
+    tensors, meta = load(stem, device)
+    try:
+        generator = build_generator(meta["generator"])
+        generator.load_state_dict(unprefixed(tensors, "generator"))
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{stem}: generator cannot be rebuilt: {e}") from None
+    return generator.to(device).eval(), meta
+
+
+def publish(models_dir: Path, name: str, stem: Path, samples_png: Path | None = None) -> int:
+    """Publish a checkpoint's generator as the next version of model `name`; returns that version."""
+    tensors, meta = load(stem)
+    gen_only = unprefixed(tensors, "generator")
+    staging = Path(tempfile.mkdtemp(dir=_ensure(models_dir), prefix=f".{name}-staging-"))
+    try:
+        save(staging / MODEL_STEM, {f"generator.{k}": v for k, v in gen_only.items()}, _strip(meta))
+        if samples_png is not None and samples_png.exists():
+            shutil.copyfile(samples_png, staging / "samples.png")
+        model_dir = _ensure(models_dir / name)
+        while True:
+            version = max(list_versions(models_dir, name), default=0) + 1
+            try:
+                os.rename(staging, model_dir / str(version))  # fails if a concurrent publisher won
+                return version
+            except OSError:
+                if not (model_dir / str(version)).exists():
+                    raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _strip(meta: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in meta.items() if k not in {"format", "sha256", "versions", "discriminator"}}
+
+
+def _ensure(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def list_versions(models_dir: Path, name: str) -> list[int]:
+    try:
+        return sorted(int(p.name) for p in (models_dir / name).iterdir() if p.name.isdigit())
+    except FileNotFoundError:
+        return []
+
+
+def model_stem(models_dir: Path, name: str, version: int) -> Path:
+    return models_dir / name / str(version) / MODEL_STEM
