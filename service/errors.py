@@ -1,0 +1,152 @@
+"""One JSON error shape for every failure the API reports:
+
+    {"error": "<short_code>", "message": "<what is wrong and how to fix it>", "detail": <optional>}
+
+Clients (and the api_walk) can then branch on `error` without parsing prose, whatever raised the error:
+a route, request validation, routing itself (404/405) or a bug (500).
+"""
+
+import logging
+from collections.abc import Mapping, Sequence
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger(__name__)
+
+# Echoing a rejected value helps a client see its mistake, but not a megabyte-long latent.
+MAX_ECHOED_INPUT_CHARS = 200
+
+
+class ErrorBody(BaseModel):
+    error: str = Field(description="Short machine-readable code.", examples=["validation_error"])
+    message: str = Field(
+        description="What is wrong and how to fix it.", examples=["query.seed: Input should be a valid integer"]
+    )
+    detail: Any = Field(None, description="Optional structured detail, e.g. the list of validation errors.")
+
+
+class APIError(Exception):
+    """Raised by routes for every expected failure; rendered as an `ErrorBody`."""
+
+    def __init__(
+        self,
+        status_code: int,
+        error: str,
+        message: str,
+        detail: Any = None,
+        headers: Mapping[str, str] | None = None,
+    ):
+        super().__init__(message)
+        self.status_code = status_code
+        self.error = error
+        self.message = message
+        self.detail = detail
+        self.headers = dict(headers or {})
+
+
+def error_response(
+    status_code: int, error: str, message: str, detail: Any = None, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    body = ErrorBody(error=error, message=message, detail=detail)
+    return JSONResponse(status_code=status_code, content=body.model_dump(mode="json"), headers=dict(headers or {}))
+
+
+def validation_error(
+    loc: Sequence[str | int], msg: str, input_value: Any = None, type_: str = "value_error"
+) -> APIError:
+    """A 422 shaped exactly like FastAPI's own, for checks that need the app's state (the model's latent
+    size, `max_count`) and so cannot live in the schema."""
+    return _validation_api_error([{"type": type_, "loc": list(loc), "msg": msg, "input": input_value}])
+
+
+def _loc(loc: Sequence[str | int]) -> str:
+    return ".".join(str(p) for p in loc)
+
+
+def _clean(err: Mapping[str, Any]) -> dict[str, Any]:
+    # pydantic's `ctx` may hold the raised exception object and `url` is noise; neither is JSON material.
+    out: dict[str, Any] = {"type": err.get("type"), "loc": list(err.get("loc", ())), "msg": err.get("msg")}
+    value = err.get("input")
+    # Scalars only: for a missing field pydantic's input is the whole enclosing object.
+    if isinstance(value, str | int | float | bool) and len(repr(value)) <= MAX_ECHOED_INPUT_CHARS:
+        out["input"] = value
+    return out
+
+
+def _validation_api_error(errors: Sequence[Mapping[str, Any]]) -> APIError:
+    cleaned = [_clean(e) for e in errors]
+    message = "; ".join(f"{_loc(e['loc'])}: {e['msg']}" for e in cleaned) or "The request is invalid."
+    return APIError(422, "validation_error", message, detail=cleaned)
+
+
+_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "validation_error",
+    429: "too_many_requests",
+    500: "internal_error",
+    503: "unavailable",
+}
+
+
+def _code(status_code: int) -> str:
+    if status_code in _CODES:
+        return _CODES[status_code]
+    try:
+        return HTTPStatus(status_code).phrase.lower().replace(" ", "_").replace("-", "_")
+    except ValueError:
+        return "error"
+
+
+async def _api_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, APIError)
+    return error_response(exc.status_code, exc.error, exc.message, exc.detail, exc.headers)
+
+
+async def _request_validation(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    err = _validation_api_error(exc.errors())
+    return error_response(err.status_code, err.error, err.message, err.detail)
+
+
+async def _http_exception(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 404 and exc.detail == "Not Found":
+        message = f"No route {request.method} {request.url.path}; see /docs for the API."
+    elif exc.status_code == 405:
+        message = f"{request.method} is not allowed on {request.url.path}; see /docs for the methods it accepts."
+    else:
+        message = str(exc.detail)
+    return error_response(exc.status_code, _code(exc.status_code), message, headers=exc.headers)
+
+
+async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error in %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(
+        500, "internal_error", "The server failed unexpectedly; the error is in its log. Please report it."
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(APIError, _api_error)
+    app.add_exception_handler(RequestValidationError, _request_validation)
+    app.add_exception_handler(StarletteHTTPException, _http_exception)
+    app.add_exception_handler(Exception, _unhandled)
+
+
+# For routes' `responses=`: the documented shape of their error answers.
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {code: {"model": ErrorBody, "description": HTTPStatus(code).phrase} for code in codes}

@@ -1,0 +1,79 @@
+"""The FastAPI application: `create_app(settings)` builds it, `lifespan` loads the default model.
+
+`uvicorn --factory service.main:create_app` (what `python -m service` runs) or `uvicorn service.main:app`;
+neither loads anything at import: the model is loaded (and warmed up) when the server starts.
+"""
+
+import logging
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib.metadata import PackageNotFoundError, version
+
+from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
+
+from service.errors import install_error_handlers
+from service.jobs import JobStore
+from service.registry import ModelNotFound, ModelRegistry
+from service.routes import generate, health, models, train
+from service.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+try:
+    __version__ = version("ganserve")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0+unknown"
+
+DESCRIPTION = """
+Train GANs over HTTP and serve their generators as PNGs.
+
+- `GET|POST /generate`: images from a model (`seed` → latent is documented on the route).
+- `POST /train`: start a training job; `GET /train/{id}` follows it; `DELETE /train/{id}` cancels it.
+- `GET /models`: the models that can be served (trained ones and the bundled default).
+
+Every error is JSON: `{"error": "<code>", "message": "<what is wrong and how to fix it>", "detail": …}`.
+"""
+
+
+def configure_logging(level: str) -> None:
+    """Our loggers to stdout, once (uvicorn configures only its own loggers)."""
+    logger = logging.getLogger("service")
+    logger.setLevel(level.upper())
+    if not any(getattr(h, "_ganserve", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler._ganserve = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    registry: ModelRegistry = app.state.registry
+    log.info("ganserve %s: volume %s, default model %s", __version__, settings.checkpoint_dir, settings.default_model)
+    try:
+        # Loading runs a warm-up forward; off the event loop like every other forward.
+        model = await run_in_threadpool(registry.get, settings.default_model)
+        log.info("default model %s version %d ready (%s)", model.name, model.version, model.source)
+    except ModelNotFound as e:
+        log.warning("default model not loaded, /generate without `model` will answer 404 until it exists: %s", e)
+    yield
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    configure_logging(settings.log_level)
+    app = FastAPI(title="ganserve", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.registry = ModelRegistry.from_settings(settings)
+    app.state.jobs = JobStore(settings.jobs_dir)
+    app.state.celery = None  # built on the first POST /train (see service.deps)
+    install_error_handlers(app)
+    for module in (generate, train, models, health):
+        app.include_router(module.router)
+    return app
+
+
+app = create_app()

@@ -1,0 +1,124 @@
+"""Request and response bodies of the API (the job record itself is `service.jobs.JobRecord`)."""
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, model_validator
+
+from service.jobs import JobRecord
+from training.config import NAME_PATTERN
+from training.latents import MAX_SEED
+
+MAX_LATENT_DIM = 4096  # TrainConfig's own bound on latent_dim
+
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED, description=f"0 … {MAX_SEED} (2³² − 1).", examples=[42])]
+ModelRef = Annotated[
+    str,
+    Field(
+        pattern=NAME_PATTERN, description="Model name; the server's default model when omitted.", examples=["mnist-mlp"]
+    ),
+]
+Version = Annotated[int, Field(ge=1, description="Model version; the latest when omitted.", examples=[1])]
+
+
+class GenerateRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        protected_namespaces=(),
+        json_schema_extra={
+            "examples": [
+                {"seed": 42},
+                {"seed": 0, "count": 16, "model": "mnist-mlp"},
+                {"latent": [0.0] * 8, "model": "my-digits", "version": 2},
+            ]
+        },
+    )
+
+    seed: Seed | None = Field(
+        None, description="Seed of the (first) latent; a random one when neither it nor `latent` is given."
+    )
+    latent: list[FiniteFloat] | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_LATENT_DIM,
+        description="An explicit latent z: exactly the model's latent size of finite numbers. "
+        "Excludes `seed`, and `count` > 1.",
+    )
+    model: ModelRef | None = None
+    version: Version | None = None
+    count: int = Field(1, ge=1, description="Images to generate (seeds seed … seed+count−1), as one grid PNG.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "GenerateRequest":
+        if self.seed is not None and self.latent is not None:
+            raise ValueError("give either `seed` or `latent`, not both")
+        if self.latent is not None and self.count != 1:
+            raise ValueError("`count` > 1 needs a seed (consecutive seeds make the grid); a `latent` makes one image")
+        return self
+
+
+class GeneratedImages(BaseModel):
+    """The `Accept: application/json` answer of /generate."""
+
+    model: str
+    version: int
+    seeds: list[int] | None = Field(description="The seed of each image; null for an explicit latent.")
+    images: list[str] = Field(description="One base64-encoded PNG per image, in seed order.")
+
+
+class JobList(BaseModel):
+    jobs: list[JobRecord]
+    count: int
+
+
+class TrainingSummary(BaseModel):
+    dataset: str | None = None
+    epochs: int | None = Field(None, description="Epochs the job was asked for.")
+    epoch: int | None = Field(None, description="Epochs completed when this version was saved.")
+    step: int | None = Field(None, description="Generator steps completed.")
+    losses: dict[str, float] = Field(default_factory=dict, description="Final losses.")
+    created_at: datetime | None = None
+
+
+class ModelVersionInfo(BaseModel):
+    version: int
+    latent_dim: int | None = None
+    image_shape: list[int] | None = None
+    value_range: list[float] | None = None
+    has_samples: bool = False
+    training: TrainingSummary | None = None
+    error: str | None = Field(None, description="Why this version's metadata cannot be read, if it cannot.")
+
+
+class ModelSummary(BaseModel):
+    name: str
+    source: Literal["volume", "bundled"]
+    latest_version: int
+    versions: list[int]
+    latent_dim: int | None = None
+    image_shape: list[int] | None = None
+    value_range: list[float] | None = None
+    training: TrainingSummary | None = None
+    error: str | None = None
+
+
+class ModelDetail(ModelSummary):
+    version_info: list[ModelVersionInfo]
+
+
+class ModelList(BaseModel):
+    models: list[ModelSummary]
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class Check(BaseModel):
+    ok: bool
+    detail: str
+
+
+class Readiness(BaseModel):
+    status: Literal["ready"] = "ready"
+    checks: dict[str, Check]
