@@ -52,7 +52,7 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -67,14 +67,14 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
-    _atomic_write_bytes(path, json.dumps(obj, indent=2, sort_keys=True).encode() + b"\n")
+    atomic_write_bytes(path, json.dumps(obj, indent=2, sort_keys=True).encode() + b"\n")
 
 
 def save(stem: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:
     """Write `<stem>.safetensors` then `<stem>.json` (the JSON last: it is the commit record)."""
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     blob = safetensors.torch.save(tensors)
-    _atomic_write_bytes(stem.with_suffix(".safetensors"), blob)
+    atomic_write_bytes(stem.with_suffix(".safetensors"), blob)
     meta = {
         **metadata,
         "format": FORMAT,

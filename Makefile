@@ -1,0 +1,57 @@
+# ganserve — the two commands a fresh machine needs: `make run` and `make test`.
+# Everything installs itself: the virtualenv, the package (torch pinned in pyproject.toml), and for the
+# tests a redis-server binary and docker-compose (apt, when missing).
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.ganserve-installed
+# Where `make run` reads datasets: ../shared/data when it exists, else ./data. GANSERVE_DATA_ROOT wins.
+DATA_ROOT_DEFAULT := $(if $(wildcard ../shared/data),../shared/data,data)
+# apt needs root: sudo when we are not.
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+APT_INSTALL := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends
+
+.PHONY: install run test lint format test-tools docker-config clean distclean
+
+install: $(STAMP)
+
+# Rebuilt when pyproject.toml changes; a second `make` is a no-op.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -e '.[dev]'
+	touch $@
+
+run: install
+	GANSERVE_DATA_ROOT="$${GANSERVE_DATA_ROOT:-$(DATA_ROOT_DEFAULT)}" $(BIN)/python -m service
+
+# redis-server is needed (the e2e tests start their own); docker-compose is wanted (the compose file
+# check skips, saying why, if it cannot be had).
+test-tools:
+	@command -v redis-server >/dev/null || { $(SUDO) apt-get update && $(APT_INSTALL) redis-server; }
+	@command -v docker-compose >/dev/null || docker compose version >/dev/null 2>&1 \
+		|| { $(SUDO) apt-get update && $(APT_INSTALL) docker-compose; } \
+		|| echo "warning: docker-compose could not be installed; the compose file check will be skipped"
+
+test: install test-tools
+	$(BIN)/ruff check .
+	$(BIN)/pytest -m "not gpu"
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/hadolint Dockerfile
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+docker-config:
+	if command -v docker-compose >/dev/null; then docker-compose config -q; else docker compose config -q; fi
+
+clean:
+	rm -rf var .pytest_cache .ruff_cache test-artifacts
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV) *.egg-info

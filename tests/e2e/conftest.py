@@ -1,0 +1,256 @@
+"""What a user starts, started for real: a redis-server of the tests' own (never the machine's db 0), a
+Celery worker process and the API under uvicorn, on free ports, sharing a temporary volume and reading a
+tiny MNIST-format dataset generated here. The processes' logs are attached to any failing test's report."""
+
+import gzip
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+N_IMAGES = 256
+STARTUP_TIMEOUT_S = 90.0
+# As docker-compose.yml and `python -m service` run it: one job at a time, in the worker's own process.
+WORKER_ARGS = ["--pool", "solo", "--concurrency", "1", "-Q", "training", "--without-gossip", "--without-mingle"]
+API_ARGS = ["--host", "127.0.0.1", "--port"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def clean_env(**overrides: str) -> dict[str, str]:
+    """The test runner's environment without any GANSERVE_* of its own, plus `overrides`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GANSERVE_")}
+    env.update(PYTHONUNBUFFERED="1", GANSERVE_DEVICE="cpu", GANSERVE_LOG_LEVEL="info", **overrides)
+    return env
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+    def text(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")
+        except OSError:
+            return ""
+
+
+@dataclass
+class Stack:
+    """Processes under test, their logs, and where to reach them."""
+
+    base_url: str
+    volume: Path
+    env: dict[str, str]
+    log_dir: Path
+    procs: list[Proc] = field(default_factory=list)
+
+    def start(self, name: str, cmd: list[str]) -> Proc:
+        log = self.log_dir / f"{name}.log"
+        with log.open("ab") as f:
+            popen = subprocess.Popen(
+                cmd, cwd=ROOT, env=self.env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        proc = Proc(name, popen, log)
+        self.procs.append(proc)
+        return proc
+
+    def start_worker(self, name: str = "worker") -> Proc:
+        cmd = [sys.executable, "-m", "celery", "-A", "worker.app:celery_app", "worker", *WORKER_ARGS]
+        return self.start(name, [*cmd, "-n", f"{name}@%h", "-l", "info"])
+
+    def logs(self) -> str:
+        return "\n".join(f"===== {p.name} (exit {p.popen.poll()}) =====\n{p.text()[-20000:]}" for p in self.procs)
+
+    def wait_healthy(self, timeout_s: float = STARTUP_TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for p in self.procs:
+                if p.popen.poll() is not None:
+                    raise RuntimeError(f"{p.name} exited with {p.popen.returncode} during startup\n{self.logs()}")
+            try:
+                if httpx.get(f"{self.base_url}/healthz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        raise RuntimeError(f"no healthy API at {self.base_url} within {timeout_s:.0f} s\n{self.logs()}")
+
+    def wait_for_log(self, name: str, needle: str, timeout_s: float = STARTUP_TIMEOUT_S) -> None:
+        proc = next(p for p in reversed(self.procs) if p.name == name)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if needle in proc.text():
+                return
+            if proc.popen.poll() is not None:
+                break
+            time.sleep(0.3)
+        raise RuntimeError(f"{name} did not log {needle!r} within {timeout_s:.0f} s\n{self.logs()}")
+
+    def stop(self) -> None:
+        for p in reversed(self.procs):
+            if p.popen.poll() is None:
+                os.killpg(p.popen.pid, signal.SIGTERM)
+        for p in reversed(self.procs):
+            try:
+                p.popen.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.popen.pid, signal.SIGKILL)
+                p.popen.wait()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed:
+        for value in getattr(item, "funcargs", {}).values():
+            if isinstance(value, Stack):
+                report.sections.append(("ganserve processes", value.logs()))
+
+
+def write_idx_images(path: Path, images: np.ndarray) -> None:
+    n, rows, cols = images.shape
+    with gzip.open(path, "wb") as f:
+        f.write(struct.pack(">IIII", 0x00000803, n, rows, cols))
+        f.write(images.astype(np.uint8).tobytes())
+
+
+def write_idx_labels(path: Path, labels: np.ndarray) -> None:
+    with gzip.open(path, "wb") as f:
+        f.write(struct.pack(">II", 0x00000801, len(labels)))
+        f.write(labels.astype(np.uint8).tobytes())
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory) -> Path:
+    """A tiny MNIST in the official file format: 256 28×28 images of bright bars on black."""
+    root = tmp_path_factory.mktemp("data")
+    (root / "mnist").mkdir()
+    rng = np.random.default_rng(0)
+    images = np.zeros((N_IMAGES, 28, 28), dtype=np.uint8)
+    labels = rng.integers(0, 10, N_IMAGES)
+    for img, label in zip(images, labels, strict=True):
+        col = 4 + 2 * int(label)
+        img[4:24, col : col + 3] = 255
+    write_idx_images(root / "mnist" / "t10k-images-idx3-ubyte.gz", images)
+    write_idx_labels(root / "mnist" / "t10k-labels-idx1-ubyte.gz", labels)
+    return root
+
+
+@pytest.fixture(scope="session")
+def bundled_models_dir(tmp_path_factory) -> Path:
+    """The real bundled models when any is built; else an empty folder (the tests serve what they train)."""
+    real = ROOT / "service" / "bundled"
+    if any(real.glob("*/*/model.safetensors")):
+        return real
+    return tmp_path_factory.mktemp("bundled")
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory) -> Iterator[str]:
+    exe = shutil.which("redis-server")
+    if exe is None:
+        pytest.skip("redis-server is not installed (`make test` installs it with apt)")
+    port = free_port()
+    workdir = tmp_path_factory.mktemp("redis")
+    cmd = [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(workdir)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        import redis
+
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                redis.Redis.from_url(url, socket_connect_timeout=1).ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError(f"redis-server on port {port} did not start") from None
+                time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def start_stack_(redis_url: str, data_root: Path, bundled_models_dir: Path, workdir: Path) -> Stack:
+    """Start a worker and the API against `redis_url`, sharing the volume `workdir/volume`."""
+    volume, logs = workdir / "volume", workdir / "logs"
+    volume.mkdir(parents=True)
+    logs.mkdir()
+    port = free_port()
+    env = clean_env(
+        GANSERVE_REDIS_URL=redis_url,
+        GANSERVE_CHECKPOINT_DIR=str(volume),
+        GANSERVE_DATA_ROOT=str(data_root),
+        GANSERVE_BUNDLED_MODELS_DIR=str(bundled_models_dir),
+        GANSERVE_HOST="127.0.0.1",
+        GANSERVE_PORT=str(port),
+    )
+    s = Stack(base_url=f"http://127.0.0.1:{port}", volume=volume, env=env, log_dir=logs)
+    try:
+        s.start_worker()
+        s.start("api", [sys.executable, "-m", "uvicorn", "--factory", "service.main:create_app", *API_ARGS, str(port)])
+        s.wait_healthy()
+        s.wait_for_log("worker", "ready.")
+    except BaseException:
+        s.stop()
+        raise
+    return s
+
+
+@pytest.fixture
+def start_stack(data_root, bundled_models_dir):
+    """`start_stack(redis_url, workdir)` for a test that needs a stack of its own (it stops it)."""
+    return lambda redis_url, workdir: start_stack_(redis_url, data_root, bundled_models_dir, workdir)
+
+
+@pytest.fixture(scope="module")
+def stack(redis_url, data_root, bundled_models_dir, tmp_path_factory) -> Iterator[Stack]:
+    """Redis + a real Celery worker + the API under uvicorn, as `docker compose up` runs them."""
+    s = start_stack_(redis_url, data_root, bundled_models_dir, tmp_path_factory.mktemp("stack"))
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+@pytest.fixture
+def launcher(data_root, bundled_models_dir, tmp_path) -> Iterator[Stack]:
+    """`python -m service` (what `make run` runs) with no Redis listening where it is told to look."""
+    port = free_port()
+    env = clean_env(
+        GANSERVE_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0",  # nothing listens there
+        GANSERVE_CHECKPOINT_DIR=str(tmp_path / "volume"),
+        GANSERVE_DATA_ROOT=str(data_root),
+        GANSERVE_BUNDLED_MODELS_DIR=str(bundled_models_dir),
+        GANSERVE_HOST="127.0.0.1",
+        GANSERVE_PORT=str(port),
+    )
+    s = Stack(base_url=f"http://127.0.0.1:{port}", volume=tmp_path / "volume", env=env, log_dir=tmp_path)
+    try:
+        s.start("launcher", [sys.executable, "-m", "service"])
+        s.wait_healthy()
+        yield s
+    finally:
+        s.stop()

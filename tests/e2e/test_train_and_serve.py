@@ -1,0 +1,154 @@
+"""End to end, over HTTP, against real processes: train through the queue, serve the result without a
+restart, cancel running and queued jobs, and the `make run` launcher's embedded broker."""
+
+import os
+import signal
+import time
+
+import httpx
+import pytest
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+FINISHED = {"succeeded", "failed", "cancelled"}
+TINY = {"dataset": "mnist", "epochs": 1, "max_samples": 256, "batch_size": 64}
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def submit(client: httpx.Client, **body) -> tuple[str, str]:
+    r = client.post("/train", json=body)
+    assert r.status_code == 202, r.text
+    assert "location" in r.headers, r.headers
+    job = r.json()
+    assert job["status"] == "queued"
+    assert r.headers["location"].rstrip("/").endswith(f"/train/{job['id']}")
+    return job["id"], r.headers["location"]
+
+
+def wait_for(client: httpx.Client, job_id: str, until: set[str], timeout_s: float) -> tuple[dict, list[str]]:
+    """Poll the job until its status is in `until`; returns the record and the distinct statuses seen."""
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout_s
+    while True:
+        r = client.get(f"/train/{job_id}")
+        assert r.status_code == 200, r.text
+        job = r.json()
+        if not seen or seen[-1] != job["status"]:
+            seen.append(job["status"])
+        if job["status"] in until:
+            return job, seen
+        if job["status"] in FINISHED:
+            pytest.fail(f"job {job_id} ended {job['status']} (error: {job.get('error')}); waited for {until}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"job {job_id} still {job['status']} after {timeout_s:.0f} s; waited for {until}")
+        time.sleep(0.2)
+
+
+def model_names(client: httpx.Client) -> set[str]:
+    r = client.get("/models")
+    assert r.status_code == 200, r.text
+    return {m["name"] for m in r.json()["models"]}
+
+
+def test_train_then_generate(stack):
+    name = "e2e-digits"
+    with httpx.Client(base_url=stack.base_url, timeout=30) as client:
+        job_id, location = submit(client, model_name=name, **TINY)
+        assert client.get(location).json()["id"] == job_id
+
+        job, seen = wait_for(client, job_id, {"succeeded"}, timeout_s=120)
+        assert seen[0] in {"queued", "running"} and seen[-1] == "succeeded", seen
+        assert job["progress"]["step"] == job["progress"]["total_steps"] > 0
+        assert job["progress"]["epoch"] == job["progress"]["epochs"] == 1
+        assert job["model"] == {"name": name, "version": 1}
+        assert job["started_at"] and job["finished_at"] and job["error"] is None
+        assert set(job["metrics"]) >= {"d_loss", "g_loss"}
+        assert job["checkpoints"] and job["samples"]
+        for stem in job["checkpoints"]:  # a checkpoint is a stem: <stem>.safetensors + <stem>.json
+            assert not stem.startswith("/") and (stack.volume / f"{stem}.json").is_file(), stem
+        for png in job["samples"]:
+            assert not png.startswith("/") and (stack.volume / png).is_file(), png
+        assert (stack.volume / "models" / name / "1").is_dir()
+
+        # Served at once, without restarting the API.
+        assert name in model_names(client)
+        first = client.get("/generate", params={"model": name, "seed": 7})
+        assert first.status_code == 200, first.text
+        assert first.headers["content-type"] == "image/png"
+        assert first.content.startswith(PNG_MAGIC)
+        again = client.get("/generate", params={"model": name, "seed": 7})
+        assert again.content == first.content
+        other = client.get("/generate", params={"model": name, "seed": 8})
+        assert other.status_code == 200 and other.content != first.content
+
+
+def test_cancel_running_and_queued_jobs(stack):
+    with httpx.Client(base_url=stack.base_url, timeout=30) as client:
+        long = {"dataset": "mnist", "epochs": 10_000, "max_samples": 256, "batch_size": 64}
+        running_id, _ = submit(client, model_name="e2e-cancel-running", **long)
+        wait_for(client, running_id, {"running"}, timeout_s=60)
+        queued_id, _ = submit(client, model_name="e2e-cancel-queued", **TINY)  # behind it: one worker, solo
+
+        r = client.delete(f"/train/{queued_id}")
+        assert r.status_code in {200, 202}, r.text
+        r = client.delete(f"/train/{running_id}")
+        assert r.status_code in {200, 202}, r.text
+
+        t0 = time.monotonic()
+        job, _ = wait_for(client, running_id, {"cancelled"}, timeout_s=30)
+        print(f"running job cancelled {time.monotonic() - t0:.1f} s after DELETE")
+        assert job["model"] is None and job["finished_at"]
+
+        # A job after both in the queue succeeds, so the worker has seen the queued job's message by then.
+        after_id, _ = submit(client, model_name="e2e-after-cancel", **TINY)
+        wait_for(client, after_id, {"succeeded"}, timeout_s=120)
+        queued, _ = wait_for(client, queued_id, {"cancelled"}, timeout_s=5)
+        assert queued["started_at"] is None, "a job cancelled while queued must never start"
+        assert queued["progress"] is None or queued["progress"]["step"] == 0
+
+        names = model_names(client)
+        assert "e2e-cancel-running" not in names and "e2e-cancel-queued" not in names
+        assert "e2e-after-cancel" in names
+
+
+def test_worker_shutdown_requeues_the_running_job(redis_url, start_stack, tmp_path):
+    # A stack of its own, on another Redis database, so the module's worker does not take the job.
+    s = start_stack(redis_url.rsplit("/", 1)[0] + "/1", tmp_path)
+    try:
+        with httpx.Client(base_url=s.base_url, timeout=30) as client:
+            long = {"dataset": "mnist", "epochs": 10_000, "max_samples": 256, "batch_size": 64}
+            job_id, _ = submit(client, model_name="e2e-requeue", **long)
+            wait_for(client, job_id, {"running"}, timeout_s=60)
+            deadline = time.monotonic() + 30
+            while client.get(f"/train/{job_id}").json()["progress"] is None and time.monotonic() < deadline:
+                time.sleep(0.2)
+
+            worker = s.procs[0]
+            os.killpg(worker.popen.pid, signal.SIGTERM)  # what `docker compose stop` does
+            assert worker.popen.wait(timeout=30) == 0, worker.text()
+            job = client.get(f"/train/{job_id}").json()
+            assert job["status"] == "queued" and job["started_at"] is None, job
+
+            s.start_worker("worker2")  # the message went back to the queue: a new worker runs the job
+            wait_for(client, job_id, {"running"}, timeout_s=90)
+            assert client.delete(f"/train/{job_id}").status_code == 202
+            wait_for(client, job_id, {"cancelled"}, timeout_s=30)
+    finally:
+        s.stop()
+
+
+def test_launcher_falls_back_to_the_embedded_broker(launcher):
+    log = launcher.procs[0]
+    assert "using the embedded filesystem broker" in log.text(), log.text()
+    with httpx.Client(base_url=launcher.base_url, timeout=30) as client:
+        job_id, _ = submit(client, model_name="e2e-embedded", **TINY)
+        wait_for(client, job_id, {"succeeded"}, timeout_s=120)
+        r = client.get("/generate", params={"model": "e2e-embedded", "seed": 1})
+        assert r.status_code == 200 and r.content.startswith(PNG_MAGIC)
+    assert (launcher.volume / "broker" / "queue").is_dir()
+
+    # SIGTERM to the launcher alone stops the worker and the API with it.
+    os.kill(log.popen.pid, signal.SIGTERM)
+    assert log.popen.wait(timeout=30) == 0, log.text()
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"{launcher.base_url}/healthz", timeout=2)

@@ -1,0 +1,124 @@
+"""The deployment files agree with the code: the compose file is valid, the Dockerfile passes hadolint,
+every `GANSERVE_*` variable they (and the Makefile and README) name is a real setting, the commands name
+modules that exist, and the ports agree with the default port."""
+
+import importlib
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from service.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPOSE = ROOT / "docker-compose.yml"
+DOCKERFILE = ROOT / "Dockerfile"
+MAKEFILE = ROOT / "Makefile"
+README = ROOT / "README.md"
+VARIABLE = re.compile(r"\bGANSERVE_([A-Z0-9_]+)\b")
+FIELDS = set(Settings.model_fields)
+DEFAULT_PORT = Settings.model_fields["port"].default
+
+
+def compose_command() -> list[str] | None:
+    if shutil.which("docker-compose"):
+        return ["docker-compose"]
+    if shutil.which("docker"):
+        probe = subprocess.run(["docker", "compose", "version"], capture_output=True, text=True)
+        if probe.returncode == 0:
+            return ["docker", "compose"]
+    return None
+
+
+def test_compose_file_is_valid():
+    cmd = compose_command()
+    if cmd is None:
+        pytest.skip("neither docker-compose nor the docker compose plugin is installed (`make test` installs it)")
+    # `config` validates and interpolates without a Docker engine; the cpu profile is checked too.
+    for extra in ([], ["--profile", "cpu"]):
+        proc = subprocess.run([*cmd, *extra, "config", "-q"], cwd=ROOT, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+    services = subprocess.run(
+        [*cmd, "--profile", "cpu", "config", "--services"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert set(services) == {"redis", "api", "worker", "worker-cpu"}
+
+
+def test_dockerfile_passes_hadolint():
+    hadolint = Path(sys.executable).with_name("hadolint")
+    exe = str(hadolint) if hadolint.exists() else shutil.which("hadolint")
+    if exe is None:
+        pytest.skip("hadolint not found (it comes with the dev extras: `pip install -e '.[dev]'`)")
+    proc = subprocess.run([exe, str(DOCKERFILE)], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("path", [COMPOSE, DOCKERFILE, MAKEFILE, README], ids=lambda p: p.name)
+def test_every_variable_named_is_a_setting(path: Path):
+    if not path.exists():
+        pytest.skip(f"{path.name} does not exist yet")
+    unknown = {f"GANSERVE_{v}" for v in VARIABLE.findall(path.read_text()) if v.lower() not in FIELDS}
+    assert not unknown, f"{path.name} names variables that service.settings.Settings does not read: {unknown}"
+
+
+def readme_table_variables() -> set[str]:
+    return {m.lower() for m in re.findall(r"^\|\s*`GANSERVE_([A-Z0-9_]+)`", README.read_text(), re.MULTILINE)}
+
+
+def test_readme_table_lists_every_setting():
+    if not README.exists():
+        pytest.skip("README.md does not exist yet")
+    assert readme_table_variables() == FIELDS
+
+
+def test_readme_table_defaults_match_settings():
+    if not README.exists():
+        pytest.skip("README.md does not exist yet")
+    rows = re.findall(r"^\|\s*`GANSERVE_([A-Z0-9_]+)`\s*\|\s*([^|]*)\|", README.read_text(), re.MULTILINE)
+    for name, default in rows:
+        field = Settings.model_fields[name.lower()]
+        if field.default is None or name == "BUNDLED_MODELS_DIR":
+            continue  # "unset" / a path inside the installed package
+        assert str(field.default) in default, f"README says GANSERVE_{name} defaults to {default.strip()!r}"
+
+
+def app_references() -> set[str]:
+    text = COMPOSE.read_text() + DOCKERFILE.read_text() + (ROOT / "service" / "__main__.py").read_text()
+    return set(re.findall(r"\b((?:service|worker|training)(?:\.[a-z_]+)+:[a-z_]+)\b", text))
+
+
+def test_commands_reference_objects_that_exist():
+    refs = app_references()
+    assert {"service.main:create_app", "worker.app:celery_app"} <= refs
+    for ref in refs:
+        module, attr = ref.split(":")
+        assert hasattr(importlib.import_module(module), attr), ref
+
+
+def test_ports_agree_with_the_default_port():
+    compose = COMPOSE.read_text()
+    assert re.findall(r'-\s*"(\d+):(\d+)"', compose) == [(str(DEFAULT_PORT), str(DEFAULT_PORT))]
+    assert set(re.findall(r'"--port",\s*"(\d+)"', compose)) == {str(DEFAULT_PORT)}
+    assert set(re.findall(r"127\.0\.0\.1:(\d+)/healthz", compose)) == {str(DEFAULT_PORT)}
+    dockerfile = DOCKERFILE.read_text()
+    assert re.findall(r"^EXPOSE (\d+)$", dockerfile, re.MULTILINE) == [str(DEFAULT_PORT)]
+    assert set(re.findall(r'"--port", "(\d+)"', dockerfile)) == {str(DEFAULT_PORT)}
+
+
+def test_redis_is_not_published_and_uses_a_volume():
+    redis_block = COMPOSE.read_text().split("\n  redis:\n", 1)[1].split("\n  api:\n", 1)[0]
+    assert "ports:" not in redis_block
+    assert "redis-data:/data" in redis_block
+    assert "--appendonly" in redis_block
+
+
+def test_worker_runs_one_job_at_a_time():
+    from service.__main__ import worker_command
+
+    assert '"--pool", "solo", "--concurrency", "1"' in COMPOSE.read_text()
+    cmd = worker_command(Settings())
+    assert cmd[cmd.index("--pool") + 1] == "solo"
+    assert cmd[cmd.index("--concurrency") + 1] == "1"

@@ -1,0 +1,63 @@
+from pathlib import Path
+
+import pytest
+import torch
+
+from training import checkpoint
+from training.models import MLPGenerator, MLPGeneratorConfig, config_to_json
+
+
+def _save_generator(stem: Path) -> MLPGenerator:
+    torch.manual_seed(0)
+    g = MLPGenerator(MLPGeneratorConfig(latent_dim=8)).eval()
+    meta = {"generator": config_to_json(g.cfg), "latent_dim": 8, "value_range": [-1, 1]}
+    checkpoint.save(stem, checkpoint.prefixed(g, "generator") | {"extra.x": torch.arange(3.0)}, meta)
+    return g
+
+
+def test_round_trip_gives_identical_tensors(tmp_path: Path) -> None:
+    g = _save_generator(tmp_path / "ckpt")
+    tensors, meta = checkpoint.load(tmp_path / "ckpt")
+    for k, v in g.state_dict().items():
+        assert torch.equal(tensors[f"generator.{k}"], v)
+    assert torch.equal(tensors["extra.x"], torch.arange(3.0))
+    assert meta["latent_dim"] == 8 and meta["format"] == checkpoint.FORMAT and len(meta["sha256"]) == 64
+
+
+def test_corrupted_byte_is_refused(tmp_path: Path) -> None:
+    _save_generator(tmp_path / "ckpt")
+    path = tmp_path / "ckpt.safetensors"
+    blob = bytearray(path.read_bytes())
+    blob[-1] ^= 0xFF
+    path.write_bytes(bytes(blob))
+    with pytest.raises(checkpoint.CheckpointError, match="SHA-256"):
+        checkpoint.load(tmp_path / "ckpt")
+
+
+def test_missing_checkpoint_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(checkpoint.CheckpointError, match="does not exist"):
+        checkpoint.load(tmp_path / "nothing")
+
+
+def test_load_generator_gives_the_same_output(tmp_path: Path) -> None:
+    g = _save_generator(tmp_path / "ckpt")
+    loaded, _ = checkpoint.load_generator(tmp_path / "ckpt")
+    z = torch.randn(4, 8)
+    with torch.no_grad():
+        assert torch.equal(loaded(z), g(z))
+    assert not loaded.training
+
+
+def test_publish_gives_versions_one_then_two(tmp_path: Path) -> None:
+    _save_generator(tmp_path / "ckpt")
+    png = tmp_path / "grid.png"
+    png.write_bytes(b"\x89PNG fake")
+    models = tmp_path / "models"
+    assert checkpoint.publish(models, "digits", tmp_path / "ckpt", png) == 1
+    assert checkpoint.publish(models, "digits", tmp_path / "ckpt") == 2
+    assert checkpoint.list_versions(models, "digits") == [1, 2]
+    assert (models / "digits" / "1" / "samples.png").read_bytes() == png.read_bytes()
+    tensors, meta = checkpoint.load(checkpoint.model_stem(models, "digits", 2))
+    assert all(k.startswith("generator.") for k in tensors)
+    assert "discriminator" not in meta
+    assert not [p for p in models.iterdir() if p.name.startswith(".")]  # no staging left behind

@@ -1,0 +1,122 @@
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from training import checkpoint, images
+from training.config import TrainConfig
+from training.latents import latents_from_seeds
+from training.loop import TrainProgress, TrainResult, resolve_device, steps_per_epoch, train
+
+TINY = TrainConfig(model_name="tiny", epochs=2, batch_size=32, latent_dim=8, seed=3)
+
+
+@dataclass(frozen=True)
+class Run:
+    out: Path
+    result: TrainResult
+    reports: list[TrainProgress]
+
+
+@pytest.fixture(scope="module")
+def two_epochs(tiny_data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Run:
+    """One 2-epoch run (64 images, batch 32) shared by the tests that only inspect its outputs."""
+    out = tmp_path_factory.mktemp("run")
+    reports: list[TrainProgress] = []
+    result = train(TINY, out, data_root=tiny_data_root, progress_fn=reports.append, report_every_s=0.0)
+    return Run(out, result, reports)
+
+
+def test_two_epochs_write_files(two_epochs: Run) -> None:
+    out, result = two_epochs.out, two_epochs.result
+    assert result.status == "completed" and result.epochs_done == 2 and result.steps_done == 4
+    for epoch in (1, 2):
+        assert (out / "checkpoints" / f"epoch-{epoch:04d}.safetensors").is_file()
+        assert (out / "samples" / f"epoch-{epoch:04d}.png").read_bytes()[:4] == b"\x89PNG"
+    assert result.final_checkpoint == out / "checkpoints" / "epoch-0002"
+    assert result.samples == out / "samples" / "epoch-0002.png"
+    assert set(result.losses) == {"d_loss", "g_loss", "d_real", "d_fake"}
+    assert all(0 < result.losses[k] < 1 for k in ("d_real", "d_fake"))
+
+
+def test_progress_reports(two_epochs: Run) -> None:
+    reports = two_epochs.reports
+    steps = [r.step for r in reports]
+    assert steps == [1, 2, 3, 4]  # report_every_s=0: every step (the epoch's last one carries its files)
+    assert all(r.total_steps == 4 and r.epochs == 2 for r in reports)
+    epoch_ends = [r for r in reports if r.checkpoint is not None]
+    assert [(r.epoch, r.step) for r in epoch_ends] == [(1, 2), (2, 4)]
+    assert epoch_ends[-1].samples == two_epochs.result.samples
+    assert reports[-1].eta_seconds == 0 and reports[-1].images_per_sec > 0
+
+
+def test_checkpoint_metadata_and_generator(two_epochs: Run) -> None:
+    stem = two_epochs.result.final_checkpoint
+    assert stem is not None
+    tensors, meta = checkpoint.load(stem)
+    assert any(k.startswith("discriminator.") for k in tensors) and any(k.startswith("opt_g.") for k in tensors)
+    assert meta["epoch"] == 2 and meta["step"] == 4 and meta["image_shape"] == [1, 28, 28]
+    assert meta["train_config"] == TINY.model_dump(mode="json") and meta["model_name"] == "tiny"
+    assert meta["losses"] == two_epochs.result.losses
+    g, _ = checkpoint.load_generator(stem)
+    with torch.no_grad():
+        fake = g(latents_from_seeds(list(range(64)), TINY.latent_dim))
+    # The sample grid is exactly what the published generator gives for seeds 0..63.
+    png = images.png_bytes(images.grid(images.to_uint8(fake)))
+    assert png == (two_epochs.out / "samples" / "epoch-0002.png").read_bytes()
+
+
+def test_same_seed_same_losses(tiny_data_root: Path, tmp_path: Path) -> None:
+    config = TINY.model_copy(update={"epochs": 1})
+    first = train(config, tmp_path / "a", data_root=tiny_data_root)
+    second = train(config, tmp_path / "b", data_root=tiny_data_root)
+    other = train(config.model_copy(update={"seed": 4}), tmp_path / "c", data_root=tiny_data_root)
+    assert first.losses == second.losses
+    assert first.losses != other.losses
+
+
+def test_should_stop_cancels_within_one_step(tiny_data_root: Path, tmp_path: Path) -> None:
+    calls = 0
+
+    def stop_on_second_call() -> bool:
+        nonlocal calls
+        calls += 1
+        return calls >= 2
+
+    result = train(TINY, tmp_path / "run", data_root=tiny_data_root, should_stop=stop_on_second_call)
+    assert result.status == "cancelled" and result.steps_done == 1 and result.epochs_done == 0
+    assert result.final_checkpoint is None and not (tmp_path / "run" / "checkpoints").exists()
+    assert all(math.isfinite(v) for v in result.losses.values())  # the partial epoch's running means
+
+
+def test_d_steps_and_minimax_and_linear_head(tiny_data_root: Path, tmp_path: Path) -> None:
+    config = TrainConfig(
+        model_name="k2", epochs=1, batch_size=16, latent_dim=8, d_steps=2, generator_loss="minimax", output="linear"
+    )
+    result = train(config, tmp_path / "run", data_root=tiny_data_root)
+    assert result.status == "completed" and result.steps_done == 2  # 4 real batches, 2 per G step
+
+
+def test_dataset_smaller_than_a_batch_is_one_batch(tiny_data_root: Path, tmp_path: Path) -> None:
+    config = TrainConfig(model_name="small", epochs=2, batch_size=128, latent_dim=8, max_samples=10, sample_every=5)
+    result = train(config, tmp_path / "run", data_root=tiny_data_root)
+    assert result.steps_done == 2
+    assert [p.name for p in (tmp_path / "run" / "samples").iterdir()] == ["epoch-0002.png"]  # last epoch only
+
+
+def test_steps_per_epoch() -> None:
+    assert steps_per_epoch(10_000, 64, 1) == 156
+    assert steps_per_epoch(10_000, 64, 3) == 52
+    assert steps_per_epoch(10, 128, 2) == 1
+
+
+def test_resolve_device() -> None:
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            resolve_device("cuda:0")
