@@ -6,13 +6,15 @@ over the record. Files, not Redis, because the record must outlive a Redis or AP
 with the embedded broker too. Imported by the worker: keep it free of FastAPI.
 """
 
+import math
+import re
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, Field, ValidationError
 
 from training.checkpoint import atomic_write_json
 from training.config import NAME_PATTERN, TrainConfig
@@ -29,14 +31,23 @@ class JobStatus(StrEnum):
 FINISHED = {JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled}
 
 
+def _finite_or_none(value: float | None) -> float | None:
+    return value if value is None or math.isfinite(value) else None
+
+
+# A diverged loss (NaN) or an unknown ETA (inf) is stored and served as null: JSON has no NaN, and one
+# non-finite number must not make a job's record unreadable.
+FiniteFloat = Annotated[float | None, AfterValidator(_finite_or_none)]
+
+
 class Progress(BaseModel):
     epoch: int = Field(0, description="Epochs completed.")
     epochs: int
     step: int = Field(0, description="Generator steps completed.")
     total_steps: int
     fraction: float = Field(0.0, ge=0, le=1)
-    images_per_sec: float | None = None
-    eta_seconds: float | None = None
+    images_per_sec: FiniteFloat = None
+    eta_seconds: FiniteFloat = None
 
 
 class PublishedModel(BaseModel):
@@ -49,7 +60,9 @@ class JobRecord(BaseModel):
     status: JobStatus
     config: TrainConfig
     progress: Progress | None = None
-    metrics: dict[str, float] = Field(default_factory=dict, description="Latest losses and D outputs.")
+    metrics: dict[str, FiniteFloat] = Field(
+        default_factory=dict, description="Latest losses and D outputs (null: not finite)."
+    )
     checkpoints: list[str] = Field(default_factory=list, description="Paths relative to the volume.")
     samples: list[str] = Field(default_factory=list, description="Sample grid PNGs, relative to the volume.")
     model: PublishedModel | None = None
@@ -72,8 +85,6 @@ class JobStore:
         self.root = jobs_dir
 
     def job_dir(self, job_id: str) -> Path:
-        import re
-
         if not re.fullmatch(NAME_PATTERN, job_id):
             raise KeyError(job_id)
         return self.root / job_id
@@ -95,7 +106,8 @@ class JobStore:
             raise KeyError(job_id) from None
 
     def update(self, job_id: str, **changes: Any) -> JobRecord:
-        record = self.get(job_id).model_copy(update=changes)
+        # Validated, not model_copy'd: the changes go through the same checks as a record read from disk.
+        record = JobRecord.model_validate({**dict(self.get(job_id)), **changes})
         self.save(record)
         return record
 

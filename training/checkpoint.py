@@ -56,6 +56,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        # mkstemp makes 0600 files; API and worker may run as different users on the shared volume.
+        os.fchmod(fd, 0o644)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -141,6 +143,7 @@ def publish(models_dir: Path, name: str, stem: Path, samples_png: Path | None = 
     tensors, meta = load(stem)
     gen_only = unprefixed(tensors, "generator")
     staging = Path(tempfile.mkdtemp(dir=_ensure(models_dir), prefix=f".{name}-staging-"))
+    staging.chmod(0o755)  # mkdtemp's 0700 would hide the published version from an API running as another user
     try:
         save(staging / MODEL_STEM, {f"generator.{k}": v for k, v in gen_only.items()}, _strip(meta))
         if samples_png is not None and samples_png.exists():
