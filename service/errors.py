@@ -17,7 +17,15 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from training.config import NAME_PATTERN
+
 log = logging.getLogger(__name__)
+
+# A regex is no advice: say in words what a valid name looks like.
+NAME_RULE = (
+    "must be 1–64 characters of lower-case letters, digits, '.', '_' and '-', starting with a letter or digit "
+    "(it becomes a directory name), e.g. 'my-digits'"
+)
 
 # Echoing a rejected value helps a client see its mistake, but not a megabyte-long latent.
 MAX_ECHOED_INPUT_CHARS = 200
@@ -72,6 +80,8 @@ def _loc(loc: Sequence[str | int]) -> str:
 def _clean(err: Mapping[str, Any]) -> dict[str, Any]:
     # pydantic's `ctx` may hold the raised exception object and `url` is noise; neither is JSON material.
     out: dict[str, Any] = {"type": err.get("type"), "loc": list(err.get("loc", ())), "msg": err.get("msg")}
+    if err.get("type") == "string_pattern_mismatch" and (err.get("ctx") or {}).get("pattern") == NAME_PATTERN:
+        out["msg"] = NAME_RULE
     value = err.get("input")
     # Scalars only: for a missing field pydantic's input is the whole enclosing object.
     if isinstance(value, str | int | float | bool) and len(repr(value)) <= MAX_ECHOED_INPUT_CHARS:

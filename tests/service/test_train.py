@@ -46,6 +46,13 @@ def test_invalid_bodies_are_422(client: TestClient, sender: FakeSender, body: di
     assert store(client).list() == []
 
 
+def test_bad_model_name_says_what_a_name_may_be(client: TestClient, sender: FakeSender) -> None:
+    r = client.post("/train", json={"model_name": "../../etc", "dataset": "mnist", "epochs": 1})
+    assert r.status_code == 422
+    assert "body.model_name: must be 1–64 characters of lower-case letters" in r.json()["message"]
+    assert sender.sent == []
+
+
 def test_non_json_body_is_422(client: TestClient) -> None:
     r = client.post("/train", content=b"not json", headers={"content-type": "application/json"})
     assert r.status_code == 422 and r.json()["error"] == "validation_error"
