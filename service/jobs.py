@@ -6,6 +6,7 @@ over the record. Files, not Redis, because the record must outlive a Redis or AP
 with the embedded broker too. Imported by the worker: keep it free of FastAPI.
 """
 
+import logging
 import math
 import re
 import uuid
@@ -18,6 +19,8 @@ from pydantic import AfterValidator, BaseModel, Field, ValidationError
 
 from training.checkpoint import atomic_write_json
 from training.config import NAME_PATTERN, TrainConfig
+
+log = logging.getLogger(__name__)
 
 
 class JobStatus(StrEnum):
@@ -103,6 +106,10 @@ class JobStore:
         try:
             return JobRecord.model_validate_json(path.read_bytes())
         except FileNotFoundError:
+            raise KeyError(job_id) from None
+        except ValidationError as e:
+            # Written by an incompatible version, or damaged: unknown to this one (list() skips it too).
+            log.warning("job %s: unreadable record %s: %s", job_id, path, e)
             raise KeyError(job_id) from None
 
     def update(self, job_id: str, **changes: Any) -> JobRecord:

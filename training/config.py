@@ -34,7 +34,7 @@ class TrainConfig(BaseModel):
     lr: float = Field(2e-4, gt=0, le=1.0, description="Adam learning rate for both networks.")
     betas: tuple[float, float] = Field((0.5, 0.999), description="Adam betas (DCGAN's 0.5 for β1).")
     d_steps: int = Field(1, ge=1, le=100, description="Algorithm 1's k: discriminator steps per G step.")
-    generator_loss: Literal["non-saturating", "minimax"] = Field(
+    loss: Literal["non-saturating", "minimax"] = Field(
         "non-saturating",
         description="`non-saturating`: minimise −log D(G(z)); `minimax`: minimise log(1 − D(G(z))).",
     )

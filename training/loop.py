@@ -178,7 +178,7 @@ def train(
     total_steps = per_epoch * config.epochs
 
     nets = _build(config, image_shape, dev)
-    g_loss_fn = losses.generator_loss(config.generator_loss)
+    g_loss_fn = losses.generator_loss(config.loss)
     rng = torch.Generator(device=dev).manual_seed(config.seed)
     fixed_z = latents_from_seeds(SAMPLE_SEEDS, config.latent_dim).to(dev)
     out_dir = Path(out_dir)

@@ -49,3 +49,14 @@ def test_cancel_request_is_a_separate_file(store: JobStore) -> None:
     store.request_cancel(record.id)
     assert store.cancel_requested(record.id)
     assert store.get(record.id).status is JobStatus.queued  # the record itself is the worker's to change
+
+
+def test_a_record_this_version_cannot_read_is_unknown(store: JobStore) -> None:
+    record = store.create(TrainConfig(model_name="x"))
+    path = store.job_dir(record.id) / "job.json"
+    raw = json.loads(path.read_text())
+    raw["config"]["no_such_field"] = 1  # e.g. written by a newer ganserve
+    path.write_text(json.dumps(raw))
+    with pytest.raises(KeyError):
+        store.get(record.id)
+    assert store.list() == []

@@ -93,7 +93,7 @@ def test_should_stop_cancels_within_one_step(tiny_data_root: Path, tmp_path: Pat
 
 def test_d_steps_and_minimax_and_linear_head(tiny_data_root: Path, tmp_path: Path) -> None:
     config = TrainConfig(
-        model_name="k2", epochs=1, batch_size=16, latent_dim=8, d_steps=2, generator_loss="minimax", output="linear"
+        model_name="k2", epochs=1, batch_size=16, latent_dim=8, d_steps=2, loss="minimax", output="linear"
     )
     result = train(config, tmp_path / "run", data_root=tiny_data_root)
     assert result.status == "completed" and result.steps_done == 2  # 4 real batches, 2 per G step
