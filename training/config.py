@@ -1,9 +1,14 @@
 """The training job's configuration: one pydantic model for the body of `POST /train`, the CLI's
-`--config job.json` and the worker's task, validated once at the edge."""
+`--config job.json` and the worker's task, validated once at the edge.
 
-from typing import Annotated, Literal
+Fields left out (or null) that depend on the objective are filled in from the objective's paper at
+validation time — e.g. `"loss": "wasserstein"` alone means RMSprop 5e-5, 5 critic steps, clipping at
+0.01 — so a stored config always says exactly what ran.
+"""
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Annotated, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 # Every name that becomes a path on the volume must match this (no slashes, no dot-dot, no hidden files).
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
@@ -16,30 +21,189 @@ ModelName = Annotated[
     ),
 ]
 
+LossName = Literal["minimax", "non-saturating", "wasserstein", "wgan-gp", "hinge", "least-squares"]
+DatasetName = Literal["mnist", "fashion-mnist", "cifar10", "image-folder", "gaussian-1d", "ring-2d", "grid-2d"]
+ArchitectureName = Literal["mlp", "dcgan", "mad-gan"]
+OptimizerName = Literal["adam", "rmsprop"]
+
+TOY_DATASETS = frozenset({"gaussian-1d", "ring-2d", "grid-2d"})
+LABELLED_DATASETS = frozenset({"mnist", "fashion-mnist", "cifar10"})
+DCGAN_SIZES = (28, 32, 64)
+
+
+class ObjectiveDefaults(BaseModel):
+    optimizer: OptimizerName
+    lr: float
+    betas: tuple[float, float]
+    d_steps: int
+
+
+# The settings each objective's paper trains with (WGAN: Arjovsky et al. 2017, Algorithm 1; WGAN-GP:
+# Gulrajani et al. 2017, Algorithm 1); the others use the DCGAN-style Adam of the reference recipe.
+OBJECTIVE_DEFAULTS: dict[str, ObjectiveDefaults] = {
+    "minimax": ObjectiveDefaults(optimizer="adam", lr=2e-4, betas=(0.5, 0.999), d_steps=1),
+    "non-saturating": ObjectiveDefaults(optimizer="adam", lr=2e-4, betas=(0.5, 0.999), d_steps=1),
+    "hinge": ObjectiveDefaults(optimizer="adam", lr=2e-4, betas=(0.5, 0.999), d_steps=1),
+    "least-squares": ObjectiveDefaults(optimizer="adam", lr=2e-4, betas=(0.5, 0.999), d_steps=1),
+    "wasserstein": ObjectiveDefaults(optimizer="rmsprop", lr=5e-5, betas=(0.5, 0.999), d_steps=5),
+    "wgan-gp": ObjectiveDefaults(optimizer="adam", lr=1e-4, betas=(0.0, 0.9), d_steps=5),
+}
+DEFAULT_CLIP_VALUE = 0.01
+DEFAULT_GP_LAMBDA = 10.0
+
+
+class InstanceNoise(BaseModel):
+    """Gaussian noise added to every input of D (real and fake), σ falling linearly to 0."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: Literal["instance-noise"]
+    sigma: float = Field(0.1, gt=0, le=10, description="σ at the first step, in data units.")
+    anneal_steps: int | None = Field(
+        None, ge=1, description="Generator steps over which σ falls to 0; the whole run when null."
+    )
+
+
+class R1(BaseModel):
+    """(γ/2)·E‖∇ₓD(x)‖² on real data (Mescheder et al. 2018)."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: Literal["r1"]
+    gamma: float = Field(10.0, gt=0, le=1e5)
+
+
+class R2(BaseModel):
+    """(γ/2)·E‖∇ₓD(x)‖² on generated data (Mescheder et al. 2018)."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: Literal["r2"]
+    gamma: float = Field(10.0, gt=0, le=1e5)
+
+
+class SpectralNorm(BaseModel):
+    """Every linear/conv weight of D divided by its largest singular value (Miyato et al. 2018)."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: Literal["spectral-norm"]
+
+
+class WeightDecay(BaseModel):
+    """coefficient·Σ‖w‖² over D's weights, added to D's loss."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: Literal["weight-decay"]
+    coefficient: float = Field(1e-4, gt=0, le=1.0)
+
+
+Regularizer = Annotated[InstanceNoise | R1 | R2 | SpectralNorm | WeightDecay, Field(discriminator="name")]
+
 
 class TrainConfig(BaseModel):
     """A GAN training run. Defaults are the seeds' reference recipe (MLP G and D, batch 128, z of 100,
-    Adam 2e-4, non-saturating generator loss), plus a tanh output on data scaled to [-1, 1]."""
+    Adam 2e-4, non-saturating generator loss), plus a tanh output on images scaled to [-1, 1]."""
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
     model_name: ModelName
-    dataset: Literal["mnist"] = Field("mnist", description="Dataset read from `<data_root>/<dataset>/`.")
+    # --- data ---
+    dataset: DatasetName = Field(
+        "mnist", description="Images from `<data_root>/<dataset>/`, or a toy distribution generated from `seed`."
+    )
+    image_folder: Annotated[str, Field(pattern=NAME_PATTERN)] | None = Field(
+        None, description="With `image-folder`: the folder under the data root holding the images."
+    )
+    image_size: int | None = Field(
+        None, ge=8, le=256, description="Images are resized (and centre-cropped) to this; dcgan: 28, 32 or 64."
+    )
     max_samples: int | None = Field(
-        None, ge=1, le=10_000_000, description="Use at most this many images (the first ones, in file order)."
+        None, ge=1, le=10_000_000, description="Use at most this many samples (the first ones, in file order)."
     )
+    # --- length ---
     epochs: int = Field(1, ge=1, le=10_000, description="Passes over the (possibly limited) dataset.")
+    steps: int | None = Field(None, ge=1, le=10_000_000, description="Generator steps; overrides `epochs`.")
     batch_size: int = Field(128, ge=1, le=8192)
+    # --- model ---
+    architecture: ArchitectureName = Field("mlp", description="`mlp` (the seeds'), `dcgan`, `mad-gan`.")
+    generators: int = Field(4, ge=2, le=16, description="`mad-gan` only: the number of generators k.")
+    conditional: bool = Field(False, description="Class-conditional G and projection D (labelled datasets).")
     latent_dim: int = Field(100, ge=1, le=4096, description="Size of z.")
-    lr: float = Field(2e-4, gt=0, le=1.0, description="Adam learning rate for both networks.")
-    betas: tuple[float, float] = Field((0.5, 0.999), description="Adam betas (DCGAN's 0.5 for β1).")
-    d_steps: int = Field(1, ge=1, le=100, description="Algorithm 1's k: discriminator steps per G step.")
-    loss: Literal["non-saturating", "minimax"] = Field(
+    output: Literal["tanh", "linear"] | None = Field(
+        None, description="G's last activation; default `tanh` for images (data in [-1, 1]), `linear` for toys."
+    )
+    # --- objective ---
+    loss: LossName = Field(
         "non-saturating",
-        description="`non-saturating`: minimise −log D(G(z)); `minimax`: minimise log(1 − D(G(z))).",
+        description="`non-saturating` (−log D(G(z))), `minimax` (log(1 − D(G(z)))), `wasserstein`, "
+        "`wgan-gp`, `hinge`, `least-squares`.",
     )
-    output: Literal["tanh", "linear"] = Field(
-        "tanh", description="G's last activation: `tanh` on data in [-1, 1], or the reference's unbounded one."
-    )
-    seed: int = Field(0, ge=0, le=2**32 - 1, description="Seeds weights, shuffling and noise.")
+    d_steps: int | None = Field(None, ge=1, le=100, description="Algorithm 1's k; default 1, or 5 for WGANs.")
+    clip_value: float | None = Field(None, gt=0, le=10, description="`wasserstein` only: weight clipping c.")
+    gp_lambda: float | None = Field(None, gt=0, le=1e4, description="`wgan-gp` only: penalty weight λ.")
+    regularizers: list[Regularizer] = Field(default_factory=list, description="Applied to D, composable.")
+    unrolled_steps: int = Field(0, ge=0, le=20, description="Unrolled GAN: G sees D after k steps; 0 = off.")
+    ema: float | None = Field(None, gt=0, lt=1, description="Decay of an EMA of G's weights, served if set.")
+    # --- optimisers ---
+    optimizer: OptimizerName | None = Field(None, description="`adam` or `rmsprop`; default: the objective's.")
+    lr: float | None = Field(None, gt=0, le=1.0, description="Learning rate of both networks.")
+    betas: tuple[float, float] | None = Field(None, description="Adam betas of both networks.")
+    lr_g: float | None = Field(None, gt=0, le=1.0, description="Generator's learning rate (overrides `lr`).")
+    lr_d: float | None = Field(None, gt=0, le=1.0, description="Discriminator's learning rate (overrides `lr`).")
+    betas_g: tuple[float, float] | None = None
+    betas_d: tuple[float, float] | None = None
+    # --- run ---
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="Seeds weights, shuffling, noise and toy data.")
     sample_every: int = Field(1, ge=1, description="Write a sample grid (and checkpoint) every N epochs.")
+
+    @property
+    def is_toy(self) -> bool:
+        return self.dataset in TOY_DATASETS
+
+    @model_validator(mode="after")
+    def _check_and_fill(self) -> Self:
+        problems = _conflicts(self)
+        if problems:
+            raise ValueError("; ".join(problems))
+        d = OBJECTIVE_DEFAULTS[self.loss]
+        self.optimizer = self.optimizer or d.optimizer
+        self.lr = self.lr or d.lr
+        self.lr_g = self.lr_g or self.lr
+        self.lr_d = self.lr_d or self.lr
+        if self.optimizer == "adam":
+            self.betas = self.betas or d.betas
+            self.betas_g = self.betas_g or self.betas
+            self.betas_d = self.betas_d or self.betas
+        self.d_steps = self.d_steps or d.d_steps
+        self.output = self.output or ("linear" if self.is_toy else "tanh")
+        if self.loss == "wasserstein":
+            self.clip_value = self.clip_value or DEFAULT_CLIP_VALUE
+        if self.loss == "wgan-gp":
+            self.gp_lambda = self.gp_lambda or DEFAULT_GP_LAMBDA
+        return self
+
+
+def _conflicts(c: TrainConfig) -> list[str]:
+    """Every combination that cannot run, each as advice."""
+    out = []
+    if (c.dataset == "image-folder") != (c.image_folder is not None):
+        out.append("`image_folder` names the folder for dataset `image-folder`, and only for it")
+    if c.is_toy and c.architecture == "dcgan":
+        out.append(f"`dcgan` generates images; dataset {c.dataset} is points: use `mlp` or `mad-gan`")
+    if c.is_toy and c.image_size is not None:
+        out.append(f"`image_size` does not apply to the toy dataset {c.dataset}")
+    if c.architecture == "dcgan" and c.image_size is not None and c.image_size not in DCGAN_SIZES:
+        out.append(f"`dcgan` makes images of {', '.join(map(str, DCGAN_SIZES))} pixels, not {c.image_size}")
+    if c.conditional and c.dataset not in LABELLED_DATASETS:
+        out.append(f"`conditional` needs labels: datasets {', '.join(sorted(LABELLED_DATASETS))}")
+    if c.conditional and c.architecture == "mad-gan":
+        out.append("`mad-gan` cannot be `conditional` (its discriminator's classes are the generators)")
+    if c.unrolled_steps and c.architecture == "mad-gan":
+        out.append("`unrolled_steps` is not supported with `mad-gan`")
+    if c.clip_value is not None and c.loss != "wasserstein":
+        out.append("`clip_value` applies to `loss: wasserstein` only")
+    if c.gp_lambda is not None and c.loss != "wgan-gp":
+        out.append("`gp_lambda` applies to `loss: wgan-gp` only")
+    if c.optimizer == "rmsprop" and any(b is not None for b in (c.betas, c.betas_g, c.betas_d)):
+        out.append("betas are Adam's: drop them with `optimizer: rmsprop`")
+    names = [r.name for r in c.regularizers]
+    if len(names) != len(set(names)):
+        out.append("each regularizer may appear once")
+    return out
