@@ -126,6 +126,12 @@ class TrainConfig(BaseModel):
     generators: int = Field(4, ge=2, le=16, description="`mad-gan` only: the number of generators k.")
     conditional: bool = Field(False, description="Class-conditional G and projection D (labelled datasets).")
     latent_dim: int = Field(100, ge=1, le=4096, description="Size of z.")
+    g_hidden: list[Annotated[int, Field(ge=1, le=16384)]] | None = Field(
+        None, min_length=1, max_length=16, description="`mlp`/`mad-gan`: G's hidden widths; default by dataset."
+    )
+    d_hidden: list[Annotated[int, Field(ge=1, le=16384)]] | None = Field(
+        None, min_length=1, max_length=16, description="`mlp`/`mad-gan`: D's hidden widths; default by dataset."
+    )
     output: Literal["tanh", "linear"] | None = Field(
         None, description="G's last activation; default `tanh` for images (data in [-1, 1]), `linear` for toys."
     )
@@ -195,6 +201,8 @@ def _conflicts(c: TrainConfig) -> list[str]:
         out.append(f"`conditional` needs labels: datasets {', '.join(sorted(LABELLED_DATASETS))}")
     if c.conditional and c.architecture == "mad-gan":
         out.append("`mad-gan` cannot be `conditional` (its discriminator's classes are the generators)")
+    if c.architecture == "dcgan" and (c.g_hidden or c.d_hidden):
+        out.append("`g_hidden`/`d_hidden` are MLP widths; `dcgan` has fixed convolutional stacks")
     if c.unrolled_steps and c.architecture == "mad-gan":
         out.append("`unrolled_steps` is not supported with `mad-gan`")
     if c.clip_value is not None and c.loss != "wasserstein":
