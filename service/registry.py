@@ -53,29 +53,85 @@ class ModelNotFound(KeyError):
         return f"{what} does not exist; available models: {', '.join(self.available) or 'none'}"
 
 
+Kind = Literal["image", "points"]
+
+
 @dataclass(frozen=True)
 class LoadedModel:
+    """A generator ready to serve. `image_shape` is the shape of one sample: C×H×W for `kind="image"`,
+    (D,) for toy `"points"` models (which are loaded and listed, but not rendered as images).
+
+    `num_classes` is set for a class-conditional model, `num_generators` (k) for a MAD-GAN."""
+
     name: str
     version: int
     generator: nn.Module
     meta: dict[str, Any]
     latent_dim: int
-    image_shape: tuple[int, int, int]
+    image_shape: tuple[int, ...]
     value_range: tuple[float, float]
     source: Source
     stem: Path
+    kind: Kind = "image"
+    num_classes: int | None = None
+    num_generators: int | None = None
 
-    def render(self, latents: torch.Tensor) -> torch.Tensor:
-        """N latents → N×C×H×W uint8 images, deterministically (eval mode, float32, CPU).
+    @property
+    def conditional(self) -> bool:
+        return self.num_classes is not None
 
-        One forward per latent, so that an image depends on its own seed only and not on the batch it was
+    def sample(
+        self, latents: torch.Tensor, labels: list[int] | None = None, generators: list[int] | None = None
+    ) -> torch.Tensor:
+        """N latents → N raw samples (float32, the generator's own range), deterministically (eval mode,
+        CPU). `labels` (conditional models) and `generators` (MAD-GAN) give one entry per latent.
+
+        One forward per latent, so that a sample depends on its own latent only and not on the batch it was
         rendered in (a matmul's rounding may change with the batch size)."""
+        n = latents.shape[0]
+        if (labels is not None and len(labels) != n) or (generators is not None and len(generators) != n):
+            raise ValueError(f"{n} latents need as many labels / generator indices")
+        outs = []
         with torch.inference_mode():
-            out = torch.cat([self.generator(z.unsqueeze(0).to(torch.float32)) for z in latents])
-        return to_uint8(out, self.value_range)
+            for i, z in enumerate(latents):
+                kwargs: dict[str, torch.Tensor] = {}
+                if labels is not None:
+                    kwargs["labels"] = torch.tensor([labels[i]], dtype=torch.long)
+                if generators is not None:
+                    kwargs["generator"] = torch.tensor([generators[i]], dtype=torch.long)
+                outs.append(self.generator(z.unsqueeze(0).to(torch.float32), **kwargs))
+        return torch.cat(outs)
 
-    def render_seeds(self, seeds: list[int]) -> torch.Tensor:
-        return self.render(latents_from_seeds(seeds, self.latent_dim))
+    def render(
+        self, latents: torch.Tensor, labels: list[int] | None = None, generators: list[int] | None = None
+    ) -> torch.Tensor:
+        """N latents → N×C×H×W uint8 images (see `sample`)."""
+        return to_uint8(self.sample(latents, labels, generators), self.value_range)
+
+    def labels_for(self, seeds: list[int], label: int | None = None) -> list[int] | None:
+        """The class of each seed's image: `label` for all of them, or else `seed % num_classes` (so a run
+        of consecutive seeds cycles through the classes); None for an unconditional model."""
+        if self.num_classes is None:
+            if label is not None:
+                raise ValueError(f"model {self.name} version {self.version} is not class-conditional")
+            return None
+        if label is not None and not 0 <= label < self.num_classes:
+            raise ValueError(f"label {label} is not one of the model's classes 0…{self.num_classes - 1}")
+        return [label if label is not None else s % self.num_classes for s in seeds]
+
+    def generators_for(self, seeds: list[int]) -> list[int] | None:
+        """MAD-GAN: the seed picks the generator, `seed % k` (seeds s and s + k share one); else None."""
+        if self.num_generators is None:
+            return None
+        return [s % self.num_generators for s in seeds]
+
+    def render_seeds(self, seeds: list[int], label: int | None = None) -> torch.Tensor:
+        latents = latents_from_seeds(seeds, self.latent_dim)
+        return self.render(latents, self.labels_for(seeds, label), self.generators_for(seeds))
+
+    def sample_seeds(self, seeds: list[int], label: int | None = None) -> torch.Tensor:
+        latents = latents_from_seeds(seeds, self.latent_dim)
+        return self.sample(latents, self.labels_for(seeds, label), self.generators_for(seeds))
 
 
 @dataclass
@@ -173,12 +229,13 @@ class ModelRegistry:
         self._failures.pop(stem, None)
         self._cache[key] = model
         log.info(
-            "model %s version %d loaded from %s in %.2f s (latent %d, image %s)",
+            "model %s version %d loaded from %s in %.2f s (latent %d, %s %s)",
             name,
             version,
             source,
             time.perf_counter() - started,
             model.latent_dim,
+            model.kind,
             "×".join(map(str, model.image_shape)),
         )
         return model
@@ -234,21 +291,63 @@ def _loaded(
     name: str, version: int, generator: nn.Module, meta: dict[str, Any], source: Source, stem: Path
 ) -> LoadedModel:
     spec = meta.get("generator", {})
-    latent_dim = int(meta.get("latent_dim", spec["latent_dim"]))
-    c, h, w = (int(x) for x in meta.get("image_shape", spec["image_shape"]))
+    base = spec.get("base", spec)  # a MAD-GAN spec wraps the spec of its k generators
+    latent_dim = int(meta.get("latent_dim", base["latent_dim"]))
+    kind = meta.get("kind", "image")  # metadata from before toy models is always images
+    if kind not in ("image", "points"):
+        raise ValueError(f"kind {kind!r} is neither 'image' nor 'points'")
+    shape = tuple(int(x) for x in _sample_shape(meta, base, kind))
     lo, hi = (float(x) for x in meta.get("value_range", (-1.0, 1.0)))
     if latent_dim < 1 or not lo < hi:
         raise ValueError(f"latent_dim {latent_dim} and value_range [{lo}, {hi}] make no sense")
-    return LoadedModel(name, version, generator.float().eval(), meta, latent_dim, (c, h, w), (lo, hi), source, stem)
+    return LoadedModel(
+        name,
+        version,
+        generator.float().eval(),
+        meta,
+        latent_dim,
+        shape,
+        (lo, hi),
+        source,
+        stem,
+        kind=kind,
+        num_classes=_num_classes(meta, base),
+        num_generators=_num_generators(meta, generator),
+    )
+
+
+def _sample_shape(meta: dict[str, Any], base: dict[str, Any], kind: str) -> list[int]:
+    shape = meta.get("image_shape") if kind == "image" else None
+    shape = shape or meta.get("sample_shape") or base["image_shape"]
+    if kind == "image" and len(shape) != 3:
+        raise ValueError(f"an image model's samples must be C×H×W, metadata says {shape}")
+    return list(shape)
+
+
+def _num_classes(meta: dict[str, Any], base: dict[str, Any]) -> int | None:
+    """The generator's own spec decides (it is what will run); the metadata's fields are the fallback."""
+    n = base.get("num_classes")
+    if n is None and meta.get("conditional"):
+        n = meta.get("num_classes")
+    if n is not None and int(n) < 1:
+        raise ValueError(f"num_classes {n} makes no sense")
+    return None if n is None else int(n)
+
+
+def _num_generators(meta: dict[str, Any], generator: nn.Module) -> int | None:
+    k = getattr(generator, "num_generators", None)
+    if k is not None and meta.get("num_generators") not in (None, k):
+        raise ValueError(f"the generator has {k} generators, metadata says {meta['num_generators']}")
+    return None if k is None else int(k)
 
 
 def _warm_up(model: LoadedModel) -> None:
     """One forward at load time: fails now on a generator whose shapes do not match its metadata (rather
     than on a user's request) and pays the first-call allocation cost up front."""
-    images = model.render_seeds([0])
-    if tuple(images.shape[1:]) != model.image_shape:
+    samples = model.sample_seeds([0])
+    if tuple(samples.shape[1:]) != model.image_shape:
         raise ValueError(
-            f"generator makes images of shape {tuple(images.shape[1:])}, metadata says {model.image_shape}"
+            f"generator makes samples of shape {tuple(samples.shape[1:])}, metadata says {model.image_shape}"
         )
 
 
@@ -276,13 +375,37 @@ def _version_info(stem: Path, version: int) -> dict[str, Any]:
     except CheckpointError as e:
         return {**info, "error": str(e)}
     spec = meta.get("generator") or {}
+    base = spec.get("base", spec)
+    kind = meta.get("kind", "image")
+    kind = kind if kind in ("image", "points") else None  # nonsense is reported as unknown, not a 500
     return {
         **info,
-        "latent_dim": meta.get("latent_dim", spec.get("latent_dim")),
-        "image_shape": meta.get("image_shape", spec.get("image_shape")),
+        "latent_dim": meta.get("latent_dim", base.get("latent_dim")),
+        "image_shape": meta.get("image_shape", base.get("image_shape")) if kind == "image" else None,
         "value_range": meta.get("value_range", [-1.0, 1.0]),
         "training": _training(meta, stem),
+        **_generation_info(meta, spec, base, kind),
     }
+
+
+def _generation_info(
+    meta: dict[str, Any], spec: dict[str, Any], base: dict[str, Any], kind: str | None
+) -> dict[str, Any]:
+    """What a client needs to know to ask for samples: kind, classes, generators, architecture."""
+    conditional = bool(meta.get("conditional", base.get("num_classes") is not None))
+    # An unconditional model's dataset may have classes, but a client cannot ask for them: report none.
+    num_classes = base.get("num_classes", meta.get("num_classes")) if conditional else None
+    return {
+        "kind": kind,
+        "sample_shape": meta.get("sample_shape", base.get("image_shape")),
+        "architecture": meta.get("architecture", spec.get("arch")),
+        "conditional": conditional,
+        "num_classes": num_classes,
+        "num_generators": meta.get("num_generators", spec.get("generators")),
+    }
+
+
+GENERATION_FIELDS = ("kind", "sample_shape", "architecture", "conditional", "num_classes", "num_generators")
 
 
 def _summary(name: str, root: Path, source: Source, versions: list[int]) -> dict[str, Any]:
@@ -298,4 +421,5 @@ def _summary(name: str, root: Path, source: Source, versions: list[int]) -> dict
         "value_range": info.get("value_range"),
         "training": info.get("training"),
         "error": info.get("error"),
+        **{k: info.get(k) for k in GENERATION_FIELDS},
     }

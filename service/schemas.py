@@ -19,6 +19,15 @@ ModelRef = Annotated[
     ),
 ]
 Version = Annotated[int, Field(ge=1, description="Model version; the latest when omitted.", examples=[1])]
+Label = Annotated[
+    int,
+    Field(
+        ge=0,
+        description="Class-conditional models only: the class of every image (0 … num_classes − 1); "
+        "when omitted, the image of seed s is of class s mod num_classes.",
+        examples=[3],
+    ),
+]
 
 
 class GenerateRequest(BaseModel):
@@ -47,6 +56,7 @@ class GenerateRequest(BaseModel):
     model: ModelRef | None = None
     version: Version | None = None
     count: int = Field(1, ge=1, description="Images to generate (seeds seed … seed+count−1), as one grid PNG.")
+    label: Label | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> "GenerateRequest":
@@ -64,6 +74,12 @@ class GeneratedImages(BaseModel):
     version: int
     seeds: list[int] | None = Field(description="The seed of each image; null for an explicit latent.")
     images: list[str] = Field(description="One base64-encoded PNG per image, in seed order.")
+    labels: list[int] | None = Field(
+        None, description="Class-conditional models: the class of each image; null otherwise."
+    )
+    generators: list[int] | None = Field(
+        None, description="MAD-GAN models: the generator (seed mod k) of each image; null otherwise."
+    )
 
 
 class JobList(BaseModel):
@@ -87,6 +103,14 @@ class ModelVersionInfo(BaseModel):
     value_range: list[float] | None = None
     has_samples: bool = False
     training: TrainingSummary | None = None
+    kind: Literal["image", "points"] | None = Field(
+        None, description="`image`, or `points` for toy models (sampled with `python -m training sample`)."
+    )
+    sample_shape: list[int] | None = Field(None, description="Shape of one sample: C×H×W, or D for points.")
+    architecture: str | None = Field(None, description="`mlp`, `dcgan` or `mad-gan`.")
+    conditional: bool | None = Field(None, description="Whether /generate takes a `label`.")
+    num_classes: int | None = Field(None, description="Conditional models: labels are 0 … num_classes − 1.")
+    num_generators: int | None = Field(None, description="MAD-GAN: the number of generators k.")
     error: str | None = Field(None, description="Why this version's metadata cannot be read, if it cannot.")
 
 
@@ -100,6 +124,14 @@ class ModelSummary(BaseModel):
     value_range: list[float] | None = None
     training: TrainingSummary | None = None
     error: str | None = None
+    kind: Literal["image", "points"] | None = Field(
+        None, description="`image`, or `points` for toy models (sampled with `python -m training sample`)."
+    )
+    sample_shape: list[int] | None = Field(None, description="Shape of one sample: C×H×W, or D for points.")
+    architecture: str | None = Field(None, description="`mlp`, `dcgan` or `mad-gan`.")
+    conditional: bool | None = Field(None, description="Whether /generate takes a `label`.")
+    num_classes: int | None = Field(None, description="Conditional models: labels are 0 … num_classes − 1.")
+    num_generators: int | None = Field(None, description="MAD-GAN: the number of generators k.")
 
 
 class ModelDetail(ModelSummary):

@@ -27,6 +27,8 @@ from training.models import build_generator
 
 FORMAT = "ganserve-checkpoint/1"
 MODEL_STEM = "model"
+GENERATOR_PREFIX = "generator"
+EMA_PREFIX = "generator_ema"  # an exponential moving average of G's weights: served instead of G when present
 
 
 class CheckpointError(Exception):
@@ -126,26 +128,37 @@ def unprefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch
     return {k[len(p) :]: v for k, v in tensors.items() if k.startswith(p)}
 
 
+def served_prefix(tensors: dict[str, torch.Tensor]) -> str:
+    """The generator weights to serve: the EMA's when the checkpoint has them (they give smoother, better
+    samples than the last raw iterate), else the raw generator's."""
+    ema = EMA_PREFIX + "."
+    return EMA_PREFIX if any(k.startswith(ema) for k in tensors) else GENERATOR_PREFIX
+
+
 def load_generator(stem: Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the generator from the checkpoint alone, in eval mode (BatchNorm uses running statistics,
-    so an image depends on its own latent only)."""
+    """Rebuild the served generator (EMA weights when present) from the checkpoint alone, in eval mode
+    (BatchNorm uses running statistics, so an image depends on its own latent only)."""
     tensors, meta = load(stem, device)
+    prefix = served_prefix(tensors)
     try:
         generator = build_generator(meta["generator"])
-        generator.load_state_dict(unprefixed(tensors, "generator"))
+        generator.load_state_dict(unprefixed(tensors, prefix))
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"{stem}: generator cannot be rebuilt: {e}") from None
+    meta = {**meta, "served_weights": "ema" if prefix == EMA_PREFIX else "raw"}
     return generator.to(device).eval(), meta
 
 
 def publish(models_dir: Path, name: str, stem: Path, samples_png: Path | None = None) -> int:
     """Publish a checkpoint's generator as the next version of model `name`; returns that version."""
     tensors, meta = load(stem)
-    gen_only = unprefixed(tensors, "generator")
+    # Both sets of generator weights travel: the EMA is what is served, the raw ones allow comparing them.
+    gen_only = {k: v for k, v in tensors.items() if k.startswith((f"{GENERATOR_PREFIX}.", f"{EMA_PREFIX}."))}
+    meta = {**meta, "served_weights": "ema" if served_prefix(tensors) == EMA_PREFIX else "raw"}
     staging = Path(tempfile.mkdtemp(dir=_ensure(models_dir), prefix=f".{name}-staging-"))
     staging.chmod(0o755)  # mkdtemp's 0700 would hide the published version from an API running as another user
     try:
-        save(staging / MODEL_STEM, {f"generator.{k}": v for k, v in gen_only.items()}, _strip(meta))
+        save(staging / MODEL_STEM, gen_only, _strip(meta))
         if samples_png is not None and samples_png.exists():
             shutil.copyfile(samples_png, staging / "samples.png")
         model_dir = _ensure(models_dir / name)

@@ -1,28 +1,39 @@
 """The one training loop (Goodfellow et al. 2014, Algorithm 1), shared by the CLI and the Celery worker.
 
+Per generator step: `d_steps` discriminator updates on fresh real batches, then one generator update, for
+every objective (`training.losses`) and regularizer (`training.regularizers`); optionally the generator
+sees D unrolled `unrolled_steps` ahead (Metz et al. 2017) and an EMA of its weights is kept and served.
+
 It knows nothing of Celery or HTTP: the caller passes `progress_fn` to hear about progress and
 `should_stop` to ask for cancellation, and gets a `TrainResult` back.
 """
 
+import copy
+import io
 import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from torch import nn
+from torch.func import functional_call
 
-from training import checkpoint, images, losses
+from training import checkpoint, images, losses, regularizers
 from training.config import TrainConfig
-from training.data import load_dataset
 from training.latents import latents_from_seeds
 from training.models import MLPDiscriminator, MLPDiscriminatorConfig, MLPGenerator, MLPGeneratorConfig, config_to_json
 
 SAMPLE_SEEDS = list(range(64))  # the grid shows seeds 0..63, so it matches /generate for those seeds
+POINT_SEEDS = list(range(2500))  # the scatter of a toy run: enough points to see every mode
 LOSS_KEYS = ("d_loss", "g_loss", "d_real", "d_fake")
+MADGAN_LOSSES = ("minimax", "non-saturating")
+UNROLL_EPS = 1e-8  # inside the √ of the unrolled update, so a zero gradient does not give an infinite derivative
+
+DFn = Callable[..., torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -75,13 +86,392 @@ def steps_per_epoch(n_images: int, batch_size: int, d_steps: int) -> int:
     return max(1, n_batches // d_steps)
 
 
-def _to_unit_range(batch_uint8: torch.Tensor) -> torch.Tensor:
-    return batch_uint8.float().div_(127.5).sub_(1.0)
+def check_supported(config: TrainConfig) -> None:
+    """Refuse what the loop cannot train, before any data is read."""
+    if config.architecture == "mad-gan" and config.loss not in MADGAN_LOSSES:
+        raise ValueError(
+            f"`mad-gan` trains its (k+1)-way discriminator with cross-entropy, so `loss` must be one of "
+            f"{', '.join(MADGAN_LOSSES)}, not {config.loss!r}"
+        )
 
 
-def _set_requires_grad(module: nn.Module, flag: bool) -> None:
-    for p in module.parameters():
-        p.requires_grad_(flag)
+# --- data ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Data:
+    samples: torch.Tensor  # uint8 images N×C×H×W or float32 points N×D, on the training device
+    labels: torch.Tensor | None
+    num_classes: int | None
+    kind: Literal["image", "points"]
+    to_model_range: Callable[[torch.Tensor], torch.Tensor]
+
+    @property
+    def n(self) -> int:
+        return self.samples.shape[0]
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return tuple(self.samples.shape[1:])
+
+
+def _to_model_range(batch: torch.Tensor) -> torch.Tensor:
+    if batch.dtype == torch.uint8:
+        return batch.float().div_(127.5).sub_(1.0)
+    return batch.float()
+
+
+def load_data(config: TrainConfig, data_root: Path, device: torch.device) -> _Data:
+    from training import data as data_module
+
+    if hasattr(data_module, "load_training_data"):
+        ds = data_module.load_training_data(config, data_root)
+        labels = ds.labels.to(device) if ds.labels is not None else None
+        to_range = getattr(data_module, "to_model_range", _to_model_range)
+        return _Data(ds.samples.to(device), labels, ds.num_classes, ds.kind, to_range)
+    # Until the dataset registry exists: MNIST images only, unlabelled.
+    samples = data_module.load_dataset(config.dataset, data_root, config.max_samples).to(device)
+    return _Data(samples, None, None, "image", _to_model_range)
+
+
+# --- networks -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Nets:
+    g: nn.Module
+    d: nn.Module
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    ema: nn.Module | None = None
+
+
+def _build_models(config: TrainConfig, data: _Data) -> tuple[nn.Module, nn.Module]:
+    from training import models
+
+    if hasattr(models, "build_models"):
+        return models.build_models(config, data.sample_shape, data.num_classes)
+    if config.architecture != "mlp" or config.conditional:
+        raise ValueError(f"architecture {config.architecture!r} (conditional={config.conditional}) is not built yet")
+    shape = data.sample_shape
+    g_hidden = tuple(config.g_hidden or MLPGeneratorConfig.hidden)
+    d_hidden = tuple(config.d_hidden or MLPDiscriminatorConfig.hidden)
+    g_cfg = MLPGeneratorConfig(config.latent_dim, g_hidden, shape, config.output)  # type: ignore[arg-type]
+    d_cfg = MLPDiscriminatorConfig(shape, d_hidden)  # type: ignore[arg-type]
+    return MLPGenerator(g_cfg), MLPDiscriminator(d_cfg)
+
+
+def _optimizer(params: Any, config: TrainConfig, lr: float, betas: tuple[float, float] | None) -> torch.optim.Optimizer:
+    if config.optimizer == "rmsprop":
+        return torch.optim.RMSprop(params, lr=lr)
+    return torch.optim.Adam(params, lr=lr, betas=tuple(betas or (0.5, 0.999)))
+
+
+def _build(config: TrainConfig, data: _Data, reg: regularizers.Regularization, device: torch.device) -> _Nets:
+    # Weight init draws from the global RNG; fork it so seeding here leaves the caller's state alone.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        g, d = _build_models(config, data)
+        d = reg.apply_to_discriminator(d)
+    g, d = g.to(device).train(), d.to(device).train()
+    opt_g = _optimizer(g.parameters(), config, config.lr_g or config.lr or 2e-4, config.betas_g)
+    opt_d = _optimizer(d.parameters(), config, config.lr_d or config.lr or 2e-4, config.betas_d)
+    ema = None
+    if config.ema is not None:
+        ema = copy.deepcopy(g).requires_grad_(False)
+    return _Nets(g, d, opt_g, opt_d, ema)
+
+
+def _spec(module: nn.Module) -> dict[str, Any]:
+    spec = getattr(module, "spec", None)
+    return dict(spec) if spec is not None else config_to_json(module.cfg)  # type: ignore[arg-type]
+
+
+def _num_generators(g: nn.Module) -> int | None:
+    return getattr(g, "num_generators", None)
+
+
+def call_g(
+    g: nn.Module, z: torch.Tensor, labels: torch.Tensor | None = None, generator: torch.Tensor | None = None
+) -> torch.Tensor:
+    """G(z), passing labels / generator indices only when there are some (plain generators take z alone)."""
+    kwargs: dict[str, torch.Tensor] = {}
+    if labels is not None:
+        kwargs["labels"] = labels
+    if generator is not None:
+        kwargs["generator"] = generator
+    return g(z, **kwargs)
+
+
+@torch.no_grad()
+def ema_update(ema: nn.Module, g: nn.Module, decay: float) -> None:
+    """θ_ema ← decay·θ_ema + (1 − decay)·θ; buffers (BatchNorm statistics) are copied, since averaging
+    running statistics of different weights describes no network."""
+    for pe, p in zip(ema.parameters(), g.parameters(), strict=True):
+        pe.lerp_(p, 1.0 - decay)
+    for be, b in zip(ema.buffers(), g.buffers(), strict=True):
+        be.copy_(b)
+
+
+# --- one step -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Step:
+    """What every D and G step needs, so those functions take one argument besides the batch."""
+
+    config: TrainConfig
+    nets: _Nets
+    data: _Data
+    objective: losses.Objective
+    reg: regularizers.Regularization
+    rng: torch.Generator
+    batch: int
+    device: torch.device
+    num_generators: int | None = None
+    extra_keys: tuple[str, ...] = field(default=())
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return LOSS_KEYS + self.extra_keys
+
+    def noise(self, n: int) -> torch.Tensor:
+        return torch.randn(n, self.config.latent_dim, generator=self.rng, device=self.device)
+
+    def fake_inputs(self, n: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """(z, labels, generator indices) for a fake batch: random labels when conditional, G_i for i % k."""
+        z = self.noise(n)
+        labels = None
+        if self.config.conditional and self.data.num_classes:
+            labels = torch.randint(self.data.num_classes, (n,), generator=self.rng, device=self.device)
+        gen = None
+        if self.num_generators:
+            gen = torch.arange(n, device=self.device) % self.num_generators
+        return z, labels, gen
+
+    def real_batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        real = self.data.to_model_range(self.data.samples[idx])
+        labels = self.data.labels[idx] if self.config.conditional and self.data.labels is not None else None
+        return real, labels
+
+    def random_real_batch(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.real_batch(torch.randint(self.data.n, (self.batch,), generator=self.rng, device=self.device))
+
+    def d_objective(self, real_out: torch.Tensor, fake_out: torch.Tensor, gen: torch.Tensor | None) -> torch.Tensor:
+        if gen is not None:
+            return losses.madgan_d_loss(real_out, fake_out, gen)
+        return self.objective.d_loss(real_out, fake_out)
+
+    def g_objective(self, fake_out: torch.Tensor) -> torch.Tensor:
+        if self.num_generators:
+            return losses.madgan_g_loss(fake_out, saturating=self.config.loss == "minimax")
+        return self.objective.g_loss(fake_out)
+
+    def score(self, out: torch.Tensor) -> torch.Tensor:
+        """Mean D output for reporting: P(real) where D is a classifier, the raw critic value otherwise."""
+        r = losses.realness(out.detach())
+        return torch.sigmoid(r).mean() if self.objective.probabilistic or out.dim() == 2 else r.mean()
+
+
+def d_step(s: _Step, real: torch.Tensor, real_labels: torch.Tensor | None, step: int) -> dict[str, torch.Tensor]:
+    """One discriminator update; returns its loss terms and mean outputs as detached device tensors."""
+    nets = s.nets
+    z, fake_labels, gen = s.fake_inputs(real.shape[0])
+    with torch.no_grad():
+        fake = call_g(nets.g, z, fake_labels, gen)
+    real_in, fake_in = s.reg.perturb(real, step, s.rng), s.reg.perturb(fake, step, s.rng)
+    real_out = losses.call_d(nets.d, real_in, real_labels)
+    fake_out = losses.call_d(nets.d, fake_in, fake_labels)
+    loss = s.d_objective(real_out, fake_out, gen)
+    extras = s.reg.d_penalty(nets.d, real_in, fake_in, real_labels, fake_labels)
+    if s.config.loss == "wgan-gp":
+        gp = losses.gradient_penalty(nets.d, real_in, fake_in, real_labels, s.rng)
+        extras = {"gp": (s.config.gp_lambda or 0.0) * gp, **extras}
+    nets.opt_d.zero_grad(set_to_none=True)
+    sum([loss, *extras.values()]).backward()  # type: ignore[union-attr]
+    nets.opt_d.step()
+    if s.config.clip_value is not None:
+        _clip(nets.d, s.config.clip_value)
+    stats = {"d_loss": loss.detach(), "d_real": s.score(real_out), "d_fake": s.score(fake_out)}
+    return stats | {k: v.detach() for k, v in extras.items()}
+
+
+@torch.no_grad()
+def _clip(d: nn.Module, c: float) -> None:
+    # WGAN's crude Lipschitz bound (Arjovsky et al. 2017, Algorithm 1): every weight into [−c, c].
+    for p in d.parameters():
+        p.clamp_(-c, c)
+
+
+def g_step(s: _Step, step: int) -> torch.Tensor:
+    """One generator update against D, or against D unrolled `unrolled_steps` ahead; D is never changed."""
+    nets = s.nets
+    d_fn: DFn = unrolled_discriminator(s) if s.config.unrolled_steps else nets.d
+    nets.d.requires_grad_(False)  # D's own weight gradients would be thrown away anyway
+    try:
+        z, labels, gen = s.fake_inputs(s.batch)
+        fake = s.reg.perturb(call_g(nets.g, z, labels, gen), step, s.rng)
+        loss = s.g_objective(losses.call_d(d_fn, fake, labels))
+        nets.opt_g.zero_grad(set_to_none=True)
+        loss.backward()
+        nets.opt_g.step()
+    finally:
+        nets.d.requires_grad_(True)
+    if nets.ema is not None:
+        ema_update(nets.ema, nets.g, s.config.ema or 0.0)
+    return loss.detach()
+
+
+# --- unrolled GAN -------------------------------------------------------------------------------------
+
+
+def unrolled_discriminator(s: _Step) -> DFn:
+    """D after `unrolled_steps` differentiable optimisation steps on a functional copy of its parameters
+    (Metz et al. 2017, eq. 4–6), as a function D_K(x, labels).
+
+    What is differentiated: θ_0 is D's current parameters, detached (G cannot move them). Each unrolled step
+    draws a fresh real batch and a fresh fake batch G(z) *with* its graph to G, and applies D's own update
+    rule (Adam or RMSprop, continuing from copies of D's optimiser moments) with `create_graph=True`, so
+    θ_K is a differentiable function of G's parameters through every fake batch of the unroll. G's loss on
+    D_K then back-propagates both through D_K(G(z)) directly and through θ_K(G). D's parameters, buffers and
+    optimiser state are only read: the copy's buffers are clones, and every update is out of place.
+    The unrolled steps use the objective's loss (and WGAN clipping) only; penalties (gp, R1, R2) and
+    instance noise are left out of the unroll to avoid third-order derivatives."""
+    d, opt = s.nets.d, s.nets.opt_d
+    names = [n for n, _ in d.named_parameters()]
+    params = {n: p.detach().clone().requires_grad_(True) for n, p in d.named_parameters()}
+    buffers = {n: b.detach().clone() for n, b in d.named_buffers()}
+    moments = _optimizer_moments(opt, d)
+
+    def d_at(theta: dict[str, torch.Tensor]) -> DFn:
+        def fn(x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+            args = (x,) if labels is None else (x, labels)
+            return functional_call(d, (theta, buffers), args)
+
+        return fn
+
+    for _ in range(s.config.unrolled_steps):
+        real, real_labels = s.random_real_batch()
+        z, fake_labels, gen = s.fake_inputs(s.batch)
+        fake = call_g(s.nets.g, z, fake_labels, gen)
+        d_k = d_at(params)
+        loss = s.d_objective(losses.call_d(d_k, real, real_labels), losses.call_d(d_k, fake, fake_labels), gen)
+        grads = torch.autograd.grad(loss, [params[n] for n in names], create_graph=True)
+        params = _unrolled_update(opt, params, dict(zip(names, grads, strict=True)), moments)
+        if s.config.clip_value is not None:
+            c = s.config.clip_value
+            params = {n: p.clamp(-c, c) for n, p in params.items()}
+    return d_at(params)
+
+
+@dataclass
+class _Moments:
+    """Copies of D's optimiser state, advanced out of place along the unroll."""
+
+    step: int
+    first: dict[str, torch.Tensor]  # Adam's m (zeros for RMSprop, unused)
+    second: dict[str, torch.Tensor]  # Adam's v / RMSprop's square average
+
+
+def _optimizer_moments(opt: torch.optim.Optimizer, d: nn.Module) -> _Moments:
+    step, first, second = 0, {}, {}
+    for name, p in d.named_parameters():
+        state = opt.state.get(p, {})
+        step = int(state["step"]) if "step" in state else step  # the one host sync of an unrolled G step
+        first[name] = state["exp_avg"].detach().clone() if "exp_avg" in state else torch.zeros_like(p)
+        sq = state.get("exp_avg_sq", state.get("square_avg"))
+        second[name] = sq.detach().clone() if sq is not None else torch.zeros_like(p)
+    return _Moments(step, first, second)
+
+
+def _unrolled_update(
+    opt: torch.optim.Optimizer, params: dict[str, torch.Tensor], grads: dict[str, torch.Tensor], m: _Moments
+) -> dict[str, torch.Tensor]:
+    """One out-of-place step of D's own rule. Differs from torch's only in ε under the √ (not after it):
+    √v has an infinite derivative at v = 0, which a dead unit's zero gradient would otherwise hit."""
+    group = opt.param_groups[0]
+    lr = float(group["lr"])
+    m.step += 1
+    out = {}
+    for name, p in params.items():
+        g = grads[name]
+        if isinstance(opt, torch.optim.Adam):
+            b1, b2 = group["betas"]
+            m.first[name] = b1 * m.first[name] + (1 - b1) * g
+            m.second[name] = b2 * m.second[name] + (1 - b2) * g * g
+            m_hat = m.first[name] / (1 - b1**m.step)
+            v_hat = m.second[name] / (1 - b2**m.step)
+            out[name] = p - lr * m_hat / (torch.sqrt(v_hat + UNROLL_EPS**2) + group["eps"])
+        else:
+            alpha = group.get("alpha", 0.99)
+            m.second[name] = alpha * m.second[name] + (1 - alpha) * g * g
+            out[name] = p - lr * g / (torch.sqrt(m.second[name] + UNROLL_EPS**2) + group["eps"])
+    return out
+
+
+# --- samples and checkpoints --------------------------------------------------------------------------
+
+
+def sample_conditioning(
+    n: int, nrow: int, num_classes: int | None, num_generators: int | None, device: torch.device
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Labels and generator indices for the fixed seeds: row i of the grid is label i % num_classes; seed s
+    is drawn by generator s % k."""
+    seeds = torch.arange(n, device=device)
+    labels = (seeds // nrow) % num_classes if num_classes else None
+    gen = seeds % num_generators if num_generators else None
+    return labels, gen
+
+
+def _generate(g: nn.Module, z: torch.Tensor, labels: torch.Tensor | None, gen: torch.Tensor | None) -> torch.Tensor:
+    g.eval()
+    try:
+        with torch.no_grad():
+            return call_g(g, z, labels, gen)
+    finally:
+        g.train()
+
+
+def _write_samples(s: _Step, path: Path, fixed_z: torch.Tensor) -> None:
+    g = s.nets.ema if s.nets.ema is not None else s.nets.g  # the samples show what will be served
+    num_classes = s.data.num_classes if s.config.conditional else None
+    if s.data.kind == "image":
+        nrow = math.ceil(math.sqrt(fixed_z.shape[0]))
+        labels, gen = sample_conditioning(fixed_z.shape[0], nrow, num_classes, s.num_generators, s.device)
+        fake = _generate(g, fixed_z, labels, gen)
+        png = images.png_bytes(images.grid(images.to_uint8(fake), nrow=nrow))
+    else:
+        z = latents_from_seeds(POINT_SEEDS, s.config.latent_dim).to(s.device)
+        labels, gen = sample_conditioning(len(POINT_SEEDS), 1, None, s.num_generators, s.device)
+        fake = _generate(g, z, labels, gen)
+        png = scatter_png(s.data.to_model_range(s.data.samples).cpu(), fake.cpu(), s.config.dataset)
+    checkpoint.atomic_write_bytes(path, png)
+
+
+def scatter_png(real: torch.Tensor, fake: torch.Tensor, title: str) -> bytes:
+    """Generated points over the data: a scatter for 2-D, histograms (as densities) for 1-D."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on a worker
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5, 5), dpi=100)
+    ax = fig.add_subplot()
+    real, fake = real.flatten(1).numpy(), fake.flatten(1).numpy()
+    if real.shape[1] == 1:
+        bins = 100
+        ax.hist(real[:, 0], bins=bins, density=True, alpha=0.5, color="tab:blue", label="data")
+        ax.hist(fake[:, 0], bins=bins, density=True, alpha=0.5, color="tab:orange", label="generated")
+        ax.set_ylabel("density")
+    else:
+        ax.scatter(real[:, 0], real[:, 1], s=2, alpha=0.3, color="tab:blue", label="data")
+        ax.scatter(fake[:, 0], fake[:, 1], s=2, alpha=0.5, color="tab:orange", label="generated")
+        ax.set_aspect("equal", adjustable="datalim")
+    ax.legend(loc="upper right")
+    ax.set_title(title)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
 
 
 def _optimizer_tensors(opt: torch.optim.Optimizer, prefix: str) -> dict[str, torch.Tensor]:
@@ -93,46 +483,19 @@ def _optimizer_tensors(opt: torch.optim.Optimizer, prefix: str) -> dict[str, tor
     }
 
 
-@dataclass
-class _Nets:
-    g: MLPGenerator
-    d: MLPDiscriminator
-    opt_g: torch.optim.Optimizer
-    opt_d: torch.optim.Optimizer
-
-
-def _build(config: TrainConfig, image_shape: tuple[int, int, int], device: torch.device) -> _Nets:
-    # Weight init draws from the global RNG; fork it so seeding here leaves the caller's state alone.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
-        g = MLPGenerator(
-            MLPGeneratorConfig(latent_dim=config.latent_dim, output=config.output, image_shape=image_shape)
-        )
-        d = MLPDiscriminator(MLPDiscriminatorConfig(image_shape=image_shape))
-    g, d = g.to(device).train(), d.to(device).train()
-    betas = tuple(config.betas)
-    opt_g = torch.optim.Adam(g.parameters(), lr=config.lr, betas=betas)
-    opt_d = torch.optim.Adam(d.parameters(), lr=config.lr, betas=betas)
-    return _Nets(g, d, opt_g, opt_d)
-
-
-def _write_samples(g: nn.Module, z: torch.Tensor, path: Path) -> None:
-    g.eval()
-    try:
-        with torch.no_grad():
-            fake = g(z)
-    finally:
-        g.train()
-    checkpoint.atomic_write_bytes(path, images.png_bytes(images.grid(images.to_uint8(fake))))
-
-
-def _metadata(config: TrainConfig, nets: _Nets, epoch: int, step: int, loss_values: dict[str, float]) -> dict[str, Any]:
-    return {
-        "generator": config_to_json(nets.g.cfg),
-        "discriminator": config_to_json(nets.d.cfg),
+def _metadata(s: _Step, epoch: int, step: int, loss_values: dict[str, float]) -> dict[str, Any]:
+    config, nets = s.config, s.nets
+    meta: dict[str, Any] = {
+        "generator": _spec(nets.g),
+        "discriminator": _spec(nets.d),
+        "architecture": config.architecture,
+        "kind": s.data.kind,
+        "sample_shape": list(s.data.sample_shape),
+        "num_classes": s.data.num_classes if config.conditional else None,
+        "conditional": config.conditional,
+        "loss": config.loss,
+        "served_weights": "ema" if nets.ema is not None else "raw",
         "latent_dim": config.latent_dim,
-        "image_shape": list(nets.g.cfg.image_shape),
-        "value_range": [-1, 1],
         "dataset": config.dataset,
         "epoch": epoch,
         "step": step,
@@ -140,22 +503,51 @@ def _metadata(config: TrainConfig, nets: _Nets, epoch: int, step: int, loss_valu
         "train_config": config.model_dump(mode="json"),
         "model_name": config.model_name,
     }
+    if s.data.kind == "image":
+        meta |= {"image_shape": list(s.data.sample_shape), "value_range": [-1, 1]}
+    if s.num_generators:
+        meta["num_generators"] = s.num_generators
+    return meta
 
 
-def _save_checkpoint(stem: Path, config: TrainConfig, nets: _Nets, epoch: int, step: int, lv: dict[str, float]) -> None:
+def _save_checkpoint(stem: Path, s: _Step, epoch: int, step: int, lv: dict[str, float]) -> None:
+    nets = s.nets
     tensors = {
         **checkpoint.prefixed(nets.g, "generator"),
         **checkpoint.prefixed(nets.d, "discriminator"),
         **_optimizer_tensors(nets.opt_g, "opt_g"),
         **_optimizer_tensors(nets.opt_d, "opt_d"),
     }
-    checkpoint.save(stem, tensors, _metadata(config, nets, epoch, step, lv))
+    if nets.ema is not None:
+        tensors |= checkpoint.prefixed(nets.ema, checkpoint.EMA_PREFIX)
+    checkpoint.save(stem, tensors, _metadata(s, epoch, step, lv))
 
 
-def _loss_dict(sums: torch.Tensor, count: int) -> dict[str, float]:
+def _loss_dict(keys: tuple[str, ...], sums: torch.Tensor, count: int) -> dict[str, float]:
     if count == 0:
-        return {k: math.nan for k in LOSS_KEYS}
-    return dict(zip(LOSS_KEYS, (sums / count).tolist(), strict=True))  # the only host sync: on report
+        return {k: math.nan for k in keys}
+    return dict(zip(keys, (sums / count).tolist(), strict=True))  # the only host sync: on report
+
+
+def build_step(config: TrainConfig, data: _Data, device: torch.device, total_steps: int, batch: int) -> _Step:
+    """Networks, optimisers, objective, regularizers and RNG for a run, seeded from `config.seed`."""
+    reg = regularizers.prepare(config, total_steps)
+    nets = _build(config, data, reg, device)
+    return _Step(
+        config=config,
+        nets=nets,
+        data=data,
+        objective=losses.objective(config.loss),
+        reg=reg,
+        rng=torch.Generator(device=device).manual_seed(config.seed),
+        batch=batch,
+        device=device,
+        num_generators=_num_generators(nets.g),
+        extra_keys=(("gp",) if config.loss == "wgan-gp" else ()) + reg.penalty_names,
+    )
+
+
+# --- the loop -----------------------------------------------------------------------------------------
 
 
 def train(
@@ -168,30 +560,29 @@ def train(
     should_stop: Callable[[], bool] | None = None,
     report_every_s: float = 1.0,
 ) -> TrainResult:
+    check_supported(config)
     dev = resolve_device(device)
     _use_all_cores(dev)
-    data = load_dataset(config.dataset, Path(data_root), config.max_samples).to(dev)
-    n, image_shape = data.shape[0], tuple(data.shape[1:])
+    data = load_data(config, Path(data_root), dev)
+    n = data.n
     batch = min(config.batch_size, n)  # a dataset smaller than a batch is trained on as one batch
     n_batches = max(1, n // batch)
-    per_epoch = steps_per_epoch(n, batch, config.d_steps)
-    total_steps = per_epoch * config.epochs
+    d_steps = config.d_steps or 1
+    per_epoch = steps_per_epoch(n, batch, d_steps)
+    total_steps = config.steps or per_epoch * config.epochs
+    epochs = math.ceil(total_steps / per_epoch)  # `steps` wins: the last epoch may be partial
 
-    nets = _build(config, image_shape, dev)
-    g_loss_fn = losses.generator_loss(config.loss)
-    rng = torch.Generator(device=dev).manual_seed(config.seed)
+    s = build_step(config, data, dev, total_steps, batch)
+    keys = s.keys
     fixed_z = latents_from_seeds(SAMPLE_SEEDS, config.latent_dim).to(dev)
     out_dir = Path(out_dir)
-
-    def noise() -> torch.Tensor:
-        return torch.randn(batch, config.latent_dim, generator=rng, device=dev)
 
     def report(progress: TrainProgress) -> None:
         if progress_fn is not None:
             progress_fn(progress)
 
     step, last_stem, last_samples = 0, None, None
-    epoch_losses: dict[str, float] = {k: math.nan for k in LOSS_KEYS}
+    epoch_losses: dict[str, float] = {k: math.nan for k in keys}
     start = last_report = time.monotonic()
 
     def progress(epoch: int, sums: torch.Tensor, count: int, **files: Path | None) -> TrainProgress:
@@ -199,68 +590,44 @@ def train(
         rate = step / elapsed
         return TrainProgress(
             epoch=epoch,
-            epochs=config.epochs,
+            epochs=epochs,
             step=step,
             total_steps=total_steps,
-            losses=_loss_dict(sums, count),
-            images_per_sec=step * config.d_steps * batch / elapsed,
+            losses=_loss_dict(keys, sums, count),
+            images_per_sec=step * d_steps * batch / elapsed,
             eta_seconds=(total_steps - step) / rate if rate > 0 else math.inf,
             **files,
         )
 
-    for epoch in range(1, config.epochs + 1):
-        perm = torch.randperm(n, generator=rng, device=dev)
-        sums = torch.zeros(len(LOSS_KEYS), device=dev)
-        for i in range(per_epoch):
+    for epoch in range(1, epochs + 1):
+        perm = torch.randperm(n, generator=s.rng, device=dev)
+        sums = torch.zeros(len(keys), device=dev)
+        this_epoch = min(per_epoch, total_steps - step)
+        for i in range(this_epoch):
             if should_stop is not None and should_stop():
-                partial = _loss_dict(sums, i) if i > 0 else epoch_losses
+                partial = _loss_dict(keys, sums, i) if i > 0 else epoch_losses
                 return TrainResult("cancelled", epoch - 1, step, last_stem, last_samples, partial)
-            for k in range(config.d_steps):
-                j = (i * config.d_steps + k) % n_batches
-                real = _to_unit_range(data[perm[j * batch : (j + 1) * batch]])
-                d_stats = _d_step(nets, real, noise())
-            g_loss = _g_step(nets, g_loss_fn, noise())
-            sums += torch.stack([d_stats[0], g_loss, d_stats[1], d_stats[2]])
+            for k in range(d_steps):
+                j = (i * d_steps + k) % n_batches
+                real, real_labels = s.real_batch(perm[j * batch : (j + 1) * batch])
+                d_stats = d_step(s, real, real_labels, step)
+            d_stats["g_loss"] = g_step(s, step)
+            sums += torch.stack([d_stats[key] for key in keys])
             step += 1
             now = time.monotonic()
-            if now - last_report >= report_every_s and i + 1 < per_epoch:
+            if now - last_report >= report_every_s and i + 1 < this_epoch:
                 last_report = now
                 report(progress(epoch - 1, sums, i + 1))
 
-        epoch_losses = _loss_dict(sums, per_epoch)
+        epoch_losses = _loss_dict(keys, sums, this_epoch)
         files: dict[str, Path | None] = {}
-        if epoch % config.sample_every == 0 or epoch == config.epochs:
+        if epoch % config.sample_every == 0 or epoch == epochs:
             last_stem = out_dir / "checkpoints" / f"epoch-{epoch:04d}"
             last_samples = out_dir / "samples" / f"epoch-{epoch:04d}.png"
-            _save_checkpoint(last_stem, config, nets, epoch, step, epoch_losses)
-            _write_samples(nets.g, fixed_z, last_samples)
+            _save_checkpoint(last_stem, s, epoch, step, epoch_losses)
+            _write_samples(s, last_samples, fixed_z)
             files = {"checkpoint": last_stem, "samples": last_samples}
         last_report = time.monotonic()
-        report(progress(epoch, sums, per_epoch, **files))
+        report(progress(epoch, sums, this_epoch, **files))
 
-    return TrainResult("completed", config.epochs, step, last_stem, last_samples, epoch_losses)
-
-
-def _d_step(nets: _Nets, real: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One discriminator update; returns (loss, mean D(x), mean D(G(z))) as detached device tensors."""
-    with torch.no_grad():
-        fake = nets.g(z)
-    real_logits, fake_logits = nets.d(real), nets.d(fake)
-    loss = losses.discriminator_bce(real_logits, fake_logits)
-    nets.opt_d.zero_grad(set_to_none=True)
-    loss.backward()
-    nets.opt_d.step()
-    return loss.detach(), torch.sigmoid(real_logits.detach()).mean(), torch.sigmoid(fake_logits.detach()).mean()
-
-
-def _g_step(nets: _Nets, loss_fn: losses.LossFn, z: torch.Tensor) -> torch.Tensor:
-    """One generator update through a frozen D (its weight gradients would be thrown away anyway)."""
-    _set_requires_grad(nets.d, False)
-    try:
-        loss = loss_fn(nets.d(nets.g(z)))
-        nets.opt_g.zero_grad(set_to_none=True)
-        loss.backward()
-        nets.opt_g.step()
-    finally:
-        _set_requires_grad(nets.d, True)
-    return loss.detach()
+    return TrainResult("completed", epochs, step, last_stem, last_samples, epoch_losses)

@@ -1,32 +1,138 @@
-"""Architectures. A model is rebuilt from its checkpoint's JSON alone: `build_generator(meta["generator"])`."""
+"""Architectures. A model is rebuilt from its checkpoint's JSON alone: `build_generator(meta["generator"])`.
 
+Every generator is called as `G(z, labels=None, generator=None)` and returns one sample per latent
+(N×C×H×W images or N×D points); every discriminator as `D(x, labels=None)` and returns logits of shape
+(N,), or (N, k+1) for MAD-GAN (index k means "real"). Each module has `.spec`, a JSON-able dict with an
+`"arch"` key, from which `build_generator` / `build_discriminator` rebuild it.
+
+Families (chosen in `build_models` from a `TrainConfig`):
+
+* `mlp` — on images the seeds' networks, unchanged (so published checkpoints keep loading with the same
+  state-dict keys and outputs); on toy points small MLPs without BatchNorm: G z → 128 → 128 → 128 → D
+  (ReLU), D D → 128 → 128 → 128 → 1 (LeakyReLU 0.2). Three layers of 128 fit the 8-mode ring and the
+  25-mode grid of the unrolled-GAN / VEEGAN experiments comfortably and train in seconds on a CPU.
+* `dcgan` — Radford et al. 2016: G projects z to 4×4 (7×7 for 28 px) maps, then stride-2 transposed
+  convolutions with BatchNorm + ReLU, tanh/linear head; D stride-2 convolutions with LeakyReLU(0.2) and
+  *no* BatchNorm, because WGAN-GP, R1 and R2 penalise per-sample input gradients, which BatchNorm in D
+  would couple across the batch (Gulrajani et al. 2017 §4 make the same choice).
+* `conditional` — G concatenates a label embedding to z (before the projection for dcgan); D is a
+  projection discriminator (Miyato & Koyama 2018): logit = ψ(φ(x)) + ⟨embed(y), φ(x)⟩.
+* `mad-gan` — Ghosh et al. 2018: k independent generators sharing nothing (the paper shares all but the
+  last layer for images; independent ones are simpler and let each mode-holder differ fully), and the
+  MLP discriminator with a (k+1)-way head.
+"""
+
+import itertools
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from training.config import TrainConfig
+
+Output = Literal["tanh", "linear"]
+Activation = Literal["leaky_relu", "relu"]
+
+SEED_G_HIDDEN = (128, 256, 512, 1024)
+SEED_D_HIDDEN = (256, 128)
+TOY_G_HIDDEN = (128, 128, 128)
+TOY_D_HIDDEN = (128, 128, 128)
+DEFAULT_EMBED_DIM = 32  # label embedding concatenated to z; 32 is ample for ≤ 10 classes
+DCGAN_WIDTH = 64  # channels of the last hidden feature map of G / first of D (Radford et al.'s 64×64 "ngf")
+
+
+# --- shared pieces ---------------------------------------------------------------------------------------
+
+
+def _activation(name: Activation) -> nn.Module:
+    return nn.LeakyReLU(0.2) if name == "leaky_relu" else nn.ReLU()
+
+
+def _head(output: Output) -> list[nn.Module]:
+    return [nn.Tanh()] if output == "tanh" else []
+
+
+class LabelEmbedding(nn.Module):
+    """Concatenates an embedding of the class label to z (a conditional GAN's generator input)."""
+
+    def __init__(self, num_classes: int, dim: int):
+        super().__init__()
+        self.embed = nn.Embedding(num_classes, dim)
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        if labels is None:
+            raise ValueError("this generator is class-conditional: pass `labels`")
+        return torch.cat([z, self.embed(labels)], dim=1)
+
+
+def _check_unconditional(labels: torch.Tensor | None, generator: torch.Tensor | None = None) -> None:
+    # Silently ignoring labels would make a caller believe it controls the class when it does not.
+    if labels is not None:
+        raise ValueError("this model is not class-conditional: `labels` must be None")
+    if generator is not None:
+        raise ValueError("`generator` selects a MAD-GAN generator; this model has one")
+
+
+def _projection(
+    phi: torch.Tensor, psi: nn.Linear, embed: nn.Embedding | None, labels: torch.Tensor | None
+) -> torch.Tensor:
+    """ψ(φ(x)) (+ ⟨embed(y), φ(x)⟩ for a projection discriminator), squeezed to (N,) for one output."""
+    out = psi(phi)
+    if embed is not None:
+        if labels is None:
+            raise ValueError("this discriminator is class-conditional: pass `labels`")
+        out = out + (embed(labels) * phi).sum(dim=1, keepdim=True)
+    elif labels is not None:
+        raise ValueError("this discriminator is not class-conditional: `labels` must be None")
+    return out.squeeze(1) if out.shape[1] == 1 else out
+
+
+def _to_json(value: Any) -> Any:
+    """Tuples → lists, so a spec equals its own JSON round trip."""
+    if isinstance(value, dict):
+        return {k: _to_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_to_json(v) for v in value]
+    return value
+
+
+# --- MLP (the seeds' networks, and the toy ones) -----------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class MLPGeneratorConfig:
     """The seeds' generator: z → 128 → 256 → 512 → 1024 → C·H·W, hidden layers Linear → LeakyReLU(0.2) →
-    BatchNorm1d. `output="tanh"` bounds images to [-1, 1]; `"linear"` is the reference's unbounded head."""
+    BatchNorm1d. `output="tanh"` bounds images to [-1, 1]; `"linear"` is the reference's unbounded head.
+
+    `image_shape` is the shape of one sample — C×H×W, or (D,) for toy points; the name is kept because
+    published specs use it. `num_classes` makes it conditional (a label embedding of `embed_dim` is
+    concatenated to z)."""
 
     latent_dim: int = 100
-    hidden: tuple[int, ...] = (128, 256, 512, 1024)
-    image_shape: tuple[int, int, int] = (1, 28, 28)
-    output: Literal["tanh", "linear"] = "tanh"
+    hidden: tuple[int, ...] = SEED_G_HIDDEN
+    image_shape: tuple[int, ...] = (1, 28, 28)
+    output: Output = "tanh"
+    activation: Activation = "leaky_relu"
+    batchnorm: bool = True
+    num_classes: int | None = None
+    embed_dim: int = DEFAULT_EMBED_DIM
     arch: str = field(default="mlp", init=False)
 
 
 @dataclass(frozen=True)
 class MLPDiscriminatorConfig:
     """The seeds' discriminator: C·H·W → 256 → 128 → 1 logit, LeakyReLU(0.2). It returns a logit, not a
-    probability, so that every loss can be computed with log-sum-exp stable functions."""
+    probability, so that every loss can be computed with log-sum-exp stable functions.
 
-    image_shape: tuple[int, int, int] = (1, 28, 28)
-    hidden: tuple[int, ...] = (256, 128)
+    `num_classes` makes it a projection discriminator; `outputs` > 1 gives MAD-GAN's (k+1)-way head."""
+
+    image_shape: tuple[int, ...] = (1, 28, 28)
+    hidden: tuple[int, ...] = SEED_D_HIDDEN
+    num_classes: int | None = None
+    outputs: int = 1
     arch: str = field(default="mlp", init=False)
 
 
@@ -34,17 +140,36 @@ class MLPGenerator(nn.Module):
     def __init__(self, cfg: MLPGeneratorConfig):
         super().__init__()
         self.cfg = cfg
-        layers: list[nn.Module] = []
+        self.latent_dim = cfg.latent_dim
+        # Outside `net`, so that the seeds' state-dict keys (`net.0.weight` …) stay as they were.
+        self.label: LabelEmbedding | None = None
         width = cfg.latent_dim
+        if cfg.num_classes is not None:
+            self.label = LabelEmbedding(cfg.num_classes, cfg.embed_dim)
+            width += cfg.embed_dim
+        layers: list[nn.Module] = []
         for h in cfg.hidden:
-            layers += [nn.Linear(width, h), nn.LeakyReLU(0.2), nn.BatchNorm1d(h)]
+            layers += [nn.Linear(width, h), _activation(cfg.activation)]
+            if cfg.batchnorm:
+                layers.append(nn.BatchNorm1d(h))
             width = h
         layers.append(nn.Linear(width, math.prod(cfg.image_shape)))
-        if cfg.output == "tanh":
-            layers.append(nn.Tanh())
+        layers += _head(cfg.output)
         self.net = nn.Sequential(*layers)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
+    @property
+    def spec(self) -> dict[str, Any]:
+        return config_to_json(self.cfg)
+
+    def forward(
+        self, z: torch.Tensor, labels: torch.Tensor | None = None, generator: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        if self.label is not None:
+            if generator is not None:
+                raise ValueError("`generator` selects a MAD-GAN generator; this model has one")
+            z = self.label(z, labels)
+        else:
+            _check_unconditional(labels, generator)
         return self.net(z).view(z.shape[0], *self.cfg.image_shape)
 
 
@@ -57,32 +182,247 @@ class MLPDiscriminator(nn.Module):
         for h in cfg.hidden:
             layers += [nn.Linear(width, h), nn.LeakyReLU(0.2)]
             width = h
-        layers.append(nn.Linear(width, 1))
+        # ψ is the last module of `net` (the seeds' `net.4`); φ is everything before it.
+        layers.append(nn.Linear(width, cfg.outputs))
+        self.net = nn.Sequential(*layers)
+        self.embed = nn.Embedding(cfg.num_classes, width) if cfg.num_classes is not None else None
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        return config_to_json(self.cfg)
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        phi = self.net[:-1](x.flatten(1))
+        psi = self.net[-1]
+        assert isinstance(psi, nn.Linear)
+        return _projection(phi, psi, self.embed, labels)
+
+
+# --- DCGAN ---------------------------------------------------------------------------------------------------
+
+
+def _dcgan_plan(image_shape: tuple[int, ...], width: int) -> tuple[int, list[int]]:
+    """(start size, channels per resolution from the smallest up): 28 → 7,14; 32 → 4,8,16; 64 → 4,8,16,32.
+    Channels halve as the resolution doubles, ending at `width` on the last hidden map."""
+    if len(image_shape) != 3 or image_shape[1] != image_shape[2] or image_shape[1] not in (28, 32, 64):
+        raise ValueError(f"dcgan makes square images of 28, 32 or 64 pixels, not {tuple(image_shape)}")
+    size = image_shape[1]
+    start = 7 if size == 28 else 4
+    steps = int(math.log2(size // start))  # stride-2 layers from `start` to `size`
+    return start, [width * 2 ** (steps - 1 - i) for i in range(steps)]
+
+
+@dataclass(frozen=True)
+class DCGANGeneratorConfig:
+    latent_dim: int = 100
+    image_shape: tuple[int, int, int] = (3, 32, 32)
+    width: int = DCGAN_WIDTH
+    output: Output = "tanh"
+    num_classes: int | None = None
+    embed_dim: int = DEFAULT_EMBED_DIM
+    arch: str = field(default="dcgan", init=False)
+
+
+@dataclass(frozen=True)
+class DCGANDiscriminatorConfig:
+    image_shape: tuple[int, int, int] = (3, 32, 32)
+    width: int = DCGAN_WIDTH
+    num_classes: int | None = None
+    outputs: int = 1
+    arch: str = field(default="dcgan", init=False)
+
+
+class DCGANGenerator(nn.Module):
+    def __init__(self, cfg: DCGANGeneratorConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.latent_dim = cfg.latent_dim
+        start, channels = _dcgan_plan(cfg.image_shape, cfg.width)
+        self.label = LabelEmbedding(cfg.num_classes, cfg.embed_dim) if cfg.num_classes is not None else None
+        z_width = cfg.latent_dim + (cfg.embed_dim if cfg.num_classes is not None else 0)
+        # A Linear projection equals the paper's 1×1 → 4×4 transposed convolution and also covers 7×7.
+        self.project = nn.Sequential(
+            nn.Linear(z_width, channels[0] * start * start),
+            nn.Unflatten(1, (channels[0], start, start)),
+            nn.BatchNorm2d(channels[0]),
+            nn.ReLU(),
+        )
+        layers: list[nn.Module] = []
+        for c_in, c_out in itertools.pairwise(channels):
+            layers += [nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()]
+        layers.append(nn.ConvTranspose2d(channels[-1], cfg.image_shape[0], 4, 2, 1))
+        layers += _head(cfg.output)
         self.net = nn.Sequential(*layers)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x.flatten(1)).squeeze(1)
+    @property
+    def spec(self) -> dict[str, Any]:
+        return config_to_json(self.cfg)
+
+    def forward(
+        self, z: torch.Tensor, labels: torch.Tensor | None = None, generator: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        if self.label is not None:
+            if generator is not None:
+                raise ValueError("`generator` selects a MAD-GAN generator; this model has one")
+            z = self.label(z, labels)
+        else:
+            _check_unconditional(labels, generator)
+        return self.net(self.project(z))
 
 
-def config_to_json(cfg: MLPGeneratorConfig | MLPDiscriminatorConfig) -> dict[str, Any]:
-    return asdict(cfg)
+class DCGANDiscriminator(nn.Module):
+    def __init__(self, cfg: DCGANDiscriminatorConfig):
+        super().__init__()
+        self.cfg = cfg
+        start, channels = _dcgan_plan(cfg.image_shape, cfg.width)
+        down = channels[::-1]  # D mirrors G: widest at the smallest resolution
+        layers: list[nn.Module] = []
+        c_in = cfg.image_shape[0]
+        for c_out in down:
+            layers += [nn.Conv2d(c_in, c_out, 4, 2, 1), nn.LeakyReLU(0.2)]
+            c_in = c_out
+        layers.append(nn.Flatten())
+        self.features = nn.Sequential(*layers)
+        feature_dim = c_in * start * start
+        self.psi = nn.Linear(feature_dim, cfg.outputs)
+        self.embed = nn.Embedding(cfg.num_classes, feature_dim) if cfg.num_classes is not None else None
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        return config_to_json(self.cfg)
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        return _projection(self.features(x), self.psi, self.embed, labels)
+
+
+# --- MAD-GAN -------------------------------------------------------------------------------------------------
+
+
+class MADGANGenerator(nn.Module):
+    """k generators built from one spec (`base`), sharing nothing; `generator[i]` picks sample i's."""
+
+    def __init__(self, base: dict[str, Any], num_generators: int):
+        super().__init__()
+        if num_generators < 2:
+            raise ValueError(f"mad-gan needs at least 2 generators, got {num_generators}")
+        self.base = _to_json(dict(base))
+        self.num_generators = num_generators
+        self.generators = nn.ModuleList(build_generator(base) for _ in range(num_generators))
+        self.latent_dim = int(base["latent_dim"])
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        return {"arch": "mad-gan", "generators": self.num_generators, "base": self.base}
+
+    def forward(
+        self, z: torch.Tensor, labels: torch.Tensor | None = None, generator: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        _check_unconditional(labels)
+        n = z.shape[0]
+        if generator is None:  # round robin: a plain sample call still shows every generator
+            generator = torch.arange(n, device=z.device) % self.num_generators
+        if generator.shape != (n,) or int(generator.min()) < 0 or int(generator.max()) >= self.num_generators:
+            raise ValueError(f"`generator` must be N indices in 0…{self.num_generators - 1}")
+        # Every generator sees the whole batch and each sample keeps its own generator's output: costs k×,
+        # but never gives a BatchNorm a sub-batch of one, and every BatchNorm sees the same z statistics.
+        out = torch.stack([g(z) for g in self.generators])
+        return out[generator, torch.arange(n, device=z.device)]
+
+
+# --- specs ---------------------------------------------------------------------------------------------------
+
+AnyConfig = MLPGeneratorConfig | MLPDiscriminatorConfig | DCGANGeneratorConfig | DCGANDiscriminatorConfig
+
+
+def config_to_json(cfg: AnyConfig) -> dict[str, Any]:
+    return _to_json(asdict(cfg))
+
+
+def _fields(spec: dict[str, Any]) -> dict[str, Any]:
+    """A spec's keys as dataclass arguments: sequences back to tuples, `arch` dropped (it is not init).
+    An unknown key raises TypeError in the dataclass, which checkpoint loading reports."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in spec.items() if k != "arch"}
 
 
 def build_generator(spec: dict[str, Any]) -> nn.Module:
-    spec = dict(spec)
-    arch = spec.pop("arch", "mlp")
-    if arch != "mlp":
-        raise ValueError(f"unknown generator architecture {arch!r}; known: 'mlp'")
-    spec["hidden"] = tuple(spec.get("hidden", MLPGeneratorConfig.hidden))
-    spec["image_shape"] = tuple(spec.get("image_shape", MLPGeneratorConfig.image_shape))
-    return MLPGenerator(MLPGeneratorConfig(**spec))
+    arch = spec.get("arch", "mlp")
+    if arch == "mlp":
+        return MLPGenerator(MLPGeneratorConfig(**_fields(spec)))
+    if arch == "dcgan":
+        return DCGANGenerator(DCGANGeneratorConfig(**_fields(spec)))
+    if arch == "mad-gan":
+        return MADGANGenerator(spec["base"], int(spec["generators"]))
+    raise ValueError(f"unknown generator architecture {arch!r}; known: 'mlp', 'dcgan', 'mad-gan'")
 
 
 def build_discriminator(spec: dict[str, Any]) -> nn.Module:
-    spec = dict(spec)
-    arch = spec.pop("arch", "mlp")
-    if arch != "mlp":
-        raise ValueError(f"unknown discriminator architecture {arch!r}; known: 'mlp'")
-    spec["hidden"] = tuple(spec.get("hidden", MLPDiscriminatorConfig.hidden))
-    spec["image_shape"] = tuple(spec.get("image_shape", MLPDiscriminatorConfig.image_shape))
-    return MLPDiscriminator(MLPDiscriminatorConfig(**spec))
+    arch = spec.get("arch", "mlp")
+    if arch == "mlp":
+        return MLPDiscriminator(MLPDiscriminatorConfig(**_fields(spec)))
+    if arch == "dcgan":
+        return DCGANDiscriminator(DCGANDiscriminatorConfig(**_fields(spec)))
+    raise ValueError(f"unknown discriminator architecture {arch!r}; known: 'mlp', 'dcgan'")
+
+
+# --- from a training config -----------------------------------------------------------------------------------
+
+
+def build_models(
+    config: "TrainConfig", sample_shape: tuple[int, ...], num_classes: int | None
+) -> tuple[nn.Module, nn.Module]:
+    """G and D for `config`, making samples of `sample_shape` (C×H×W images or (D,) points).
+    `num_classes` is used only when `config.conditional` (it must then be given)."""
+    classes = _classes(config, num_classes)
+    shape = tuple(int(s) for s in sample_shape)
+    output: Output = config.output or ("linear" if len(shape) == 1 else "tanh")
+    if config.architecture == "dcgan":
+        return _dcgan(config, shape, output, classes)
+    g_spec = _mlp_g_spec(config, shape, output, classes)
+    d_spec = _mlp_d_spec(config, shape, classes)
+    if config.architecture == "mad-gan":
+        k = config.generators
+        g_mad = MADGANGenerator(g_spec, k)
+        return g_mad, build_discriminator({**d_spec, "outputs": k + 1})
+    return build_generator(g_spec), build_discriminator(d_spec)
+
+
+def _classes(config: "TrainConfig", num_classes: int | None) -> int | None:
+    if not config.conditional:
+        return None
+    if num_classes is None or num_classes < 2:
+        raise ValueError(f"a conditional model needs the dataset's number of classes (≥ 2), got {num_classes}")
+    return num_classes
+
+
+def _mlp_g_spec(config: "TrainConfig", shape: tuple[int, ...], output: Output, classes: int | None) -> dict[str, Any]:
+    points = len(shape) == 1
+    cfg = MLPGeneratorConfig(
+        latent_dim=config.latent_dim,
+        hidden=tuple(config.g_hidden or (TOY_G_HIDDEN if points else SEED_G_HIDDEN)),
+        image_shape=shape,
+        output=output,
+        # Toy G: plain ReLU MLP — BatchNorm on 2-D mixtures only adds batch coupling it does not need.
+        activation="relu" if points else "leaky_relu",
+        batchnorm=not points,
+        num_classes=classes,
+    )
+    return config_to_json(cfg)
+
+
+def _mlp_d_spec(config: "TrainConfig", shape: tuple[int, ...], classes: int | None) -> dict[str, Any]:
+    points = len(shape) == 1
+    hidden = tuple(config.d_hidden or (TOY_D_HIDDEN if points else SEED_D_HIDDEN))
+    return config_to_json(MLPDiscriminatorConfig(image_shape=shape, hidden=hidden, num_classes=classes))
+
+
+def _dcgan(
+    config: "TrainConfig", shape: tuple[int, ...], output: Output, classes: int | None
+) -> tuple[nn.Module, nn.Module]:
+    if len(shape) != 3:
+        raise ValueError(f"dcgan generates images; samples of shape {shape} are not C×H×W")
+    image_shape = (shape[0], shape[1], shape[2])
+    g = DCGANGenerator(
+        DCGANGeneratorConfig(latent_dim=config.latent_dim, image_shape=image_shape, output=output, num_classes=classes)
+    )
+    d = DCGANDiscriminator(DCGANDiscriminatorConfig(image_shape=image_shape, num_classes=classes))
+    return g, d

@@ -2,11 +2,13 @@
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
+from torch import nn
 
 from training.checkpoint import prefixed, publish, save
-from training.models import MLPGenerator, MLPGeneratorConfig, config_to_json
+from training.models import MADGANGenerator, MLPGenerator, MLPGeneratorConfig, config_to_json
 
 LATENT_DIM = 8
 DEFAULT_MODEL = "tiny"
@@ -34,6 +36,65 @@ def publish_tiny_model(
     }
     save(staging / "ckpt", prefixed(generator, "generator"), metadata)
     return publish(models_dir, name, staging / "ckpt")
+
+
+NUM_CLASSES = 3
+NUM_GENERATORS = 3
+
+
+def publish_generator(models_dir: Path, name: str, generator: nn.Module, **metadata: Any) -> int:
+    """Publish any generator (with its `.spec`) and the given metadata fields; returns its version."""
+    staging = models_dir.parent / "staging" / f"{name}-{len(list(models_dir.parent.glob('staging/*')))}"
+    meta = {"generator": generator.spec, "latent_dim": LATENT_DIM, "value_range": [-1, 1], "model_name": name}
+    save(staging / "ckpt", prefixed(generator, "generator"), {**meta, **metadata})
+    return publish(models_dir, name, staging / "ckpt")
+
+
+def tiny_image_g(*, num_classes: int | None = None, weights_seed: int = 0) -> MLPGenerator:
+    torch.manual_seed(weights_seed)
+    cfg = MLPGeneratorConfig(latent_dim=LATENT_DIM, hidden=(16,), image_shape=(1, 28, 28), num_classes=num_classes)
+    return MLPGenerator(cfg)
+
+
+def publish_conditional_model(models_dir: Path, name: str = "cond") -> int:
+    g = tiny_image_g(num_classes=NUM_CLASSES)
+    return publish_generator(
+        models_dir,
+        name,
+        g,
+        architecture="mlp",
+        kind="image",
+        image_shape=[1, 28, 28],
+        sample_shape=[1, 28, 28],
+        conditional=True,
+        num_classes=NUM_CLASSES,
+    )
+
+
+def publish_madgan_model(models_dir: Path, name: str = "mad") -> int:
+    torch.manual_seed(0)
+    base = tiny_image_g().spec
+    g = MADGANGenerator(base, NUM_GENERATORS)
+    return publish_generator(
+        models_dir,
+        name,
+        g,
+        architecture="mad-gan",
+        kind="image",
+        image_shape=[1, 28, 28],
+        sample_shape=[1, 28, 28],
+        num_generators=NUM_GENERATORS,
+    )
+
+
+def publish_points_model(models_dir: Path, name: str = "ring") -> int:
+    torch.manual_seed(0)
+    cfg = MLPGeneratorConfig(
+        latent_dim=LATENT_DIM, hidden=(16,), image_shape=(2,), output="linear", activation="relu", batchnorm=False
+    )
+    return publish_generator(
+        models_dir, name, MLPGenerator(cfg), architecture="mlp", kind="points", sample_shape=[2], dataset="ring-2d"
+    )
 
 
 @dataclass

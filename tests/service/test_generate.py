@@ -2,11 +2,21 @@ import base64
 import io
 
 import pytest
+import torch
 from fastapi.testclient import TestClient
 from PIL import Image
-from svc_support import DEFAULT_MODEL, LATENT_DIM
+from svc_support import (
+    DEFAULT_MODEL,
+    LATENT_DIM,
+    NUM_CLASSES,
+    NUM_GENERATORS,
+    publish_conditional_model,
+    publish_madgan_model,
+    publish_points_model,
+)
 
 from service.main import create_app
+from training.latents import latents_from_seeds
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -155,3 +165,125 @@ def test_module_app_loads_nothing_at_import() -> None:
 
     assert service.main.app.state.registry._cache == {}
     assert create_app is service.main.create_app
+
+
+# --- conditional, MAD-GAN and toy models ---------------------------------------------------------------
+
+
+@pytest.fixture
+def special(client: TestClient, settings) -> TestClient:
+    """The client, with a conditional model `cond`, a MAD-GAN `mad` and a toy points model `ring`."""
+    publish_conditional_model(settings.models_dir)
+    publish_madgan_model(settings.models_dir)
+    publish_points_model(settings.models_dir)
+    return client
+
+
+def test_conditional_label_gives_deterministic_bytes(special: TestClient, make_app) -> None:
+    params = {"model": "cond", "seed": 5, "label": 2}
+    r = special.get("/generate", params=params)
+    assert r.status_code == 200, r.text
+    assert r.headers["x-labels"] == "2" and png_size(r.content) == (28, 28)
+    assert special.get("/generate", params=params).content == r.content
+    assert special.post("/generate", json=params).content == r.content
+    with TestClient(make_app()) as fresh:
+        assert fresh.get("/generate", params=params).content == r.content
+    # The label is an input: another class from the same seed is another image.
+    assert special.get("/generate", params={**params, "label": 0}).content != r.content
+
+
+def test_conditional_without_label_uses_seed_mod_classes(special: TestClient) -> None:
+    r = special.get(
+        "/generate", params={"model": "cond", "seed": 4, "count": 4}, headers={"accept": "application/json"}
+    )
+    assert r.status_code == 200
+    body = r.json()
+    assert body["labels"] == [s % NUM_CLASSES for s in (4, 5, 6, 7)] and "generators" not in body
+    assert r.headers["x-labels"] == "1,2,0,1"
+    one = special.get("/generate", params={"model": "cond", "seed": 5, "label": 2}).content
+    assert base64.b64decode(body["images"][1]) == one  # seed 5 → class 2 either way
+
+
+def test_conditional_with_a_latent_needs_a_label(special: TestClient) -> None:
+    r = special.post("/generate", json={"model": "cond", "latent": [0.1] * LATENT_DIM})
+    assert r.status_code == 422 and "label" in r.json()["message"]
+    ok = special.post("/generate", json={"model": "cond", "latent": [0.1] * LATENT_DIM, "label": 1})
+    assert ok.status_code == 200 and ok.headers["x-labels"] == "1"
+
+
+@pytest.mark.parametrize("method", ["get", "post"])
+def test_label_out_of_range_is_422(special: TestClient, method: str) -> None:
+    params = {"model": "cond", "seed": 1, "label": NUM_CLASSES}
+    r = special.get("/generate", params=params) if method == "get" else special.post("/generate", json=params)
+    assert r.status_code == 422
+    body = r.json()
+    assert body["error"] == "validation_error"
+    assert f"0 … {NUM_CLASSES - 1}" in body["message"] and body["detail"][0]["loc"][-1] == "label"
+
+
+@pytest.mark.parametrize("params", [{"label": -1}, {"label": "x"}])
+def test_malformed_label_is_422(special: TestClient, params: dict) -> None:
+    assert special.get("/generate", params={"model": "cond", **params}).status_code == 422
+
+
+def test_label_on_an_unconditional_model_is_422(special: TestClient) -> None:
+    for model in (DEFAULT_MODEL, "mad"):
+        r = special.get("/generate", params={"model": model, "seed": 1, "label": 0})
+        assert r.status_code == 422
+        assert "not class-conditional" in r.json()["message"]
+
+
+def test_unconditional_answers_have_no_new_fields(special: TestClient) -> None:
+    r = special.get("/generate", params={"seed": 1}, headers={"accept": "application/json"})
+    assert set(r.json()) == {"model", "version", "seeds", "images"}
+    assert "x-labels" not in r.headers and "x-generators" not in r.headers
+
+
+def test_madgan_seed_picks_the_generator(special: TestClient) -> None:
+    r = special.get(
+        "/generate",
+        params={"model": "mad", "seed": 0, "count": 2 * NUM_GENERATORS},
+        headers={"accept": "application/json"},
+    )
+    assert r.status_code == 200
+    body = r.json()
+    assert body["generators"] == [s % NUM_GENERATORS for s in range(2 * NUM_GENERATORS)]
+    assert r.headers["x-generators"] == ",".join(str(s % NUM_GENERATORS) for s in range(2 * NUM_GENERATORS))
+    one = special.get("/generate", params={"model": "mad", "seed": NUM_GENERATORS + 1})
+    assert one.headers["x-generators"] == "1"
+    assert base64.b64decode(body["images"][NUM_GENERATORS + 1]) == one.content
+
+
+def test_madgan_generator_depends_on_seed_mod_k(settings, special: TestClient) -> None:
+    """Seeds s and s + k use the same generator: rendering seed s + k's latent through generator s mod k
+    reproduces it, and through another generator does not."""
+    model = special.app.state.registry.get("mad")  # type: ignore[attr-defined]
+    s = 1
+    latent = latents_from_seeds([s + NUM_GENERATORS], LATENT_DIM)
+    served = model.render_seeds([s + NUM_GENERATORS])
+    assert torch.equal(model.render(latent, generators=[s % NUM_GENERATORS]), served)
+    assert not torch.equal(model.render(latent, generators=[(s + 1) % NUM_GENERATORS]), served)
+
+
+def test_points_model_is_not_an_image_model(special: TestClient) -> None:
+    for r in (
+        special.get("/generate", params={"model": "ring", "seed": 1}),
+        special.post("/generate", json={"model": "ring", "seed": 1}),
+    ):
+        assert r.status_code == 422
+        body = r.json()
+        assert body["error"] == "not_an_image_model"
+        assert "python -m training sample" in body["message"]
+
+
+def test_models_list_describes_the_new_kinds(special: TestClient) -> None:
+    models = {m["name"]: m for m in special.get("/models").json()["models"]}
+    assert models["cond"]["conditional"] is True and models["cond"]["num_classes"] == NUM_CLASSES
+    assert models["cond"]["kind"] == "image" and models["cond"]["architecture"] == "mlp"
+    assert models["mad"]["num_generators"] == NUM_GENERATORS and models["mad"]["architecture"] == "mad-gan"
+    assert models["ring"]["kind"] == "points" and models["ring"]["sample_shape"] == [2]
+    assert models["ring"]["image_shape"] is None
+    tiny = models[DEFAULT_MODEL]  # old-style metadata: defaults
+    assert tiny["kind"] == "image" and tiny["conditional"] is False and tiny["num_generators"] is None
+    detail = special.get("/models/cond").json()
+    assert detail["version_info"][0]["num_classes"] == NUM_CLASSES

@@ -4,12 +4,24 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from fastapi.testclient import TestClient
-from svc_support import DEFAULT_MODEL, LATENT_DIM
+from svc_support import (
+    DEFAULT_MODEL,
+    LATENT_DIM,
+    NUM_CLASSES,
+    NUM_GENERATORS,
+    publish_conditional_model,
+    publish_generator,
+    publish_madgan_model,
+    publish_points_model,
+    tiny_image_g,
+)
 
 from service.registry import ModelNotFound, ModelRegistry
 from service.settings import Settings
 from training.checkpoint import model_stem
+from training.models import MADGANGenerator
 
 
 class Clock:
@@ -118,3 +130,35 @@ def test_unreadable_metadata_is_reported(settings: Settings, publish_model, tmp_
     with pytest.raises(ModelNotFound, match="not readable JSON"):
         registry.get("badmeta")
     assert registry.describe("badmeta")["version_info"][0]["error"]
+
+
+def test_registry_reads_kind_classes_and_generators(settings: Settings) -> None:
+    publish_conditional_model(settings.models_dir)
+    publish_madgan_model(settings.models_dir)
+    publish_points_model(settings.models_dir)
+    registry = ModelRegistry.from_settings(settings)
+    cond, mad, ring = registry.get("cond"), registry.get("mad"), registry.get("ring")
+    assert cond.conditional and cond.num_classes == NUM_CLASSES and cond.num_generators is None
+    assert mad.num_generators == NUM_GENERATORS and not mad.conditional and mad.kind == "image"
+    assert ring.kind == "points" and ring.image_shape == (2,)
+    assert ring.sample_seeds([0, 1]).shape == (2, 2)
+    assert cond.labels_for([3, 4], None) == [0, 1] and cond.labels_for([3, 4], 2) == [2, 2]
+    assert mad.generators_for([0, 4, 5]) == [0, 1, 2]
+    with pytest.raises(ValueError):
+        cond.labels_for([0], NUM_CLASSES)
+    with pytest.raises(ValueError):
+        mad.labels_for([0], 0)
+
+
+def test_old_metadata_is_an_unconditional_image_model(settings: Settings, publish_model) -> None:
+    publish_model("old")
+    model = ModelRegistry.from_settings(settings).get("old")
+    assert model.kind == "image" and model.num_classes is None and model.num_generators is None
+
+
+def test_generator_count_contradicting_metadata_is_refused(settings: Settings) -> None:
+    torch.manual_seed(0)
+    g = MADGANGenerator(tiny_image_g().spec, 2)
+    publish_generator(settings.models_dir, "liar", g, num_generators=5)
+    with pytest.raises(ModelNotFound, match="metadata says 5"):
+        ModelRegistry.from_settings(settings).get("liar")

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from training import checkpoint, images
+from training import checkpoint, images, loop
 from training.config import TrainConfig
 from training.latents import latents_from_seeds
 from training.loop import TrainProgress, TrainResult, resolve_device, steps_per_epoch, train
@@ -120,3 +120,94 @@ def test_resolve_device() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
             resolve_device("cuda:0")
+
+
+# --- objectives, regularizers, steps, EMA, MAD-GAN (on toy points: fast and label-free) -----------------
+
+TOY = TrainConfig(
+    model_name="toy", dataset="ring-2d", max_samples=256, batch_size=32, latent_dim=4, g_hidden=[16], d_hidden=[16]
+)
+OBJECTIVE_NAMES = ("minimax", "non-saturating", "wasserstein", "wgan-gp", "hinge", "least-squares")
+REGULARIZERS: tuple[dict[str, object] | None, ...] = (
+    None,
+    {"name": "instance-noise", "sigma": 0.2},
+    {"name": "r1", "gamma": 1.0},
+    {"name": "r2", "gamma": 1.0},
+    {"name": "spectral-norm"},
+    {"name": "weight-decay", "coefficient": 1e-3},
+)
+
+
+def _toy(**update: object) -> TrainConfig:
+    # Re-validated, so that objective defaults (optimizer, lr, d_steps) are filled for the new loss.
+    return TrainConfig.model_validate(TOY.model_dump(exclude_unset=True) | update)
+
+
+@pytest.mark.parametrize("loss", OBJECTIVE_NAMES)
+def test_every_objective_with_every_regularizer_stays_finite(loss: str, tmp_path: Path) -> None:
+    # Step functions driven directly (train() itself is covered below): every combination, three G steps.
+    for reg in REGULARIZERS:
+        config = _toy(loss=loss, d_steps=1, steps=3, regularizers=[reg] if reg else [])
+        data = loop.load_data(config, tmp_path, torch.device("cpu"))
+        s = loop.build_step(config, data, torch.device("cpu"), total_steps=3, batch=32)
+        for step in range(3):
+            real, labels = s.random_real_batch()
+            stats = loop.d_step(s, real, labels, step) | {"g_loss": loop.g_step(s, step)}
+            assert set(stats) == set(s.keys), (loss, reg)
+            assert all(torch.isfinite(v) for v in stats.values()), (loss, reg, stats)
+        assert all(torch.isfinite(p).all() for p in s.nets.g.parameters()), (loss, reg)
+
+
+def test_steps_stop_at_exactly_that_many_generator_steps(tmp_path: Path) -> None:
+    reports: list[TrainProgress] = []
+    config = _toy(steps=11, epochs=1)  # 256/32 = 8 G steps per epoch: epoch 2 is cut after 3
+    result = train(config, tmp_path / "run", data_root=tmp_path, progress_fn=reports.append, report_every_s=0.0)
+    assert result.steps_done == 11 and result.epochs_done == 2
+    assert reports[-1].step == 11 and reports[-1].total_steps == 11 and reports[-1].epochs == 2
+    _, meta = checkpoint.load(tmp_path / "run" / "checkpoints" / "epoch-0002")
+    assert meta["kind"] == "points" and meta["sample_shape"] == [2] and "image_shape" not in meta
+    assert (tmp_path / "run" / "samples" / "epoch-0002.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_wasserstein_clips_critic_weights(tmp_path: Path) -> None:
+    result = train(_toy(loss="wasserstein", clip_value=0.05, steps=2), tmp_path / "run", data_root=tmp_path)
+    tensors, _ = checkpoint.load(result.final_checkpoint)  # type: ignore[arg-type]
+    critic = checkpoint.unprefixed(tensors, "discriminator")
+    assert max(v.abs().max().item() for v in critic.values()) <= 0.05 + 1e-7
+
+
+def test_ema_checkpoint_serves_ema_weights(tmp_path: Path) -> None:
+    result = train(_toy(ema=0.5, steps=4), tmp_path / "run", data_root=tmp_path)
+    stem = result.final_checkpoint
+    assert stem is not None
+    tensors, meta = checkpoint.load(stem)
+    assert meta["served_weights"] == "ema"
+    ema = checkpoint.unprefixed(tensors, "generator_ema")
+    raw = checkpoint.unprefixed(tensors, "generator")
+    assert ema.keys() == raw.keys() and any(not torch.equal(ema[k], raw[k]) for k in ema)
+    g, served_meta = checkpoint.load_generator(stem)
+    assert served_meta["served_weights"] == "ema"
+    assert all(torch.equal(v, ema[k]) for k, v in g.state_dict().items())
+    version = checkpoint.publish(tmp_path / "models", "toy", stem)
+    published = checkpoint.model_stem(tmp_path / "models", "toy", version)
+    g2, meta2 = checkpoint.load_generator(published)
+    assert meta2["served_weights"] == "ema"
+    assert all(torch.equal(v, ema[k]) for k, v in g2.state_dict().items())
+
+
+def test_raw_checkpoint_says_raw(two_epochs: Run) -> None:
+    stem = two_epochs.result.final_checkpoint
+    assert stem is not None
+    _, meta = checkpoint.load(stem)
+    assert meta["served_weights"] == "raw" and meta["kind"] == "image" and meta["loss"] == "non-saturating"
+    assert meta["architecture"] == "mlp" and meta["conditional"] is False and meta["sample_shape"] == [1, 28, 28]
+
+
+def test_madgan_trains_and_refuses_other_losses(tmp_path: Path) -> None:
+    result = train(_toy(architecture="mad-gan", generators=3, steps=3), tmp_path / "run", data_root=tmp_path)
+    assert all(math.isfinite(v) for v in result.losses.values())
+    assert 0 < result.losses["d_real"] < 1
+    _, meta = checkpoint.load(result.final_checkpoint)  # type: ignore[arg-type]
+    assert meta["num_generators"] == 3
+    with pytest.raises(ValueError, match="mad-gan"):
+        train(_toy(architecture="mad-gan", loss="hinge", steps=1), tmp_path / "bad", data_root=tmp_path)

@@ -1,0 +1,259 @@
+"""Architectures: shapes, conditioning, MAD-GAN's generator choice, spec round trips, and the seeds' MLP
+(the bundled model must keep loading with the same weights and outputs)."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from training.checkpoint import load, load_generator, unprefixed
+from training.config import TrainConfig
+from training.latents import latents_from_seeds
+from training.models import (
+    DCGANDiscriminator,
+    DCGANDiscriminatorConfig,
+    DCGANGenerator,
+    DCGANGeneratorConfig,
+    MADGANGenerator,
+    MLPDiscriminator,
+    MLPDiscriminatorConfig,
+    MLPGenerator,
+    MLPGeneratorConfig,
+    build_discriminator,
+    build_generator,
+    build_models,
+    config_to_json,
+)
+
+BUNDLED = Path(__file__).resolve().parents[2] / "service" / "bundled" / "mnist-mlp" / "1" / "model"
+N = 3
+CLASSES = 10
+
+
+def config(**kwargs: object) -> TrainConfig:
+    return TrainConfig.model_validate({"model_name": "m", "latent_dim": 16, **kwargs})
+
+
+def n_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def labels(n: int = N) -> torch.Tensor:
+    return torch.arange(n) % CLASSES
+
+
+CASES = [
+    # (config fields, sample shape)
+    ({"dataset": "mnist"}, (1, 28, 28)),
+    ({"dataset": "cifar10"}, (3, 32, 32)),
+    ({"dataset": "image-folder", "image_folder": "faces", "image_size": 64}, (3, 64, 64)),
+    ({"dataset": "mnist", "architecture": "dcgan"}, (1, 28, 28)),
+    ({"dataset": "cifar10", "architecture": "dcgan"}, (3, 32, 32)),
+    ({"dataset": "image-folder", "image_folder": "faces", "architecture": "dcgan", "image_size": 64}, (3, 64, 64)),
+    ({"dataset": "mnist", "architecture": "mad-gan", "generators": 3}, (1, 28, 28)),
+    ({"dataset": "gaussian-1d"}, (1,)),
+    ({"dataset": "ring-2d"}, (2,)),
+    ({"dataset": "grid-2d", "architecture": "mad-gan", "generators": 5}, (2,)),
+]
+
+
+@pytest.mark.parametrize(("fields", "shape"), CASES)
+def test_shapes_of_every_architecture(fields: dict, shape: tuple[int, ...]) -> None:
+    torch.manual_seed(0)
+    cfg = config(**fields)
+    g, d = build_models(cfg, shape, None)
+    x = g(torch.randn(N, cfg.latent_dim))
+    assert x.shape == (N, *shape)
+    logits = d(x)
+    if cfg.architecture == "mad-gan":
+        assert g.num_generators == cfg.generators  # type: ignore[attr-defined]
+        assert logits.shape == (N, cfg.generators + 1)
+    else:
+        assert logits.shape == (N,)
+    if len(shape) == 3:  # images: tanh by default, so samples are in [-1, 1]
+        assert x.abs().max() <= 1
+
+
+@pytest.mark.parametrize(("fields", "shape"), CASES)
+def test_spec_round_trip_rebuilds_the_same_networks(fields: dict, shape: tuple[int, ...]) -> None:
+    torch.manual_seed(0)
+    g, d = build_models(config(**fields), shape, None)
+    g_spec, d_spec = json.loads(json.dumps(g.spec)), json.loads(json.dumps(d.spec))
+    assert g_spec == g.spec and d_spec == d.spec and "arch" in g_spec and "arch" in d_spec
+    g2, d2 = build_generator(g_spec), build_discriminator(d_spec)
+    g2.load_state_dict(g.state_dict())  # strict: same keys and shapes
+    d2.load_state_dict(d.state_dict())
+    g.eval(), g2.eval()
+    z = torch.randn(N, 16)
+    x = g(z)
+    assert torch.equal(g2(z), x)
+    assert torch.equal(d2(x), d(x))
+
+
+def test_toy_defaults_are_small_mlps_without_batchnorm() -> None:
+    g, d = build_models(config(dataset="ring-2d"), (2,), None)
+    assert [m.out_features for m in g.modules() if isinstance(m, nn.Linear)] == [128, 128, 128, 2]
+    assert [m.out_features for m in d.modules() if isinstance(m, nn.Linear)] == [128, 128, 128, 1]
+    assert not any(isinstance(m, nn.BatchNorm1d) for m in [*g.modules(), *d.modules()])
+    assert not any(isinstance(m, nn.Tanh) for m in g.modules())  # toy points are unbounded
+
+
+def test_hidden_widths_override_the_defaults() -> None:
+    g, d = build_models(config(dataset="ring-2d", g_hidden=[7, 9], d_hidden=[5]), (2,), None)
+    assert [m.out_features for m in g.modules() if isinstance(m, nn.Linear)] == [7, 9, 2]
+    assert [m.out_features for m in d.modules() if isinstance(m, nn.Linear)] == [5, 1]
+
+
+def test_dcgan_discriminator_has_no_batchnorm() -> None:
+    _, d = build_models(config(dataset="cifar10", architecture="dcgan"), (3, 32, 32), None)
+    assert not any(isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d) for m in d.modules())
+
+
+def test_dcgan_rejects_other_sizes() -> None:
+    with pytest.raises(ValueError, match="28, 32 or 64"):
+        DCGANGenerator(DCGANGeneratorConfig(image_shape=(3, 48, 48)))
+
+
+@pytest.mark.parametrize(
+    ("fields", "shape"),
+    [({"dataset": "mnist"}, (1, 28, 28)), ({"dataset": "cifar10", "architecture": "dcgan"}, (3, 32, 32))],
+)
+def test_conditional_g_and_projection_d_use_the_label(fields: dict, shape: tuple[int, ...]) -> None:
+    torch.manual_seed(0)
+    g, d = build_models(config(conditional=True, **fields), shape, CLASSES)
+    g.eval()
+    z = torch.randn(N, 16)
+    x = g(z, labels=labels())
+    assert x.shape == (N, *shape)
+    assert not torch.equal(g(z, labels=labels() + 1), x)
+    # Projection D: ψ(φ(x)) + ⟨embed(y), φ(x)⟩ — another label, another logit for the same x.
+    logits = d(x, labels=labels())
+    assert logits.shape == (N,)
+    assert not torch.allclose(d(x, labels=labels() + 1), logits)
+    with pytest.raises(ValueError, match="labels"):
+        g(z)
+    with pytest.raises(ValueError, match="labels"):
+        d(x)
+
+
+def test_projection_term_is_the_inner_product() -> None:
+    torch.manual_seed(0)
+    d = MLPDiscriminator(MLPDiscriminatorConfig(image_shape=(2,), hidden=(4,), num_classes=3))
+    x, y = torch.randn(5, 2), torch.tensor([0, 1, 2, 0, 1])
+    phi = d.net[:-1](x)
+    expected = d.net[-1](phi).squeeze(1) + (d.embed(y) * phi).sum(1)  # type: ignore[misc]
+    assert torch.allclose(d(x, labels=y), expected)
+
+
+def test_conditional_needs_the_number_of_classes() -> None:
+    with pytest.raises(ValueError, match="number of classes"):
+        build_models(config(conditional=True), (1, 28, 28), None)
+
+
+def test_unconditional_models_refuse_labels() -> None:
+    g, d = build_models(config(), (1, 28, 28), None)
+    with pytest.raises(ValueError, match="not class-conditional"):
+        g(torch.randn(2, 16), labels=labels(2))
+    with pytest.raises(ValueError, match="not class-conditional"):
+        d(torch.randn(2, 1, 28, 28), labels=labels(2))
+
+
+@pytest.mark.parametrize(("dataset", "shape"), [("ring-2d", (2,)), ("mnist", (1, 28, 28))])
+def test_madgan_picks_generators_per_sample(dataset: str, shape: tuple[int, ...]) -> None:
+    torch.manual_seed(0)
+    k = 3
+    g, d = build_models(config(dataset=dataset, architecture="mad-gan", generators=k), shape, None)
+    assert isinstance(g, MADGANGenerator)
+    g.eval()
+    z = torch.randn(1, 16).expand(k, 16)  # the same z for every generator
+    x = g(z, generator=torch.arange(k))
+    assert all(not torch.equal(x[i], x[j]) for i in range(k) for j in range(i + 1, k))
+    # Sample i is generator i's own output, whatever the rest of the batch is.
+    for i in range(k):
+        assert torch.allclose(x[i : i + 1], g.generators[i](z[:1]), atol=1e-6)  # batch-size rounding
+    assert torch.allclose(g(z[:2], generator=torch.tensor([2, 2])), g.generators[2](z[:2]), atol=1e-6)
+    assert d(x).shape == (k, k + 1)
+    with pytest.raises(ValueError, match="0…2"):
+        g(z, generator=torch.tensor([0, 1, 3]))
+
+
+def test_madgan_trains_with_batchnorm_on_any_split() -> None:
+    """In train mode a generator given one sample of the batch must not break BatchNorm."""
+    g, _ = build_models(config(architecture="mad-gan", generators=3), (1, 28, 28), None)
+    x = g.train()(torch.randn(4, 16), generator=torch.tensor([0, 0, 0, 1]))
+    x.sum().backward()
+    assert x.shape == (4, 1, 28, 28)
+
+
+def test_seed_mlp_parameter_counts() -> None:
+    # G: (100·128+128) + (128·256+256) + (256·512+512) + (512·1024+1024) + (1024·784+784) linear
+    #    + 2·(128+256+512+1024) BatchNorm affine = 1,506,448 + 3,840.
+    g = MLPGenerator(MLPGeneratorConfig())
+    assert n_params(g) == 1_510_288
+    # D: (784·256+256) + (256·128+128) + (128+1).
+    assert n_params(MLPDiscriminator(MLPDiscriminatorConfig())) == 233_985
+    g_built, d_built = build_models(TrainConfig(model_name="m"), (1, 28, 28), None)
+    assert n_params(g_built) == 1_510_288 and n_params(d_built) == 233_985
+
+
+def test_seed_mlp_spec_and_state_dict_keys_are_unchanged() -> None:
+    g = MLPGenerator(MLPGeneratorConfig())
+    spec = config_to_json(g.cfg)
+    assert {k: spec[k] for k in ("arch", "latent_dim", "hidden", "image_shape", "output")} == {
+        "arch": "mlp",
+        "latent_dim": 100,
+        "hidden": [128, 256, 512, 1024],
+        "image_shape": [1, 28, 28],
+        "output": "tanh",
+    }
+    keys = list(g.state_dict())
+    assert keys[:3] == ["net.0.weight", "net.0.bias", "net.2.weight"] and keys[-2:] == ["net.12.weight", "net.12.bias"]
+    assert list(MLPDiscriminator(MLPDiscriminatorConfig()).state_dict()) == [
+        f"net.{i}.{p}" for i in (0, 2, 4) for p in ("weight", "bias")
+    ]
+
+
+def _seed_reference(image_shape: tuple[int, int, int]) -> nn.Sequential:
+    """The seeds' generator written out by hand, as it was before the other architectures existed."""
+    layers: list[nn.Module] = []
+    width = 100
+    for h in (128, 256, 512, 1024):
+        layers += [nn.Linear(width, h), nn.LeakyReLU(0.2), nn.BatchNorm1d(h)]
+        width = h
+    layers += [nn.Linear(width, math.prod(image_shape)), nn.Tanh()]
+    return nn.Sequential(*layers)
+
+
+def test_bundled_model_loads_with_identical_outputs() -> None:
+    generator, meta = load_generator(BUNDLED)
+    assert meta["generator"]["arch"] == "mlp"
+    tensors, _ = load(BUNDLED)
+    reference = _seed_reference((1, 28, 28))
+    reference.load_state_dict(unprefixed(unprefixed(tensors, "generator"), "net"))
+    reference.eval()
+    z = latents_from_seeds(list(range(8)), 100)
+    with torch.inference_mode():
+        ours = torch.cat([generator(v.unsqueeze(0)) for v in z])
+        theirs = torch.cat([reference(v.unsqueeze(0)).view(1, 1, 28, 28) for v in z])
+    assert torch.equal(ours, theirs)
+    # Its spec round-trips through today's builder as well.
+    assert build_generator(generator.spec).state_dict().keys() == generator.state_dict().keys()
+
+
+def test_unknown_architecture_and_fields_are_refused() -> None:
+    with pytest.raises(ValueError, match="unknown generator"):
+        build_generator({"arch": "stylegan"})
+    with pytest.raises(ValueError, match="unknown discriminator"):
+        build_discriminator({"arch": "mad-gan"})
+    with pytest.raises(TypeError):
+        build_generator({"arch": "mlp", "colour": "red"})
+
+
+def test_dcgan_width_is_a_spec_parameter() -> None:
+    small = DCGANDiscriminator(DCGANDiscriminatorConfig(image_shape=(3, 64, 64), width=8))
+    assert build_discriminator(small.spec).state_dict()["features.0.weight"].shape == (8, 3, 4, 4)
+    g = DCGANGenerator(DCGANGeneratorConfig(latent_dim=4, image_shape=(1, 28, 28), width=8))
+    assert n_params(g) < n_params(DCGANGenerator(DCGANGeneratorConfig(latent_dim=4, image_shape=(1, 28, 28))))
