@@ -28,7 +28,7 @@ from service.settings import Settings
 from training.checkpoint import CheckpointError, list_versions, load_generator, load_metadata, model_stem
 from training.config import NAME_PATTERN
 from training.images import to_uint8
-from training.latents import latents_from_seeds
+from training.latents import latents_from_seeds, seed_generators, seed_labels
 
 log = logging.getLogger(__name__)
 
@@ -109,21 +109,13 @@ class LoadedModel:
         return to_uint8(self.sample(latents, labels, generators), self.value_range)
 
     def labels_for(self, seeds: list[int], label: int | None = None) -> list[int] | None:
-        """The class of each seed's image: `label` for all of them, or else `seed % num_classes` (so a run
-        of consecutive seeds cycles through the classes); None for an unconditional model."""
-        if self.num_classes is None:
-            if label is not None:
-                raise ValueError(f"model {self.name} version {self.version} is not class-conditional")
-            return None
-        if label is not None and not 0 <= label < self.num_classes:
-            raise ValueError(f"label {label} is not one of the model's classes 0…{self.num_classes - 1}")
-        return [label if label is not None else s % self.num_classes for s in seeds]
+        try:
+            return seed_labels(seeds, self.num_classes, label)
+        except ValueError as e:
+            raise ValueError(f"model {self.name} version {self.version}: {e}") from None
 
     def generators_for(self, seeds: list[int]) -> list[int] | None:
-        """MAD-GAN: the seed picks the generator, `seed % k` (seeds s and s + k share one); else None."""
-        if self.num_generators is None:
-            return None
-        return [s % self.num_generators for s in seeds]
+        return seed_generators(seeds, self.num_generators)
 
     def render_seeds(self, seeds: list[int], label: int | None = None) -> torch.Tensor:
         latents = latents_from_seeds(seeds, self.latent_dim)

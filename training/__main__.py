@@ -13,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from training import checkpoint
 from training.config import TrainConfig
 from training.data import DatasetError
-from training.latents import MAX_SEED, latents_from_seeds
+from training.latents import MAX_SEED, latents_from_seeds, seed_generators, seed_labels
 from training.loop import TrainProgress, TrainResult, resolve_device, train
 
 if TYPE_CHECKING:
@@ -118,25 +118,46 @@ def resolve_model(spec: str) -> Path:
 @app.command("sample")
 def sample_cmd(
     model: Annotated[str, typer.Option(help="Checkpoint path, model version directory or model name.")],
-    n: Annotated[int, typer.Option(min=1, max=100_000, help="Number of images.")],
-    out: Annotated[Path, typer.Option(help="Output .npy: float32 N×C×H×W in [0, 1].")],
-    seed: Annotated[int, typer.Option(min=0, max=MAX_SEED, help="First seed; images use seeds S..S+N-1.")] = 0,
+    n: Annotated[int, typer.Option(min=1, max=100_000, help="Number of samples.")],
+    out: Annotated[Path, typer.Option(help="Output .npy (see below).")],
+    seed: Annotated[int, typer.Option(min=0, max=MAX_SEED, help="First seed; samples use seeds S..S+N-1.")] = 0,
+    label: Annotated[int | None, typer.Option(min=0, help="Class-conditional models: this class for all.")] = None,
 ) -> None:
-    """Write N generated images for seeds S..S+N-1 to a .npy file."""
+    """Write N samples for seeds S..S+N-1 to a .npy file: images as float32 N×C×H×W in [0, 1] (the interface
+    external evaluators read), toy points as their raw float32 N×D coordinates. Seeds map to latents,
+    classes and MAD-GAN generators exactly as in /generate."""
     if seed + n - 1 > MAX_SEED:
         raise _fail(f"seeds {seed}..{seed + n - 1} exceed {MAX_SEED}", 2)
     try:
         generator, meta = checkpoint.load_generator(resolve_model(model))
     except checkpoint.CheckpointError as e:
         raise _fail(str(e), 1) from None
-    lo, hi = meta.get("value_range", [-1, 1])
-    z = latents_from_seeds(list(range(seed, seed + n)), int(meta["latent_dim"]))
-    with torch.no_grad():
-        images = torch.cat([generator(chunk) for chunk in z.split(1024)])
-    unit = ((images - lo) / (hi - lo)).clamp(0, 1).numpy().astype(np.float32)
+    seeds = list(range(seed, seed + n))
+    try:
+        labels = seed_labels(seeds, meta.get("num_classes") if meta.get("conditional") else None, label)
+    except ValueError as e:
+        raise _fail(str(e), 2) from None
+    generators = seed_generators(seeds, getattr(generator, "num_generators", None))
+    z = latents_from_seeds(seeds, int(meta["latent_dim"]))
+    chunks = []
+    with torch.inference_mode():
+        for start in range(0, n, 1024):
+            part = slice(start, start + 1024)
+            chunks.append(
+                generator(
+                    z[part],
+                    labels=None if labels is None else torch.tensor(labels[part]),
+                    generator=None if generators is None else torch.tensor(generators[part]),
+                )
+            )
+    samples = torch.cat(chunks)
+    if meta.get("kind", "image") == "image":
+        lo, hi = meta.get("value_range", [-1, 1])
+        samples = ((samples - lo) / (hi - lo)).clamp(0, 1)
+    array = samples.numpy().astype(np.float32)
     out.parent.mkdir(parents=True, exist_ok=True)
-    np.save(out, unit)
-    console.print(f"wrote {n} images {tuple(unit.shape)} to {out}")
+    np.save(out, array)
+    console.print(f"wrote {n} samples {tuple(array.shape)} to {out}")
 
 
 def main() -> None:

@@ -24,7 +24,7 @@ from torch.func import functional_call
 
 from training import checkpoint, images, losses, regularizers
 from training.config import TrainConfig
-from training.latents import latents_from_seeds
+from training.latents import latents_from_seeds, seed_generators, seed_labels
 from training.models import MLPDiscriminator, MLPDiscriminatorConfig, MLPGenerator, MLPGeneratorConfig, config_to_json
 
 SAMPLE_SEEDS = list(range(64))  # the grid shows seeds 0..63, so it matches /generate for those seeds
@@ -413,14 +413,15 @@ def _unrolled_update(
 
 
 def sample_conditioning(
-    n: int, nrow: int, num_classes: int | None, num_generators: int | None, device: torch.device
+    n: int, num_classes: int | None, num_generators: int | None, device: torch.device
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """Labels and generator indices for the fixed seeds: row i of the grid is label i % num_classes; seed s
-    is drawn by generator s % k."""
-    seeds = torch.arange(n, device=device)
-    labels = (seeds // nrow) % num_classes if num_classes else None
-    gen = seeds % num_generators if num_generators else None
-    return labels, gen
+    """Labels and generator indices of seeds 0…n−1, mapped as /generate maps them."""
+    seeds = range(n)
+    labels, gen = seed_labels(seeds, num_classes), seed_generators(seeds, num_generators)
+    return (
+        None if labels is None else torch.tensor(labels, device=device),
+        None if gen is None else torch.tensor(gen, device=device),
+    )
 
 
 def _generate(g: nn.Module, z: torch.Tensor, labels: torch.Tensor | None, gen: torch.Tensor | None) -> torch.Tensor:
@@ -436,13 +437,14 @@ def _write_samples(s: _Step, path: Path, fixed_z: torch.Tensor) -> None:
     g = s.nets.ema if s.nets.ema is not None else s.nets.g  # the samples show what will be served
     num_classes = s.data.num_classes if s.config.conditional else None
     if s.data.kind == "image":
-        nrow = math.ceil(math.sqrt(fixed_z.shape[0]))
-        labels, gen = sample_conditioning(fixed_z.shape[0], nrow, num_classes, s.num_generators, s.device)
+        # A conditional grid is one class per column (seed s has class s % num_classes).
+        nrow = num_classes or math.ceil(math.sqrt(fixed_z.shape[0]))
+        labels, gen = sample_conditioning(fixed_z.shape[0], num_classes, s.num_generators, s.device)
         fake = _generate(g, fixed_z, labels, gen)
         png = images.png_bytes(images.grid(images.to_uint8(fake), nrow=nrow))
     else:
         z = latents_from_seeds(POINT_SEEDS, s.config.latent_dim).to(s.device)
-        labels, gen = sample_conditioning(len(POINT_SEEDS), 1, None, s.num_generators, s.device)
+        labels, gen = sample_conditioning(len(POINT_SEEDS), None, s.num_generators, s.device)
         fake = _generate(g, z, labels, gen)
         png = scatter_png(s.data.to_model_range(s.data.samples).cpu(), fake.cpu(), s.config.dataset)
     checkpoint.atomic_write_bytes(path, png)
