@@ -101,7 +101,25 @@ class TrainConfig(BaseModel):
     """A GAN training run. Defaults are the seeds' reference recipe (MLP G and D, batch 128, z of 100,
     Adam 2e-4, non-saturating generator loss), plus a tanh output on images scaled to [-1, 1]."""
 
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model_config = ConfigDict(
+        extra="forbid",
+        protected_namespaces=(),
+        json_schema_extra={
+            "examples": [
+                {"model_name": "my-digits", "dataset": "mnist", "epochs": 1, "max_samples": 512},
+                {"model_name": "ring-wgan-gp", "dataset": "ring-2d", "loss": "wgan-gp", "steps": 2000},
+                {
+                    "model_name": "cond-digits",
+                    "dataset": "mnist",
+                    "architecture": "dcgan",
+                    "conditional": True,
+                    "epochs": 5,
+                    "regularizers": [{"name": "r1", "gamma": 1.0}],
+                    "ema": 0.999,
+                },
+            ]
+        },
+    )
 
     model_name: ModelName
     # --- data ---
