@@ -69,7 +69,7 @@ def generate(trained: Trained, seeds: list[int]) -> torch.Tensor:
     """G(z) for the latents of `seeds` (training/latents.py); a MAD-GAN draws seed s from generator s % k,
     as the loop's own sample scatter does."""
     z = latents_from_seeds(seeds, int(trained.meta["latent_dim"]))
-    _, gen = sample_conditioning(len(seeds), 1, None, trained.meta.get("num_generators"), torch.device("cpu"))
+    _, gen = sample_conditioning(len(seeds), None, trained.meta.get("num_generators"), torch.device("cpu"))
     return call_g(trained.g, z, None, gen)
 
 
