@@ -96,12 +96,12 @@ class TrainingSummary(BaseModel):
     created_at: datetime | None = None
 
 
-class ModelVersionInfo(BaseModel):
-    version: int
+class GenerationInfo(BaseModel):
+    """What a client needs to generate from a model version (shared by versions and model summaries)."""
+
     latent_dim: int | None = None
     image_shape: list[int] | None = None
     value_range: list[float] | None = None
-    has_samples: bool = False
     training: TrainingSummary | None = None
     kind: Literal["image", "points"] | None = Field(
         None, description="`image`, or `points` for toy models (sampled with `python -m training sample`)."
@@ -114,24 +114,16 @@ class ModelVersionInfo(BaseModel):
     error: str | None = Field(None, description="Why this version's metadata cannot be read, if it cannot.")
 
 
-class ModelSummary(BaseModel):
+class ModelVersionInfo(GenerationInfo):
+    version: int
+    has_samples: bool = False
+
+
+class ModelSummary(GenerationInfo):
     name: str
     source: Literal["volume", "bundled"]
     latest_version: int
     versions: list[int]
-    latent_dim: int | None = None
-    image_shape: list[int] | None = None
-    value_range: list[float] | None = None
-    training: TrainingSummary | None = None
-    error: str | None = None
-    kind: Literal["image", "points"] | None = Field(
-        None, description="`image`, or `points` for toy models (sampled with `python -m training sample`)."
-    )
-    sample_shape: list[int] | None = Field(None, description="Shape of one sample: C×H×W, or D for points.")
-    architecture: str | None = Field(None, description="`mlp`, `dcgan` or `mad-gan`.")
-    conditional: bool | None = Field(None, description="Whether /generate takes a `label`.")
-    num_classes: int | None = Field(None, description="Conditional models: labels are 0 … num_classes − 1.")
-    num_generators: int | None = Field(None, description="MAD-GAN: the number of generators k.")
 
 
 class ModelDetail(ModelSummary):

@@ -76,6 +76,19 @@ def _check_unconditional(labels: torch.Tensor | None, generator: torch.Tensor | 
         raise ValueError("`generator` selects a MAD-GAN generator; this model has one")
 
 
+def _condition(
+    label: nn.Module | None, z: torch.Tensor, labels: torch.Tensor | None, generator: torch.Tensor | None
+) -> torch.Tensor:
+    """z with the label's embedding attached (conditional G), or z itself after checking that nothing asks
+    for a class or a MAD-GAN generator this G does not have."""
+    if label is None:
+        _check_unconditional(labels, generator)
+        return z
+    if generator is not None:
+        raise ValueError("`generator` selects a MAD-GAN generator; this model has one")
+    return label(z, labels)
+
+
 def _projection(
     phi: torch.Tensor, psi: nn.Linear, embed: nn.Embedding | None, labels: torch.Tensor | None
 ) -> torch.Tensor:
@@ -164,12 +177,7 @@ class MLPGenerator(nn.Module):
     def forward(
         self, z: torch.Tensor, labels: torch.Tensor | None = None, generator: torch.Tensor | None = None
     ) -> torch.Tensor:
-        if self.label is not None:
-            if generator is not None:
-                raise ValueError("`generator` selects a MAD-GAN generator; this model has one")
-            z = self.label(z, labels)
-        else:
-            _check_unconditional(labels, generator)
+        z = _condition(self.label, z, labels, generator)
         return self.net(z).view(z.shape[0], *self.cfg.image_shape)
 
 
@@ -261,12 +269,7 @@ class DCGANGenerator(nn.Module):
     def forward(
         self, z: torch.Tensor, labels: torch.Tensor | None = None, generator: torch.Tensor | None = None
     ) -> torch.Tensor:
-        if self.label is not None:
-            if generator is not None:
-                raise ValueError("`generator` selects a MAD-GAN generator; this model has one")
-            z = self.label(z, labels)
-        else:
-            _check_unconditional(labels, generator)
+        z = _condition(self.label, z, labels, generator)
         return self.net(self.project(z))
 
 
