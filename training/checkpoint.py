@@ -21,6 +21,7 @@ from typing import Any
 import safetensors
 import safetensors.torch
 import torch
+from safetensors.torch import load as load_safetensors
 from torch import nn
 
 from training.models import build_generator
@@ -113,7 +114,7 @@ def load(stem: Path, device: str | torch.device = "cpu") -> tuple[dict[str, torc
     if digest != meta.get("sha256"):
         raise CheckpointError(f"{path} has SHA-256 {digest[:12]}…, its metadata says {meta.get('sha256')}")
     try:
-        tensors = safetensors.torch.load(blob)
+        tensors = load_safetensors(blob)  # tensors only: the format cannot hold code (unlike a pickle)
     except Exception as e:  # safetensors raises its own SafetensorError on a malformed header
         raise CheckpointError(f"{path} is not a valid safetensors file: {e}") from None
     return {k: v.to(device) for k, v in tensors.items()}, meta

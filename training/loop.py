@@ -23,10 +23,10 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from training import checkpoint, images, losses, regularizers
+from training import checkpoint, data, images, losses, models, regularizers
 from training.config import TrainConfig
 from training.latents import latents_from_seeds, seed_generators, seed_labels
-from training.models import MLPDiscriminator, MLPDiscriminatorConfig, MLPGenerator, MLPGeneratorConfig, config_to_json
+from training.models import config_to_json
 
 SAMPLE_SEEDS = list(range(64))  # the grid shows seeds 0..63, so it matches /generate for those seeds
 POINT_SEEDS = list(range(2500))  # the scatter of a toy run: enough points to see every mode
@@ -116,23 +116,10 @@ class _Data:
         return tuple(self.samples.shape[1:])
 
 
-def _to_model_range(batch: torch.Tensor) -> torch.Tensor:
-    if batch.dtype == torch.uint8:
-        return batch.float().div_(127.5).sub_(1.0)
-    return batch.float()
-
-
 def load_data(config: TrainConfig, data_root: Path, device: torch.device) -> _Data:
-    from training import data as data_module
-
-    if hasattr(data_module, "load_training_data"):
-        ds = data_module.load_training_data(config, data_root)
-        labels = ds.labels.to(device) if ds.labels is not None else None
-        to_range = getattr(data_module, "to_model_range", _to_model_range)
-        return _Data(ds.samples.to(device), labels, ds.num_classes, ds.kind, to_range)
-    # Until the dataset registry exists: MNIST images only, unlabelled.
-    samples = data_module.load_dataset(config.dataset, data_root, config.max_samples).to(device)
-    return _Data(samples, None, None, "image", _to_model_range)
+    ds = data.load_training_data(config, data_root)
+    labels = ds.labels.to(device) if ds.labels is not None else None
+    return _Data(ds.samples.to(device), labels, ds.num_classes, ds.kind, data.to_model_range)
 
 
 # --- networks -----------------------------------------------------------------------------------------
@@ -147,19 +134,8 @@ class _Nets:
     ema: nn.Module | None = None
 
 
-def _build_models(config: TrainConfig, data: _Data) -> tuple[nn.Module, nn.Module]:
-    from training import models
-
-    if hasattr(models, "build_models"):
-        return models.build_models(config, data.sample_shape, data.num_classes)
-    if config.architecture != "mlp" or config.conditional:
-        raise ValueError(f"architecture {config.architecture!r} (conditional={config.conditional}) is not built yet")
-    shape = data.sample_shape
-    g_hidden = tuple(config.g_hidden or MLPGeneratorConfig.hidden)
-    d_hidden = tuple(config.d_hidden or MLPDiscriminatorConfig.hidden)
-    g_cfg = MLPGeneratorConfig(config.latent_dim, g_hidden, shape, config.output)  # type: ignore[arg-type]
-    d_cfg = MLPDiscriminatorConfig(shape, d_hidden)  # type: ignore[arg-type]
-    return MLPGenerator(g_cfg), MLPDiscriminator(d_cfg)
+def _build_models(config: TrainConfig, d: _Data) -> tuple[nn.Module, nn.Module]:
+    return models.build_models(config, d.sample_shape, d.num_classes)
 
 
 def _optimizer(params: Any, config: TrainConfig, lr: float, betas: tuple[float, float] | None) -> torch.optim.Optimizer:
