@@ -94,12 +94,9 @@ class LoadedModel:
         outs = []
         with torch.inference_mode():
             for i, z in enumerate(latents):
-                kwargs: dict[str, torch.Tensor] = {}
-                if labels is not None:
-                    kwargs["labels"] = torch.tensor([labels[i]], dtype=torch.long)
-                if generators is not None:
-                    kwargs["generator"] = torch.tensor([generators[i]], dtype=torch.long)
-                outs.append(self.generator(z.unsqueeze(0).to(torch.float32), **kwargs))
+                label = None if labels is None else torch.tensor([labels[i]])
+                gen = None if generators is None else torch.tensor([generators[i]])
+                outs.append(self.generator(z.unsqueeze(0).to(torch.float32), labels=label, generator=gen))
         return torch.cat(outs)
 
     def render(

@@ -26,7 +26,6 @@ from torch.func import functional_call
 from training import checkpoint, data, images, losses, models, regularizers
 from training.config import TrainConfig
 from training.latents import latents_from_seeds, seed_generators, seed_labels
-from training.models import config_to_json
 
 SAMPLE_SEEDS = list(range(64))  # the grid shows seeds 0..63, so it matches /generate for those seeds
 POINT_SEEDS = list(range(2500))  # the scatter of a toy run: enough points to see every mode
@@ -162,8 +161,7 @@ def _build(config: TrainConfig, data: _Data, reg: regularizers.Regularization, d
 
 
 def _spec(module: nn.Module) -> dict[str, Any]:
-    spec = getattr(module, "spec", None)
-    return dict(spec) if spec is not None else config_to_json(module.cfg)  # type: ignore[arg-type]
+    return dict(module.spec)  # type: ignore[arg-type]
 
 
 def _num_generators(g: nn.Module) -> int | None:
@@ -173,13 +171,8 @@ def _num_generators(g: nn.Module) -> int | None:
 def call_g(
     g: nn.Module, z: torch.Tensor, labels: torch.Tensor | None = None, generator: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """G(z), passing labels / generator indices only when there are some (plain generators take z alone)."""
-    kwargs: dict[str, torch.Tensor] = {}
-    if labels is not None:
-        kwargs["labels"] = labels
-    if generator is not None:
-        kwargs["generator"] = generator
-    return g(z, **kwargs)
+    """G(z) with its class labels (conditional) and generator indices (MAD-GAN), each None where unused."""
+    return g(z, labels=labels, generator=generator)
 
 
 @torch.no_grad()
