@@ -16,8 +16,10 @@ from torch import nn
 from training import checkpoint, regularizers
 from training.config import TrainConfig
 from training.latents import latents_from_seeds
-from training.loop import call_g, sample_conditioning, train
+from training.loop import train
 from training.models import build_discriminator, build_generator
+from training.nets import call_g
+from training.samples import sample_conditioning
 
 EXPERIMENTS = Path(__file__).resolve().parent
 RESULTS = EXPERIMENTS / "results"

@@ -173,6 +173,11 @@ class TrainConfig(BaseModel):
     lr_d: float | None = Field(None, gt=0, le=1.0, description="Discriminator's learning rate (overrides `lr`).")
     betas_g: tuple[float, float] | None = None
     betas_d: tuple[float, float] | None = None
+    lr_schedule: Literal["constant", "linear"] = Field(
+        "constant",
+        description="`linear`: both learning rates fall linearly to 0 over the run's G steps, which lets the "
+        "last steps settle instead of orbiting the equilibrium.",
+    )
     # --- run ---
     seed: int = Field(0, ge=0, le=2**32 - 1, description="Seeds weights, shuffling, noise and toy data.")
     sample_every: int = Field(1, ge=1, description="Write a sample grid (and checkpoint) every N epochs.")

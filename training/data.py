@@ -389,3 +389,31 @@ def load_training_data(config: TrainConfig, data_root: Path) -> Dataset:
     if loader is None:
         raise DatasetError(f"unknown dataset {config.dataset!r}; known: {sorted(LOADERS)}")
     return loader(config, Path(data_root))
+
+
+# --- on the training device ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DeviceDataset:
+    """The training set as the loop reads it: moved to the training device once, batched by indexing."""
+
+    samples: torch.Tensor  # uint8 images N×C×H×W or float32 points N×D, on the training device
+    labels: torch.Tensor | None
+    num_classes: int | None
+    kind: Literal["image", "points"]
+    to_model_range: Callable[[torch.Tensor], torch.Tensor]
+
+    @property
+    def n(self) -> int:
+        return self.samples.shape[0]
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return tuple(self.samples.shape[1:])
+
+
+def load_to_device(config: TrainConfig, data_root: Path, device: torch.device) -> DeviceDataset:
+    ds = load_training_data(config, data_root)
+    labels = ds.labels.to(device) if ds.labels is not None else None
+    return DeviceDataset(ds.samples.to(device), labels, ds.num_classes, ds.kind, to_model_range)

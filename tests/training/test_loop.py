@@ -5,10 +5,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from training import checkpoint, images, loop
+from training import checkpoint, images
 from training.config import TrainConfig
+from training.data import load_to_device
 from training.latents import latents_from_seeds
 from training.loop import TrainProgress, TrainResult, resolve_device, steps_per_epoch, train
+from training.step import build_step, d_step, g_step
 
 TINY = TrainConfig(model_name="tiny", epochs=2, batch_size=32, latent_dim=8, seed=3)
 
@@ -148,11 +150,11 @@ def test_every_objective_with_every_regularizer_stays_finite(loss: str, tmp_path
     # Step functions driven directly (train() itself is covered below): every combination, three G steps.
     for reg in REGULARIZERS:
         config = _toy(loss=loss, d_steps=1, steps=3, regularizers=[reg] if reg else [])
-        data = loop.load_data(config, tmp_path, torch.device("cpu"))
-        s = loop.build_step(config, data, torch.device("cpu"), total_steps=3, batch=32)
+        data = load_to_device(config, tmp_path, torch.device("cpu"))
+        s = build_step(config, data, torch.device("cpu"), total_steps=3, batch=32)
         for step in range(3):
             real, labels = s.random_real_batch()
-            stats = loop.d_step(s, real, labels, step) | {"g_loss": loop.g_step(s, step)}
+            stats = d_step(s, real, labels, step) | {"g_loss": g_step(s, step)}
             assert set(stats) == set(s.keys), (loss, reg)
             assert all(torch.isfinite(v) for v in stats.values()), (loss, reg, stats)
         assert all(torch.isfinite(p).all() for p in s.nets.g.parameters()), (loss, reg)
@@ -167,6 +169,22 @@ def test_steps_stop_at_exactly_that_many_generator_steps(tmp_path: Path) -> None
     _, meta = checkpoint.load(tmp_path / "run" / "checkpoints" / "epoch-0002")
     assert meta["kind"] == "points" and meta["sample_shape"] == [2] and "image_shape" not in meta
     assert (tmp_path / "run" / "samples" / "epoch-0002.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_linear_lr_schedule_falls_to_zero_at_the_last_step(tmp_path: Path) -> None:
+    config = _toy(steps=4, lr_g=1e-3, lr_d=2e-3, lr_schedule="linear")
+    s = build_step(config, load_to_device(config, tmp_path, torch.device("cpu")), torch.device("cpu"), 4, 32)
+    lrs = []
+    for step in range(4):
+        lrs += [s.nets.opt_g.param_groups[0]["lr"], s.nets.opt_d.param_groups[0]["lr"]]
+        d_step(s, *s.random_real_batch(), step)
+        g_step(s, step)
+    assert lrs == pytest.approx([1e-3, 2e-3, 7.5e-4, 1.5e-3, 5e-4, 1e-3, 2.5e-4, 5e-4])
+    assert s.nets.opt_g.param_groups[0]["lr"] == 0 and s.nets.opt_d.param_groups[0]["lr"] == 0
+    constant = build_step(
+        _toy(steps=4), load_to_device(config, tmp_path, torch.device("cpu")), torch.device("cpu"), 4, 32
+    )
+    assert constant.nets.schedulers == []
 
 
 def test_wasserstein_clips_critic_weights(tmp_path: Path) -> None:

@@ -4,13 +4,17 @@ from pathlib import Path
 
 import torch
 
-from training import loop
 from training.config import TrainConfig
+from training.data import load_to_device
+from training.loop import train
+from training.nets import call_g
+from training.step import Step, build_step, d_step, g_step
+from training.unrolled import unrolled_discriminator
 
 CPU = torch.device("cpu")
 
 
-def _step(tmp_path: Path, unrolled: int, **update: object) -> loop._Step:
+def _step(tmp_path: Path, unrolled: int, **update: object) -> Step:
     config = TrainConfig.model_validate(
         {
             "model_name": "unrolled",
@@ -25,15 +29,15 @@ def _step(tmp_path: Path, unrolled: int, **update: object) -> loop._Step:
         }
         | update
     )
-    data = loop.load_data(config, tmp_path, CPU)
-    s = loop.build_step(config, data, CPU, total_steps=4, batch=32)
+    data = load_to_device(config, tmp_path, CPU)
+    s = build_step(config, data, CPU, total_steps=4, batch=32)
     for step in range(2):  # so that D's optimiser has moments for the unroll to continue from
         real, labels = s.random_real_batch()
-        loop.d_step(s, real, labels, step)
+        d_step(s, real, labels, step)
     return s
 
 
-def _snapshot(s: loop._Step) -> tuple[dict[str, torch.Tensor], list[dict[str, torch.Tensor]]]:
+def _snapshot(s: Step) -> tuple[dict[str, torch.Tensor], list[dict[str, torch.Tensor]]]:
     params = {k: v.detach().clone() for k, v in s.nets.d.state_dict().items()}
     state = [
         {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in st.items()}
@@ -42,7 +46,7 @@ def _snapshot(s: loop._Step) -> tuple[dict[str, torch.Tensor], list[dict[str, to
     return params, state
 
 
-def _assert_identical(before: tuple[dict[str, torch.Tensor], list[dict[str, torch.Tensor]]], s: loop._Step) -> None:
+def _assert_identical(before: tuple[dict[str, torch.Tensor], list[dict[str, torch.Tensor]]], s: Step) -> None:
     params, state = before
     after_params, after_state = _snapshot(s)
     assert params.keys() == after_params.keys()
@@ -58,17 +62,17 @@ def test_unrolled_g_step_leaves_d_bit_identical(tmp_path: Path) -> None:
         s = _step(tmp_path, unrolled=3, **update)
         before = _snapshot(s)
         g_before = [p.detach().clone() for p in s.nets.g.parameters()]
-        loss = loop.g_step(s, 2)
+        loss = g_step(s, 2)
         assert torch.isfinite(loss)
         _assert_identical(before, s)
         assert any(not torch.equal(a, b) for a, b in zip(g_before, s.nets.g.parameters(), strict=True))
         assert all(p.requires_grad for p in s.nets.d.parameters())  # D trainable again after the G step
 
 
-def _g_grads(s: loop._Step) -> list[torch.Tensor]:
-    d_fn = loop.unrolled_discriminator(s) if s.config.unrolled_steps else s.nets.d
+def _g_grads(s: Step) -> list[torch.Tensor]:
+    d_fn = unrolled_discriminator(s) if s.config.unrolled_steps else s.nets.d
     z, labels, gen = s.fake_inputs(s.batch)
-    loss = s.g_objective(d_fn(loop.call_g(s.nets.g, z, labels, gen)))
+    loss = s.g_objective(d_fn(call_g(s.nets.g, z, labels, gen)))
     return list(torch.autograd.grad(loss, list(s.nets.g.parameters()), allow_unused=True))
 
 
@@ -84,5 +88,5 @@ def test_unrolled_training_runs(tmp_path: Path) -> None:
     config = TrainConfig(
         model_name="u", dataset="ring-2d", max_samples=128, batch_size=32, latent_dim=4, unrolled_steps=2, steps=3
     )
-    result = loop.train(config, tmp_path / "run", data_root=tmp_path)
+    result = train(config, tmp_path / "run", data_root=tmp_path)
     assert result.steps_done == 3 and all(v == v for v in result.losses.values())

@@ -1,0 +1,84 @@
+"""The networks of a run: G and D built and seeded from the config, their optimisers and learning-rate
+schedules, the EMA of G's weights, and how G is called."""
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from training import models, regularizers
+from training.config import TrainConfig
+from training.data import DeviceDataset
+
+
+@dataclass
+class Nets:
+    g: nn.Module
+    d: nn.Module
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    ema: nn.Module | None = None
+    schedulers: list[torch.optim.lr_scheduler.LRScheduler] = field(default_factory=list)
+
+
+def _build_models(config: TrainConfig, d: DeviceDataset) -> tuple[nn.Module, nn.Module]:
+    return models.build_models(config, d.sample_shape, d.num_classes)
+
+
+def _optimizer(params: Any, config: TrainConfig, lr: float, betas: tuple[float, float] | None) -> torch.optim.Optimizer:
+    if config.optimizer == "rmsprop":
+        return torch.optim.RMSprop(params, lr=lr, foreach=True)
+    # foreach: one multi-tensor update per step instead of a Python loop over the parameters (torch's own
+    # default on CUDA); on CPU for these small MLPs it saves little, but the committed results were made with it.
+    return torch.optim.Adam(params, lr=lr, betas=tuple(betas or (0.5, 0.999)), foreach=True)
+
+
+def _schedulers(
+    config: TrainConfig, total_steps: int, *opts: torch.optim.Optimizer
+) -> list[torch.optim.lr_scheduler.LRScheduler]:
+    """Per-G-step learning-rate schedules; D's falls with G's, whatever its `d_steps`."""
+    if config.lr_schedule == "constant":
+        return []
+    return [torch.optim.lr_scheduler.LambdaLR(o, lambda t: max(0.0, 1.0 - t / total_steps)) for o in opts]
+
+
+def build_nets(
+    config: TrainConfig,
+    data: DeviceDataset,
+    reg: regularizers.Regularization,
+    device: torch.device,
+    total_steps: int,
+) -> Nets:
+    # Weight init draws from the global RNG; fork it so seeding here leaves the caller's state alone.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        g, d = _build_models(config, data)
+        d = reg.apply_to_discriminator(d)
+    g, d = g.to(device).train(), d.to(device).train()
+    opt_g = _optimizer(g.parameters(), config, config.lr_g or config.lr or 2e-4, config.betas_g)
+    opt_d = _optimizer(d.parameters(), config, config.lr_d or config.lr or 2e-4, config.betas_d)
+    ema = None
+    if config.ema is not None:
+        ema = copy.deepcopy(g).requires_grad_(False)
+    return Nets(g, d, opt_g, opt_d, ema, _schedulers(config, total_steps, opt_g, opt_d))
+
+
+def call_g(
+    g: nn.Module, z: torch.Tensor, labels: torch.Tensor | None = None, generator: torch.Tensor | None = None
+) -> torch.Tensor:
+    """G(z) with its class labels (conditional) and generator indices (MAD-GAN), each None where unused."""
+    return g(z, labels=labels, generator=generator)
+
+
+@torch.no_grad()
+def ema_update(ema: nn.Module, g: nn.Module, decay: float) -> None:
+    """θ_ema ← decay·θ_ema + (1 − decay)·θ; buffers (BatchNorm statistics) are copied, since averaging
+    running statistics of different weights describes no network."""
+    ema_params, params = list(ema.parameters()), list(g.parameters())
+    if len(ema_params) != len(params):
+        raise ValueError("EMA and generator differ in their parameters")
+    torch._foreach_lerp_(ema_params, params, 1.0 - decay)
+    for be, b in zip(ema.buffers(), g.buffers(), strict=True):
+        be.copy_(b)

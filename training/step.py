@@ -1,0 +1,148 @@
+"""One discriminator update (`d_step`) and one generator update (`g_step`), for every objective
+(`training.losses`) and regularizer (`training.regularizers`); G may see D unrolled `unrolled_steps` ahead
+(`training.unrolled`, Metz et al. 2017), and an EMA of its weights is kept. `Step` holds what both need;
+`build_step` makes it for a run, seeded from its config.
+"""
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from training import losses, regularizers
+from training.config import TrainConfig
+from training.data import DeviceDataset
+from training.nets import Nets, build_nets, call_g, ema_update
+from training.unrolled import DFn, unrolled_discriminator
+
+LOSS_KEYS = ("d_loss", "g_loss", "d_real", "d_fake")
+
+
+@dataclass
+class Step:
+    """What every D and G step needs, so those functions take one argument besides the batch."""
+
+    config: TrainConfig
+    nets: Nets
+    data: DeviceDataset
+    objective: losses.Objective
+    reg: regularizers.Regularization
+    rng: torch.Generator
+    batch: int
+    device: torch.device
+    num_generators: int | None = None
+    extra_keys: tuple[str, ...] = field(default=())
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return LOSS_KEYS + self.extra_keys
+
+    def noise(self, n: int) -> torch.Tensor:
+        return torch.randn(n, self.config.latent_dim, generator=self.rng, device=self.device)
+
+    def fake_inputs(self, n: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """(z, labels, generator indices) for a fake batch: random labels when conditional, G_i for i % k."""
+        z = self.noise(n)
+        labels = None
+        if self.config.conditional and self.data.num_classes:
+            labels = torch.randint(self.data.num_classes, (n,), generator=self.rng, device=self.device)
+        gen = None
+        if self.num_generators:
+            gen = torch.arange(n, device=self.device) % self.num_generators
+        return z, labels, gen
+
+    def real_batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        real = self.data.to_model_range(self.data.samples[idx])
+        labels = self.data.labels[idx] if self.config.conditional and self.data.labels is not None else None
+        return real, labels
+
+    def random_real_batch(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.real_batch(torch.randint(self.data.n, (self.batch,), generator=self.rng, device=self.device))
+
+    def d_objective(self, real_out: torch.Tensor, fake_out: torch.Tensor, gen: torch.Tensor | None) -> torch.Tensor:
+        if gen is not None:
+            return losses.madgan_d_loss(real_out, fake_out, gen)
+        return self.objective.d_loss(real_out, fake_out)
+
+    def g_objective(self, fake_out: torch.Tensor) -> torch.Tensor:
+        if self.num_generators:
+            return losses.madgan_g_loss(fake_out, saturating=self.config.loss == "minimax")
+        return self.objective.g_loss(fake_out)
+
+    def score(self, out: torch.Tensor) -> torch.Tensor:
+        """Mean D output for reporting: P(real) where D is a classifier, the raw critic value otherwise."""
+        r = losses.realness(out.detach())
+        return torch.sigmoid(r).mean() if self.objective.probabilistic or out.dim() == 2 else r.mean()
+
+
+def _num_generators(g: nn.Module) -> int | None:
+    return getattr(g, "num_generators", None)
+
+
+def build_step(config: TrainConfig, data: DeviceDataset, device: torch.device, total_steps: int, batch: int) -> Step:
+    """Networks, optimisers, objective, regularizers and RNG for a run, seeded from `config.seed`."""
+    reg = regularizers.prepare(config, total_steps)
+    nets = build_nets(config, data, reg, device, total_steps)
+    return Step(
+        config=config,
+        nets=nets,
+        data=data,
+        objective=losses.objective(config.loss),
+        reg=reg,
+        rng=torch.Generator(device=device).manual_seed(config.seed),
+        batch=batch,
+        device=device,
+        num_generators=_num_generators(nets.g),
+        extra_keys=(("gp",) if config.loss == "wgan-gp" else ()) + reg.penalty_names,
+    )
+
+
+def d_step(s: Step, real: torch.Tensor, real_labels: torch.Tensor | None, step: int) -> dict[str, torch.Tensor]:
+    """One discriminator update; returns its loss terms and mean outputs as detached device tensors."""
+    nets = s.nets
+    z, fake_labels, gen = s.fake_inputs(real.shape[0])
+    with torch.no_grad():
+        fake = call_g(nets.g, z, fake_labels, gen)
+    real_in, fake_in = s.reg.perturb(real, step, s.rng), s.reg.perturb(fake, step, s.rng)
+    real_out = losses.call_d(nets.d, real_in, real_labels)
+    fake_out = losses.call_d(nets.d, fake_in, fake_labels)
+    loss = s.d_objective(real_out, fake_out, gen)
+    extras = s.reg.d_penalty(nets.d, real_in, fake_in, real_labels, fake_labels)
+    if s.config.loss == "wgan-gp":
+        gp = losses.gradient_penalty(nets.d, real_in, fake_in, real_labels, s.rng)
+        extras = {"gp": (s.config.gp_lambda or 0.0) * gp, **extras}
+    nets.opt_d.zero_grad(set_to_none=True)
+    sum([loss, *extras.values()]).backward()  # type: ignore[union-attr]
+    nets.opt_d.step()
+    if s.config.clip_value is not None:
+        _clip(nets.d, s.config.clip_value)
+    stats = {"d_loss": loss.detach(), "d_real": s.score(real_out), "d_fake": s.score(fake_out)}
+    return stats | {k: v.detach() for k, v in extras.items()}
+
+
+@torch.no_grad()
+def _clip(d: nn.Module, c: float) -> None:
+    # WGAN's crude Lipschitz bound (Arjovsky et al. 2017, Algorithm 1): every weight into [−c, c].
+    for p in d.parameters():
+        p.clamp_(-c, c)
+
+
+def g_step(s: Step, step: int) -> torch.Tensor:
+    """One generator update against D, or against D unrolled `unrolled_steps` ahead; D is never changed."""
+    nets = s.nets
+    d_fn: DFn = unrolled_discriminator(s) if s.config.unrolled_steps else nets.d
+    nets.d.requires_grad_(False)  # D's own weight gradients would be thrown away anyway
+    try:
+        z, labels, gen = s.fake_inputs(s.batch)
+        fake = s.reg.perturb(call_g(nets.g, z, labels, gen), step, s.rng)
+        loss = s.g_objective(losses.call_d(d_fn, fake, labels))
+        nets.opt_g.zero_grad(set_to_none=True)
+        loss.backward()
+        nets.opt_g.step()
+    finally:
+        nets.d.requires_grad_(True)
+    if nets.ema is not None:
+        ema_update(nets.ema, nets.g, s.config.ema or 0.0)
+    for scheduler in nets.schedulers:
+        scheduler.step()
+    return loss.detach()
