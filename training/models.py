@@ -15,8 +15,19 @@ Families (chosen in `build_models` from a `TrainConfig`):
   convolutions with BatchNorm + ReLU, tanh/linear head; D stride-2 convolutions with LeakyReLU(0.2) and
   *no* BatchNorm, because WGAN-GP, R1 and R2 penalise per-sample input gradients, which BatchNorm in D
   would couple across the batch (Gulrajani et al. 2017 §4 make the same choice).
-* `conditional` — G concatenates a label embedding to z (before the projection for dcgan); D is a
-  projection discriminator (Miyato & Koyama 2018): logit = ψ(φ(x)) + ⟨embed(y), φ(x)⟩.
+* `conditional` — D is a projection discriminator (Miyato & Koyama 2018): logit = ψ(φ(x)) +
+  ⟨embed(y), φ(x)⟩. The mlp G takes z alone and every BatchNorm is class-conditional, γ_y ⊙ BN(h) + β_y
+  with a gain and bias per class (`ConditionalBatchNorm`; de Vries et al. 2017, Dumoulin et al. 2017),
+  the generator Miyato & Koyama pair with that D (`conditioning="batchnorm"`). It used to concatenate a
+  label embedding to z (`"concat"`; checkpoints written so still load): on MNIST (3120 G steps) that G
+  drew one image per class whatever the seed — over a labels × latents grid z explained 26 % of the first
+  hidden layer's variance, 4 % of the second's and 0.6 % of the output's, as every BatchNorm renormalised
+  z and the label together and the label's share grew layer by layer. Concatenation plus conditional
+  BatchNorm still collapsed; conditional BatchNorm with z as the only input did not (experiments/README.md,
+  "MNIST sample grids"). The dcgan G still concatenates (before its projection): in a 390-step MNIST check
+  its classes kept about half the real within-class spread (not one image each), while the same
+  conditional BatchNorm — per channel, so no per-class spatial template as the projected embedding
+  gives — had not learnt the classes (10 % right by a small classifier) and, with this D, diverged.
 * `mad-gan` — Ghosh et al. 2018: k independent generators sharing nothing (the paper shares all but the
   last layer for images; independent ones are simpler and let each mode-holder differ fully), and the
   MLP discriminator with a (k+1)-way head.
@@ -35,12 +46,16 @@ if TYPE_CHECKING:
 
 Output = Literal["tanh", "linear"]
 Activation = Literal["leaky_relu", "relu"]
+# How a conditional G sees the label: "batchnorm" (class-conditional BatchNorm, z is the only input) or
+# "concat" (the label embedding concatenated to z: only for checkpoints written before "batchnorm" existed).
+Conditioning = Literal["batchnorm", "concat"]
 
 SEED_G_HIDDEN = (128, 256, 512, 1024)
 SEED_D_HIDDEN = (256, 128)
 TOY_G_HIDDEN = (128, 128, 128)
 TOY_D_HIDDEN = (128, 128, 128)
-DEFAULT_EMBED_DIM = 32  # label embedding concatenated to z; 32 is ample for ≤ 10 classes
+DEFAULT_EMBED_DIM = 32  # label embedding concatenated to z (legacy "concat" conditioning only)
+CBN_INIT_STD = 0.02  # spread of the per-class gains around 1 and biases around 0 at init (DCGAN's init std)
 DCGAN_WIDTH = 64  # channels of the last hidden feature map of G / first of D (Radford et al.'s 64×64 "ngf")
 
 
@@ -56,7 +71,8 @@ def _head(output: Output) -> list[nn.Module]:
 
 
 class LabelEmbedding(nn.Module):
-    """Concatenates an embedding of the class label to z (a conditional GAN's generator input)."""
+    """Concatenates an embedding of the class label to z: the generator input of legacy `"concat"`
+    conditioning, kept so that checkpoints written with it still load."""
 
     def __init__(self, num_classes: int, dim: int):
         super().__init__()
@@ -68,6 +84,49 @@ class LabelEmbedding(nn.Module):
         return torch.cat([z, self.embed(labels)], dim=1)
 
 
+class ConditionalBatchNorm(nn.Module):
+    """Categorical conditional BatchNorm: γ_y ⊙ BN(h) + β_y, with BatchNorm's own affine replaced by a gain
+    and a bias per class (de Vries et al. 2017, "Modulating early visual processing by language";
+    Dumoulin et al. 2017, "A learned representation for artistic style"). Miyato & Koyama 2018 ("cGANs
+    with projection discriminator", §5) condition their generator this way.
+
+    Why not concatenate the label to z: each BatchNorm divides a unit by its batch standard deviation, and
+    over a batch of mixed classes that standard deviation is the label's and z's together, so whatever
+    the label adds shrinks z's part — and a class-conditional D rewards exactly the label's part, so G
+    grows it until z no longer matters (measured in the module docstring). Here z is G's only input, the
+    statistics are those of z-driven features, and the label only rescales and shifts them after
+    normalisation: with γ_y ≠ 0 the within-class variation that z produces passes through every layer.
+
+    Gains start at 1 and biases at 0 (BatchNorm's own affine), each spread by CBN_INIT_STD so the classes
+    differ — slightly — from the first step, as every other weight does."""
+
+    def __init__(self, num_features: int, num_classes: int, dims: Literal[1, 2] = 1):
+        super().__init__()
+        self.norm = (nn.BatchNorm1d if dims == 1 else nn.BatchNorm2d)(num_features, affine=False)
+        self.gamma = nn.Embedding(num_classes, num_features)
+        self.beta = nn.Embedding(num_classes, num_features)
+        nn.init.normal_(self.gamma.weight, 1.0, CBN_INIT_STD)
+        nn.init.normal_(self.beta.weight, 0.0, CBN_INIT_STD)
+
+    def forward(self, h: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        shape = (h.shape[0], h.shape[1]) + (1,) * (h.dim() - 2)  # per-sample, per-channel
+        return self.norm(h) * self.gamma(labels).view(shape) + self.beta(labels).view(shape)
+
+
+def _run(net: nn.Sequential, h: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    """`net(h)`, handing the labels to the conditional BatchNorms in it."""
+    for layer in net:
+        h = layer(h, labels) if isinstance(layer, ConditionalBatchNorm) else layer(h)
+    return h
+
+
+def _batchnorm(num_features: int, classes: int | None, conditioning: Conditioning, dims: Literal[1, 2]) -> nn.Module:
+    """BatchNorm, class-conditional where G is conditioned through its BatchNorms."""
+    if classes is not None and conditioning == "batchnorm":
+        return ConditionalBatchNorm(num_features, classes, dims)
+    return nn.BatchNorm1d(num_features) if dims == 1 else nn.BatchNorm2d(num_features)
+
+
 def _check_unconditional(labels: torch.Tensor | None, generator: torch.Tensor | None = None) -> None:
     # Silently ignoring labels would make a caller believe it controls the class when it does not.
     if labels is not None:
@@ -77,16 +136,23 @@ def _check_unconditional(labels: torch.Tensor | None, generator: torch.Tensor | 
 
 
 def _condition(
-    label: nn.Module | None, z: torch.Tensor, labels: torch.Tensor | None, generator: torch.Tensor | None
+    conditional: bool,
+    label: nn.Module | None,
+    z: torch.Tensor,
+    labels: torch.Tensor | None,
+    generator: torch.Tensor | None,
 ) -> torch.Tensor:
-    """z with the label's embedding attached (conditional G), or z itself after checking that nothing asks
-    for a class or a MAD-GAN generator this G does not have."""
-    if label is None:
+    """G's input after checking that the labels are there exactly when G is conditional and that nothing
+    asks for a MAD-GAN generator this G does not have: z with the label's embedding attached (legacy
+    "concat" conditioning), or z itself."""
+    if not conditional:
         _check_unconditional(labels, generator)
         return z
     if generator is not None:
         raise ValueError("`generator` selects a MAD-GAN generator; this model has one")
-    return label(z, labels)
+    if labels is None:
+        raise ValueError("this generator is class-conditional: pass `labels`")
+    return label(z, labels) if label is not None else z
 
 
 def _projection(
@@ -121,8 +187,9 @@ class MLPGeneratorConfig:
     BatchNorm1d. `output="tanh"` bounds images to [-1, 1]; `"linear"` is the reference's unbounded head.
 
     `image_shape` is the shape of one sample — C×H×W, or (D,) for toy points; the name is kept because
-    published specs use it. `num_classes` makes it conditional (a label embedding of `embed_dim` is
-    concatenated to z)."""
+    published specs use it. `num_classes` makes it conditional: through `ConditionalBatchNorm` in place of
+    each BatchNorm (`conditioning="batchnorm"`, which needs `batchnorm`), or — legacy checkpoints only —
+    with a label embedding of `embed_dim` concatenated to z (`"concat"`)."""
 
     latent_dim: int = 100
     hidden: tuple[int, ...] = SEED_G_HIDDEN
@@ -132,6 +199,7 @@ class MLPGeneratorConfig:
     batchnorm: bool = True
     num_classes: int | None = None
     embed_dim: int = DEFAULT_EMBED_DIM
+    conditioning: Conditioning = "batchnorm"
     arch: str = field(default="mlp", init=False)
 
 
@@ -154,17 +222,19 @@ class MLPGenerator(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.latent_dim = cfg.latent_dim
+        if cfg.num_classes is not None and cfg.conditioning == "batchnorm" and not cfg.batchnorm:
+            raise ValueError('conditioning="batchnorm" conditions G through its BatchNorms: it needs batchnorm')
         # Outside `net`, so that the seeds' state-dict keys (`net.0.weight` …) stay as they were.
         self.label: LabelEmbedding | None = None
         width = cfg.latent_dim
-        if cfg.num_classes is not None:
+        if cfg.num_classes is not None and cfg.conditioning == "concat":
             self.label = LabelEmbedding(cfg.num_classes, cfg.embed_dim)
             width += cfg.embed_dim
         layers: list[nn.Module] = []
         for h in cfg.hidden:
             layers += [nn.Linear(width, h), _activation(cfg.activation)]
             if cfg.batchnorm:
-                layers.append(nn.BatchNorm1d(h))
+                layers.append(_batchnorm(h, cfg.num_classes, cfg.conditioning, 1))
             width = h
         layers.append(nn.Linear(width, math.prod(cfg.image_shape)))
         layers += _head(cfg.output)
@@ -177,8 +247,8 @@ class MLPGenerator(nn.Module):
     def forward(
         self, z: torch.Tensor, labels: torch.Tensor | None = None, generator: torch.Tensor | None = None
     ) -> torch.Tensor:
-        z = _condition(self.label, z, labels, generator)
-        return self.net(z).view(z.shape[0], *self.cfg.image_shape)
+        z = _condition(self.cfg.num_classes is not None, self.label, z, labels, generator)
+        return _run(self.net, z, labels).view(z.shape[0], *self.cfg.image_shape)
 
 
 class MLPDiscriminator(nn.Module):
@@ -193,6 +263,10 @@ class MLPDiscriminator(nn.Module):
         # ψ is the last module of `net` (the seeds' `net.4`); φ is everything before it.
         layers.append(nn.Linear(width, cfg.outputs))
         self.net = nn.Sequential(*layers)
+        # nn.Embedding's N(0, 1) init makes the projection term ~30× ψ(φ(x)) at init (the paper initialises
+        # it like a Linear and spectral-normalises it). Xavier init was tried for the MNIST collapse (one run
+        # each): it did not stop it with the concatenating G, and with conditional BatchNorm in G it lowered
+        # class accuracy (0.98 → 0.91 by a small classifier), so the init stays as it was.
         self.embed = nn.Embedding(cfg.num_classes, width) if cfg.num_classes is not None else None
 
     @property
@@ -228,6 +302,7 @@ class DCGANGeneratorConfig:
     output: Output = "tanh"
     num_classes: int | None = None
     embed_dim: int = DEFAULT_EMBED_DIM
+    conditioning: Conditioning = "concat"  # see the module docstring: "batchnorm" did not train here (yet)
     arch: str = field(default="dcgan", init=False)
 
 
@@ -246,18 +321,20 @@ class DCGANGenerator(nn.Module):
         self.cfg = cfg
         self.latent_dim = cfg.latent_dim
         start, channels = _dcgan_plan(cfg.image_shape, cfg.width)
-        self.label = LabelEmbedding(cfg.num_classes, cfg.embed_dim) if cfg.num_classes is not None else None
-        z_width = cfg.latent_dim + (cfg.embed_dim if cfg.num_classes is not None else 0)
+        classes, concat = cfg.num_classes, cfg.num_classes is not None and cfg.conditioning == "concat"
+        self.label = LabelEmbedding(cfg.num_classes, cfg.embed_dim) if concat and classes is not None else None
+        z_width = cfg.latent_dim + (cfg.embed_dim if concat else 0)
         # A Linear projection equals the paper's 1×1 → 4×4 transposed convolution and also covers 7×7.
         self.project = nn.Sequential(
             nn.Linear(z_width, channels[0] * start * start),
             nn.Unflatten(1, (channels[0], start, start)),
-            nn.BatchNorm2d(channels[0]),
+            _batchnorm(channels[0], classes, cfg.conditioning, 2),
             nn.ReLU(),
         )
         layers: list[nn.Module] = []
         for c_in, c_out in itertools.pairwise(channels):
-            layers += [nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()]
+            bn = _batchnorm(c_out, classes, cfg.conditioning, 2)
+            layers += [nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=False), bn, nn.ReLU()]
         layers.append(nn.ConvTranspose2d(channels[-1], cfg.image_shape[0], 4, 2, 1))
         layers += _head(cfg.output)
         self.net = nn.Sequential(*layers)
@@ -269,8 +346,8 @@ class DCGANGenerator(nn.Module):
     def forward(
         self, z: torch.Tensor, labels: torch.Tensor | None = None, generator: torch.Tensor | None = None
     ) -> torch.Tensor:
-        z = _condition(self.label, z, labels, generator)
-        return self.net(self.project(z))
+        z = _condition(self.cfg.num_classes is not None, self.label, z, labels, generator)
+        return _run(self.net, _run(self.project, z, labels), labels)
 
 
 class DCGANDiscriminator(nn.Module):
@@ -347,8 +424,17 @@ def _fields(spec: dict[str, Any]) -> dict[str, Any]:
     return {k: tuple(v) if isinstance(v, list) else v for k, v in spec.items() if k != "arch"}
 
 
+def _legacy_conditioning(spec: dict[str, Any]) -> dict[str, Any]:
+    """A conditional spec written before `conditioning` existed is a concatenated-embedding G (whatever the
+    dataclass default now is)."""
+    if spec.get("num_classes") is not None and "conditioning" not in spec:
+        return {**spec, "conditioning": "concat"}
+    return spec
+
+
 def build_generator(spec: dict[str, Any]) -> nn.Module:
     arch = spec.get("arch", "mlp")
+    spec = _legacy_conditioning(spec)
     if arch == "mlp":
         return MLPGenerator(MLPGeneratorConfig(**_fields(spec)))
     if arch == "dcgan":
