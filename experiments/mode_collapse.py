@@ -265,7 +265,8 @@ def summary(outcomes: list[Outcome], names: list[str], args: argparse.Namespace,
         )
     return (
         f"`{_command(args)}` — baselines {args.steps} G steps at batch {DEFAULT_BATCH} (each objective with its "
-        f"paper's optimiser settings), {args.seeds} training seed(s) per cell, {N_SAMPLES} samples each "
+        f"paper's optimiser settings; every row, best included, with PacGAN's 2-D latent), "
+        f"{args.seeds} training seed(s) per cell, {N_SAMPLES} samples each "
         f"(latent seeds 0..{N_SAMPLES - 1}); mean ± standard error over training seeds. Wall time {wall:.0f} s "
         f"on {args.workers} worker(s) ({cpu:.0f} s of single-thread training in all).\n\n"
         f"{best}"
