@@ -23,10 +23,6 @@ class Nets:
     schedulers: list[torch.optim.lr_scheduler.LRScheduler] = field(default_factory=list)
 
 
-def _build_models(config: TrainConfig, d: DeviceDataset) -> tuple[nn.Module, nn.Module]:
-    return models.build_models(config, d.sample_shape, d.num_classes)
-
-
 def _optimizer(params: Any, config: TrainConfig, lr: float, betas: tuple[float, float] | None) -> torch.optim.Optimizer:
     if config.optimizer == "rmsprop":
         return torch.optim.RMSprop(params, lr=lr, foreach=True)
@@ -54,7 +50,7 @@ def build_nets(
     # Weight init draws from the global RNG; fork it so seeding here leaves the caller's state alone.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        g, d = _build_models(config, data)
+        g, d = models.build_models(config, data.sample_shape, data.num_classes)
         d = reg.apply_to_discriminator(d)
     g, d = g.to(device).train(), d.to(device).train()
     opt_g = _optimizer(g.parameters(), config, config.lr_g or config.lr or 2e-4, config.betas_g)
