@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
+from service.evaluations import EvaluationStore
 from service.jobs import JobStore
 from service.registry import ModelRegistry
 from service.settings import Settings
@@ -15,7 +16,7 @@ from service.settings import Settings
 log = logging.getLogger(__name__)
 
 TaskSender = Callable[[str], None]
-"""`send(job_id)`: enqueue the training task for a job; raises if the broker cannot take it."""
+"""`send(job_id)`: enqueue a job's task (training or evaluation); raises if the broker cannot take it."""
 
 BrokerCheck = Callable[[], str]
 """Returns a short description of the reachable broker; raises if it is not reachable."""
@@ -36,6 +37,10 @@ def get_job_store(request: Request) -> JobStore:
     return request.app.state.jobs
 
 
+def get_evaluation_store(request: Request) -> EvaluationStore:
+    return request.app.state.evaluations
+
+
 def _celery(request: Request) -> Any:
     # Built on first use, not at startup: the API must start (and serve images) with the broker down.
     state = request.app.state
@@ -46,19 +51,29 @@ def _celery(request: Request) -> Any:
     return state.celery
 
 
-def get_task_sender(request: Request) -> TaskSender:
+def _sender(request: Request, task: str) -> TaskSender:
     celery = _celery(request)
 
     def send(job_id: str) -> None:
-        from worker.app import TRAIN_TASK
-
         # Celery's own publish retries ignore `retry=False` while opening the pool's connection (celery
         # issue #6046: ~6 s against a refused Redis, forever against AMQP), so connect explicitly first.
         with celery.connection_for_write(connect_timeout=BROKER_TIMEOUT_S) as conn:
             conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0.2, timeout=BROKER_TIMEOUT_S)
-            celery.send_task(TRAIN_TASK, args=[job_id], queue="training", connection=conn, retry=False)
+            celery.send_task(task, args=[job_id], queue="training", connection=conn, retry=False)
 
     return send
+
+
+def get_task_sender(request: Request) -> TaskSender:
+    from worker.app import TRAIN_TASK
+
+    return _sender(request, TRAIN_TASK)
+
+
+def get_evaluation_sender(request: Request) -> TaskSender:
+    from worker.app import EVALUATE_TASK
+
+    return _sender(request, EVALUATE_TASK)
 
 
 def check_broker(settings: Settings) -> str:
@@ -95,4 +110,6 @@ SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
 JobStoreDep = Annotated[JobStore, Depends(get_job_store)]
 TaskSenderDep = Annotated[TaskSender, Depends(get_task_sender)]
+EvaluationSenderDep = Annotated[TaskSender, Depends(get_evaluation_sender)]
+EvaluationStoreDep = Annotated[EvaluationStore, Depends(get_evaluation_store)]
 BrokerCheckDep = Annotated[BrokerCheck, Depends(get_broker_check)]

@@ -58,6 +58,28 @@ class PublishedModel(BaseModel):
     version: int
 
 
+def finite_json(value: Any) -> Any:
+    """Metrics as JSON can hold them: non-finite floats (an FID of a degenerate set) become null."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [finite_json(v) for v in value]
+    return value
+
+
+class EpochRecord(BaseModel):
+    epoch: int
+    step: int = Field(description="Generator steps completed at the end of this epoch.")
+    losses: dict[str, FiniteFloat] = Field(description="Means over the epoch (null: not finite).")
+    evaluation: Annotated[dict[str, Any] | None, AfterValidator(finite_json)] = Field(
+        None,
+        description="Sample-quality metrics measured at the end of this epoch (every `eval_every` epochs), "
+        "with the feature extractor they were measured in.",
+    )
+
+
 class JobRecord(BaseModel):
     id: str
     status: JobStatus
@@ -68,6 +90,10 @@ class JobRecord(BaseModel):
     )
     checkpoints: list[str] = Field(default_factory=list, description="Paths relative to the volume.")
     samples: list[str] = Field(default_factory=list, description="Sample grid PNGs, relative to the volume.")
+    history: list[EpochRecord] = Field(
+        default_factory=list, description="One entry per finished epoch: losses, and metrics where measured."
+    )
+    evaluation_skipped: str | None = Field(None, description="Why this job measures no sample quality, if not.")
     model: PublishedModel | None = None
     error: str | None = None
     created_at: datetime

@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from service.errors import install_error_handlers
+from service.evaluations import EvaluationStore
 from service.jobs import JobStore
 from service.registry import ModelNotFound, ModelRegistry
 from service.routes import generate, health, models, train
@@ -69,6 +70,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.registry = ModelRegistry.from_settings(settings)
     app.state.jobs = JobStore(settings.jobs_dir)
+    app.state.evaluations = EvaluationStore(settings.evaluations_dir)
     app.state.celery = None  # built on the first POST /train (see service.deps)
     install_error_handlers(app)
     for module in (generate, train, models, health):

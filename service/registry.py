@@ -24,6 +24,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from service.evaluations import EvaluationStore
 from service.settings import Settings
 from training.checkpoint import CheckpointError, list_versions, load_generator, load_metadata, model_stem
 from training.config import NAME_PATTERN
@@ -146,10 +147,12 @@ class ModelRegistry:
     _cache: dict[tuple[str, int], LoadedModel] = field(default_factory=dict, repr=False)
     _listings: dict[str, _Listing] = field(default_factory=dict, repr=False)
     _failures: dict[Path, _Failure] = field(default_factory=dict, repr=False)
+    evaluations: EvaluationStore | None = None  # where evaluation results are filed, shown by `describe`
 
     @classmethod
     def from_settings(cls, settings: Settings, **kwargs: Any) -> "ModelRegistry":
-        return cls([(settings.models_dir, "volume"), (settings.bundled_models_dir, "bundled")], **kwargs)
+        roots: list[tuple[Path, Source]] = [(settings.models_dir, "volume"), (settings.bundled_models_dir, "bundled")]
+        return cls(roots, evaluations=EvaluationStore(settings.evaluations_dir), **kwargs)
 
     # --- lookup ---------------------------------------------------------------------------------------
 
@@ -262,6 +265,9 @@ class ModelRegistry:
         root, source, versions = found
         summary = _summary(name, root, source, versions)
         summary["version_info"] = [_version_info(model_stem(root, name, v), v) for v in versions]
+        if self.evaluations is not None:
+            for info in summary["version_info"]:
+                info["evaluations"] = self.evaluations.results(name, info["version"], info.get("weights_sha256"))
         return summary
 
 
@@ -369,6 +375,7 @@ def _version_info(stem: Path, version: int) -> dict[str, Any]:
     kind = kind if kind in ("image", "points") else None  # nonsense is reported as unknown, not a 500
     return {
         **info,
+        "weights_sha256": meta.get("sha256"),
         "latent_dim": meta.get("latent_dim", base.get("latent_dim")),
         "image_shape": meta.get("image_shape", base.get("image_shape")) if kind == "image" else None,
         "value_range": meta.get("value_range", [-1.0, 1.0]),

@@ -1,11 +1,11 @@
 """Request and response bodies of the API (the job record itself is `service.jobs.JobRecord`)."""
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, model_validator
 
-from service.jobs import JobRecord
+from service.jobs import EpochRecord, JobRecord, JobStatus
 from training.config import NAME_PATTERN
 from training.latents import MAX_SEED
 
@@ -87,6 +87,19 @@ class JobList(BaseModel):
     count: int
 
 
+class JobMetrics(BaseModel):
+    id: str
+    status: JobStatus
+    extractor: str | None = Field(
+        None,
+        description="Feature space of the job's FID/KID/precision/recall (`mnist-cnn-v1`, `inception-v3-compat`) "
+        "or `toy-mode-metrics`; FIDs measured in different ones are not comparable.",
+    )
+    evaluation_skipped: str | None = Field(None, description="Why the job measures no sample quality, if not.")
+    eval_every: int = Field(description="Epochs between evaluations (and one after the last).")
+    history: list[EpochRecord]
+
+
 class TrainingSummary(BaseModel):
     dataset: str | None = None
     epochs: int | None = Field(None, description="Epochs the job was asked for.")
@@ -117,6 +130,12 @@ class GenerationInfo(BaseModel):
 class ModelVersionInfo(GenerationInfo):
     version: int
     has_samples: bool = False
+    weights_sha256: str | None = Field(None, description="SHA-256 of the served weights file.")
+    evaluations: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Results of POST /models/{name}/evaluate on these weights, newest first: FID, KID, IS, "
+        "precision/recall, coverage, nearest-neighbour distances, each with its extractor and n.",
+    )
 
 
 class ModelSummary(GenerationInfo):

@@ -46,6 +46,10 @@ class Settings(BaseSettings):
         return self.checkpoint_dir / "models"
 
     @property
+    def evaluations_dir(self) -> Path:
+        return self.checkpoint_dir / "evaluations"
+
+    @property
     def broker_dir(self) -> Path:
         return self.checkpoint_dir / "broker"
 

@@ -181,6 +181,26 @@ class TrainConfig(BaseModel):
     # --- run ---
     seed: int = Field(0, ge=0, le=2**32 - 1, description="Seeds weights, shuffling, noise and toy data.")
     sample_every: int = Field(1, ge=1, description="Write a sample grid (and checkpoint) every N epochs.")
+    # --- evaluation during training ---
+    eval_every: int | None = Field(
+        None,
+        ge=1,
+        description="Measure sample quality every N epochs and after the last (default: `sample_every`).",
+    )
+    eval_samples: int = Field(
+        1000,
+        ge=10,
+        le=50_000,
+        description="Generated images per evaluation (seeds 0..N-1, the same each time), against as many "
+        "training images (fewer when the dataset is smaller).",
+    )
+    eval_extractor: Literal["auto", "mnist-cnn", "inception", "none"] = Field(
+        "auto",
+        description="Feature space of FID/KID/precision/recall: `auto` picks `mnist-cnn` for MNIST and "
+        "`inception` (local weights) for other images, and skips evaluation, saying why, when it cannot load; "
+        "a named extractor that cannot load fails the job at its start; `none` turns evaluation off. Toy "
+        "datasets are scored with the mode metrics instead.",
+    )
 
     @property
     def is_toy(self) -> bool:

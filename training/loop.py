@@ -2,7 +2,8 @@
 
 Per generator step: `d_steps` discriminator updates on fresh real batches, then one generator update
 (`training.step`). Every `sample_every` epochs, and after the last, it saves a checkpoint (here) and a
-sample grid or scatter (`training.samples`); it reports progress as it goes.
+sample grid or scatter (`training.samples`); every `eval_every` epochs it measures sample quality
+(`training.evaluation`); it reports progress as it goes.
 
 It knows nothing of Celery or HTTP: the caller passes `progress_fn` to hear about progress and
 `should_stop` to ask for cancellation, and gets a `TrainResult` back.
@@ -22,6 +23,7 @@ from torch import nn
 from training import checkpoint
 from training.config import TrainConfig
 from training.data import load_to_device
+from training.evaluation import build_evaluator, due
 from training.latents import latents_from_seeds
 from training.samples import SAMPLE_SEEDS, write_samples
 from training.step import Step, build_step, d_step, g_step
@@ -40,6 +42,9 @@ class TrainProgress:
     eta_seconds: float
     checkpoint: Path | None = None  # stem written at the end of this epoch, on that report only
     samples: Path | None = None  # sample grid written at the end of this epoch, on that report only
+    epoch_end: bool = False  # the report that closes epoch `epoch` (its losses are the epoch's means)
+    evaluation: dict[str, Any] | None = None  # sample-quality metrics of this epoch, when one was due
+    evaluation_skipped: str | None = None  # why this run measures no sample quality (on epoch-end reports)
 
 
 @dataclass(frozen=True)
@@ -177,6 +182,7 @@ def train(
 
     s = build_step(config, data, dev, total_steps, batch)
     keys = s.keys
+    plan = build_evaluator(config, data, s.num_generators, dev)  # refuses a named extractor it cannot load
     fixed_z = latents_from_seeds(SAMPLE_SEEDS, config.latent_dim).to(dev)
     out_dir = Path(out_dir)
 
@@ -188,7 +194,7 @@ def train(
     epoch_losses: dict[str, float] = {k: math.nan for k in keys}
     start = last_report = time.monotonic()
 
-    def progress(epoch: int, sums: torch.Tensor, count: int, **files: Path | None) -> TrainProgress:
+    def progress(epoch: int, sums: torch.Tensor, count: int, **extra: Any) -> TrainProgress:
         elapsed = max(time.monotonic() - start, 1e-9)
         rate = step / elapsed
         return TrainProgress(
@@ -199,7 +205,7 @@ def train(
             losses=_loss_dict(keys, sums, count),
             images_per_sec=step * d_steps * batch / elapsed,
             eta_seconds=(total_steps - step) / rate if rate > 0 else math.inf,
-            **files,
+            **extra,
         )
 
     for epoch in range(1, epochs + 1):
@@ -223,15 +229,17 @@ def train(
                 report(progress(epoch - 1, sums, i + 1))
 
         epoch_losses = _loss_dict(keys, sums, this_epoch)
-        files: dict[str, Path | None] = {}
+        extra: dict[str, Any] = {"epoch_end": True, "evaluation_skipped": plan.skipped_because}
+        served = s.nets.ema if s.nets.ema is not None else s.nets.g  # samples and metrics: what will be served
         if epoch % config.sample_every == 0 or epoch == epochs:
             last_stem = out_dir / "checkpoints" / f"epoch-{epoch:04d}"
             last_samples = out_dir / "samples" / f"epoch-{epoch:04d}.png"
             _save_checkpoint(last_stem, s, epoch, step, epoch_losses)
-            served = s.nets.ema if s.nets.ema is not None else s.nets.g  # the samples show what will be served
             write_samples(last_samples, served, fixed_z, config, s.data, s.num_generators, s.device)
-            files = {"checkpoint": last_stem, "samples": last_samples}
+            extra |= {"checkpoint": last_stem, "samples": last_samples}
+        if plan.evaluator is not None and due(config, epoch, epochs):
+            extra["evaluation"] = {"extractor": plan.evaluator.extractor, **plan.evaluator.run(served)}
         last_report = time.monotonic()
-        report(progress(epoch, sums, this_epoch, **files))
+        report(progress(epoch, sums, this_epoch, **extra))
 
     return TrainResult("completed", epochs, step, last_stem, last_samples, epoch_losses)

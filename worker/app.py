@@ -8,6 +8,7 @@ from celery import Celery
 from service.settings import Settings, get_settings
 
 TRAIN_TASK = "ganserve.train"
+EVALUATE_TASK = "ganserve.evaluate"
 
 
 def broker_options(settings: Settings) -> dict[str, object]:
@@ -42,7 +43,8 @@ def create_celery(settings: Settings | None = None) -> Celery:
         worker_prefetch_multiplier=1,  # one long job at a time; do not hoard the queue
         broker_connection_retry_on_startup=True,
         broker_transport_options=broker_options(settings),
-        task_routes={TRAIN_TASK: {"queue": "training"}},
+        # One queue: an evaluation uses the same GPU as training, so it waits its turn on the same worker.
+        task_routes={TRAIN_TASK: {"queue": "training"}, EVALUATE_TASK: {"queue": "training"}},
         task_default_queue="training",
         worker_hijack_root_logger=False,
     )

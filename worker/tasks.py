@@ -1,8 +1,9 @@
-"""The worker's one task: run a training job described by its record on the volume.
+"""The worker's tasks: run a training job, or an evaluation job, described by its record on the volume.
 
-Thin on purpose: it reads the job record, calls `training.loop.train`, mirrors progress into the record,
-honours cancel requests and publishes the result. The record (`<jobs_dir>/<id>/job.json`) is the result;
-Celery's result backend is not used.
+Thin on purpose: `train` reads the job record, calls `training.loop.train`, mirrors progress into the
+record, honours cancel requests and publishes the result; `evaluate` calls `training.metrics` on a
+published model and files the figures under it. The records on the volume are the results; Celery's
+result backend is not used.
 
 Run the worker with `--pool solo --concurrency 1`: one training at a time per worker (and per GPU), in
 the worker's main process, so CUDA is initialised in the process that trains and never in a parent that
@@ -15,9 +16,10 @@ from pathlib import Path
 from celery.exceptions import Reject
 from celery.worker import state as worker_state
 
-from service.jobs import FINISHED, JobStatus, JobStore, Progress, PublishedModel, now
+from service.evaluations import EvaluationStore
+from service.jobs import FINISHED, EpochRecord, JobStatus, JobStore, Progress, PublishedModel, now
 from service.settings import get_settings
-from worker.app import TRAIN_TASK, celery_app
+from worker.app import EVALUATE_TASK, TRAIN_TASK, celery_app
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +79,8 @@ def _run(store: JobStore, job_id: str) -> dict[str, object]:
 
     settings = get_settings()
     volume = settings.checkpoint_dir
-    record = store.update(job_id, status=JobStatus.running, started_at=now(), error=None)
+    # A requeued job starts again from its first step, so its history does too.
+    record = store.update(job_id, status=JobStatus.running, started_at=now(), error=None, history=[])
     config = record.config
     out_dir = settings.jobs_dir / job_id
     log.info("job %s: training %r on %s (device %s)", job_id, config.model_name, config.dataset, settings.device)
@@ -100,6 +103,10 @@ def _run(store: JobStore, job_id: str) -> dict[str, object]:
             changes["checkpoints"] = [*current.checkpoints, rel]
         if p.samples is not None and (rel := _relative(p.samples, volume)) not in current.samples:
             changes["samples"] = [*current.samples, rel]
+        if p.epoch_end:
+            entry = EpochRecord(epoch=p.epoch, step=p.step, losses=dict(p.losses), evaluation=p.evaluation)
+            changes["history"] = [*current.history, entry]
+            changes["evaluation_skipped"] = p.evaluation_skipped
         store.update(job_id, **changes)
 
     result = train(
@@ -135,3 +142,50 @@ def _run(store: JobStore, job_id: str) -> dict[str, object]:
     )
     log.info("job %s succeeded: published %s v%d", job_id, config.model_name, version)
     return {"job": job_id, "status": JobStatus.succeeded.value, "model": config.model_name, "version": version}
+
+
+@celery_app.task(name=EVALUATE_TASK)
+def evaluate(eval_id: str) -> dict[str, object]:
+    settings = get_settings()
+    store = EvaluationStore(settings.evaluations_dir)
+    try:
+        record = store.get(eval_id)
+    except KeyError:
+        log.error("evaluation %s: no record under %s; nothing to do", eval_id, settings.evaluations_dir)
+        return {"evaluation": eval_id, "status": "missing"}
+    if record.status in FINISHED:
+        log.info("evaluation %s is already %s; not running it again", eval_id, record.status)
+        return {"evaluation": eval_id, "status": str(record.status)}
+    try:
+        return _evaluate(store, eval_id)
+    except Exception as e:
+        # Not re-raised, for the same reasons as a training job: it fails once, readably.
+        log.exception("evaluation %s failed", eval_id)
+        try:
+            store.update(eval_id, status=JobStatus.failed, error=f"{type(e).__name__}: {e}", finished_at=now())
+        except Exception:
+            log.exception("evaluation %s: could not record the failure", eval_id)
+        return {"evaluation": eval_id, "status": JobStatus.failed.value}
+
+
+def _evaluate(store: EvaluationStore, eval_id: str) -> dict[str, object]:
+    from training.metrics import evaluate_model  # torch: imported by the task, not by the API
+
+    settings = get_settings()
+    record = store.update(eval_id, status=JobStatus.running, started_at=now(), error=None)
+    req = record.request
+    log.info("evaluation %s: %s v%d, n=%d, extractor %s", eval_id, record.model, record.version, req.n, req.extractor)
+    png = store.nn_png(eval_id)
+    metrics = evaluate_model(
+        Path(record.stem), n=req.n, data_root=settings.data_root, extractor=req.extractor, nn_png=png
+    )
+    record = store.update(
+        eval_id,
+        status=JobStatus.succeeded,
+        result=metrics.to_dict(),
+        nearest_neighbours_png=_relative(png, settings.checkpoint_dir),
+        finished_at=now(),
+    )
+    store.file_result(record)
+    log.info("evaluation %s succeeded: %s", eval_id, record.result)
+    return {"evaluation": eval_id, "status": JobStatus.succeeded.value}

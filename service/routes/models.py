@@ -1,11 +1,19 @@
-"""`/models`: what can be served."""
+"""`/models`: what can be served, and how good it is (evaluation jobs)."""
 
-from fastapi import APIRouter
+import logging
+from typing import Annotated
 
-from service.deps import RegistryDep
+from fastapi import APIRouter, Body, Path, Response, status
+
+from service.deps import EvaluationSenderDep, EvaluationStoreDep, RegistryDep, SettingsDep
 from service.errors import APIError, error_responses
+from service.evaluations import EvaluateRequest, EvaluationRecord
+from service.jobs import JobStatus, now
 from service.registry import ModelNotFound
+from service.routes.train import RETRY_AFTER_S
 from service.schemas import ModelDetail, ModelList, ModelSummary
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/models", tags=["models"])
 
@@ -16,10 +24,120 @@ def list_models(registry: RegistryDep) -> ModelList:
 
 
 @router.get(
-    "/{name}", response_model=ModelDetail, summary="One model, with all its versions", responses=error_responses(404)
+    "/{name}",
+    response_model=ModelDetail,
+    summary="One model, with all its versions and their evaluations",
+    responses=error_responses(404),
 )
 def get_model(name: str, registry: RegistryDep) -> ModelDetail:
     try:
         return ModelDetail.model_validate(registry.describe(name))
     except ModelNotFound as e:
         raise APIError(404, "model_not_found", str(e), detail={"available": e.available}) from None
+
+
+# `def`: loading the model to check it and sending to the broker are blocking work.
+@router.post(
+    "/{name}/evaluate",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=EvaluationRecord,
+    summary="Measure a model's sample quality (FID, KID, IS, precision/recall, coverage, nearest neighbours)",
+    description=(
+        "Queues an evaluation of one version (default the newest) on the worker: `n` generated images "
+        "(seeds 0..n−1) against `n` images of the model's training set. Answers at once with the job "
+        "(status `queued`) and its URL in `Location`; when it succeeds its result is also listed under the "
+        "version by GET /models/{name}. 503 with `Retry-After` when the broker cannot take it."
+    ),
+    responses=error_responses(404, 422, 503),
+)
+def evaluate_model(
+    name: str,
+    response: Response,
+    registry: RegistryDep,
+    store: EvaluationStoreDep,
+    send: EvaluationSenderDep,
+    body: Annotated[EvaluateRequest, Body()] = EvaluateRequest(),  # no body: all defaults
+) -> EvaluationRecord:
+    try:
+        model = registry.get(name, body.version)
+    except ModelNotFound as e:
+        raise APIError(404, "model_not_found", str(e), detail={"available": e.available}) from None
+    if model.kind != "image":
+        raise APIError(
+            422,
+            "not_an_image_model",
+            f"Model {name} makes {model.kind}, and evaluation measures images. Toy models are scored by their "
+            f"training job's mode metrics (GET /train/{{id}}/metrics) and `python -m experiments.mode_collapse`.",
+            detail={"kind": model.kind},
+        )
+    record = store.create(
+        model=name,
+        version=model.version,
+        source=model.source,
+        stem=str(model.stem),
+        weights_sha256=model.meta.get("sha256"),
+        request=body,
+    )
+    try:
+        send(record.id)
+    except Exception as e:  # kombu OperationalError, redis/OS connection errors, timeouts: all mean "broker down"
+        reason = f"the evaluation could not be queued, the broker is unreachable: {type(e).__name__}: {e}"
+        log.error("evaluation %s: %s", record.id, reason)
+        store.update(record.id, status=JobStatus.failed, error=reason, finished_at=now())
+        raise APIError(
+            503,
+            "broker_unavailable",
+            f"Evaluation is unavailable right now ({reason}); retry in a few seconds.",
+            detail={"id": record.id},
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        ) from None
+    log.info("evaluation %s queued: %s v%d, n=%d", record.id, name, model.version, body.n)
+    response.headers["Location"] = f"/models/{name}/evaluations/{record.id}"
+    return record
+
+
+@router.get(
+    "/{name}/evaluations/{eval_id}",
+    response_model=EvaluationRecord,
+    summary="An evaluation job: its status and, when it has succeeded, its result",
+    responses=error_responses(404),
+)
+def get_evaluation(
+    name: str,
+    eval_id: Annotated[str, Path(description="The id returned by POST /models/{name}/evaluate.")],
+    store: EvaluationStoreDep,
+) -> EvaluationRecord:
+    try:
+        record = store.get(eval_id)
+    except KeyError:
+        record = None
+    if record is None or record.model != name:
+        raise APIError(
+            404,
+            "evaluation_not_found",
+            f"No evaluation {eval_id!r} of model {name!r}; POST /models/{name}/evaluate starts one.",
+            detail={"id": eval_id, "model": name},
+        )
+    return record
+
+
+@router.get(
+    "/{name}/evaluations/{eval_id}/nearest-neighbours.png",
+    response_class=Response,
+    summary="The memorisation check: generated images, each followed by its nearest training images",
+    responses={200: {"content": {"image/png": {}}}, **error_responses(404)},
+)
+def get_nearest_neighbours(name: str, eval_id: str, store: EvaluationStoreDep, settings: SettingsDep) -> Response:
+    record = get_evaluation(name, eval_id, store)
+    if record.nearest_neighbours_png is None:
+        raise APIError(
+            404,
+            "not_ready",
+            f"Evaluation {eval_id} has no nearest-neighbour image yet (status {record.status.value}).",
+            detail={"status": record.status.value},
+        )
+    try:
+        png = (settings.checkpoint_dir / record.nearest_neighbours_png).read_bytes()
+    except OSError:
+        raise APIError(404, "png_missing", f"The image of evaluation {eval_id} is gone from the volume.") from None
+    return Response(png, media_type="image/png")

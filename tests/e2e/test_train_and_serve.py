@@ -152,3 +152,41 @@ def test_launcher_falls_back_to_the_embedded_broker(launcher):
     assert log.popen.wait(timeout=30) == 0, log.text()
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"{launcher.base_url}/healthz", timeout=2)
+
+
+def test_watch_a_job_then_evaluate_its_model(stack):
+    """A job's metrics, curves and grids over HTTP, then an evaluation job on the worker whose result is listed
+    under the model."""
+    name = "e2e-watched"
+    with httpx.Client(base_url=stack.base_url, timeout=30) as client:
+        job_id, _ = submit(client, model_name=name, **{**TINY, "epochs": 2, "eval_samples": 128})
+        wait_for(client, job_id, {"succeeded"}, timeout_s=180)
+
+        metrics = client.get(f"/train/{job_id}/metrics").json()
+        assert metrics["extractor"] == "mnist-cnn-v1" and metrics["evaluation_skipped"] is None
+        assert [e["epoch"] for e in metrics["history"]] == [1, 2]
+        for entry in metrics["history"]:
+            ev = entry["evaluation"]
+            assert ev["extractor"] == "mnist-cnn-v1" and ev["n_fake"] == 128 and ev["fid"] > 0
+            assert set(entry["losses"]) >= {"d_loss", "g_loss"}
+        for url in (f"/train/{job_id}/plots/losses.png", f"/train/{job_id}/plots/fid.png"):
+            r = client.get(url)
+            assert r.status_code == 200 and r.content.startswith(PNG_MAGIC), (url, r.text)
+        grids = [client.get(f"/train/{job_id}/samples/{epoch}.png") for epoch in (1, 2)]
+        assert all(g.status_code == 200 and g.content.startswith(PNG_MAGIC) for g in grids)
+        assert grids[0].content != grids[1].content
+
+        r = client.post(f"/models/{name}/evaluate", json={"n": 200})
+        assert r.status_code == 202, r.text
+        location = r.headers["location"]
+        deadline = time.monotonic() + 120
+        while (ev := client.get(location).json())["status"] not in FINISHED:
+            assert time.monotonic() < deadline, ev
+            time.sleep(0.2)
+        assert ev["status"] == "succeeded", ev
+        result = ev["result"]
+        assert result["extractor"] == "mnist-cnn-v1" and result["n_fake"] == 200 and result["fid"] > 0
+        nn_png = client.get(f"{location}/nearest-neighbours.png")
+        assert nn_png.status_code == 200 and nn_png.content.startswith(PNG_MAGIC)
+        listed = client.get(f"/models/{name}").json()["version_info"][0]["evaluations"]
+        assert listed[0]["evaluation_id"] == ev["id"] and listed[0]["fid"] == result["fid"]

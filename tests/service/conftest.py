@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from svc_support import DEFAULT_MODEL, FakeBrokerCheck, FakeSender, publish_tiny_model
 
-from service.deps import get_broker_check, get_task_sender
+from service.deps import get_broker_check, get_evaluation_sender, get_task_sender
 from service.main import create_app
 from service.settings import Settings
 
@@ -51,6 +51,7 @@ def make_app(settings: Settings, sender: FakeSender, broker_check: FakeBrokerChe
     def _make() -> FastAPI:
         app = create_app(settings)
         app.dependency_overrides[get_task_sender] = lambda: sender
+        app.dependency_overrides[get_evaluation_sender] = lambda: sender  # one fake queue for both tasks
         app.dependency_overrides[get_broker_check] = lambda: broker_check
         return app
 

@@ -7,6 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+
+from training.features import Extractor, HoldoutSplit, holdout_split, load_extractor
 
 REAL_DATA_ROOT = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
@@ -56,3 +59,22 @@ def real_data_root() -> Path:
     if not (REAL_DATA_ROOT / "mnist").is_dir():
         pytest.skip(f"real MNIST not present at {REAL_DATA_ROOT / 'mnist'}")
     return REAL_DATA_ROOT
+
+
+@pytest.fixture(scope="session")
+def mnist_split() -> HoldoutSplit:
+    """Real MNIST cut as the MNIST classifier was trained on it (here t10k 0..7999 train, 8000..9999 held out)."""
+    if not (REAL_DATA_ROOT / "mnist").is_dir():
+        pytest.skip(f"real MNIST not present at {REAL_DATA_ROOT / 'mnist'}")
+    return holdout_split("mnist", REAL_DATA_ROOT)
+
+
+@pytest.fixture(scope="session")
+def mnist_heldout(mnist_split: HoldoutSplit) -> torch.Tensor:
+    """The 2,000 held-out real digits as float images in [-1, 1], the models' range."""
+    return mnist_split.heldout.float() / 127.5 - 1
+
+
+@pytest.fixture(scope="session")
+def mnist_cnn() -> Extractor:
+    return load_extractor("mnist-cnn", "mnist")
