@@ -31,6 +31,11 @@ class Settings(BaseSettings):
     bundled_models_dir: Path = Field(BUNDLED_MODELS_DIR, description="Read-only models shipped with the code.")
     device: str = Field("auto", description="Worker device: `auto` (CUDA when present), `cpu` or `cuda[:N]`.")
     max_count: int = Field(64, ge=1, le=1024, description="Most images one /generate call may return.")
+    inception_weights: Path | None = Field(
+        None,
+        description="torch-fidelity's Inception-v3 weights file, for FID on images other than MNIST; read from "
+        "the environment by the worker and the CLI (training/features.py). Never downloaded.",
+    )
     log_level: str = Field("info")
 
     @property

@@ -22,7 +22,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from training import checkpoint, features
+from training import checkpoint, classifier, evaluation, features
 from training.config import TrainConfig
 from training.data import DatasetError
 from training.latents import MAX_SEED, latents_from_seeds, seed_generators, seed_labels
@@ -203,8 +203,6 @@ def evaluate_cmd(
     """Sample-quality metrics of a published model against its training data — FID, KID, IS, precision/recall,
     class coverage, nearest-neighbour distances — in the feature space of a named extractor; or, with --real,
     the same metrics of held-out real images, the floor a GAN can reach."""
-    from training import metrics  # torchmetrics takes seconds to import: only this command needs it
-
     if (model is None) == (real is None):
         raise _fail("give exactly one of --model NAME_OR_PATH and --real DATASET", 2)
     if extractor not in features.EXTRACTOR_NAMES:
@@ -219,13 +217,13 @@ def evaluate_cmd(
 
         try:
             if stem is not None:
-                result = metrics.evaluate_model(
+                result = evaluation.evaluate_model(
                     stem, n=n, data_root=data_root, extractor=extractor, nn_png=nn_png, progress_fn=on_progress
                 )
             else:
                 assert real is not None
                 on_progress(f"measuring held-out {real} images against its training images")
-                result = metrics.real_floor(real, n=n, data_root=data_root, extractor=extractor)
+                result = evaluation.real_floor(real, n=n, data_root=data_root, extractor=extractor)
         except (features.ExtractorUnavailable, ValueError) as e:
             raise _fail(str(e), 2) from None
         except (checkpoint.CheckpointError, DatasetError) as e:
@@ -282,16 +280,16 @@ def classifier_cmd(
     with Progress(*columns, console=console) as bar:
         task = bar.add_task("classifier", total=None, epoch=0, epochs=epochs, status="")
 
-        def on_progress(p: features.ClassifierProgress) -> None:
+        def on_progress(p: classifier.ClassifierProgress) -> None:
             bar.update(task, completed=p.step, total=p.total_steps, epoch=p.epoch, status=f"loss {p.loss:.3f}")
             if p.heldout_accuracy is not None:
                 bar.console.log(f"epoch {p.epoch}: loss {p.loss:.4f}, held-out accuracy {p.heldout_accuracy:.2%}")
 
         try:
-            result = features.train_mnist_cnn(data_root, epochs=epochs, seed=seed, progress_fn=on_progress)
+            result = classifier.train_mnist_cnn(data_root, epochs=epochs, seed=seed, progress_fn=on_progress)
         except DatasetError as e:
             raise _fail(str(e), 1) from None
-    features.save_mnist_cnn(out, result)
+    classifier.save_mnist_cnn(out, result)
     per_class = ", ".join(f"{c}: {a:.2%}" for c, a in enumerate(result.per_class_accuracy))
     console.print(f"split: {result.split} ({result.n_train} train, {result.n_heldout} held out)")
     console.print(f"held-out accuracy {result.accuracy:.2%} ({per_class})")

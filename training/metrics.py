@@ -1,4 +1,6 @@
-"""Sample-quality metrics: the toy mixtures' mode metrics, and the image metrics of issue 4.
+"""Sample-quality metrics: the toy mixtures' mode metrics, and the image metrics of issue 4. Pure computation:
+samples in (tensors, and for images the extractor whose feature space they are measured in), numbers out.
+Loading a model or a dataset to measure is training/evaluation.py's job.
 
 Toy mixtures, as in PacGAN (Lin et al. 2018, §5) so that our numbers sit beside its Table 1:
 
@@ -23,18 +25,15 @@ import contextlib
 import dataclasses
 import math
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from training import checkpoint, images, toy
-from training.config import TrainConfig
-from training.data import load_training_data, to_model_range
-from training.features import Extractor, holdout_split, load_extractor
+from training import images, toy
+from training.features import Extractor
 
 HIGH_QUALITY_SIGMAS = 3.0
 
@@ -293,76 +292,3 @@ def nearest_neighbour_png(
     _, index = nearest_neighbours(fake.flatten(1), real.flatten(1), k)
     tiles = torch.cat([torch.cat([f[None], real[i]]) for f, i in zip(fake, index, strict=True)])
     return images.png_bytes(images.grid(images.to_uint8(tiles), nrow=index.shape[1] + 1))
-
-
-# --- a published model, and the real-data floor ---------------------------------------------------------------
-
-
-def _subset(images: torch.Tensor, n: int) -> torch.Tensor:
-    """n of the uint8 images, a fixed pseudo-random choice (the loop's, so the CLI and a job's last evaluation
-    compare with the same real images), in the models' range."""
-    from training.evaluation import REAL_SUBSET_SEED  # evaluation imports this module: import it late
-
-    pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(REAL_SUBSET_SEED))[:n]
-    return to_model_range(images[pick]).float()
-
-
-def training_images(train_config: dict[str, Any], data_root: Path, n: int) -> torch.Tensor:
-    """n images of the dataset a model was trained on (its dataset, image folder, size and `max_samples`, read
-    from the config stored with it), in [-1, 1]; fewer when the dataset is smaller."""
-    config = TrainConfig(
-        model_name=train_config.get("model_name", "evaluate"),
-        dataset=train_config.get("dataset", "mnist"),
-        image_folder=train_config.get("image_folder"),
-        image_size=train_config.get("image_size"),
-        max_samples=train_config.get("max_samples"),
-    )
-    return _subset(load_training_data(config, Path(data_root)).samples, n)
-
-
-def evaluate_model(
-    stem: Path,
-    *,
-    n: int,
-    data_root: Path,
-    extractor: str = "auto",
-    nn_png: Path | None = None,
-    progress_fn: Callable[[str], None] | None = None,
-) -> ImageMetrics:
-    """The image metrics of a published model (`stem` = <models_dir>/<name>/<version>/model): n images from
-    seeds 0..n-1 (latents, classes and MAD-GAN generators as /generate maps them) against n images of its
-    training data. Writes the nearest-neighbour PNG to `nn_png` when given. Raises CheckpointError,
-    DatasetError, ExtractorUnavailable, or ValueError for a model of toy points."""
-    from training.evaluation import generate  # evaluation imports this module: import it late
-
-    say = progress_fn or (lambda _: None)
-    say("loading the model")
-    g, meta = checkpoint.load_generator(stem)
-    if meta.get("kind", "image") != "image":
-        raise ValueError(f"{stem} generates {meta.get('dataset')} points, not images: use mode_metrics")
-    train_config = meta.get("train_config") or {"dataset": meta.get("dataset", "mnist")}
-    ext = load_extractor(extractor, train_config.get("dataset", "mnist"))
-    say(f"generating {n} images")
-    num_classes = meta.get("num_classes") if meta.get("conditional") else None
-    fake = generate(g, n, int(meta["latent_dim"]), num_classes, getattr(g, "num_generators", None), torch.device("cpu"))
-    lo, hi = meta.get("value_range", [-1, 1])
-    fake = (fake - lo) / (hi - lo) * 2 - 1
-    say("loading the training images")
-    real = training_images(train_config, data_root, n)
-    say(f"measuring {len(fake)} generated vs {len(real)} real images ({ext.name})")
-    metrics = evaluate_images(fake, real, ext)
-    if nn_png is not None:
-        checkpoint.atomic_write_bytes(nn_png, nearest_neighbour_png(fake, real))
-    return metrics
-
-
-def real_floor(dataset: str, *, n: int, data_root: Path, extractor: str = "auto") -> ImageMetrics:
-    """The same metrics for real images the classifier never saw against real training images of the same
-    population: what two samples of the real distribution score, the floor for a GAN at this sample size. The
-    held-out images are `holdout_split`'s held-out part, the reference its `reference` (MNIST here: t10k
-    8000..9999 against t10k 5000..7999, the same half of t10k; the two disjoint). Both sets have min(n, either
-    part's size) images, a fixed choice, since FID's bias depends on the sample size."""
-    ext = load_extractor(extractor, dataset)
-    split = holdout_split(dataset, Path(data_root))
-    m = min(n, len(split.heldout), len(split.reference))
-    return evaluate_images(_subset(split.heldout, m), _subset(split.reference, m), ext)

@@ -169,7 +169,7 @@ def evaluate(eval_id: str) -> dict[str, object]:
 
 
 def _evaluate(store: EvaluationStore, eval_id: str) -> dict[str, object]:
-    from training.metrics import evaluate_model  # torch: imported by the task, not by the API
+    from training.evaluation import evaluate_model  # torch: imported by the task, not by the API
 
     settings = get_settings()
     record = store.update(eval_id, status=JobStatus.running, started_at=now(), error=None)

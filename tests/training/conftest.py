@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from training.features import Extractor, HoldoutSplit, holdout_split, load_extractor
+from training.classifier import HoldoutSplit, holdout_split
+from training.features import Extractor, load_extractor
 
 REAL_DATA_ROOT = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 

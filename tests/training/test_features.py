@@ -2,35 +2,25 @@ import dataclasses
 import importlib.machinery
 import sys
 import types
-from collections.abc import Callable
 from pathlib import Path
 from typing import ClassVar
 
-import numpy as np
 import pytest
 import safetensors
 import torch
 
 from training import features
-from training.data import DatasetError
+from training.classifier import HoldoutSplit, classifier_accuracy
 from training.features import (
     INCEPTION_WEIGHTS_ENV,
     INCEPTION_WEIGHTS_FILE,
     INCEPTION_WEIGHTS_URL,
     MNIST_CNN_WEIGHTS,
     ExtractorUnavailable,
-    HoldoutSplit,
-    classifier_accuracy,
-    holdout_split,
     load_extractor,
     mnist_cnn_extractor,
-    save_mnist_cnn,
     to_mnist_input,
-    train_mnist_cnn,
 )
-
-Writer = Callable[..., Path]
-Faker = Callable[..., np.ndarray]
 
 
 @pytest.fixture
@@ -167,45 +157,3 @@ def test_inception_loads_torch_fidelity_from_the_local_weights_file(
     fed = _FakeInception.inputs[-1]
     assert fed.dtype == torch.uint8 and fed.shape == (3, 3, 28, 28)  # grey repeated to RGB; it resizes itself
     assert fed[0, 0, 0, 0] == 0 and fed[0, 0, -1, -1] == 255
-
-
-# --- the split and the training command's function ------------------------------------------------------------
-
-
-def test_holdout_split_uses_the_official_split_when_both_are_there(tiny_data_root: Path) -> None:
-    split = holdout_split("mnist", tiny_data_root)
-    assert (len(split.train), len(split.heldout), len(split.reference)) == (48, 16, 48)
-    assert split.description == "official train split vs test split"
-
-
-def test_holdout_split_without_data_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(DatasetError, match="--data-root"):
-        holdout_split("mnist", tmp_path)
-
-
-def test_holdout_split_of_t10k_alone_is_disjoint(mnist_split: HoldoutSplit) -> None:
-    assert (len(mnist_split.train), len(mnist_split.heldout)) == (8000, 2000)
-    # The floor's reference: the training digits from t10k's second half, the held-out digits' population.
-    assert mnist_split.reference_description == "training images 5000..7999"
-    assert torch.equal(mnist_split.reference, mnist_split.train[5000:])
-    train = {bytes(x) for x in mnist_split.train.flatten(1).numpy()}
-    assert not any(bytes(x) in train for x in mnist_split.heldout.flatten(1).numpy())
-
-
-def test_train_save_and_load_a_classifier(tmp_path: Path, idx_writer: Writer, fake_images: Faker) -> None:
-    images = fake_images(60)
-    labels = np.arange(60, dtype=np.uint8) % 10
-    idx_writer(tmp_path / "mnist" / "t10k-images-idx3-ubyte", images)
-    (tmp_path / "mnist" / "t10k-labels-idx1-ubyte").write_bytes(
-        np.array([0x801, 60], dtype=">u4").tobytes() + labels.tobytes()
-    )
-    result = train_mnist_cnn(tmp_path, epochs=1, batch_size=16)
-    assert (result.n_train, result.n_heldout, result.epochs) == (48, 12, 1)
-    assert 0.0 <= result.accuracy <= 1.0 and len(result.per_class_accuracy) == 10
-    path = tmp_path / "cnn.safetensors"
-    save_mnist_cnn(path, result)
-    loaded = mnist_cnn_extractor(path)
-    x = torch.from_numpy(images[:4]).float().unsqueeze(1) / 127.5 - 1
-    with torch.no_grad():
-        torch.testing.assert_close(loaded.features(x), result.network(x)[0])
-    assert features.mnist_cnn_metadata(path)["split"] == "t10k images 0..47 train, 48..59 held out"

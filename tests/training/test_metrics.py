@@ -3,18 +3,16 @@ t10k images, which the MNIST CNN never saw."""
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
-from typer.testing import CliRunner
 
-from training.features import Embedding, Extractor, HoldoutSplit
+from training.classifier import HoldoutSplit
+from training.features import Embedding, Extractor
 from training.metrics import (
     class_coverage,
     evaluate_images,
-    evaluate_model,
     fid_from_features,
     inception_score_from_logits,
     kid_from_features,
@@ -215,66 +213,3 @@ def test_nearest_neighbour_png_has_a_row_per_generated_image(mnist_heldout: torc
     # of a real image is itself.
     assert tuple(image.shape) == (3, 4 * 30 + 2, 4 * 30 + 2)
     torch.testing.assert_close(image[:, 2:30, 2:30], image[:, 2:30, 32:60])
-
-
-# --- the CLI --------------------------------------------------------------------------------------------------
-
-
-def _flat(text: str) -> str:
-    return " ".join(text.split())
-
-
-def test_evaluate_cli_on_the_bundled_model(mnist_split: HoldoutSplit, tmp_path: Path) -> None:
-    from training.__main__ import app
-
-    data_root = str(Path(__file__).resolve().parents[2].parent / "shared" / "data")
-    png = tmp_path / "nn.png"
-    args = ["evaluate", "--model", "mnist-mlp:1", "--n", "500", "--data-root", data_root, "--nn-png", str(png)]
-    args += ["--models-dir", str(tmp_path / "no-models")]
-    result = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
-    assert result.exit_code == 0, result.output
-    output = _flat(result.output)
-    assert "mnist-cnn-v1" in output and "FID" in output and "500 vs 500 images" in output
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-    result = CliRunner().invoke(app, ["evaluate", "--real", "mnist", "--n", "300", "--data-root", data_root, "--json"])
-    assert result.exit_code == 0, result.output
-    floor = json.loads(result.stdout[result.stdout.index("{") :])
-    assert floor["extractor"] == "mnist-cnn-v1" and floor["n_fake"] == floor["n_real"] == 300
-    # IS is lower on small sets (10 splits of 30 here: each split's class marginal is a noisy estimate).
-    assert floor["classes_covered"] == 10 and floor["inception_score"] > 8
-
-
-def test_evaluate_cli_refuses_bad_arguments(tmp_path: Path) -> None:
-    from training.__main__ import app
-
-    runner = CliRunner()
-    for args, message in (
-        (["evaluate"], "exactly one of --model"),
-        (["evaluate", "--model", "mnist-mlp", "--real", "mnist"], "exactly one of --model"),
-        (["evaluate", "--model", "mnist-mlp", "--extractor", "vgg"], "unknown extractor"),
-        (["evaluate", "--model", "mnist-mlp:7", "--models-dir", str(tmp_path)], "no version 7"),
-        (["evaluate", "--model", "no-such-model", "--models-dir", str(tmp_path)], "no checkpoint"),
-        (["evaluate", "--real", "ring-2d", "--data-root", str(tmp_path)], "not an image dataset"),
-    ):
-        result = runner.invoke(app, args, env={"COLUMNS": "200"})
-        assert result.exit_code == 2, (args, result.output)
-        assert message in _flat(result.output), (args, result.output)
-
-
-def test_evaluate_model_on_a_published_mad_gan(tiny_data_root: Path, tmp_path: Path) -> None:
-    from training.__main__ import app
-
-    job = {"model_name": "eval-tiny", "epochs": 1, "batch_size": 16, "latent_dim": 8, "max_samples": 30}
-    job |= {"architecture": "mad-gan", "generators": 2, "eval_extractor": "none"}
-    (tmp_path / "job.json").write_text(json.dumps(job))
-    args = ["train", "--config", str(tmp_path / "job.json"), "--out", str(tmp_path / "run")]
-    args += ["--data-root", str(tiny_data_root), "--device", "cpu", "--publish-to", str(tmp_path / "models")]
-    assert CliRunner().invoke(app, args).exit_code == 0
-
-    stem = tmp_path / "models" / "eval-tiny" / "1" / "model"
-    stages: list[str] = []
-    m = evaluate_model(stem, n=50, data_root=tiny_data_root, nn_png=tmp_path / "nn.png", progress_fn=stages.append)
-    assert (m.extractor, m.n_fake, m.n_real) == ("mnist-cnn-v1", 50, 30)  # the model saw 30 images: 30 to compare
-    assert (tmp_path / "nn.png").read_bytes()[:4] == b"\x89PNG"
-    assert stages[0] == "loading the model" and any("50 generated vs 30 real" in s for s in stages)
