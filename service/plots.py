@@ -5,13 +5,15 @@ FastAPI runs these routes in a thread pool.
 """
 
 import io
+import math
 from collections.abc import Sequence
 from typing import Any
 
 from service.jobs import EpochRecord
 
-# Loss keys the loop reports, with the label a reader expects; others are drawn under their own name.
-LOSS_LABELS = {"d_loss": "D loss", "g_loss": "G loss"}
+# The loop reports two losses and D's mean output on real and generated batches (training/step.py).
+LOSSES = {"d_loss": "D loss", "g_loss": "G loss"}
+OUTPUTS = {"d_real": "D(x)", "d_fake": "D(G(z))"}
 
 
 def _png(fig: Any) -> bytes:
@@ -21,32 +23,50 @@ def _png(fig: Any) -> bytes:
     return buf.getvalue()
 
 
-def _figure(title: str) -> tuple[Any, Any]:
+def _axes(fig: Any, title: str, rows: int = 1) -> list[Any]:
+    from matplotlib.ticker import MaxNLocator
+
+    axes = [fig.add_subplot(rows, 1, i + 1) for i in range(rows)]
+    axes[0].set_title(title)
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole
+    axes[-1].set_xlabel("epoch")
+    return axes
+
+
+def _figure(height: float) -> Any:
     from matplotlib.figure import Figure  # late: most API processes never draw a plot
 
-    fig = Figure(figsize=(6, 3.5))
-    ax = fig.add_subplot()
-    ax.set_title(title)
-    ax.set_xlabel("epoch")
-    ax.grid(alpha=0.3)
-    return fig, ax
+    return Figure(figsize=(6, height))
 
 
-def losses_png(history: Sequence[EpochRecord], title: str) -> bytes:
-    """Every loss series of the history against the epoch (gaps where a value was not finite)."""
-    fig, ax = _figure(title)
-    keys = list(dict.fromkeys(k for e in history for k in e.losses))
-    for key in keys:
-        xs = [e.epoch for e in history]
+def _series(ax: Any, history: Sequence[EpochRecord], names: dict[str, str]) -> None:
+    xs = [e.epoch for e in history]
+    for key, label in names.items():
         ys = [e.losses.get(key) for e in history]
-        ax.plot(
-            xs,
-            [float("nan") if y is None else y for y in ys],
-            marker="." if len(xs) < 50 else None,
-            label=LOSS_LABELS.get(key, key),
-        )
-    ax.set_ylabel("mean over the epoch")
-    ax.legend(fontsize=8)
+        if any(y is not None for y in ys):  # gaps where a value was not finite
+            ax.plot(
+                xs, [float("nan") if y is None else y for y in ys], marker="." if len(xs) < 50 else None, label=label
+            )
+
+
+def losses_png(history: Sequence[EpochRecord], title: str, probabilistic: bool, binary: bool) -> bytes:
+    """Top: D and G loss per epoch. Bottom: D's mean output on real and generated data. Where D's output is a
+    probability, a dashed line marks the equilibrium of Goodfellow et al., D = 1/2 everywhere; where D is
+    also a binary (BCE) classifier, its loss there is 2 log 2."""
+    fig = _figure(5.5)
+    top, bottom = _axes(fig, title, rows=2)
+    _series(top, history, LOSSES)
+    _series(bottom, history, OUTPUTS)
+    top.set_ylabel("mean over the epoch")
+    bottom.set_ylabel("P(real)" if probabilistic else "critic value")
+    if probabilistic:
+        bottom.axhline(0.5, ls="--", lw=0.8, color="grey", label="1/2")
+    if probabilistic and binary:
+        top.axhline(2 * math.log(2), ls="--", lw=0.8, color="grey", label="2 log 2")
+    top.legend(fontsize=8)
+    bottom.legend(fontsize=8)
     return _png(fig)
 
 
@@ -60,7 +80,8 @@ def evaluated(history: Sequence[EpochRecord], key: str) -> list[tuple[int, float
 
 def fid_png(history: Sequence[EpochRecord], title: str) -> bytes:
     """FID (left axis) and KID (right axis) against the epoch, with the extractor they were measured in."""
-    fig, ax = _figure(title)
+    fig = _figure(3.5)
+    (ax,) = _axes(fig, title)
     fid = evaluated(history, "fid")
     extractor = next((e.evaluation.get("extractor") for e in history if e.evaluation), "?")
     ax.plot([x for x, _ in fid], [y for _, y in fid], marker="o", color="tab:blue", label="FID")

@@ -13,6 +13,7 @@ from service.errors import APIError, error_responses
 from service.jobs import FINISHED, JobRecord, JobStatus, JobStore, now
 from service.schemas import JobList, JobMetrics
 from training.config import TrainConfig
+from training.losses import objective
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +111,7 @@ def _eval_every(record: JobRecord) -> int:
     return record.config.eval_every or record.config.sample_every
 
 
-PLOTS = {"losses": plots.losses_png, "fid": plots.fid_png}
+PLOTS = ("losses", "fid")
 SAMPLE_NAME = re.compile(r"epoch-(\d+)\.png$")
 
 
@@ -162,7 +163,12 @@ def get_plot(job_id: JobId, plot: str, store: JobStoreDep) -> Response:
             404, "no_fid", f"Job {job_id} has no FID to plot: {why}.", detail={"status": record.status.value}
         )
     title = f"{record.config.model_name} ({record.status.value}, {record.history[-1].epoch} epochs)"
-    png = PLOTS[plot](record.history, title)
+    if plot == "losses":
+        config = record.config
+        probabilistic = objective(config.loss).probabilistic  # else D is a critic: no equilibrium value to draw
+        png = plots.losses_png(record.history, title, probabilistic, binary=config.architecture != "mad-gan")
+    else:
+        png = plots.fid_png(record.history, title)
     return Response(png, media_type="image/png", headers={"Cache-Control": "no-cache"})
 
 
