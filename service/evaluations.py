@@ -55,6 +55,9 @@ class EvaluationRecord(BaseModel):
     stem: str = Field(description="The weights measured, as a path on the shared volume or in the image.")
     weights_sha256: str | None = None
     request: EvaluateRequest
+    stage: str | None = Field(
+        None, description="What a running evaluation is doing now, e.g. `generating 10000 images`."
+    )
     result: Annotated[dict[str, Any] | None, AfterValidator(finite_json)] = Field(
         None, description="FID, KID, IS, precision/recall, coverage and nearest-neighbour distances."
     )

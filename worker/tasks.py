@@ -177,11 +177,17 @@ def _evaluate(store: EvaluationStore, eval_id: str) -> dict[str, object]:
     log.info("evaluation %s: %s v%d, n=%d, extractor %s", eval_id, record.model, record.version, req.n, req.extractor)
     png = store.nn_png(eval_id)
     metrics = evaluate_model(
-        Path(record.stem), n=req.n, data_root=settings.data_root, extractor=req.extractor, nn_png=png
+        Path(record.stem),
+        n=req.n,
+        data_root=settings.data_root,
+        extractor=req.extractor,
+        nn_png=png,
+        progress_fn=lambda stage: store.update(eval_id, stage=stage),
     )
     record = store.update(
         eval_id,
         status=JobStatus.succeeded,
+        stage=None,
         result=metrics.to_dict(),
         nearest_neighbours_png=_relative(png, settings.checkpoint_dir),
         finished_at=now(),

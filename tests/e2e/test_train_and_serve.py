@@ -180,10 +180,13 @@ def test_watch_a_job_then_evaluate_its_model(stack):
         assert r.status_code == 202, r.text
         location = r.headers["location"]
         deadline = time.monotonic() + 120
+        stages = set()
         while (ev := client.get(location).json())["status"] not in FINISHED:
             assert time.monotonic() < deadline, ev
-            time.sleep(0.2)
-        assert ev["status"] == "succeeded", ev
+            stages.add(ev["stage"])
+            time.sleep(0.05)
+        assert ev["status"] == "succeeded" and ev["stage"] is None, ev
+        print(f"evaluation stages seen: {stages}")
         result = ev["result"]
         assert result["extractor"] == "mnist-cnn-v1" and result["n_fake"] == 200 and result["fid"] > 0
         nn_png = client.get(f"{location}/nearest-neighbours.png")
