@@ -201,7 +201,7 @@ def evaluate_model(
     say(f"measuring {len(fake)} generated vs {len(real)} real images ({ext.name})")
     metrics = evaluate_images(fake, real, ext)
     if nn_png is not None:
-        checkpoint.atomic_write_bytes(nn_png, nearest_neighbour_png(fake, real))
+        checkpoint.atomic_write_bytes(nn_png, nearest_neighbour_png(fake, real, extractor=ext))
     return metrics
 
 

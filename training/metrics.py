@@ -284,11 +284,28 @@ def evaluate_images(
 
 
 def nearest_neighbour_png(
-    fake: torch.Tensor, real: torch.Tensor, *, k: int = DEFAULT_K, rows: int = NN_PNG_ROWS
+    fake: torch.Tensor,
+    real: torch.Tensor,
+    *,
+    k: int = DEFAULT_K,
+    rows: int = NN_PNG_ROWS,
+    extractor: Extractor | None = None,
 ) -> bytes:
     """A PNG with one row per generated image (the first `rows`): the image, then its k nearest real images in
-    pixel space, nearest first. Copies of training images show as a row of twins."""
+    pixel space, nearest first, and, given an extractor, after a blank tile its k nearest in that feature
+    space. Copies of training images show as a row of twins."""
     fake, real = fake[:rows].float().clamp(-1, 1), real.float().clamp(-1, 1)
-    _, index = nearest_neighbours(fake.flatten(1), real.flatten(1), k)
-    tiles = torch.cat([torch.cat([f[None], real[i]]) for f, i in zip(fake, index, strict=True)])
-    return images.png_bytes(images.grid(images.to_uint8(tiles), nrow=index.shape[1] + 1))
+    _, by_pixels = nearest_neighbours(fake.flatten(1), real.flatten(1), k)
+    columns = [by_pixels]
+    if extractor is not None:
+        _, by_features = nearest_neighbours(extractor.features(fake).double(), extractor.features(real).double(), k)
+        columns.append(by_features)
+    blank = torch.full_like(fake[:1], -1.0)
+    tiles = []
+    for row, f in enumerate(fake):
+        tiles.append(f[None])
+        for n, index in enumerate(columns):
+            tiles += [blank] if n else []
+            tiles.append(real[index[row]])
+    width = 1 + sum(c.shape[1] for c in columns) + len(columns) - 1
+    return images.png_bytes(images.grid(images.to_uint8(torch.cat(tiles)), nrow=width))

@@ -213,3 +213,14 @@ def test_nearest_neighbour_png_has_a_row_per_generated_image(mnist_heldout: torc
     # of a real image is itself.
     assert tuple(image.shape) == (3, 4 * 30 + 2, 4 * 30 + 2)
     torch.testing.assert_close(image[:, 2:30, 2:30], image[:, 2:30, 32:60])
+
+
+def test_nearest_neighbour_png_adds_the_feature_space_neighbours(mnist_heldout: torch.Tensor, mnist_cnn) -> None:
+    from torchvision.io import decode_png
+
+    png = nearest_neighbour_png(mnist_heldout[:4], mnist_heldout[:50], k=3, extractor=mnist_cnn)
+    image = decode_png(torch.frombuffer(bytearray(png), dtype=torch.uint8))
+    # 1 generated + 3 by pixels + a blank + 3 by features per row; a real image is its own nearest in both
+    assert tuple(image.shape) == (3, 4 * 30 + 2, 8 * 30 + 2)
+    torch.testing.assert_close(image[:, 2:30, 2:30], image[:, 2:30, 152:180])
+    assert int(image[:, 2:30, 122:150].max()) == 0  # the blank separator
