@@ -304,7 +304,7 @@ def summary(store: dict[str, Any]) -> str:
             what = "every cell" if len(mine) == len(cells) else "the other cells"
         seeds = sorted({len(c["per_seed"]) if c["per_seed"] else run["seeds"] for c in mine})
         made_by.append(
-            f"`{command}` ({len(mine)} cells: {what}; "
+            f"`{command}` ({len(mine)} cell{'s' if len(mine) > 1 else ''}: {what}; "
             f"{'/'.join(map(str, seeds))} training seed(s) per cell; wall {run['wall_s']:.0f} s on "
             f"{run['workers']} worker(s), {run['cpu_s']:.0f} s of single-thread training)"
         )
