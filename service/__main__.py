@@ -12,6 +12,8 @@ answers within a second; otherwise kombu's filesystem transport, in folders unde
 both children as `GANSERVE_BROKER_URL`, so API and worker always agree.
 
 Ctrl-C or SIGTERM stops both. If either child dies, the other is stopped and this exits non-zero.
+
+`python -m service keys create|list|revoke …` manages the API keys instead (service/keys.py).
 """
 
 import logging
@@ -152,5 +154,24 @@ def main() -> int:
         stop(procs)
 
 
+USAGE = """usage: python -m service                  start the worker and the API (what `make run` runs)
+       python -m service keys create --name NAME --scopes train,generate [--file PATH]
+       python -m service keys list|revoke …    (python -m service keys --help)"""
+
+
+def cli(argv: list[str]) -> int:
+    if argv[:1] == ["keys"]:
+        from service.keys import main as keys_main
+
+        return keys_main(argv[1:])
+    if argv[:1] in (["-h"], ["--help"]):
+        print(USAGE)
+        return 0
+    if argv:
+        print(f"{USAGE}\nerror: unknown arguments {' '.join(argv)!r}", file=sys.stderr)
+        return 2
+    return main()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli(sys.argv[1:]))

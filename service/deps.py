@@ -12,6 +12,7 @@ from service.evaluations import EvaluationStore
 from service.jobs import JobStore
 from service.registry import ModelRegistry
 from service.settings import Settings
+from service.submissions import Submissions
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,10 @@ def get_job_store(request: Request) -> JobStore:
 
 def get_evaluation_store(request: Request) -> EvaluationStore:
     return request.app.state.evaluations
+
+
+def get_submissions(request: Request) -> Submissions:
+    return request.app.state.submissions
 
 
 def _celery(request: Request) -> Any:
@@ -113,3 +118,4 @@ TaskSenderDep = Annotated[TaskSender, Depends(get_task_sender)]
 EvaluationSenderDep = Annotated[TaskSender, Depends(get_evaluation_sender)]
 EvaluationStoreDep = Annotated[EvaluationStore, Depends(get_evaluation_store)]
 BrokerCheckDep = Annotated[BrokerCheck, Depends(get_broker_check)]
+SubmissionsDep = Annotated[Submissions, Depends(get_submissions)]

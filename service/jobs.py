@@ -2,12 +2,15 @@
 
 `<jobs_dir>/<id>/job.json` is the record (replaced atomically, so readers never see half of one);
 `<jobs_dir>/<id>/cancel` is the cancel request, a separate file so that the API never races the worker
-over the record. Files, not Redis, because the record must outlive a Redis or API restart and must work
-with the embedded broker too. Imported by the worker: keep it free of FastAPI.
+over the record; `<jobs_dir>/<id>/attempt-<n>` is created exclusively by the worker that starts the job's
+n-th attempt, so two workers handed the same job at once never both run it. Files, not Redis, because the
+record must outlive a Redis or API restart and must work with the embedded broker too. Imported by the
+worker: keep it free of FastAPI.
 """
 
 import logging
 import math
+import os
 import re
 import uuid
 from datetime import UTC, datetime
@@ -96,6 +99,18 @@ class JobRecord(BaseModel):
     evaluation_skipped: str | None = Field(None, description="Why this job measures no sample quality, if not.")
     model: PublishedModel | None = None
     error: str | None = None
+    attempts: int = Field(
+        0,
+        description="How many times a worker started this job: 1, plus one per restart after its worker stopped.",
+    )
+    resumed_from_step: int | None = Field(
+        None, description="The step of the checkpoint the latest attempt resumed from; null when it began at step 0."
+    )
+    workers_lost: int = Field(0, description="How many times its worker vanished (no heartbeat) and it was re-queued.")
+    worker: str | None = Field(None, description="The worker running (or that last ran) this job: `host:pid`.")
+    heartbeat_at: datetime | None = Field(
+        None, description="When that worker last said it is alive (every few seconds while the job runs)."
+    )
     created_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
@@ -160,3 +175,12 @@ class JobStore:
 
     def cancel_requested(self, job_id: str) -> bool:
         return (self.job_dir(job_id) / "cancel").exists()
+
+    def claim(self, job_id: str, attempt: int) -> bool:
+        """Take attempt number `attempt` of a job: True for exactly one caller (an exclusive create)."""
+        try:
+            fd = os.open(self.job_dir(job_id) / f"attempt-{attempt}", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        os.close(fd)
+        return True

@@ -13,6 +13,8 @@ from importlib.metadata import PackageNotFoundError, version
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
+from service import reaper
+from service.auth import install_security
 from service.errors import install_error_handlers
 from service.evaluations import EvaluationStore
 from service.jobs import JobStore
@@ -35,6 +37,11 @@ Train GANs over HTTP and serve their generators as PNGs.
 - `GET /models`: the models that can be served (trained ones and the bundled default).
 
 Every error is JSON: `{"error": "<code>", "message": "<what is wrong and how to fix it>", "detail": …}`.
+
+**Keys.** `/train` (scope `train`) and model administration such as `POST /models/{name}/evaluate` (scope
+`admin`, which implies every scope) need an API key, sent as `Authorization: Bearer <key>` or `X-API-Key`;
+`/generate` and `GET /models` are public unless the server sets `GANSERVE_PUBLIC_GENERATE=false`. The
+server's operator makes keys with `python -m service keys create --name NAME --scopes train,generate`.
 """
 
 
@@ -54,13 +61,15 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     registry: ModelRegistry = app.state.registry
     log.info("ganserve %s: volume %s, default model %s", __version__, settings.checkpoint_dir, settings.default_model)
+    app.state.keyring.log_status()
     try:
         # Loading runs a warm-up forward; off the event loop like every other forward.
         model = await run_in_threadpool(registry.get, settings.default_model)
         log.info("default model %s version %d ready (%s)", model.name, model.version, model.source)
     except ModelNotFound as e:
         log.warning("default model not loaded, /generate without `model` will answer 404 until it exists: %s", e)
-    yield
+    async with reaper.running(app):  # re-queues jobs whose worker vanished (service/reaper.py)
+        yield
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -73,6 +82,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.evaluations = EvaluationStore(settings.evaluations_dir)
     app.state.celery = None  # built on the first POST /train (see service.deps)
     install_error_handlers(app)
+    install_security(app)  # API keys, rate limits, the body-size limit (README "Security")
     for module in (generate, train, models, health):
         app.include_router(module.router)
     return app

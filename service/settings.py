@@ -10,6 +10,8 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.keys import ApiKeyEntry
+
 BUNDLED_MODELS_DIR = Path(__file__).resolve().parent / "bundled"
 
 
@@ -37,10 +39,54 @@ class Settings(BaseSettings):
         "the environment by the worker and the CLI (training/features.py). Never downloaded.",
     )
     log_level: str = Field("info")
+    # --- faults: heartbeats and the reaper (worker/tasks.py, service/reaper.py; README "Architecture") ---
+    heartbeat_s: float = Field(
+        5.0, gt=0, description="How often the worker writes the running job's `heartbeat_at`, in seconds."
+    )
+    stale_after_s: float = Field(
+        60.0,
+        gt=0,
+        description="A running job whose heartbeat has not changed for this long has lost its worker: the API "
+        "re-queues it (keep it several times `heartbeat_s`).",
+    )
+    max_attempts: int = Field(
+        3, ge=1, description="Most times a job is started; a job whose worker vanishes on the last one fails."
+    )
+    # --- security and limits (service/auth.py, service/limits.py; README "Security") ---
+    api_keys: list[ApiKeyEntry] = Field(
+        [],
+        description='API keys as a JSON list of {"name", "sha256", "scopes"} (the SHA-256 of the key, never the '
+        "key). Merged with the keys file; on a name in both, the file's entry wins.",
+    )
+    api_keys_file: Path | None = Field(
+        None,
+        description="The keys file (same JSON) that `python -m service keys create` writes; default "
+        "`<checkpoint_dir>/api-keys.json`. Read again whenever it changes.",
+    )
+    public_generate: bool = Field(
+        True, description="`false`: /generate and GET /models also need a key (scope `generate`)."
+    )
+    max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest request body; larger ones get 413.")
+    rate_limit_per_min: int = Field(
+        600, ge=0, description="Requests per minute per key (anonymous: per client IP); 429 beyond; 0 = off."
+    )
+    max_queued_per_key: int = Field(
+        8, ge=1, description="Training jobs one key may have queued or running at once; 429 beyond."
+    )
+    max_epochs: int = Field(10_000, ge=1, description="Most `epochs` a training job may ask for.")
+    max_steps: int = Field(10_000_000, ge=1, description="Most `steps` a training job may ask for.")
 
     @property
     def effective_broker_url(self) -> str:
         return self.broker_url or self.redis_url
+
+    @property
+    def effective_api_keys_file(self) -> Path:
+        return self.api_keys_file or self.checkpoint_dir / "api-keys.json"
+
+    @property
+    def submissions_dir(self) -> Path:
+        return self.checkpoint_dir / "submissions"
 
     @property
     def jobs_dir(self) -> Path:

@@ -3,7 +3,11 @@
 Per generator step: `d_steps` discriminator updates on fresh real batches, then one generator update
 (`training.step`). Every `sample_every` epochs, and after the last, it saves a checkpoint (here) and a
 sample grid or scatter (`training.samples`); every `eval_every` epochs it measures sample quality
-(`training.evaluation`); it reports progress as it goes.
+(`training.evaluation`); it reports progress as it goes. After every epoch's report it writes a resume
+checkpoint (`training.resume`), from which `train(..., resume_from=...)` continues the run exactly.
+
+Losses are checked for NaN/inf every `FINITE_CHECK_EVERY` steps and at every report (one host sync each): a
+diverged run stops at once with `NonFiniteLossError` instead of training on, and checkpointing, garbage.
 
 It knows nothing of Celery or HTTP: the caller passes `progress_fn` to hear about progress and
 `should_stop` to ask for cancellation, and gets a `TrainResult` back.
@@ -20,7 +24,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from training import checkpoint
+from training import checkpoint, resume
 from training.config import TrainConfig
 from training.data import load_to_device
 from training.evaluation import build_evaluator, due
@@ -29,6 +33,11 @@ from training.samples import SAMPLE_SEEDS, write_samples
 from training.step import Step, build_step, d_step, g_step
 
 MADGAN_LOSSES = ("minimax", "non-saturating")
+FINITE_CHECK_EVERY = 10  # steps between NaN/inf checks of the running loss sums (one host sync each)
+
+
+class NonFiniteLossError(RuntimeError):
+    """The run diverged: a loss or D output became NaN or infinite."""
 
 
 @dataclass(frozen=True)
@@ -152,7 +161,17 @@ def _save_checkpoint(stem: Path, s: Step, epoch: int, step: int, lv: dict[str, f
 def _loss_dict(keys: tuple[str, ...], sums: torch.Tensor, count: int) -> dict[str, float]:
     if count == 0:
         return {k: math.nan for k in keys}
-    return dict(zip(keys, (sums / count).tolist(), strict=True))  # the only host sync: on report
+    return dict(zip(keys, (sums / count).tolist(), strict=True))  # a host sync: on report
+
+
+def _check_finite(losses: dict[str, float], epoch: int, step: int) -> None:
+    bad = {k: v for k, v in losses.items() if not math.isfinite(v)}
+    if bad:
+        values = ", ".join(f"{k} = {v}" for k, v in bad.items())
+        raise NonFiniteLossError(
+            f"the run diverged: {values} by step {step} (epoch {epoch}); lower the learning rate, or use another "
+            f"loss or a regularizer (e.g. spectral-norm or r1)"
+        )
 
 
 # --- the loop -----------------------------------------------------------------------------------------
@@ -167,7 +186,11 @@ def train(
     progress_fn: Callable[[TrainProgress], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     report_every_s: float = 1.0,
+    resume_from: Path | None = None,
 ) -> TrainResult:
+    """Train `config`, writing into `out_dir`. `resume_from`: a resume checkpoint's stem (see
+    `training.resume.latest(out_dir)`) written by an earlier run of the same config into the same `out_dir`;
+    the run continues after its epoch, with the numbers an uninterrupted run gives."""
     check_supported(config)
     dev = resolve_device(device)
     _use_all_cores(dev)
@@ -190,25 +213,32 @@ def train(
         if progress_fn is not None:
             progress_fn(progress)
 
-    step, last_stem, last_samples = 0, None, None
+    step, first_epoch, last_stem, last_samples = 0, 1, None, None
     epoch_losses: dict[str, float] = {k: math.nan for k in keys}
+    if resume_from is not None:
+        point = resume.restore(Path(resume_from), s, config, out_dir, total_steps)
+        step, first_epoch, epoch_losses = point.step, point.epoch + 1, point.losses
+        last_stem, last_samples = point.last_checkpoint, point.last_samples
+    start_step = step
     start = last_report = time.monotonic()
 
     def progress(epoch: int, sums: torch.Tensor, count: int, **extra: Any) -> TrainProgress:
         elapsed = max(time.monotonic() - start, 1e-9)
-        rate = step / elapsed
+        rate = (step - start_step) / elapsed  # this run's own steps: a resumed run did the others earlier
+        losses = _loss_dict(keys, sums, count)
+        _check_finite(losses, epoch + (0 if extra.get("epoch_end") else 1), step)
         return TrainProgress(
             epoch=epoch,
             epochs=epochs,
             step=step,
             total_steps=total_steps,
-            losses=_loss_dict(keys, sums, count),
-            images_per_sec=step * d_steps * batch / elapsed,
+            losses=losses,
+            images_per_sec=rate * d_steps * batch,
             eta_seconds=(total_steps - step) / rate if rate > 0 else math.inf,
             **extra,
         )
 
-    for epoch in range(1, epochs + 1):
+    for epoch in range(first_epoch, epochs + 1):
         perm = torch.randperm(n, generator=s.rng, device=dev)
         sums = torch.zeros(len(keys), device=dev)
         this_epoch = min(per_epoch, total_steps - step)
@@ -223,12 +253,15 @@ def train(
             d_stats["g_loss"] = g_step(s, step)
             sums += torch.stack([d_stats[key] for key in keys])
             step += 1
+            if (i + 1) % FINITE_CHECK_EVERY == 0 and not bool(torch.isfinite(sums).all()):
+                _check_finite(_loss_dict(keys, sums, i + 1), epoch, step)
             now = time.monotonic()
             if now - last_report >= report_every_s and i + 1 < this_epoch:
                 last_report = now
                 report(progress(epoch - 1, sums, i + 1))
 
         epoch_losses = _loss_dict(keys, sums, this_epoch)
+        _check_finite(epoch_losses, epoch, step)  # before anything diverged is checkpointed
         extra: dict[str, Any] = {"epoch_end": True, "evaluation_skipped": plan.skipped_because}
         served = s.nets.ema if s.nets.ema is not None else s.nets.g  # samples and metrics: what will be served
         if epoch % config.sample_every == 0 or epoch == epochs:
@@ -241,5 +274,8 @@ def train(
             extra["evaluation"] = {"extractor": plan.evaluator.extractor, **plan.evaluator.run(served)}
         last_report = time.monotonic()
         report(progress(epoch, sums, this_epoch, **extra))
+        # After the report: a run killed between the two resumes from the epoch before and redoes this one,
+        # identically, so the caller's per-epoch history never has a gap.
+        resume.save(out_dir, s, epoch, step, epoch_losses, last_stem, last_samples)
 
     return TrainResult("completed", epochs, step, last_stem, last_samples, epoch_losses)

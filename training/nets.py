@@ -31,13 +31,18 @@ def _optimizer(params: Any, config: TrainConfig, lr: float, betas: tuple[float, 
     return torch.optim.Adam(params, lr=lr, betas=tuple(betas or (0.5, 0.999)), foreach=True)
 
 
-def _schedulers(
-    config: TrainConfig, total_steps: int, *opts: torch.optim.Optimizer
+def schedulers(
+    config: TrainConfig, total_steps: int, *opts: torch.optim.Optimizer, at_step: int = 0
 ) -> list[torch.optim.lr_scheduler.LRScheduler]:
-    """Per-G-step learning-rate schedules; D's falls with G's, whatever its `d_steps`."""
+    """Per-G-step learning-rate schedules; D's falls with G's, whatever its `d_steps`. `at_step` > 0 rebuilds
+    them for a resumed run: a LambdaLR is a function of the step alone, so one built at step t (on optimisers
+    whose state, `initial_lr` included, was restored) sets exactly the rate an uninterrupted run has there."""
     if config.lr_schedule == "constant":
         return []
-    return [torch.optim.lr_scheduler.LambdaLR(o, lambda t: max(0.0, 1.0 - t / total_steps)) for o in opts]
+    return [
+        torch.optim.lr_scheduler.LambdaLR(o, lambda t: max(0.0, 1.0 - t / total_steps), last_epoch=at_step - 1)
+        for o in opts
+    ]
 
 
 def build_nets(
@@ -58,7 +63,7 @@ def build_nets(
     ema = None
     if config.ema is not None:
         ema = copy.deepcopy(g).requires_grad_(False)
-    return Nets(g, d, opt_g, opt_d, ema, _schedulers(config, total_steps, opt_g, opt_d))
+    return Nets(g, d, opt_g, opt_d, ema, schedulers(config, total_steps, opt_g, opt_d))
 
 
 def call_g(

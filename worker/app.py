@@ -40,6 +40,10 @@ def create_celery(settings: Settings | None = None) -> Celery:
         task_ignore_result=True,  # the job record on the volume is the result
         task_acks_late=True,  # a job whose worker dies is not lost: it stays in the queue
         task_reject_on_worker_lost=True,
+        # A running job outlives a broker restart: the record on the volume is the job's truth, so losing the
+        # broker's connection must not cancel it (Celery 6 will default to cancelling). Its message, which can
+        # then no longer be acknowledged, comes back and meets a finished job, which does nothing.
+        worker_cancel_long_running_tasks_on_connection_loss=False,
         worker_prefetch_multiplier=1,  # one long job at a time; do not hoard the queue
         broker_connection_retry_on_startup=True,
         broker_transport_options=broker_options(settings),

@@ -5,20 +5,36 @@ record, honours cancel requests and publishes the result; `evaluate` calls `trai
 published model and files the figures under it. The records on the volume are the results; Celery's
 result backend is not used.
 
+Faults. A training job resumes from its last resume checkpoint (`training.resume`, written every epoch), its
+history cut back to that epoch, so a job restarted after its worker died loses at most one epoch. While it
+runs, a thread writes `heartbeat_at` into its record every `GANSERVE_HEARTBEAT_S` (through data loading,
+evaluation and checkpoint writing too); the API's reaper (service/reaper.py) re-queues a job whose heartbeat
+stops. Starting is idempotent: a finished job is not run again, a job running with a fresh heartbeat on
+another worker is left to it, and each attempt is claimed by exactly one worker (`JobStore.claim`). A failure
+(a diverged loss, a missing dataset, a full disk, out of memory …) ends the job `failed` with a readable
+reason, never `running`.
+
 Run the worker with `--pool solo --concurrency 1`: one training at a time per worker (and per GPU), in
 the worker's main process, so CUDA is initialised in the process that trains and never in a parent that
 forks children afterwards.
 """
 
+import errno
 import logging
+import os
+import shutil
+import socket
+import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from celery.exceptions import Reject
 from celery.worker import state as worker_state
 
 from service.evaluations import EvaluationStore
-from service.jobs import FINISHED, EpochRecord, JobStatus, JobStore, Progress, PublishedModel, now
-from service.settings import get_settings
+from service.jobs import FINISHED, EpochRecord, JobRecord, JobStatus, JobStore, Progress, PublishedModel, now
+from service.settings import Settings, get_settings
 from worker.app import EVALUATE_TASK, TRAIN_TASK, celery_app
 
 log = logging.getLogger(__name__)
@@ -37,6 +53,79 @@ def worker_stopping() -> bool:
     return worker_state.should_stop is not None or worker_state.should_terminate is not None
 
 
+def worker_id() -> str:
+    """Who runs a job, as its record says: `host:pid` (a restarted worker is another one)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def failure_reason(e: BaseException) -> str:
+    """What the record says when a job fails: what happened and, where there is one, what to do."""
+    import torch
+
+    if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+        where = f" while writing {e.filename}" if e.filename else ""
+        return f"disk full: no space left on the volume{where}; free space and submit the job again ({e})"
+    if isinstance(e, MemoryError | torch.OutOfMemoryError):
+        what = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+        return f"out of memory ({what}); use a smaller batch_size or model, or a worker with more memory"
+    return f"{type(e).__name__}: {e}"
+
+
+class Heartbeat:
+    """The running job's record, written by this worker only while it is still this worker's.
+
+    A daemon thread writes `heartbeat_at` every `interval_s`, so data loading, evaluation and checkpoint
+    writing count as alive like training steps do. Every write (the thread's and the progress reports')
+    goes through `update` under one lock, and first checks that the record still says `running` on this
+    worker: if the reaper re-queued the job after a stall, or another worker took it over, `lost` turns true,
+    nothing more is written, and the training stops at its next step."""
+
+    def __init__(self, store: JobStore, job_id: str, worker: str, interval_s: float):
+        self.store, self.job_id, self.worker, self.interval_s = store, job_id, worker, interval_s
+        self.lost = False
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{job_id}", daemon=True)
+
+    def update(self, changes: Callable[[JobRecord], dict[str, Any]] | None = None) -> None:
+        with self._lock:
+            if self.lost:
+                return
+            current = self.store.get(self.job_id)
+            if current.status != JobStatus.running or current.worker != self.worker:
+                self.lost = True
+                log.warning(
+                    "job %s is no longer this worker's (%s, worker %s); it stops without writing",
+                    self.job_id,
+                    current.status.value,
+                    current.worker,
+                )
+                return
+            self.store.update(self.job_id, heartbeat_at=now(), **(changes(current) if changes else {}))
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.update()
+            except Exception:  # a full or flaky volume: keep trying; the reaper judges silence, not us
+                log.exception("job %s: heartbeat not written", self.job_id)
+
+    def __enter__(self) -> "Heartbeat":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def running_elsewhere(record: JobRecord, settings: Settings, me: str) -> bool:
+    """The job is `running` on another worker whose heartbeat is fresh: a duplicate message must not start it."""
+    if record.status != JobStatus.running or record.worker == me or record.heartbeat_at is None:
+        return False
+    return (now() - record.heartbeat_at).total_seconds() < settings.stale_after_s
+
+
 @celery_app.task(name=TRAIN_TASK, bind=True)
 def train(self, job_id: str) -> dict[str, object]:
     settings = get_settings()
@@ -47,18 +136,28 @@ def train(self, job_id: str) -> dict[str, object]:
         log.error("job %s: no record under %s; nothing to do", job_id, settings.jobs_dir)
         return {"job": job_id, "status": "missing"}
 
-    # Idempotent start: a redelivered message for a finished job does nothing, and a job cancelled while
-    # it was queued never starts.
+    # Idempotent start: a redelivered message for a finished job does nothing, one for a job that another
+    # worker is running (fresh heartbeat) is dropped, and a job cancelled while it was queued never starts.
+    me = worker_id()
     if record.status in FINISHED:
         log.info("job %s is already %s; not starting it again", job_id, record.status)
         return {"job": job_id, "status": str(record.status)}
+    if running_elsewhere(record, settings, me):
+        log.warning("job %s is running on %s; this duplicate is dropped", job_id, record.worker)
+        return {"job": job_id, "status": "running-elsewhere"}
     if store.cancel_requested(job_id):
         store.update(job_id, status=JobStatus.cancelled, finished_at=now())
         log.info("job %s was cancelled before it started", job_id)
         return {"job": job_id, "status": JobStatus.cancelled.value}
+    attempt = record.attempts + 1
+    if not store.claim(job_id, attempt):
+        log.warning(
+            "job %s: attempt %d was already taken by another worker; this duplicate is dropped", job_id, attempt
+        )
+        return {"job": job_id, "status": "running-elsewhere"}
 
     try:
-        return _run(store, job_id)
+        return _run(store, job_id, attempt, me)
     except Reject:
         raise
     except Exception as e:
@@ -66,27 +165,50 @@ def train(self, job_id: str) -> dict[str, object]:
         # retry it (or redeliver it forever with acks_late).
         log.exception("job %s failed", job_id)
         try:
-            store.update(job_id, status=JobStatus.failed, error=f"{type(e).__name__}: {e}", finished_at=now())
+            if running_elsewhere(store.get(job_id), settings, me):  # taken over meanwhile: not ours to end
+                return {"job": job_id, "status": "superseded"}
+            store.update(job_id, status=JobStatus.failed, error=failure_reason(e), finished_at=now())
         except Exception:
             log.exception("job %s: could not record the failure", job_id)
         return {"job": job_id, "status": JobStatus.failed.value}
 
 
-def _run(store: JobStore, job_id: str) -> dict[str, object]:
+def _run(store: JobStore, job_id: str, attempt: int, me: str) -> dict[str, object]:
     # Imported here, not at module level: importing torch is slow and the API imports worker.app only.
+    from training import resume
     from training.checkpoint import publish
     from training.loop import TrainProgress, train
 
     settings = get_settings()
     volume = settings.checkpoint_dir
-    # A requeued job starts again from its first step, so its history does too.
-    record = store.update(job_id, status=JobStatus.running, started_at=now(), error=None, history=[])
-    config = record.config
     out_dir = settings.jobs_dir / job_id
-    log.info("job %s: training %r on %s (device %s)", job_id, config.model_name, config.dataset, settings.device)
+    # A restarted job continues from its last resume checkpoint; its history keeps the epochs up to that one
+    # (the loop reports them again from there, so there is neither a gap nor a duplicate).
+    point = resume.latest(out_dir)
+    history = [e for e in store.get(job_id).history if point is not None and e.epoch <= point.epoch]
+    record = store.update(
+        job_id,
+        status=JobStatus.running,
+        started_at=now(),
+        error=None,
+        history=history,
+        attempts=attempt,
+        worker=me,
+        heartbeat_at=now(),
+        resumed_from_step=None if point is None else point.step,
+    )
+    config = record.config
+    log.info(
+        "job %s: training %r on %s (device %s), attempt %d, %s",
+        job_id,
+        config.model_name,
+        config.dataset,
+        settings.device,
+        attempt,
+        "from step 0" if point is None else f"resuming after epoch {point.epoch} (step {point.step})",
+    )
 
-    def on_progress(p: TrainProgress) -> None:
-        current = store.get(job_id)
+    def changes_for(p: TrainProgress, current: JobRecord) -> dict[str, object]:
         changes: dict[str, object] = {
             "progress": Progress(
                 epoch=p.epoch,
@@ -107,16 +229,27 @@ def _run(store: JobStore, job_id: str) -> dict[str, object]:
             entry = EpochRecord(epoch=p.epoch, step=p.step, losses=dict(p.losses), evaluation=p.evaluation)
             changes["history"] = [*current.history, entry]
             changes["evaluation_skipped"] = p.evaluation_skipped
-        store.update(job_id, **changes)
+        return changes
 
-    result = train(
-        config,
-        out_dir,
-        data_root=settings.data_root,
-        device=settings.device,
-        progress_fn=on_progress,
-        should_stop=lambda: store.cancel_requested(job_id) or worker_stopping(),
-    )
+    with Heartbeat(store, job_id, me, settings.heartbeat_s) as heartbeat:
+        result = train(
+            config,
+            out_dir,
+            data_root=settings.data_root,
+            device=settings.device,
+            progress_fn=lambda p: heartbeat.update(lambda current: changes_for(p, current)),
+            should_stop=lambda: heartbeat.lost or store.cancel_requested(job_id) or worker_stopping(),
+            resume_from=None if point is None else point.stem,
+        )
+        version = None
+        if result.status == "completed" and not heartbeat.lost:
+            if result.final_checkpoint is None:
+                raise RuntimeError("training completed without writing a final checkpoint")
+            version = publish(settings.models_dir, config.model_name, result.final_checkpoint, result.samples)
+
+    if heartbeat.lost:
+        log.warning("job %s: left to whoever holds it now, after %d steps here", job_id, result.steps_done)
+        return {"job": job_id, "status": "superseded"}
 
     if result.status == "cancelled" and not store.cancel_requested(job_id):
         # Stopped because this worker is shutting down, not because anyone asked: the job goes back to the
@@ -130,9 +263,7 @@ def _run(store: JobStore, job_id: str) -> dict[str, object]:
         log.info("job %s cancelled after %d steps", job_id, result.steps_done)
         return {"job": job_id, "status": JobStatus.cancelled.value}
 
-    if result.final_checkpoint is None:
-        raise RuntimeError("training completed without writing a final checkpoint")
-    version = publish(settings.models_dir, config.model_name, result.final_checkpoint, result.samples)
+    assert version is not None
     store.update(
         job_id,
         status=JobStatus.succeeded,
@@ -140,6 +271,7 @@ def _run(store: JobStore, job_id: str) -> dict[str, object]:
         model=PublishedModel(name=config.model_name, version=version),
         finished_at=now(),
     )
+    shutil.rmtree(resume.resume_dir(out_dir), ignore_errors=True)  # the published model is the result now
     log.info("job %s succeeded: published %s v%d", job_id, config.model_name, version)
     return {"job": job_id, "status": JobStatus.succeeded.value, "model": config.model_name, "version": version}
 

@@ -5,9 +5,10 @@ import secrets
 from typing import Annotated
 
 import torch
-from fastapi import APIRouter, Body, Query, Request, Response
+from fastapi import APIRouter, Body, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
 
+from service.auth import public_generate
 from service.deps import RegistryDep, SettingsDep
 from service.errors import APIError, error_responses, validation_error
 from service.registry import LoadedModel, ModelNotFound, ModelRegistry
@@ -17,7 +18,8 @@ from training.config import NAME_PATTERN
 from training.images import grid, png_bytes
 from training.latents import MAX_SEED
 
-router = APIRouter(tags=["generate"])
+# Open to anonymous callers (rate-limited per IP) unless GANSERVE_PUBLIC_GENERATE=false: then scope `generate`.
+router = APIRouter(tags=["generate"], dependencies=[Depends(public_generate)], responses=error_responses(401, 403, 429))
 
 DESCRIPTION = f"""
 Generate images with a served generator.

@@ -3,8 +3,9 @@
 import logging
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Path, Response, status
+from fastapi import APIRouter, Body, Depends, Path, Response, status
 
+from service.auth import AdminKey, public_generate
 from service.deps import EvaluationSenderDep, EvaluationStoreDep, RegistryDep, SettingsDep
 from service.errors import APIError, error_responses
 from service.evaluations import EvaluateRequest, EvaluationRecord
@@ -15,10 +16,12 @@ from service.schemas import ModelDetail, ModelList, ModelSummary
 
 log = logging.getLogger(__name__)
 
-router = APIRouter(prefix="/models", tags=["models"])
+# Reading is as open as /generate (GANSERVE_PUBLIC_GENERATE); changing or evaluating a model needs `admin`.
+router = APIRouter(prefix="/models", tags=["models"], responses=error_responses(401, 403, 429))
+READ = [Depends(public_generate)]
 
 
-@router.get("", response_model=ModelList, summary="The models that can be served")
+@router.get("", response_model=ModelList, summary="The models that can be served", dependencies=READ)
 def list_models(registry: RegistryDep) -> ModelList:
     return ModelList(models=[ModelSummary.model_validate(m) for m in registry.list_models()])
 
@@ -28,6 +31,7 @@ def list_models(registry: RegistryDep) -> ModelList:
     response_model=ModelDetail,
     summary="One model, with all its versions and their evaluations",
     responses=error_responses(404),
+    dependencies=READ,
 )
 def get_model(name: str, registry: RegistryDep) -> ModelDetail:
     try:
@@ -46,7 +50,8 @@ def get_model(name: str, registry: RegistryDep) -> ModelDetail:
         "Queues an evaluation of one version (default the newest) on the worker: `n` generated images "
         "(seeds 0..n−1) against `n` images of the model's training set. Answers at once with the job "
         "(status `queued`) and its URL in `Location`; when it succeeds its result is also listed under the "
-        "version by GET /models/{name}. 503 with `Retry-After` when the broker cannot take it."
+        "version by GET /models/{name}. 503 with `Retry-After` when the broker cannot take it. Needs a key "
+        "with scope `admin`."
     ),
     responses=error_responses(404, 422, 503),
 )
@@ -56,6 +61,7 @@ def evaluate_model(
     registry: RegistryDep,
     store: EvaluationStoreDep,
     send: EvaluationSenderDep,
+    principal: AdminKey,
     body: Annotated[EvaluateRequest, Body()] = EvaluateRequest(),  # no body: all defaults
 ) -> EvaluationRecord:
     try:
@@ -91,7 +97,7 @@ def evaluate_model(
             detail={"id": record.id},
             headers={"Retry-After": str(RETRY_AFTER_S)},
         ) from None
-    log.info("evaluation %s queued: %s v%d, n=%d", record.id, name, model.version, body.n)
+    log.info("evaluation %s queued by key %s: %s v%d, n=%d", record.id, principal.name, name, model.version, body.n)
     response.headers["Location"] = f"/models/{name}/evaluations/{record.id}"
     return record
 
@@ -101,6 +107,7 @@ def evaluate_model(
     response_model=EvaluationRecord,
     summary="An evaluation job: its status and, when it has succeeded, its result",
     responses=error_responses(404),
+    dependencies=READ,
 )
 def get_evaluation(
     name: str,
@@ -126,6 +133,7 @@ def get_evaluation(
     response_class=Response,
     summary="The memorisation check: generated images, each followed by its nearest training images",
     responses={200: {"content": {"image/png": {}}}, **error_responses(404)},
+    dependencies=READ,
 )
 def get_nearest_neighbours(name: str, eval_id: str, store: EvaluationStoreDep, settings: SettingsDep) -> Response:
     record = get_evaluation(name, eval_id, store)

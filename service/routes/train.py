@@ -1,23 +1,34 @@
 """`/train`: start, follow, list and cancel training jobs. The job record on the shared volume is the
 truth; the broker only carries the job's id to a worker."""
 
+import hashlib
+import json
 import logging
 import re
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Response, status
+from fastapi import APIRouter, Depends, Header, Path, Response, status
 
 from service import plots
-from service.deps import JobStoreDep, SettingsDep, TaskSenderDep
-from service.errors import APIError, error_responses
+from service.auth import TrainKey, require_train
+from service.deps import JobStoreDep, SettingsDep, SubmissionsDep, TaskSenderDep
+from service.errors import APIError, error_responses, validation_error
 from service.jobs import FINISHED, JobRecord, JobStatus, JobStore, now
 from service.schemas import JobList, JobMetrics
+from service.settings import Settings
+from service.submissions import IDEMPOTENCY_TTL
 from training.config import TrainConfig
 from training.losses import objective
 
 log = logging.getLogger(__name__)
 
-router = APIRouter(prefix="/train", tags=["train"])
+# Every route here needs a key with scope `train` (service/auth.py), and counts against its rate limit.
+router = APIRouter(
+    prefix="/train",
+    tags=["train"],
+    dependencies=[Depends(require_train)],
+    responses=error_responses(401, 403, 429),
+)
 
 RETRY_AFTER_S = 5
 
@@ -33,6 +44,44 @@ def _get(store: JobStore, job_id: str) -> JobRecord:
         ) from None
 
 
+def _check_caps(config: TrainConfig, settings: Settings) -> None:
+    """This server's own bounds, tighter than (or equal to) TrainConfig's."""
+    if config.epochs > settings.max_epochs:
+        raise validation_error(
+            ("body", "epochs"),
+            f"Input should be less than or equal to {settings.max_epochs} (this server's GANSERVE_MAX_EPOCHS)",
+            config.epochs,
+            "less_than_equal",
+        )
+    if config.steps is not None and config.steps > settings.max_steps:
+        raise validation_error(
+            ("body", "steps"),
+            f"Input should be less than or equal to {settings.max_steps} (this server's GANSERVE_MAX_STEPS)",
+            config.steps,
+            "less_than_equal",
+        )
+
+
+def _request_sha256(config: TrainConfig) -> str:
+    """The job as validated (defaults filled in), so the same job sent with other spacing or key order,
+    or with a default spelled out, is the same request."""
+    return hashlib.sha256(json.dumps(config.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=255,
+        description="Any string unique to this job (a UUID, say). A retry of the same job "
+        f"with the same Idempotency-Key within {IDEMPOTENCY_TTL.total_seconds() / 3600:.0f} h returns the job "
+        "the first made (with `Idempotent-Replayed: true`) instead of a second one; reusing it for a "
+        "different job is a 422.",
+    ),
+]
+
+
 # `def`, not `async def`: sending to the broker is blocking network I/O.
 @router.post(
     "",
@@ -42,26 +91,80 @@ def _get(store: JobStore, job_id: str) -> JobRecord:
     description=(
         "Queues a GAN training run and answers at once with the job record (status `queued`) and its URL "
         "in `Location`. Follow it with GET /train/{id}. When the broker cannot take the job the record is "
-        "marked `failed` and the answer is 503 with `Retry-After`."
+        "marked `failed` and the answer is 503 with `Retry-After`. A key may have at most "
+        "GANSERVE_MAX_QUEUED_PER_KEY jobs queued or running (429 beyond). Send an `Idempotency-Key` to make "
+        "retries safe."
     ),
     responses=error_responses(422, 503),
 )
-def start_training(config: TrainConfig, response: Response, store: JobStoreDep, send: TaskSenderDep) -> JobRecord:
-    record = store.create(config)
-    try:
-        send(record.id)
-    except Exception as e:  # kombu OperationalError, redis/OS connection errors, timeouts: all mean "broker down"
-        reason = f"the job could not be queued, the broker is unreachable: {type(e).__name__}: {e}"
-        log.error("job %s: %s", record.id, reason)
-        store.update(record.id, status=JobStatus.failed, error=reason, finished_at=now())
-        raise APIError(
-            503,
-            "broker_unavailable",
-            f"Training is unavailable right now ({reason}); retry in a few seconds.",
-            detail={"id": record.id},
-            headers={"Retry-After": str(RETRY_AFTER_S)},
-        ) from None
-    log.info("job %s queued: model %s, %d epoch(s)", record.id, config.model_name, config.epochs)
+def start_training(
+    config: TrainConfig,
+    response: Response,
+    store: JobStoreDep,
+    send: TaskSenderDep,
+    settings: SettingsDep,
+    submissions: SubmissionsDep,
+    principal: TrainKey,
+    idempotency_key: IdempotencyKey = None,
+) -> JobRecord:
+    _check_caps(config, settings)
+    request_sha256 = _request_sha256(config)
+    # One submission per key at a time: a retry racing its original waits for it, then replays it.
+    with submissions.lock(principal.name):
+        if idempotency_key is not None:
+            prior = submissions.recall(principal.name, idempotency_key)
+            if prior is not None:
+                if prior.request_sha256 != request_sha256:
+                    raise APIError(
+                        422,
+                        "idempotency_key_reused",
+                        f"Idempotency-Key {idempotency_key!r} was already used by this API key for a different "
+                        f"job ({prior.job_id}) in the last {IDEMPOTENCY_TTL.total_seconds() / 3600:.0f} h; send "
+                        "the same body to get that job back, or a new Idempotency-Key for a new job.",
+                        detail={"id": prior.job_id},
+                    )
+                try:
+                    record = store.get(prior.job_id)
+                except KeyError:
+                    record = None  # its record is gone from the volume: submit afresh
+                if record is not None:
+                    log.info("job %s: replayed for key %s (Idempotency-Key)", record.id, principal.name)
+                    response.headers["Location"] = f"/train/{record.id}"
+                    response.headers["Idempotent-Replayed"] = "true"
+                    return record
+        active = submissions.active_jobs(principal.name, store)
+        if len(active) >= settings.max_queued_per_key:
+            raise APIError(
+                429,
+                "too_many_jobs",
+                f"API key {principal.name!r} already has {len(active)} training job(s) queued or running, the most "
+                f"this server allows (GANSERVE_MAX_QUEUED_PER_KEY={settings.max_queued_per_key}). Wait for one "
+                "to finish, or cancel one with DELETE /train/{id}.",
+                detail={"active": active, "limit": settings.max_queued_per_key},
+            )
+        record = store.create(config)
+        submissions.add_job(principal.name, record.id)
+        if idempotency_key is not None:
+            # Before sending: a crash after the send must not let a retry make a second job.
+            submissions.remember(principal.name, idempotency_key, record.id, request_sha256)
+        try:
+            send(record.id)
+        except Exception as e:  # kombu OperationalError, redis/OS connection errors, timeouts: all mean "broker down"
+            reason = f"the job could not be queued, the broker is unreachable: {type(e).__name__}: {e}"
+            log.error("job %s: %s", record.id, reason)
+            store.update(record.id, status=JobStatus.failed, error=reason, finished_at=now())
+            if idempotency_key is not None:
+                submissions.forget(principal.name, idempotency_key)  # never queued: a retry may queue it anew
+            raise APIError(
+                503,
+                "broker_unavailable",
+                f"Training is unavailable right now ({reason}); retry in a few seconds.",
+                detail={"id": record.id},
+                headers={"Retry-After": str(RETRY_AFTER_S)},
+            ) from None
+    log.info(
+        "job %s queued by key %s: model %s, %d epoch(s)", record.id, principal.name, config.model_name, config.epochs
+    )
     response.headers["Location"] = f"/train/{record.id}"
     return record
 

@@ -1,8 +1,13 @@
 """What a user starts, started for real: a redis-server of the tests' own (never the machine's db 0), a
 Celery worker process and the API under uvicorn, on free ports, sharing a temporary volume and reading a
-tiny MNIST-format dataset generated here. The processes' logs are attached to any failing test's report."""
+tiny MNIST-format dataset generated here. The processes' logs are attached to any failing test's report.
+
+The API is given one key of its own (`E2E_KEY`, scope admin, no rate limit) when it has API keys:
+`Stack.client()` sends it."""
 
 import gzip
+import hashlib
+import json
 import os
 import shutil
 import signal
@@ -25,6 +30,7 @@ STARTUP_TIMEOUT_S = 90.0
 # As docker-compose.yml and `python -m service` run it: one job at a time, in the worker's own process.
 WORKER_ARGS = ["--pool", "solo", "--concurrency", "1", "-Q", "training", "--without-gossip", "--without-mingle"]
 API_ARGS = ["--host", "127.0.0.1", "--port"]
+E2E_KEY = "e2e-only-key-for-the-tests-own-stacks"
 
 
 def free_port() -> int:
@@ -33,10 +39,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def security_env() -> dict[str, str]:
+    """The tests' key (an admin) and no rate limit, where the service has keys and limits."""
+    from service.settings import Settings
+
+    env = {}
+    if "api_keys" in Settings.model_fields:
+        key = {"name": "e2e", "sha256": hashlib.sha256(E2E_KEY.encode()).hexdigest(), "scopes": ["admin"]}
+        env["GANSERVE_API_KEYS"] = json.dumps([key])
+    if "rate_limit_per_min" in Settings.model_fields:
+        env["GANSERVE_RATE_LIMIT_PER_MIN"] = "0"
+    return env
+
+
 def clean_env(**overrides: str) -> dict[str, str]:
     """The test runner's environment without any GANSERVE_* of its own, plus `overrides`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GANSERVE_")}
-    env.update(PYTHONUNBUFFERED="1", GANSERVE_DEVICE="cpu", GANSERVE_LOG_LEVEL="info", **overrides)
+    env.update(PYTHONUNBUFFERED="1", GANSERVE_DEVICE="cpu", GANSERVE_LOG_LEVEL="info", **security_env())
+    env.update(overrides)
     return env
 
 
@@ -45,6 +65,7 @@ class Proc:
     name: str
     popen: subprocess.Popen[bytes]
     log: Path
+    retired: bool = False  # stopped on purpose by the test: its exit is no failure
 
     def text(self) -> str:
         try:
@@ -77,6 +98,23 @@ class Stack:
         cmd = [sys.executable, "-m", "celery", "-A", "worker.app:celery_app", "worker", *WORKER_ARGS]
         return self.start(name, [*cmd, "-n", f"{name}@%h", "-l", "info"])
 
+    def start_api(self, name: str = "api") -> Proc:
+        port = self.base_url.rsplit(":", 1)[1]
+        return self.start(
+            name, [sys.executable, "-m", "uvicorn", "--factory", "service.main:create_app", *API_ARGS, port]
+        )
+
+    def client(self, **kwargs) -> httpx.Client:
+        return httpx.Client(
+            base_url=self.base_url, timeout=30, headers={"Authorization": f"Bearer {E2E_KEY}"}, **kwargs
+        )
+
+    def kill(self, proc: Proc, sig: signal.Signals = signal.SIGKILL, timeout_s: float = 30) -> int:
+        """Send `sig` to the process's whole group (a worker and anything it started) and wait for it."""
+        proc.retired = True
+        os.killpg(proc.popen.pid, sig)
+        return proc.popen.wait(timeout=timeout_s)
+
     def logs(self) -> str:
         return "\n".join(f"===== {p.name} (exit {p.popen.poll()}) =====\n{p.text()[-20000:]}" for p in self.procs)
 
@@ -84,7 +122,7 @@ class Stack:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             for p in self.procs:
-                if p.popen.poll() is not None:
+                if not p.retired and p.popen.poll() is not None:
                     raise RuntimeError(f"{p.name} exited with {p.popen.returncode} during startup\n{self.logs()}")
             try:
                 if httpx.get(f"{self.base_url}/healthz", timeout=2).status_code == 200:
@@ -165,35 +203,71 @@ def bundled_models_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("bundled")
 
 
-@pytest.fixture(scope="session")
-def redis_url(tmp_path_factory) -> Iterator[str]:
-    exe = shutil.which("redis-server")
-    if exe is None:
-        pytest.skip("redis-server is not installed (`make test` installs it with apt)")
-    port = free_port()
-    workdir = tmp_path_factory.mktemp("redis")
-    cmd = [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(workdir)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    url = f"redis://127.0.0.1:{port}/0"
-    try:
+@dataclass
+class RedisServer:
+    """A redis-server of the tests' own on a fixed port, which a test may stop and start again. `persistent`:
+    with an append-only file, as docker-compose.yml runs it, so its queue survives a restart."""
+
+    workdir: Path
+    persistent: bool = False
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    def url(self, db: int = 0) -> str:
+        return f"redis://127.0.0.1:{self.port}/{db}"
+
+    def start(self) -> None:
+        exe = shutil.which("redis-server")
+        if exe is None:
+            pytest.skip("redis-server is not installed (`make test` installs it with apt)")
+        aof = ["--appendonly", "yes", "--appendfsync", "always"] if self.persistent else ["--appendonly", "no"]
+        cmd = [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", *aof, "--dir", str(self.workdir)]
+        with (self.workdir / "redis.log").open("ab") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         import redis
 
         deadline = time.monotonic() + 15
         while True:
             try:
-                redis.Redis.from_url(url, socket_connect_timeout=1).ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError(f"redis-server on port {port} did not start") from None
+                redis.Redis.from_url(self.url(), socket_connect_timeout=1).ping()
+                return
+            except (redis.ConnectionError, redis.BusyLoadingError):
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise RuntimeError(f"redis-server on port {self.port} did not start") from None
                 time.sleep(0.1)
-        yield url
+
+    def stop(self) -> None:
+        """SIGTERM: Redis's own orderly shutdown (it flushes the append-only file)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory) -> Iterator[str]:
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    try:
+        yield server.url()
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        server.stop()
 
 
-def start_stack_(redis_url: str, data_root: Path, bundled_models_dir: Path, workdir: Path) -> Stack:
+@pytest.fixture(scope="module")
+def persistent_redis(tmp_path_factory) -> Iterator[RedisServer]:
+    """A redis-server with an append-only file, as docker-compose.yml runs it, for one test module; a test may
+    `stop()` and `start()` it again on the same port."""
+    server = RedisServer(tmp_path_factory.mktemp("redis-aof"), persistent=True)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def start_stack_(
+    redis_url: str, data_root: Path, bundled_models_dir: Path, workdir: Path, **env_overrides: str
+) -> Stack:
     """Start a worker and the API against `redis_url`, sharing the volume `workdir/volume`."""
     volume, logs = workdir / "volume", workdir / "logs"
     volume.mkdir(parents=True)
@@ -206,11 +280,12 @@ def start_stack_(redis_url: str, data_root: Path, bundled_models_dir: Path, work
         GANSERVE_BUNDLED_MODELS_DIR=str(bundled_models_dir),
         GANSERVE_HOST="127.0.0.1",
         GANSERVE_PORT=str(port),
+        **env_overrides,
     )
     s = Stack(base_url=f"http://127.0.0.1:{port}", volume=volume, env=env, log_dir=logs)
     try:
         s.start_worker()
-        s.start("api", [sys.executable, "-m", "uvicorn", "--factory", "service.main:create_app", *API_ARGS, str(port)])
+        s.start_api()
         s.wait_healthy()
         s.wait_for_log("worker", "ready.")
     except BaseException:
@@ -221,8 +296,8 @@ def start_stack_(redis_url: str, data_root: Path, bundled_models_dir: Path, work
 
 @pytest.fixture
 def start_stack(data_root, bundled_models_dir):
-    """`start_stack(redis_url, workdir)` for a test that needs a stack of its own (it stops it)."""
-    return lambda redis_url, workdir: start_stack_(redis_url, data_root, bundled_models_dir, workdir)
+    """`start_stack(redis_url, workdir, **env)` for a test that needs a stack of its own (it stops it)."""
+    return lambda redis_url, workdir, **env: start_stack_(redis_url, data_root, bundled_models_dir, workdir, **env)
 
 
 @pytest.fixture(scope="module")

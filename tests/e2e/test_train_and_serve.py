@@ -1,58 +1,22 @@
 """End to end, over HTTP, against real processes: train through the queue, serve the result without a
 restart, cancel running and queued jobs, and the `make run` launcher's embedded broker."""
 
+import hashlib
+import json
 import os
 import signal
 import time
 
 import httpx
 import pytest
+from e2e_support import FINISHED, PNG_MAGIC, TINY, model_names, submit, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-FINISHED = {"succeeded", "failed", "cancelled"}
-TINY = {"dataset": "mnist", "epochs": 1, "max_samples": 256, "batch_size": 64}
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def submit(client: httpx.Client, **body) -> tuple[str, str]:
-    r = client.post("/train", json=body)
-    assert r.status_code == 202, r.text
-    assert "location" in r.headers, r.headers
-    job = r.json()
-    assert job["status"] == "queued"
-    assert r.headers["location"].rstrip("/").endswith(f"/train/{job['id']}")
-    return job["id"], r.headers["location"]
-
-
-def wait_for(client: httpx.Client, job_id: str, until: set[str], timeout_s: float) -> tuple[dict, list[str]]:
-    """Poll the job until its status is in `until`; returns the record and the distinct statuses seen."""
-    seen: list[str] = []
-    deadline = time.monotonic() + timeout_s
-    while True:
-        r = client.get(f"/train/{job_id}")
-        assert r.status_code == 200, r.text
-        job = r.json()
-        if not seen or seen[-1] != job["status"]:
-            seen.append(job["status"])
-        if job["status"] in until:
-            return job, seen
-        if job["status"] in FINISHED:
-            pytest.fail(f"job {job_id} ended {job['status']} (error: {job.get('error')}); waited for {until}")
-        if time.monotonic() > deadline:
-            pytest.fail(f"job {job_id} still {job['status']} after {timeout_s:.0f} s; waited for {until}")
-        time.sleep(0.2)
-
-
-def model_names(client: httpx.Client) -> set[str]:
-    r = client.get("/models")
-    assert r.status_code == 200, r.text
-    return {m["name"] for m in r.json()["models"]}
 
 
 def test_train_then_generate(stack):
     name = "e2e-digits"
-    with httpx.Client(base_url=stack.base_url, timeout=30) as client:
+    with stack.client() as client:
         job_id, location = submit(client, model_name=name, **TINY)
         assert client.get(location).json()["id"] == job_id
 
@@ -83,7 +47,7 @@ def test_train_then_generate(stack):
 
 
 def test_cancel_running_and_queued_jobs(stack):
-    with httpx.Client(base_url=stack.base_url, timeout=30) as client:
+    with stack.client() as client:
         long = {"dataset": "mnist", "epochs": 10_000, "max_samples": 256, "batch_size": 64}
         running_id, _ = submit(client, model_name="e2e-cancel-running", **long)
         wait_for(client, running_id, {"running"}, timeout_s=60)
@@ -91,6 +55,10 @@ def test_cancel_running_and_queued_jobs(stack):
 
         r = client.delete(f"/train/{queued_id}")
         assert r.status_code in {200, 202}, r.text
+        deadline = time.monotonic() + 60  # the running one is cancelled once it has a checkpoint, which it keeps
+        while not client.get(f"/train/{running_id}").json()["checkpoints"]:
+            assert time.monotonic() < deadline, "no checkpoint within 60 s"
+            time.sleep(0.1)
         r = client.delete(f"/train/{running_id}")
         assert r.status_code in {200, 202}, r.text
 
@@ -98,6 +66,11 @@ def test_cancel_running_and_queued_jobs(stack):
         job, _ = wait_for(client, running_id, {"cancelled"}, timeout_s=30)
         print(f"running job cancelled {time.monotonic() - t0:.1f} s after DELETE")
         assert job["model"] is None and job["finished_at"]
+        assert job["checkpoints"] and job["progress"]["step"] > 0
+        for stem in job["checkpoints"]:  # kept, intact: the weights match the SHA-256 their JSON records
+            meta = json.loads((stack.volume / f"{stem}.json").read_text())
+            digest = hashlib.sha256((stack.volume / f"{stem}.safetensors").read_bytes()).hexdigest()
+            assert digest == meta["sha256"] and meta["epoch"] <= job["progress"]["epoch"], stem
 
         # A job after both in the queue succeeds, so the worker has seen the queued job's message by then.
         after_id, _ = submit(client, model_name="e2e-after-cancel", **TINY)
@@ -115,7 +88,7 @@ def test_worker_shutdown_requeues_the_running_job(redis_url, start_stack, tmp_pa
     # A stack of its own, on another Redis database, so the module's worker does not take the job.
     s = start_stack(redis_url.rsplit("/", 1)[0] + "/1", tmp_path)
     try:
-        with httpx.Client(base_url=s.base_url, timeout=30) as client:
+        with s.client() as client:
             long = {"dataset": "mnist", "epochs": 10_000, "max_samples": 256, "batch_size": 64}
             job_id, _ = submit(client, model_name="e2e-requeue", **long)
             wait_for(client, job_id, {"running"}, timeout_s=60)
@@ -140,7 +113,7 @@ def test_worker_shutdown_requeues_the_running_job(redis_url, start_stack, tmp_pa
 def test_launcher_falls_back_to_the_embedded_broker(launcher):
     log = launcher.procs[0]
     assert "using the embedded filesystem broker" in log.text(), log.text()
-    with httpx.Client(base_url=launcher.base_url, timeout=30) as client:
+    with launcher.client() as client:
         job_id, _ = submit(client, model_name="e2e-embedded", **TINY)
         wait_for(client, job_id, {"succeeded"}, timeout_s=120)
         r = client.get("/generate", params={"model": "e2e-embedded", "seed": 1})
@@ -158,7 +131,7 @@ def test_watch_a_job_then_evaluate_its_model(stack):
     """A job's metrics, curves and grids over HTTP, then an evaluation job on the worker whose result is listed
     under the model."""
     name = "e2e-watched"
-    with httpx.Client(base_url=stack.base_url, timeout=30) as client:
+    with stack.client() as client:
         job_id, _ = submit(client, model_name=name, **{**TINY, "epochs": 2, "eval_samples": 128})
         wait_for(client, job_id, {"succeeded"}, timeout_s=180)
 

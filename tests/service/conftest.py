@@ -1,13 +1,15 @@
 """Fixtures for the API tests: a tmp volume with tiny published models, and an app whose broker-facing
-dependencies are fakes (no Redis, no worker)."""
+dependencies are fakes (no Redis, no worker). The settings hold three API keys (svc_support.TEST_KEYS);
+`client` sends the admin key on every request, `anon` sends none."""
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from svc_support import DEFAULT_MODEL, FakeBrokerCheck, FakeSender, publish_tiny_model
+from svc_support import AUTH, DEFAULT_MODEL, TEST_KEYS, FakeBrokerCheck, FakeSender, publish_tiny_model
 
 from service.deps import get_broker_check, get_evaluation_sender, get_task_sender
 from service.main import create_app
@@ -23,8 +25,9 @@ def settings(tmp_path: Path) -> Settings:
         checkpoint_dir=tmp_path / "volume",
         bundled_models_dir=bundled,
         default_model=DEFAULT_MODEL,
-        broker_url="filesystem://",
+        broker_url="filesystem://",  # also: the rate limiter counts in the process, not in a Redis
         max_count=64,
+        api_keys=TEST_KEYS,
     )
 
 
@@ -47,9 +50,11 @@ def broker_check() -> FakeBrokerCheck:
 
 
 @pytest.fixture
-def make_app(settings: Settings, sender: FakeSender, broker_check: FakeBrokerCheck) -> Callable[[], FastAPI]:
-    def _make() -> FastAPI:
-        app = create_app(settings)
+def make_app(settings: Settings, sender: FakeSender, broker_check: FakeBrokerCheck) -> Callable[..., FastAPI]:
+    """`make_app(**setting_overrides)`: a fresh app on the same volume (a restart), with fake broker deps."""
+
+    def _make(**overrides: Any) -> FastAPI:
+        app = create_app(settings.model_copy(update=overrides) if overrides else settings)
         app.dependency_overrides[get_task_sender] = lambda: sender
         app.dependency_overrides[get_evaluation_sender] = lambda: sender  # one fake queue for both tasks
         app.dependency_overrides[get_broker_check] = lambda: broker_check
@@ -59,12 +64,19 @@ def make_app(settings: Settings, sender: FakeSender, broker_check: FakeBrokerChe
 
 
 @pytest.fixture
-def app(make_app: Callable[[], FastAPI], publish_model: Callable[..., int]) -> FastAPI:
+def app(make_app: Callable[..., FastAPI], publish_model: Callable[..., int]) -> FastAPI:
     publish_model(DEFAULT_MODEL)
     return make_app()
 
 
 @pytest.fixture
 def client(app: FastAPI) -> Iterator[TestClient]:
-    with TestClient(app) as c:  # `with`: runs the lifespan (loads the default model)
+    with TestClient(app, headers=AUTH) as c:  # `with`: runs the lifespan (loads the default model)
+        yield c
+
+
+@pytest.fixture
+def anon(app: FastAPI) -> Iterator[TestClient]:
+    """A client that sends no API key."""
+    with TestClient(app) as c:
         yield c

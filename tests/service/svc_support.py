@@ -7,11 +7,29 @@ from typing import Any
 import torch
 from torch import nn
 
+from service.keys import ApiKeyEntry, Scope, hash_key
 from training.checkpoint import prefixed, publish, save
 from training.models import MADGANGenerator, MLPGenerator, MLPGeneratorConfig, config_to_json
 
 LATENT_DIM = 8
 DEFAULT_MODEL = "tiny"
+
+# The API keys of the tests' settings: the `client` fixture sends ADMIN_KEY; `anon` sends none.
+ADMIN_KEY = "gsk_test-admin-key"
+TRAIN_KEY = "gsk_test-train-key"
+GENERATE_KEY = "gsk_test-generate-key"
+TEST_KEYS = [
+    ApiKeyEntry(name="test-admin", sha256=hash_key(ADMIN_KEY), scopes=[Scope.admin]),
+    ApiKeyEntry(name="test-train", sha256=hash_key(TRAIN_KEY), scopes=[Scope.train]),
+    ApiKeyEntry(name="test-generate", sha256=hash_key(GENERATE_KEY), scopes=[Scope.generate]),
+]
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+AUTH = bearer(ADMIN_KEY)
 
 
 def publish_tiny_model(

@@ -3,7 +3,7 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 from kombu.exceptions import OperationalError
-from svc_support import FakeSender
+from svc_support import AUTH, FakeSender
 
 from service.jobs import JobStatus, JobStore, now
 
@@ -78,7 +78,7 @@ def test_real_sender_against_a_dead_redis_fails_fast(settings, make_app, publish
     app = make_app()
     app.state.settings = settings.model_copy(update={"broker_url": "redis://127.0.0.1:1/0"})
     del app.dependency_overrides[get_task_sender]
-    with TestClient(app) as c:
+    with TestClient(app, headers=AUTH) as c:
         started = time.monotonic()
         r = c.post("/train", json=BODY)
         assert r.status_code == 503 and r.headers["retry-after"] == "5"

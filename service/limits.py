@@ -1,0 +1,213 @@
+"""Limits that keep one client from taking the service from the others, each a clear 4xx:
+
+- **request body size** (`GANSERVE_MAX_BODY_BYTES`): an ASGI middleware answers 413 before anything parses
+  the body: at once when `Content-Length` says it is too large, and as soon as a streamed (chunked) body
+  passes the limit;
+- **request rate** (`GANSERVE_RATE_LIMIT_PER_MIN`) per API key, and per client IP for anonymous callers of
+  the public routes: a fixed one-minute window, 429 with `Retry-After`. Counted in Redis when the broker is
+  Redis, so every API process shares one count; in the process otherwise (the embedded filesystem broker).
+  When Redis stops answering the limiter falls back to the in-process count (each API process then counts
+  on its own) and tries Redis again after `REDIS_RETRY_S`: requests are still limited and never fail
+  because the limiter's store did.
+
+The queue length per key is checked where jobs are created (service/routes/train.py, service/submissions.py).
+"""
+
+import logging
+import math
+import threading
+import time
+from typing import Protocol
+
+from fastapi import FastAPI, Request
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.errors import APIError, error_response
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+WINDOW_S = 60
+REDIS_TIMEOUT_S = 0.25  # a limiter must not make a request wait on a dead Redis
+REDIS_RETRY_S = 30.0
+REDIS_PREFIX = "ganserve:ratelimit:"
+
+
+# --- request body size -------------------------------------------------------------------------------
+
+
+def _too_large_message(limit: int, declared: int | None = None) -> str:
+    size = f" ({declared} bytes)" if declared is not None else ""
+    return (
+        f"The request body{size} is larger than this server accepts: at most {limit} bytes "
+        "(GANSERVE_MAX_BODY_BYTES). Send a smaller one."
+    )
+
+
+class BodyTooLarge(StarletteHTTPException):
+    """Raised from `receive`; a Starlette HTTPException so that FastAPI passes it on while reading the body
+    (rather than turning it into a 400) and the app's handler renders the usual JSON error."""
+
+    def __init__(self, limit: int):
+        super().__init__(413, _too_large_message(limit))
+
+
+class BodySizeLimit:
+    """Pure ASGI middleware: nothing reads more than `max_bytes` of a request body."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = _content_length(scope)
+        if declared is not None and declared > self.max_bytes:
+            response = error_response(413, "payload_too_large", _too_large_message(self.max_bytes, declared))
+            await response(scope, receive, send)
+            return
+
+        received = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise BodyTooLarge(self.max_bytes)
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except BodyTooLarge as e:  # read outside FastAPI's handling (a middleware, a raw route)
+            if started:
+                raise
+            await error_response(413, "payload_too_large", str(e.detail))(scope, receive, send)
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None  # the server itself refuses a malformed length
+    return None
+
+
+# --- request rate ------------------------------------------------------------------------------------
+
+
+class RateLimiter(Protocol):
+    def hit(self, identity: str, limit: int) -> float | None:
+        """Count one request of `identity`; None when within `limit` this window, else seconds to wait."""
+
+
+def _window(now: float) -> tuple[int, float]:
+    """The current window's number, and the seconds until the next one."""
+    return int(now // WINDOW_S), WINDOW_S - now % WINDOW_S
+
+
+class MemoryRateLimiter:
+    """Fixed one-minute windows counted in this process."""
+
+    def __init__(self, clock=time.time):
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._window = -1
+        self._counts: dict[str, int] = {}
+
+    def hit(self, identity: str, limit: int) -> float | None:
+        window, remaining = _window(self.clock())
+        with self._lock:
+            if window != self._window:  # a new minute: every count starts again (and memory stays bounded)
+                self._window, self._counts = window, {}
+            count = self._counts[identity] = self._counts.get(identity, 0) + 1
+        return remaining if count > limit else None
+
+
+class RedisRateLimiter:
+    """Fixed one-minute windows in Redis (INCR + EXPIRE), shared by every API process; the in-process
+    limiter while Redis does not answer."""
+
+    def __init__(self, url: str, fallback: MemoryRateLimiter | None = None, clock=time.time):
+        import redis
+
+        self.url = url
+        self.clock = clock
+        self.fallback = fallback or MemoryRateLimiter(clock)
+        self.client = redis.Redis.from_url(url, socket_connect_timeout=REDIS_TIMEOUT_S, socket_timeout=REDIS_TIMEOUT_S)
+        self._errors = (redis.RedisError, OSError)
+        self._down_until = 0.0
+
+    def hit(self, identity: str, limit: int) -> float | None:
+        if time.monotonic() < self._down_until:
+            return self.fallback.hit(identity, limit)
+        window, remaining = _window(self.clock())
+        key = f"{REDIS_PREFIX}{identity}:{window}"
+        try:
+            with self.client.pipeline(transaction=True) as pipe:
+                pipe.incr(key)
+                pipe.expire(key, 2 * WINDOW_S)
+                count = int(pipe.execute()[0])
+        except self._errors as e:
+            if self._down_until == 0.0 or time.monotonic() >= self._down_until:
+                log.warning(
+                    "rate limiter: Redis does not answer (%s: %s); counting in this process, retrying Redis in %.0f s",
+                    type(e).__name__,
+                    e,
+                    REDIS_RETRY_S,
+                )
+            self._down_until = time.monotonic() + REDIS_RETRY_S
+            return self.fallback.hit(identity, limit)
+        if self._down_until:
+            log.info("rate limiter: Redis answers again")
+            self._down_until = 0.0
+        return remaining if count > limit else None
+
+
+def make_rate_limiter(settings: Settings) -> RateLimiter:
+    url = settings.effective_broker_url
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        return RedisRateLimiter(url)
+    return MemoryRateLimiter()
+
+
+def enforce_rate_limit(request: Request, key_name: str | None) -> None:
+    """Count this request against its key (or, anonymous, its client IP); 429 beyond the limit."""
+    limit = request.app.state.settings.rate_limit_per_min
+    if limit == 0:
+        return
+    if key_name is not None:
+        identity, who = f"key:{key_name}", f"API key {key_name!r}"
+    else:
+        host = request.client.host if request.client else "unknown"
+        identity, who = f"ip:{host}", f"Anonymous requests from {host}"
+    wait = request.app.state.rate_limiter.hit(identity, limit)
+    if wait is not None:
+        retry_after = max(1, math.ceil(wait))
+        raise APIError(
+            429,
+            "rate_limited",
+            f"{who} made more than {limit} requests this minute (GANSERVE_RATE_LIMIT_PER_MIN); "
+            f"retry after {retry_after} s.",
+            detail={"limit_per_minute": limit, "retry_after_s": retry_after},
+            headers={"Retry-After": str(retry_after)},
+        )
+
+
+def install_limits(app: FastAPI) -> None:
+    settings: Settings = app.state.settings
+    app.state.rate_limiter = make_rate_limiter(settings)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)

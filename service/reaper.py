@@ -1,0 +1,149 @@
+"""The reaper: finds training jobs whose worker vanished and queues them again.
+
+A worker that is SIGKILLed, OOM-killed or loses its machine never acknowledges its message, and with Redis that
+message comes back only after the visibility timeout (24 h, since jobs are long). So the API does not wait
+for it: a background task of its lifespan scans the `running` records every few seconds, and a record whose
+`heartbeat_at` (written by the worker every `GANSERVE_HEARTBEAT_S`, worker/tasks.py) has not changed for
+`GANSERVE_STALE_AFTER_S` — measured on this process's own clock from when it first saw that heartbeat, so the
+two machines' clocks never need to agree — has lost its worker. The job is then
+
+- `cancelled`, when a cancel was requested meanwhile;
+- `failed`, when it has already been started `GANSERVE_MAX_ATTEMPTS` times, with a reason saying so;
+- otherwise `queued` again and its task sent again through the broker (with the sender POST /train uses); the
+  next worker resumes it from its last resume checkpoint. If the broker cannot take it, the record goes back
+  to `running` as it was and the next scan tries again.
+
+Several API processes may each run a reaper: a job queued twice is still run once, because a worker drops a
+message for a job that another worker runs with a fresh heartbeat, and each attempt is claimed by exactly one
+worker (`JobStore.claim`). On shutdown the API lets a scan in progress finish, so a job it marked `queued` is
+also sent; only an API killed in the millisecond between the two leaves a job `queued` with no message.
+"""
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import FastAPI, Request
+from starlette.concurrency import run_in_threadpool
+
+from service.jobs import JobRecord, JobStatus, JobStore, now
+
+log = logging.getLogger(__name__)
+
+TaskSender = Callable[[str], None]
+
+
+def scan_every_s(stale_after_s: float) -> float:
+    """How often to look: a few times per staleness period, at most every 5 s."""
+    return max(0.2, min(5.0, stale_after_s / 4))
+
+
+def _signature(record: JobRecord) -> tuple[Any, ...]:
+    return (record.heartbeat_at, record.worker, record.attempts)
+
+
+@dataclass
+class Reaper:
+    store: JobStore
+    send: TaskSender
+    stale_after_s: float
+    max_attempts: int
+    clock: Callable[[], float] = time.monotonic
+    # job id → (its heartbeat as last seen, when this process first saw that heartbeat)
+    _seen: dict[str, tuple[tuple[Any, ...], float]] = field(default_factory=dict)
+
+    def scan(self) -> list[str]:
+        """One pass over the records; returns the ids of the jobs it re-queued, failed or cancelled."""
+        t = self.clock()
+        running = [r for r in self.store.list() if r.status == JobStatus.running]
+        ids = {r.id for r in running}
+        self._seen = {job_id: seen for job_id, seen in self._seen.items() if job_id in ids}
+        acted = []
+        for record in running:
+            seen = self._seen.get(record.id)
+            if seen is None or seen[0] != _signature(record):
+                self._seen[record.id] = (_signature(record), t)
+            elif t - seen[1] >= self.stale_after_s and self._reap(record.id, seen[0], t - seen[1]):
+                acted.append(record.id)
+        return acted
+
+    def _reap(self, job_id: str, signature: tuple[Any, ...], silent_s: float) -> bool:
+        record = self.store.get(job_id)  # again: it may have moved on since the listing
+        if record.status != JobStatus.running or _signature(record) != signature:
+            return False
+        lost = f"its worker {record.worker or '(unknown)'} gave no heartbeat for {silent_s:.0f} s"
+        if self.store.cancel_requested(job_id):
+            self.store.update(job_id, status=JobStatus.cancelled, finished_at=now())
+            log.warning("job %s: %s; it was being cancelled, so it is cancelled", job_id, lost)
+            return True
+        if record.attempts >= self.max_attempts:
+            reason = (
+                f"the worker running it vanished {record.workers_lost + 1} time(s); the last time, on attempt "
+                f"{record.attempts} of {self.max_attempts} (GANSERVE_MAX_ATTEMPTS), {lost}; not retried"
+            )
+            self.store.update(job_id, status=JobStatus.failed, error=reason, finished_at=now())
+            log.error("job %s failed: %s", job_id, reason)
+            return True
+        self.store.update(job_id, status=JobStatus.queued, started_at=None, workers_lost=record.workers_lost + 1)
+        try:
+            self.send(job_id)
+        except Exception as e:  # the broker is down: leave it as it was, the next scan tries again
+            self.store.update(
+                job_id, status=record.status, started_at=record.started_at, workers_lost=record.workers_lost
+            )
+            log.error("job %s: %s, but the broker cannot take it again yet (%s: %s)", job_id, lost, type(e).__name__, e)
+            return False
+        log.warning(
+            "job %s: %s; queued again (attempt %d of at most %d follows)",
+            job_id,
+            lost,
+            record.attempts + 1,
+            self.max_attempts,
+        )
+        return True
+
+
+def task_sender(app: FastAPI) -> TaskSender:
+    """`send(job_id)` outside any request: the very sender POST /train uses (service.deps), from the app's
+    state, built on first use (so the API starts without touching the broker)."""
+
+    def send(job_id: str) -> None:
+        from service.deps import get_task_sender
+
+        get_task_sender(Request({"type": "http", "app": app}))(job_id)
+
+    return send
+
+
+async def _loop(reaper: Reaper, every_s: float, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        try:
+            await run_in_threadpool(reaper.scan)  # file reads and, rarely, a send: off the event loop
+        except Exception:
+            log.exception("reaper: scan failed; trying again in %.1f s", every_s)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), every_s)
+
+
+@contextlib.asynccontextmanager
+async def running(app: FastAPI) -> AsyncIterator[Reaper]:
+    """Run the app's reaper for the duration of the block (the API's lifespan)."""
+    settings = app.state.settings
+    reaper = Reaper(app.state.jobs, task_sender(app), settings.stale_after_s, settings.max_attempts)
+    app.state.reaper = reaper
+    every = scan_every_s(settings.stale_after_s)
+    stop = asyncio.Event()
+    task = asyncio.create_task(_loop(reaper, every, stop), name="ganserve-reaper")
+    log.info(
+        "reaper: a running job silent for %.0f s is queued again (checked every %.1f s)", reaper.stale_after_s, every
+    )
+    try:
+        yield reaper
+    finally:
+        # Not cancelled mid-scan: a job marked `queued` must also be sent before the API exits.
+        stop.set()
+        await task
