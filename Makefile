@@ -47,6 +47,7 @@ format: install
 	$(BIN)/ruff format .
 
 docker-config:
+	export REDIS_PASSWORD=$${REDIS_PASSWORD:-config-check}; \
 	if command -v docker-compose >/dev/null; then docker-compose config -q; else docker compose config -q; fi
 
 clean:

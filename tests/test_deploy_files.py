@@ -3,6 +3,7 @@ every `GANSERVE_*` variable they (and the Makefile and README) name is a real se
 modules that exist, and the ports agree with the default port."""
 
 import importlib
+import os
 import re
 import shutil
 import subprocess
@@ -38,13 +39,42 @@ def test_compose_file_is_valid():
     if cmd is None:
         pytest.skip("neither docker-compose nor the docker compose plugin is installed (`make test` installs it)")
     # `config` validates and interpolates without a Docker engine; the cpu profile is checked too.
+    env = {**os.environ, "REDIS_PASSWORD": "0123abcd"}
     for extra in ([], ["--profile", "cpu"]):
-        proc = subprocess.run([*cmd, *extra, "config", "-q"], cwd=ROOT, capture_output=True, text=True)
+        proc = subprocess.run([*cmd, *extra, "config", "-q"], cwd=ROOT, capture_output=True, text=True, env=env)
         assert proc.returncode == 0, proc.stderr
     services = subprocess.run(
-        [*cmd, "--profile", "cpu", "config", "--services"], cwd=ROOT, capture_output=True, text=True, check=True
+        [*cmd, "--profile", "cpu", "config", "--services"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
     ).stdout.split()
     assert set(services) == {"redis", "api", "worker", "worker-cpu"}
+
+
+def test_compose_refuses_to_start_without_a_redis_password():
+    cmd = compose_command()
+    if cmd is None:
+        pytest.skip("neither docker-compose nor the docker compose plugin is installed (`make test` installs it)")
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_PASSWORD"}
+    proc = subprocess.run([*cmd, "config", "-q"], cwd=ROOT, capture_output=True, text=True, env=env)
+    assert proc.returncode != 0 and "REDIS_PASSWORD" in proc.stderr
+
+
+def test_redis_has_a_password_and_only_the_internal_network():
+    yaml = pytest.importorskip("yaml")
+    compose = yaml.safe_load(COMPOSE.read_text())
+    redis = compose["services"]["redis"]
+    assert redis["command"][redis["command"].index("--requirepass") + 1].startswith("${REDIS_PASSWORD:?")
+    assert redis["networks"] == ["backend"] and compose["networks"]["backend"]["internal"] is True
+    url = compose["x-ganserve-env"]["GANSERVE_REDIS_URL"]
+    assert url.startswith("redis://:${REDIS_PASSWORD:?") and url.endswith("@redis:6379/0")
+    for name in ("api", "worker", "worker-cpu"):  # each client of Redis can reach it
+        service = compose["services"][name]
+        assert "backend" in service["networks"], name
+        assert service["environment"]["GANSERVE_REDIS_URL"] == url, name
 
 
 def test_dockerfile_passes_hadolint():
