@@ -16,11 +16,13 @@ import hmac
 import logging
 import os
 import threading
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request, Security
+from fastapi.routing import APIRoute
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from service.errors import APIError
@@ -208,3 +210,42 @@ def install_security(app: FastAPI) -> None:
     app.state.keyring = KeyRing(settings.api_keys, settings.effective_api_keys_file)
     app.state.submissions = Submissions(settings.submissions_dir)
     install_limits(app)
+    if settings.public_generate:
+        _document_anonymous_access(app)
+
+
+def _api_routes(routes: Iterable[Any]) -> Iterator[APIRoute]:
+    for route in routes:
+        if isinstance(route, APIRoute):
+            yield route
+        inner = getattr(route, "original_router", None) or getattr(route, "routes", None)
+        if inner is not None:
+            yield from _api_routes(inner.routes if hasattr(inner, "routes") else inner)
+
+
+def _depends_on(dependant: Any, call: Any) -> bool:
+    return any(d.call is call or _depends_on(d, call) for d in dependant.dependencies)
+
+
+def _document_anonymous_access(app: FastAPI) -> None:
+    """Mark the public routes' key as optional in the OpenAPI schema (an empty security requirement, `{}`),
+    as they are: FastAPI lists the bearer and header schemes as if one were required."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            public = {
+                (r.path_format, m.lower())
+                for r in _api_routes(app.routes)
+                if _depends_on(r.dependant, public_generate)
+                for m in r.methods
+            }
+            schema = build()
+            for path, ops in schema.get("paths", {}).items():
+                for method, op in ops.items():
+                    if (path, method) in public and op.get("security") and {} not in op["security"]:
+                        op["security"].append({})
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

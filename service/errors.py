@@ -7,6 +7,7 @@ a route, request validation, routing itself (404/405) or a bug (500).
 """
 
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from http import HTTPStatus
 from typing import Any
@@ -137,10 +138,27 @@ async def _http_exception(request: Request, exc: Exception) -> JSONResponse:
     if exc.status_code == 404 and exc.detail == "Not Found":
         message = f"No route {request.method} {request.url.path}; see /docs for the API."
     elif exc.status_code == 405:
-        message = f"{request.method} is not allowed on {request.url.path}; see /docs for the methods it accepts."
+        allowed = allowed_methods(request)
+        message = f"{request.method} is not allowed on {request.url.path}; it accepts {', '.join(allowed)}."
+        # Starlette's Allow names the first route that matched the path only; /train has two (GET, POST).
+        return error_response(405, _code(405), message, headers={**(exc.headers or {}), "Allow": ", ".join(allowed)})
     else:
         message = str(exc.detail)
     return error_response(exc.status_code, _code(exc.status_code), message, headers=exc.headers)
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method the API documents for the request's path (the OpenAPI schema is the list of truth)."""
+    app = request.app
+    table = getattr(app.state, "path_methods", None)
+    if table is None:
+        table = [
+            (re.compile("^" + re.sub(r"\\{[^/]+?\\}", "[^/]+", re.escape(path)) + "$"), sorted(m.upper() for m in ops))
+            for path, ops in app.openapi().get("paths", {}).items()
+        ]
+        app.state.path_methods = table
+    methods = {m for pattern, ms in table if pattern.match(request.url.path) for m in ms}
+    return sorted(methods | ({"HEAD"} if "GET" in methods else set()))
 
 
 async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
@@ -159,4 +177,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
 # For routes' `responses=`: the documented shape of their error answers.
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for these error codes; a route that validates input (422) can also get a body that is
+    not even text (400, from FastAPI's body parsing), so 422 brings 400 along."""
+    if 422 in codes and 400 not in codes:
+        codes = (400, *codes)
     return {code: {"model": ErrorBody, "description": HTTPStatus(code).phrase} for code in codes}

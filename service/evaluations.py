@@ -30,6 +30,7 @@ MAX_RESULTS_PER_VERSION = 20  # a version's file keeps its newest results; older
 class EvaluateRequest(BaseModel):
     model_config = {
         "extra": "forbid",
+        "strict": True,
         "json_schema_extra": {"examples": [{"n": 10000}, {"version": 1, "n": 2000, "extractor": "mnist-cnn"}]},
     }
 

@@ -3,15 +3,18 @@
 `<jobs_dir>/<id>/job.json` is the record (replaced atomically, so readers never see half of one);
 `<jobs_dir>/<id>/cancel` is the cancel request, a separate file so that the API never races the worker
 over the record; `<jobs_dir>/<id>/attempt-<n>` is created exclusively by the worker that starts the job's
-n-th attempt, so two workers handed the same job at once never both run it. Files, not Redis, because the
+n-th attempt, so two workers handed the same job at once never both run it; `<jobs_dir>/<id>/webhook.*` is
+the outbox of a job's webhook (`owe_webhook`, delivered by service/webhooks.py). Files, not Redis, because the
 record must outlive a Redis or API restart and must work with the embedded broker too. Imported by the
 worker: keep it free of FastAPI.
 """
 
+import json
 import logging
 import math
 import os
 import re
+import tempfile
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -83,6 +86,22 @@ class EpochRecord(BaseModel):
     )
 
 
+class WebhookStatus(StrEnum):
+    pending = "pending"
+    delivered = "delivered"
+    failed = "failed"
+
+
+class WebhookDelivery(BaseModel):
+    """One attempt to call a job's webhook."""
+
+    delivery: str = Field(description="The delivery's id (`X-Ganserve-Delivery`): the same for every retry.")
+    attempt: int = Field(description="1 for the first call, 2 for the first retry, …")
+    at: datetime
+    status_code: int | None = Field(None, description="The receiver's HTTP status; null when there was no answer.")
+    error: str | None = Field(None, description="Why the attempt did not succeed; null when it did (2xx).")
+
+
 class JobRecord(BaseModel):
     id: str
     status: JobStatus
@@ -114,6 +133,46 @@ class JobRecord(BaseModel):
     created_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    webhook: str | None = Field(
+        None, description="The URL called (POST, HMAC-signed) when the job finishes: see README, Webhooks."
+    )
+    webhook_status: WebhookStatus | None = Field(
+        None,
+        description="`pending` (owed, or waiting for its next attempt), `delivered` (a 2xx answer) or `failed` "
+        "(every attempt failed, or the call was refused); null until the job finishes.",
+    )
+    webhook_deliveries: list[WebhookDelivery] = Field(
+        default_factory=list, description="Every attempt to call the webhook, oldest first."
+    )
+
+
+# A finished job's webhook is owed through an outbox file beside its record, delivered by the API
+# (service/webhooks.py): `webhook.pending` → `webhook.sending` (claimed by one deliverer, by rename) →
+# `webhook.delivered` | `webhook.failed`, or back to `webhook.pending` to wait for its next attempt. Only ever
+# renamed, so at most one of them exists for a job.
+WEBHOOK_PENDING = "webhook.pending"
+WEBHOOK_SENDING = "webhook.sending"
+WEBHOOK_DELIVERED = "webhook.delivered"
+WEBHOOK_FAILED = "webhook.failed"
+
+
+def owe_webhook(job_dir: Path) -> bool:
+    """Create a job's outbox entry, whole (written aside, then linked into place) and once: True when this call
+    created it, False when it already existed."""
+    state = {"delivery": str(uuid.uuid4()), "attempts": 0, "next_attempt_at": 0.0}
+    fd, tmp = tempfile.mkstemp(dir=job_dir, prefix=".webhook.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o644)  # API and worker may run as different users on the shared volume
+        with os.fdopen(fd, "w") as f:
+            json.dump(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.link(tmp, job_dir / WEBHOOK_PENDING)  # fails if it exists: never two entries, never a half-written one
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        os.unlink(tmp)
 
 
 def now() -> datetime:
@@ -133,8 +192,8 @@ class JobStore:
             raise KeyError(job_id)
         return self.root / job_id
 
-    def create(self, config: TrainConfig) -> JobRecord:
-        record = JobRecord(id=new_job_id(), status=JobStatus.queued, config=config, created_at=now())
+    def create(self, config: TrainConfig, webhook: str | None = None) -> JobRecord:
+        record = JobRecord(id=new_job_id(), status=JobStatus.queued, config=config, created_at=now(), webhook=webhook)
         self.save(record)
         return record
 
@@ -154,8 +213,14 @@ class JobStore:
             raise KeyError(job_id) from None
 
     def update(self, job_id: str, **changes: Any) -> JobRecord:
+        before = self.get(job_id)
         # Validated, not model_copy'd: the changes go through the same checks as a record read from disk.
-        record = JobRecord.model_validate({**dict(self.get(job_id)), **changes})
+        record = JobRecord.model_validate({**dict(before), **changes})
+        if record.webhook and record.status in FINISHED and before.status not in FINISHED:
+            # Its webhook is owed: the outbox entry first, so a crash between the two writes loses no call (the
+            # deliverer waits until the record says finished). No HTTP here: the API's deliverer makes the call.
+            owe_webhook(self.job_dir(job_id))
+            record = record.model_copy(update={"webhook_status": WebhookStatus.pending})
         self.save(record)
         return record
 

@@ -13,7 +13,7 @@ from importlib.metadata import PackageNotFoundError, version
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
-from service import reaper
+from service import reaper, webhooks
 from service.auth import install_security
 from service.errors import install_error_handlers
 from service.evaluations import EvaluationStore
@@ -68,7 +68,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         log.info("default model %s version %d ready (%s)", model.name, model.version, model.source)
     except ModelNotFound as e:
         log.warning("default model not loaded, /generate without `model` will answer 404 until it exists: %s", e)
-    async with reaper.running(app):  # re-queues jobs whose worker vanished (service/reaper.py)
+    # The reaper re-queues jobs whose worker vanished (service/reaper.py); the deliverer calls finished jobs'
+    # webhooks from the outbox on the volume (service/webhooks.py).
+    async with reaper.running(app), webhooks.running(app):
         yield
 
 

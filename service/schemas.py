@@ -3,10 +3,11 @@
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, FiniteFloat, model_validator
 
 from service.jobs import EpochRecord, JobRecord, JobStatus
-from training.config import NAME_PATTERN
+from service.webhooks import MAX_URL_LENGTH, url_problem
+from training.config import NAME_PATTERN, TrainConfig
 from training.latents import MAX_SEED
 
 MAX_LATENT_DIM = 4096  # TrainConfig's own bound on latent_dim
@@ -33,6 +34,7 @@ Label = Annotated[
 class GenerateRequest(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
+        strict=True,  # JSON's types as the schema states them: `true` is no count, "5" no seed
         protected_namespaces=(),
         json_schema_extra={
             "examples": [
@@ -65,6 +67,36 @@ class GenerateRequest(BaseModel):
         if self.latent is not None and self.count != 1:
             raise ValueError("`count` > 1 needs a seed (consecutive seeds make the grid); a `latent` makes one image")
         return self
+
+
+def _webhook_url(url: str) -> str:
+    if problem := url_problem(url):
+        raise ValueError(f"the webhook {problem}")
+    return url
+
+
+WebhookURL = Annotated[
+    str,
+    Field(min_length=1, max_length=MAX_URL_LENGTH, json_schema_extra={"format": "uri"}),
+    AfterValidator(_webhook_url),
+]
+
+
+class TrainRequest(TrainConfig):
+    """The body of POST /train: a training job (`TrainConfig`, stored as the job's and the model's config) and,
+    apart from it, where to say when the job ends."""
+
+    webhook: WebhookURL | None = Field(
+        None,
+        description="An http(s) URL called (POST, JSON, HMAC-signed) once the job succeeds, fails or is cancelled, "
+        "retried with back-off until it answers 2xx. Its host must be one the server allows "
+        "(GANSERVE_WEBHOOK_ALLOWED_HOSTS); see README, Webhooks.",
+        examples=["https://hooks.example.com/ganserve"],
+    )
+
+    def train_config(self) -> TrainConfig:
+        """The job's configuration, without the webhook."""
+        return TrainConfig.model_validate_json(self.model_dump_json(exclude={"webhook"}))  # as the record stores it
 
 
 class GeneratedImages(BaseModel):

@@ -7,7 +7,7 @@ means the same thing everywhere.
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.keys import ApiKeyEntry
@@ -75,10 +75,32 @@ class Settings(BaseSettings):
     )
     max_epochs: int = Field(10_000, ge=1, description="Most `epochs` a training job may ask for.")
     max_steps: int = Field(10_000_000, ge=1, description="Most `steps` a training job may ask for.")
+    # --- webhooks (service/webhooks.py; README "Webhooks") ---
+    webhook_allowed_hosts: str = Field(
+        "",
+        description="Hosts a job's `webhook` may call, comma-separated: a name (`hooks.example.com`), `*.suffix` "
+        "(any name under `suffix`) or an IP address (which may then be a private one). Empty: webhooks refused.",
+    )
+    webhook_secret: SecretStr | None = Field(
+        None, description="Key of the HMAC-SHA256 signature on every webhook call; webhooks are refused while unset."
+    )
+    webhook_allow_private: bool = Field(
+        False,
+        description="Let an allowed host name resolve to a loopback, private, link-local or other non-public "
+        "address (receivers on the internal network); otherwise such a call is refused.",
+    )
+    webhook_max_attempts: int = Field(8, ge=1, le=30, description="Calls of a webhook before it is given up.")
+    webhook_backoff_s: float = Field(
+        1.0, gt=0, le=3600, description="Wait before a webhook's first retry, doubled after each (at most 1 h)."
+    )
 
     @property
     def effective_broker_url(self) -> str:
         return self.broker_url or self.redis_url
+
+    @property
+    def webhook_allowed_host_list(self) -> list[str]:
+        return [h.strip().lower() for h in self.webhook_allowed_hosts.split(",") if h.strip()]
 
     @property
     def effective_api_keys_file(self) -> Path:

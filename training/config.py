@@ -55,7 +55,7 @@ DEFAULT_GP_LAMBDA = 10.0
 class InstanceNoise(BaseModel):
     """Gaussian noise added to every input of D (real and fake), σ falling linearly to 0."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     name: Literal["instance-noise"]
     sigma: float = Field(0.1, gt=0, le=10, description="σ at the first step, in data units.")
     anneal_steps: int | None = Field(
@@ -66,7 +66,7 @@ class InstanceNoise(BaseModel):
 class R1(BaseModel):
     """(γ/2)·E‖∇ₓD(x)‖² on real data (Mescheder et al. 2018)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     name: Literal["r1"]
     gamma: float = Field(10.0, gt=0, le=1e5)
 
@@ -74,7 +74,7 @@ class R1(BaseModel):
 class R2(BaseModel):
     """(γ/2)·E‖∇ₓD(x)‖² on generated data (Mescheder et al. 2018)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     name: Literal["r2"]
     gamma: float = Field(10.0, gt=0, le=1e5)
 
@@ -82,14 +82,14 @@ class R2(BaseModel):
 class SpectralNorm(BaseModel):
     """Every linear/conv weight of D divided by its largest singular value (Miyato et al. 2018)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     name: Literal["spectral-norm"]
 
 
 class WeightDecay(BaseModel):
     """coefficient·Σ‖w‖² over D's weights, added to D's loss."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     name: Literal["weight-decay"]
     coefficient: float = Field(1e-4, gt=0, le=1.0)
 
@@ -101,8 +101,10 @@ class TrainConfig(BaseModel):
     """A GAN training run. Defaults are the seeds' reference recipe (MLP G and D, batch 128, z of 100,
     Adam 2e-4, non-saturating generator loss), plus a tanh output on images scaled to [-1, 1]."""
 
+    # strict: JSON's types as the schema states them (no `true` for 1, no "5" for 5); a float field still takes 1.
     model_config = ConfigDict(
         extra="forbid",
+        strict=True,
         protected_namespaces=(),
         json_schema_extra={
             "examples": [
@@ -168,11 +170,12 @@ class TrainConfig(BaseModel):
     # --- optimisers ---
     optimizer: OptimizerName | None = Field(None, description="`adam` or `rmsprop`; default: the objective's.")
     lr: float | None = Field(None, gt=0, le=1.0, description="Learning rate of both networks.")
-    betas: tuple[float, float] | None = Field(None, description="Adam betas of both networks.")
+    # strict=False on the pairs: a JSON array arrives as a list, and strict mode takes only tuples for a tuple.
+    betas: tuple[float, float] | None = Field(None, strict=False, description="Adam betas of both networks.")
     lr_g: float | None = Field(None, gt=0, le=1.0, description="Generator's learning rate (overrides `lr`).")
     lr_d: float | None = Field(None, gt=0, le=1.0, description="Discriminator's learning rate (overrides `lr`).")
-    betas_g: tuple[float, float] | None = None
-    betas_d: tuple[float, float] | None = None
+    betas_g: tuple[float, float] | None = Field(None, strict=False)
+    betas_d: tuple[float, float] | None = Field(None, strict=False)
     lr_schedule: Literal["constant", "linear"] = Field(
         "constant",
         description="`linear`: both learning rates fall linearly to 0 over the run's G steps, which lets the "

@@ -167,10 +167,10 @@ def _generate(
     count: int,
     label: int | None = None,
 ) -> Response:
+    _check_count(settings, count, seed, where)  # first: a random seed below needs a count within bounds
     if latent is None and seed is None:
         # Drawn so that the whole run seed … seed+count−1 stays in range.
         seed = secrets.randbelow(MAX_SEED + 2 - max(count, 1))
-    _check_count(settings, count, seed, where)
     model = _resolve(registry, settings, model_name, version)
     _check_image_model(model)
     _check_label(model, label, where, explicit_latent=latent is not None)

@@ -9,12 +9,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Path, Response, status
 
-from service import plots
+from service import plots, webhooks
 from service.auth import TrainKey, require_train
 from service.deps import JobStoreDep, SettingsDep, SubmissionsDep, TaskSenderDep
 from service.errors import APIError, error_responses, validation_error
 from service.jobs import FINISHED, JobRecord, JobStatus, JobStore, now
-from service.schemas import JobList, JobMetrics
+from service.schemas import JobList, JobMetrics, TrainRequest
 from service.settings import Settings
 from service.submissions import IDEMPOTENCY_TTL
 from training.config import TrainConfig
@@ -62,10 +62,11 @@ def _check_caps(config: TrainConfig, settings: Settings) -> None:
         )
 
 
-def _request_sha256(config: TrainConfig) -> str:
+def _request_sha256(config: TrainConfig, webhook: str | None = None) -> str:
     """The job as validated (defaults filled in), so the same job sent with other spacing or key order,
-    or with a default spelled out, is the same request."""
-    return hashlib.sha256(json.dumps(config.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+    or with a default spelled out, is the same request; its webhook, when it has one, is part of it."""
+    request = config.model_dump(mode="json") | ({"webhook": webhook} if webhook is not None else {})
+    return hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
 
 
 IdempotencyKey = Annotated[
@@ -93,12 +94,12 @@ IdempotencyKey = Annotated[
         "in `Location`. Follow it with GET /train/{id}. When the broker cannot take the job the record is "
         "marked `failed` and the answer is 503 with `Retry-After`. A key may have at most "
         "GANSERVE_MAX_QUEUED_PER_KEY jobs queued or running (429 beyond). Send an `Idempotency-Key` to make "
-        "retries safe."
+        "retries safe. A `webhook` is called when the job finishes (422 when the server does not allow it)."
     ),
     responses=error_responses(422, 503),
 )
 def start_training(
-    config: TrainConfig,
+    body: TrainRequest,
     response: Response,
     store: JobStoreDep,
     send: TaskSenderDep,
@@ -107,8 +108,11 @@ def start_training(
     principal: TrainKey,
     idempotency_key: IdempotencyKey = None,
 ) -> JobRecord:
+    config, webhook = body.train_config(), body.webhook  # the webhook is the job's, not the model's config
     _check_caps(config, settings)
-    request_sha256 = _request_sha256(config)
+    if webhook is not None and (problem := webhooks.refusal(webhook, settings)):
+        raise validation_error(("body", "webhook"), problem, webhook, "webhook_refused")
+    request_sha256 = _request_sha256(config, webhook)
     # One submission per key at a time: a retry racing its original waits for it, then replays it.
     with submissions.lock(principal.name):
         if idempotency_key is not None:
@@ -142,7 +146,7 @@ def start_training(
                 "to finish, or cancel one with DELETE /train/{id}.",
                 detail={"active": active, "limit": settings.max_queued_per_key},
             )
-        record = store.create(config)
+        record = store.create(config, webhook)
         submissions.add_job(principal.name, record.id)
         if idempotency_key is not None:
             # Before sending: a crash after the send must not let a retry make a second job.

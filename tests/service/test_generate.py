@@ -287,3 +287,11 @@ def test_models_list_describes_the_new_kinds(special: TestClient) -> None:
     assert tiny["kind"] == "image" and tiny["conditional"] is False and tiny["num_generators"] is None
     detail = special.get("/models/cond").json()
     assert detail["version_info"][0]["num_classes"] == NUM_CLASSES
+
+
+@pytest.mark.parametrize("count", [65, 2**32, 2**40])
+def test_a_huge_count_without_a_seed_is_422_not_500(client: TestClient, count: int) -> None:
+    """Found by schemathesis: the random seed was drawn before `count` was checked, and a count beyond the seed
+    range made the draw itself fail (a 500)."""
+    for r in (client.get("/generate", params={"count": count}), client.post("/generate", json={"count": count})):
+        assert r.status_code == 422 and r.json()["error"] == "validation_error", r.text

@@ -61,3 +61,34 @@ def test_publish_gives_versions_one_then_two(tmp_path: Path) -> None:
     assert all(k.startswith("generator.") for k in tensors)
     assert "discriminator" not in meta
     assert not [p for p in models.iterdir() if p.name.startswith(".")]  # no staging left behind
+
+
+class _Payload:
+    """Unpickling this would create `marker`: proof that a pickle ran."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_pickle_in_place_of_the_weights_is_refused_without_running(tmp_path: Path) -> None:
+    """A torch.save/pickle file dressed as a checkpoint, with a metadata file whose checksum matches it (an
+    attacker who can write the volume can write both): it is refused as not safetensors, and nothing runs."""
+    import hashlib
+    import json
+    import pickle
+
+    marker = tmp_path / "pwned"
+    _save_generator(tmp_path / "ckpt")
+    blob = pickle.dumps({"generator.net.0.weight": _Payload(marker)})
+    (tmp_path / "ckpt.safetensors").write_bytes(blob)
+    meta = json.loads((tmp_path / "ckpt.json").read_text())
+    meta["sha256"] = hashlib.sha256(blob).hexdigest()
+    (tmp_path / "ckpt.json").write_text(json.dumps(meta))
+    with pytest.raises(checkpoint.CheckpointError):
+        checkpoint.load(tmp_path / "ckpt")
+    with pytest.raises(checkpoint.CheckpointError):
+        checkpoint.load_generator(tmp_path / "ckpt")
+    assert not marker.exists()

@@ -1,0 +1,469 @@
+"""Webhooks: a job may name a URL that is called (POST, HMAC-signed JSON) once it finishes.
+
+Owed through an outbox on the volume, delivered by the API. Whoever gives a job with a `webhook` its terminal
+status (the worker, DELETE of a queued job, a 503 on submission, the reaper) does so through `JobStore.update`,
+which creates `<jobs_dir>/<id>/webhook.pending` first (service/jobs.py: `owe_webhook`); no HTTP call is made
+there or in any request. A background task of the API's lifespan (like the reaper) scans for those files
+every second or so and, for each that is due and whose record says finished, claims it by renaming it to
+`webhook.sending` (one rename succeeds, so two API processes never make the same attempt), makes one call,
+records it in the job's `webhook_deliveries`, and renames the file to `webhook.delivered`, to
+`webhook.failed` (after `GANSERVE_WEBHOOK_MAX_ATTEMPTS`, or a refusal), or back to `webhook.pending` with the
+time of its next attempt (`GANSERVE_WEBHOOK_BACKOFF_S`, doubled after each failure). The outbox is on the
+volume, so an API restart loses nothing; a claim left by a deliverer that vanished mid-attempt is given back
+once it has not changed for `claim_stale_s` on this process's own clock (as the reaper judges heartbeats), so
+delivery is at least once: receivers dedupe on `X-Ganserve-Delivery`, the same for every retry.
+
+Outbound calls are the SSRF surface (ShellTorch's lesson: a server made to call internal addresses), so:
+http(s) only, no credentials in the URL, the host must be on `GANSERVE_WEBHOOK_ALLOWED_HOSTS` (checked at
+submission and again at delivery), it is resolved at delivery and refused when any address is loopback,
+private, link-local, multicast, unspecified or otherwise not public — unless the URL names an IP the
+allow-list lists, or `GANSERVE_WEBHOOK_ALLOW_PRIVATE=true` — and the connection goes to the very address
+that was checked (no second lookup to rebind). Redirects are never followed. Each attempt has a hard
+deadline of `timeout_s` for its answer's status line and headers.
+"""
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import http.client
+import ipaddress
+import json
+import logging
+import os
+import socket
+import ssl
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
+
+from service.jobs import (
+    FINISHED,
+    WEBHOOK_DELIVERED,
+    WEBHOOK_FAILED,
+    WEBHOOK_PENDING,
+    WEBHOOK_SENDING,
+    JobRecord,
+    JobStore,
+    WebhookDelivery,
+    WebhookStatus,
+    now,
+)
+from service.settings import Settings
+from training.checkpoint import atomic_write_json
+
+log = logging.getLogger(__name__)
+
+EVENT = "job.finished"
+MAX_URL_LENGTH = 2000
+TIMEOUT_S = 5.0
+MAX_BACKOFF_S = 3600.0
+USER_AGENT = "ganserve-webhooks"
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+# --- what may be called --------------------------------------------------------------------------------------
+
+
+def url_problem(url: str) -> str | None:
+    """What is wrong with `url` as a webhook, whatever the server's settings; None when nothing is."""
+    if not url.isascii() or any(c <= " " or c == "\x7f" for c in url):
+        return "must be ASCII without spaces or control characters (write an international name as xn--…)"
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # raises ValueError for a port that is not a number in 0…65535
+    except ValueError as e:
+        return f"is not a valid URL ({e})"
+    if parts.scheme not in ("http", "https"):
+        return "must be an http:// or https:// URL"
+    if "@" in parts.netloc:
+        return "must not carry credentials (user:password@); the call is signed instead"
+    if not parts.hostname:
+        return "has no host"
+    return None
+
+
+def _ip(host: str) -> IPAddress | None:
+    try:
+        return ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return None
+
+
+def host_allowed(host: str, allowed: list[str]) -> bool:
+    """`host` (a name or an IP) matches an entry of the allow-list: the same name, a name under a `*.suffix`
+    entry, or the same IP address."""
+    host = host.lower().rstrip(".")
+    ip = _ip(host)
+    for entry in allowed:
+        entry = entry.lower().rstrip(".")
+        if ip is not None:
+            if _ip(entry) == ip:
+                return True
+        elif entry.startswith("*."):
+            if host.endswith(entry[1:]) and len(host) > len(entry) - 1:
+                return True
+        elif host == entry:
+            return True
+    return False
+
+
+def refusal(url: str, settings: Settings) -> str | None:
+    """Why this server will not call `url` (its settings, then the URL); None when it will."""
+    if settings.webhook_secret is None or not settings.webhook_secret.get_secret_value():
+        return "this server accepts no webhooks: its operator has not set GANSERVE_WEBHOOK_SECRET"
+    allowed = settings.webhook_allowed_host_list
+    if not allowed:
+        return "this server accepts no webhooks: its operator has not set GANSERVE_WEBHOOK_ALLOWED_HOSTS"
+    if problem := url_problem(url):
+        return f"the webhook {problem}"
+    host = urlsplit(url).hostname or ""
+    if not host_allowed(host, allowed):
+        return (
+            f"host {host!r} is not one this server may call; its operator lists those in GANSERVE_WEBHOOK_ALLOWED_HOSTS"
+        )
+    return None
+
+
+def not_public(address: IPAddress) -> str | None:
+    """The kind of a non-public address (`loopback`, `private` …); None for a public one."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    for kind in ("loopback", "unspecified", "link_local", "multicast", "private", "reserved"):
+        if getattr(address, f"is_{kind}"):
+            return kind.replace("_", "-")
+    return None if address.is_global else "non-public"
+
+
+# --- the call ------------------------------------------------------------------------------------------------
+
+
+def signature(secret: bytes, timestamp: str, body: bytes) -> str:
+    """`X-Ganserve-Signature`: HMAC-SHA256 of `<timestamp>.<body>`, hex, prefixed `sha256=`."""
+    return "sha256=" + hmac.new(secret, timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+
+
+def payload(record: JobRecord) -> bytes:
+    """The body: the event and the job's record as GET /train/{id} shows it, less the webhook's own log."""
+    job = record.model_dump(mode="json", exclude={"webhook_status", "webhook_deliveries"})
+    return json.dumps({"event": EVENT, "job": job}, separators=(",", ":")).encode()
+
+
+def backoff_s(base_s: float, attempt: int) -> float:
+    """The wait after failed attempt `attempt` (1, 2, …): base, 2·base, 4·base …, at most an hour."""
+    return min(MAX_BACKOFF_S, base_s * 2 ** (attempt - 1))
+
+
+class _Pinned:
+    """Connects to the addresses that were checked, never to what the name resolves to a moment later, and can
+    be aborted from another thread (the deadline)."""
+
+    sock: socket.socket | None
+    port: int
+    timeout: float
+
+    def _setup(self, addresses: list[str], deadline: float) -> None:
+        self._addresses, self._deadline, self.aborted = addresses, deadline, False
+
+    def _open(self) -> socket.socket:
+        error: OSError = OSError("no address to connect to")
+        for address in self._addresses:
+            left = self._deadline - time.monotonic()
+            if left <= 0 or self.aborted:
+                raise TimeoutError("timed out")
+            try:
+                return socket.create_connection((address, self.port), min(self.timeout, left))
+            except OSError as e:
+                error = e
+        raise error
+
+    def abort(self) -> None:
+        self.aborted = True
+        if self.sock is not None:
+            with contextlib.suppress(OSError):
+                self.sock.shutdown(socket.SHUT_RDWR)
+
+
+class _PinnedHTTP(_Pinned, http.client.HTTPConnection):
+    def __init__(self, host: str, port: int, addresses: list[str], timeout: float, deadline: float):
+        http.client.HTTPConnection.__init__(self, host, port, timeout=timeout)
+        self._setup(addresses, deadline)
+
+    def connect(self) -> None:
+        self.sock = self._open()
+
+
+class _PinnedHTTPS(_Pinned, http.client.HTTPSConnection):
+    def __init__(self, host: str, port: int, addresses: list[str], timeout: float, deadline: float):
+        self._tls = ssl.create_default_context()  # the system's CAs; the certificate must name `host`
+        http.client.HTTPSConnection.__init__(self, host, port, timeout=timeout, context=self._tls)
+        self._setup(addresses, deadline)
+
+    def connect(self) -> None:
+        self.sock = self._tls.wrap_socket(self._open(), server_hostname=self.host)
+
+
+def post(url: str, addresses: list[str], body: bytes, headers: dict[str, str], timeout_s: float) -> tuple[int, str]:
+    """POST `body` to `url` through one of `addresses`; (status, Location) of the answer, which is not followed
+    when it is a redirect. Raises OSError or http.client.HTTPException (TimeoutError past `timeout_s`)."""
+    parts = urlsplit(url)
+    https = parts.scheme == "https"
+    port = parts.port or (443 if https else 80)
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")  # a #fragment is never sent
+    connection_type = _PinnedHTTPS if https else _PinnedHTTP
+    conn = connection_type(parts.hostname or "", port, addresses, timeout_s, time.monotonic() + timeout_s)
+    timer = threading.Timer(timeout_s, conn.abort)
+    timer.daemon = True
+    timer.start()
+    try:
+        conn.request("POST", target, body=body, headers=headers)
+        response = conn.getresponse()
+        return response.status, response.getheader("Location") or ""
+    except (OSError, http.client.HTTPException) as e:
+        if conn.aborted or isinstance(e, TimeoutError):  # the deadline, or a socket's own timeout just before it
+            raise TimeoutError(f"no answer within {timeout_s:g} s") from None
+        raise
+    finally:
+        timer.cancel()
+        conn.close()
+
+
+@dataclass
+class Outcome:
+    status_code: int | None = None
+    error: str | None = None
+    final: bool = False  # refused: no retry can help
+
+    @property
+    def ok(self) -> bool:
+        return self.status_code is not None and 200 <= self.status_code < 300
+
+
+# --- the deliverer -------------------------------------------------------------------------------------------
+
+
+def _read_state(path: Path) -> dict[str, Any] | None:
+    """An outbox entry's state; None when it is gone. A damaged one starts afresh."""
+    try:
+        state = json.loads(path.read_bytes())
+        return {
+            "delivery": str(state["delivery"]),
+            "attempts": int(state["attempts"]),
+            "next_attempt_at": float(state["next_attempt_at"]),
+        }
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        log.warning("webhook outbox entry %s is unreadable (%s); starting it afresh", path, e)
+        return {"delivery": str(uuid.uuid4()), "attempts": 0, "next_attempt_at": 0.0}
+
+
+def scan_every_s(backoff_s: float) -> float:
+    """How often to look: every second, or as often as the back-off is short (tests), at most 20 times a second."""
+    return max(0.05, min(1.0, backoff_s))
+
+
+@dataclass
+class Deliverer:
+    store: JobStore
+    settings: Settings
+    timeout_s: float = TIMEOUT_S
+    # A claim unchanged this long on this process's clock was left by a deliverer that vanished mid-attempt.
+    claim_stale_s: float = 30.0
+    clock: Callable[[], float] = time.monotonic
+    wall: Callable[[], float] = time.time  # back-off deadlines in the outbox and the signed timestamps
+    stopping: threading.Event = field(default_factory=threading.Event)
+    # claim's path → (its identity as last seen, when this process first saw that identity)
+    _seen: dict[Path, tuple[tuple[int, int], float]] = field(default_factory=dict)
+
+    def scan(self) -> list[str]:
+        """One pass: give back claims abandoned by a deliverer that vanished, then make every attempt that is due.
+        Returns the ids of the jobs whose webhook it called."""
+        if not self.store.root.is_dir():
+            return []
+        self._reclaim_abandoned()
+        called = []
+        for pending in sorted(self.store.root.glob(f"*/{WEBHOOK_PENDING}")):
+            if self.stopping.is_set():
+                break
+            try:
+                if self._due(pending) and self._claim_and_call(pending):
+                    called.append(pending.parent.name)
+            except Exception:  # one job's volume trouble must not stop the others'
+                log.exception("webhook of job %s: attempt failed; trying again later", pending.parent.name)
+        return called
+
+    def _reclaim_abandoned(self) -> None:
+        t = self.clock()
+        present = set()
+        for claim in self.store.root.glob(f"*/{WEBHOOK_SENDING}"):
+            try:
+                st = claim.stat()
+            except FileNotFoundError:
+                continue
+            present.add(claim)
+            identity = (st.st_ino, st.st_mtime_ns)
+            seen = self._seen.get(claim)
+            if seen is None or seen[0] != identity:
+                self._seen[claim] = (identity, t)
+            elif t - seen[1] >= self.claim_stale_s:
+                with contextlib.suppress(FileNotFoundError):
+                    os.rename(claim, claim.with_name(WEBHOOK_PENDING))
+                    log.warning(
+                        "webhook of job %s: a deliverer claimed it %.0f s ago and vanished; it is owed again",
+                        claim.parent.name,
+                        t - seen[1],
+                    )
+        self._seen = {path: seen for path, seen in self._seen.items() if path in present}
+
+    def _ready(self, job_id: str, state: dict[str, Any] | None) -> JobRecord | None:
+        """The job's record when an attempt is due now; None when not (or not yet: the record is saved just after
+        its outbox entry is made, and a job is owed a call only once its record says it finished)."""
+        if state is None or state["next_attempt_at"] > self.wall():
+            return None
+        try:
+            record = self.store.get(job_id)
+        except KeyError:
+            return None
+        return record if record.status in FINISHED else None
+
+    def _due(self, pending: Path) -> bool:
+        return self._ready(pending.parent.name, _read_state(pending)) is not None
+
+    def _claim_and_call(self, pending: Path) -> bool:
+        job_id = pending.parent.name
+        claim = pending.with_name(WEBHOOK_SENDING)
+        try:
+            os.rename(pending, claim)
+        except FileNotFoundError:
+            return False  # another deliverer took it first
+        # Read again, now that it is ours: another deliverer may have made an attempt since the listing.
+        state = _read_state(claim)
+        record = self._ready(job_id, state)
+        if state is None or record is None:
+            os.rename(claim, pending)
+            return False
+        attempt = state["attempts"] + 1
+        outcome = self.call(record, state["delivery"])
+        final = outcome.ok or outcome.final or attempt >= self.settings.webhook_max_attempts
+        status = WebhookStatus.delivered if outcome.ok else WebhookStatus.failed if final else WebhookStatus.pending
+        entry = WebhookDelivery(
+            delivery=state["delivery"], attempt=attempt, at=now(), status_code=outcome.status_code, error=outcome.error
+        )
+        deliveries = self.store.get(job_id).webhook_deliveries
+        self.store.update(job_id, webhook_status=status, webhook_deliveries=[*deliveries, entry])
+        wait_s = backoff_s(self.settings.webhook_backoff_s, attempt)
+        atomic_write_json(
+            claim, {**state, "attempts": attempt, "next_attempt_at": 0.0 if final else self.wall() + wait_s}
+        )
+        host = urlsplit(record.webhook or "").hostname
+        if outcome.ok:
+            os.rename(claim, claim.with_name(WEBHOOK_DELIVERED))
+            log.info(
+                "job %s: webhook to %s delivered (attempt %d, HTTP %d)", job_id, host, attempt, outcome.status_code
+            )
+        elif final:
+            os.rename(claim, claim.with_name(WEBHOOK_FAILED))
+            log.error("job %s: webhook to %s given up after attempt %d: %s", job_id, host, attempt, outcome.error)
+        else:
+            os.rename(claim, pending)
+            log.warning(
+                "job %s: webhook to %s, attempt %d: %s; next in %.1f s", job_id, host, attempt, outcome.error, wait_s
+            )
+        return True
+
+    def call(self, record: JobRecord, delivery: str) -> Outcome:
+        """One attempt: check the URL against the settings of now, resolve it, check the addresses, POST."""
+        url = record.webhook
+        if not url:
+            return Outcome(error="refused: the job has no webhook", final=True)
+        if problem := refusal(url, self.settings):
+            return Outcome(error=f"refused: {problem}", final=True)
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        try:
+            found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+        except OSError as e:
+            return Outcome(error=f"cannot resolve {host}: {e}")
+        addresses = list(dict.fromkeys(str(info[4][0]) for info in found))
+        listed_ip = _ip(host) is not None  # an IP the allow-list names (refusal() checked it is there)
+        if not (self.settings.webhook_allow_private or listed_ip):
+            for address in addresses:
+                if kind := not_public(ipaddress.ip_address(address)):
+                    return Outcome(
+                        error=f"refused: {host} resolves to {address}, a {kind} address; this server calls only "
+                        "public addresses unless GANSERVE_WEBHOOK_ALLOW_PRIVATE=true (or the URL names an IP that "
+                        "GANSERVE_WEBHOOK_ALLOWED_HOSTS lists)",
+                        final=True,
+                    )
+        assert self.settings.webhook_secret is not None  # refusal() said so
+        secret = self.settings.webhook_secret.get_secret_value().encode()
+        body = payload(record)
+        timestamp = str(int(self.wall()))
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": USER_AGENT,
+            "X-Ganserve-Event": EVENT,
+            "X-Ganserve-Delivery": delivery,
+            "X-Ganserve-Timestamp": timestamp,
+            "X-Ganserve-Signature": signature(secret, timestamp, body),
+        }
+        try:
+            status, location = post(url, addresses, body, headers, self.timeout_s)
+        except (OSError, http.client.HTTPException) as e:
+            return Outcome(error=f"{type(e).__name__}: {e}" if str(e) else type(e).__name__)
+        if 200 <= status < 300:
+            return Outcome(status)
+        if 300 <= status < 400:
+            return Outcome(status, f"HTTP {status}: redirects are not followed (Location: {location[:200]!r})")
+        return Outcome(status, f"HTTP {status}")
+
+
+async def _loop(deliverer: Deliverer, every_s: float, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        try:
+            await run_in_threadpool(deliverer.scan)  # file I/O and blocking HTTP: off the event loop
+        except Exception:
+            log.exception("webhooks: scan failed; trying again in %.1f s", every_s)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), every_s)
+
+
+@contextlib.asynccontextmanager
+async def running(app: FastAPI) -> AsyncIterator[Deliverer]:
+    """Run the app's webhook deliverer for the duration of the block (the API's lifespan)."""
+    settings: Settings = app.state.settings
+    deliverer = Deliverer(app.state.jobs, settings)
+    app.state.webhooks = deliverer
+    every = scan_every_s(settings.webhook_backoff_s)
+    stop = asyncio.Event()
+    task = asyncio.create_task(_loop(deliverer, every, stop), name="ganserve-webhooks")
+    secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else ""
+    unset = [
+        name for name, value in (("SECRET", secret), ("ALLOWED_HOSTS", settings.webhook_allowed_host_list)) if not value
+    ]
+    if unset:
+        log.info("webhooks: none accepted (%s unset)", " and ".join(f"GANSERVE_WEBHOOK_{name}" for name in unset))
+    else:
+        log.info(
+            "webhooks: to %s, up to %d attempts (checked every %.2f s)",
+            ", ".join(settings.webhook_allowed_host_list),
+            settings.webhook_max_attempts,
+            every,
+        )
+    try:
+        yield deliverer
+    finally:
+        deliverer.stopping.set()  # a scan in progress ends after its current attempt (at most `timeout_s`)
+        stop.set()
+        await task
