@@ -176,6 +176,22 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 # For routes' `responses=`: the documented shape of their error answers.
+BROKER_RETRY_AFTER_S = 5
+
+
+def broker_unavailable(what: str, record_id: str, e: Exception) -> tuple[str, APIError]:
+    """For a job the broker would not take (kombu's OperationalError, connection errors and timeouts all mean
+    "broker down"): the reason to store in its record, and the 503 with `Retry-After` to answer."""
+    reason = f"the {what} could not be queued, the broker is unreachable: {type(e).__name__}: {e}"
+    return reason, APIError(
+        503,
+        "broker_unavailable",
+        f"The queue is unavailable right now ({reason}); retry in a few seconds.",
+        detail={"id": record_id},
+        headers={"Retry-After": str(BROKER_RETRY_AFTER_S)},
+    )
+
+
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI entries for these error codes; a route that validates input (422) can also get a body that is
     not even text (400, from FastAPI's body parsing), so 422 brings 400 along."""

@@ -7,11 +7,10 @@ from fastapi import APIRouter, Body, Depends, Path, Response, status
 
 from service.auth import AdminKey, public_generate
 from service.deps import EvaluationSenderDep, EvaluationStoreDep, RegistryDep, SettingsDep
-from service.errors import APIError, error_responses
+from service.errors import APIError, broker_unavailable, error_responses
 from service.evaluations import EvaluateRequest, EvaluationRecord
 from service.jobs import JobStatus, now
 from service.registry import ModelNotFound
-from service.routes.train import RETRY_AFTER_S
 from service.schemas import ModelDetail, ModelList, ModelSummary
 
 log = logging.getLogger(__name__)
@@ -86,17 +85,11 @@ def evaluate_model(
     )
     try:
         send(record.id)
-    except Exception as e:  # kombu OperationalError, redis/OS connection errors, timeouts: all mean "broker down"
-        reason = f"the evaluation could not be queued, the broker is unreachable: {type(e).__name__}: {e}"
+    except Exception as e:
+        reason, error = broker_unavailable("evaluation", record.id, e)
         log.error("evaluation %s: %s", record.id, reason)
         store.update(record.id, status=JobStatus.failed, error=reason, finished_at=now())
-        raise APIError(
-            503,
-            "broker_unavailable",
-            f"Evaluation is unavailable right now ({reason}); retry in a few seconds.",
-            detail={"id": record.id},
-            headers={"Retry-After": str(RETRY_AFTER_S)},
-        ) from None
+        raise error from None
     log.info("evaluation %s queued by key %s: %s v%d, n=%d", record.id, principal.name, name, model.version, body.n)
     response.headers["Location"] = f"/models/{name}/evaluations/{record.id}"
     return record

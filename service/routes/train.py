@@ -12,7 +12,7 @@ from fastapi import APIRouter, Depends, Header, Path, Response, status
 from service import plots, webhooks
 from service.auth import TrainKey, require_train
 from service.deps import JobStoreDep, SettingsDep, SubmissionsDep, TaskSenderDep
-from service.errors import APIError, error_responses, validation_error
+from service.errors import APIError, broker_unavailable, error_responses, validation_error
 from service.jobs import FINISHED, JobRecord, JobStatus, JobStore, now
 from service.schemas import JobList, JobMetrics, TrainRequest
 from service.settings import Settings
@@ -30,7 +30,6 @@ router = APIRouter(
     responses=error_responses(401, 403, 429),
 )
 
-RETRY_AFTER_S = 5
 
 JobId = Annotated[str, Path(description="The job's id, as returned by POST /train.", examples=["3f2b…"])]
 
@@ -153,19 +152,13 @@ def start_training(
             submissions.remember(principal.name, idempotency_key, record.id, request_sha256)
         try:
             send(record.id)
-        except Exception as e:  # kombu OperationalError, redis/OS connection errors, timeouts: all mean "broker down"
-            reason = f"the job could not be queued, the broker is unreachable: {type(e).__name__}: {e}"
+        except Exception as e:
+            reason, error = broker_unavailable("training job", record.id, e)
             log.error("job %s: %s", record.id, reason)
             store.update(record.id, status=JobStatus.failed, error=reason, finished_at=now())
             if idempotency_key is not None:
                 submissions.forget(principal.name, idempotency_key)  # never queued: a retry may queue it anew
-            raise APIError(
-                503,
-                "broker_unavailable",
-                f"Training is unavailable right now ({reason}); retry in a few seconds.",
-                detail={"id": record.id},
-                headers={"Retry-After": str(RETRY_AFTER_S)},
-            ) from None
+            raise error from None
     log.info(
         "job %s queued by key %s: model %s, %d epoch(s)", record.id, principal.name, config.model_name, config.epochs
     )
