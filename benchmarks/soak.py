@@ -40,6 +40,8 @@ from pathlib import Path
 
 import httpx
 
+from experiments.common import update_readme
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 README = ROOT / "benchmarks" / "README.md"
@@ -271,15 +273,6 @@ def readme_block(r: dict) -> str:
     )
 
 
-def update_readme(section: str, text: str) -> None:
-    begin, end = f"<!-- BEGIN {section} -->", f"<!-- END {section} -->"
-    readme = README.read_text() if README.exists() else "# Benchmarks\n"
-    block = f"{begin}\n{text.strip()}\n{end}"
-    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.DOTALL)
-    readme = pattern.sub(lambda _: block, readme) if pattern.search(readme) else f"{readme.rstrip()}\n\n{block}\n"
-    README.write_text(readme)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=float, default=180, help="seconds of load")
@@ -303,7 +296,7 @@ def main() -> None:
     if not args.no_readme:
         RESULTS.mkdir(parents=True, exist_ok=True)
         (RESULTS / "soak.json").write_text(json.dumps(result, indent=2) + "\n")
-        update_readme("soak", readme_block(result))
+        update_readme("soak", readme_block(result), README)
     grew = (result["api_rss_growth"] or 0) > 0.20
     if result["errors"] or result["jobs_lost"] or grew:
         print(f"FAILED: {result['errors']} errors, {len(result['jobs_lost'])} lost jobs, API RSS growth "

@@ -81,15 +81,15 @@ def mean_and_se(values: list[float]) -> tuple[float, float]:
     return float(t.mean()), se
 
 
-def update_readme(section: str, text: str) -> None:
-    """Replace the block between `<!-- BEGIN section -->` and `<!-- END section -->` in the README, so each
-    script refreshes its own summary and leaves the rest of the file alone."""
+def update_readme(section: str, text: str, path: Path = README) -> None:
+    """Replace the block between `<!-- BEGIN section -->` and `<!-- END section -->` in the README at `path`
+    (experiments/, or benchmarks/), so each script refreshes its own summary and leaves the rest alone."""
     begin, end = f"<!-- BEGIN {section} -->", f"<!-- END {section} -->"
-    readme = README.read_text() if README.exists() else "# Experiments\n"
+    readme = path.read_text() if path.exists() else f"# {path.parent.name.capitalize()}\n"
     block = f"{begin}\n{text.strip()}\n{end}"
     pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.DOTALL)
     readme = pattern.sub(lambda _: block, readme) if pattern.search(readme) else f"{readme.rstrip()}\n\n{block}\n"
-    README.write_text(readme)
+    path.write_text(readme)
 
 
 @contextmanager

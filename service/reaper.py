@@ -19,7 +19,6 @@ worker (`JobStore.claim`). On shutdown the API lets a scan in progress finish, s
 also sent; only an API killed in the millisecond between the two leaves a job `queued` with no message.
 """
 
-import asyncio
 import contextlib
 import logging
 import time
@@ -28,8 +27,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import FastAPI, Request
-from starlette.concurrency import run_in_threadpool
 
+from service.background import periodic
 from service.jobs import JobRecord, JobStatus, JobStore, now
 
 log = logging.getLogger(__name__)
@@ -119,16 +118,6 @@ def task_sender(app: FastAPI) -> TaskSender:
     return send
 
 
-async def _loop(reaper: Reaper, every_s: float, stop: asyncio.Event) -> None:
-    while not stop.is_set():
-        try:
-            await run_in_threadpool(reaper.scan)  # file reads and, rarely, a send: off the event loop
-        except Exception:
-            log.exception("reaper: scan failed; trying again in %.1f s", every_s)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), every_s)
-
-
 @contextlib.asynccontextmanager
 async def running(app: FastAPI) -> AsyncIterator[Reaper]:
     """Run the app's reaper for the duration of the block (the API's lifespan)."""
@@ -136,14 +125,8 @@ async def running(app: FastAPI) -> AsyncIterator[Reaper]:
     reaper = Reaper(app.state.jobs, task_sender(app), settings.stale_after_s, settings.max_attempts)
     app.state.reaper = reaper
     every = scan_every_s(settings.stale_after_s)
-    stop = asyncio.Event()
-    task = asyncio.create_task(_loop(reaper, every, stop), name="ganserve-reaper")
     log.info(
         "reaper: a running job silent for %.0f s is queued again (checked every %.1f s)", reaper.stale_after_s, every
     )
-    try:
+    async with periodic("reaper", reaper.scan, every):
         yield reaper
-    finally:
-        # Not cancelled mid-scan: a job marked `queued` must also be sent before the API exits.
-        stop.set()
-        await task

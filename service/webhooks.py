@@ -22,7 +22,6 @@ that was checked (no second lookup to rebind). Redirects are never followed. Eac
 deadline of `timeout_s` for its answer's status line and headers.
 """
 
-import asyncio
 import contextlib
 import hashlib
 import hmac
@@ -43,8 +42,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from fastapi import FastAPI
-from starlette.concurrency import run_in_threadpool
 
+from service.background import periodic
 from service.jobs import (
     FINISHED,
     WEBHOOK_DELIVERED,
@@ -429,16 +428,6 @@ class Deliverer:
         return Outcome(status, f"HTTP {status}")
 
 
-async def _loop(deliverer: Deliverer, every_s: float, stop: asyncio.Event) -> None:
-    while not stop.is_set():
-        try:
-            await run_in_threadpool(deliverer.scan)  # file I/O and blocking HTTP: off the event loop
-        except Exception:
-            log.exception("webhooks: scan failed; trying again in %.1f s", every_s)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), every_s)
-
-
 @contextlib.asynccontextmanager
 async def running(app: FastAPI) -> AsyncIterator[Deliverer]:
     """Run the app's webhook deliverer for the duration of the block (the API's lifespan)."""
@@ -446,8 +435,6 @@ async def running(app: FastAPI) -> AsyncIterator[Deliverer]:
     deliverer = Deliverer(app.state.jobs, settings)
     app.state.webhooks = deliverer
     every = scan_every_s(settings.webhook_backoff_s)
-    stop = asyncio.Event()
-    task = asyncio.create_task(_loop(deliverer, every, stop), name="ganserve-webhooks")
     secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else ""
     unset = [
         name for name, value in (("SECRET", secret), ("ALLOWED_HOSTS", settings.webhook_allowed_host_list)) if not value
@@ -461,9 +448,8 @@ async def running(app: FastAPI) -> AsyncIterator[Deliverer]:
             settings.webhook_max_attempts,
             every,
         )
-    try:
-        yield deliverer
-    finally:
-        deliverer.stopping.set()  # a scan in progress ends after its current attempt (at most `timeout_s`)
-        stop.set()
-        await task
+    async with periodic("webhooks", deliverer.scan, every):
+        try:
+            yield deliverer
+        finally:
+            deliverer.stopping.set()  # a scan in progress ends after its current attempt (at most `timeout_s`)

@@ -222,10 +222,9 @@ def train(
     start_step = step
     start = last_report = time.monotonic()
 
-    def progress(epoch: int, sums: torch.Tensor, count: int, **extra: Any) -> TrainProgress:
+    def progress(epoch: int, losses: dict[str, float], **extra: Any) -> TrainProgress:
         elapsed = max(time.monotonic() - start, 1e-9)
         rate = (step - start_step) / elapsed  # this run's own steps: a resumed run did the others earlier
-        losses = _loss_dict(keys, sums, count)
         _check_finite(losses, epoch + (0 if extra.get("epoch_end") else 1), step)
         return TrainProgress(
             epoch=epoch,
@@ -258,7 +257,7 @@ def train(
             now = time.monotonic()
             if now - last_report >= report_every_s and i + 1 < this_epoch:
                 last_report = now
-                report(progress(epoch - 1, sums, i + 1))
+                report(progress(epoch - 1, _loss_dict(keys, sums, i + 1)))
 
         epoch_losses = _loss_dict(keys, sums, this_epoch)
         _check_finite(epoch_losses, epoch, step)  # before anything diverged is checkpointed
@@ -273,7 +272,7 @@ def train(
         if plan.evaluator is not None and due(config, epoch, epochs):
             extra["evaluation"] = {"extractor": plan.evaluator.extractor, **plan.evaluator.run(served)}
         last_report = time.monotonic()
-        report(progress(epoch, sums, this_epoch, **extra))
+        report(progress(epoch, epoch_losses, **extra))  # the epoch's means, computed (and synced) once
         # After the report: a run killed between the two resumes from the epoch before and redoes this one,
         # identically, so the caller's per-epoch history never has a gap.
         resume.save(out_dir, s, epoch, step, epoch_losses, last_stem, last_samples)
