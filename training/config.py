@@ -181,6 +181,18 @@ class TrainConfig(BaseModel):
         description="`linear`: both learning rates fall linearly to 0 over the run's G steps, which lets the "
         "last steps settle instead of orbiting the equilibrium.",
     )
+    # --- speed (execution only: none changes the objective; `benchmarks/train_throughput.py` measures them) ---
+    compile: Literal["off", "default", "reduce-overhead", "max-autotune"] = Field(
+        "off",
+        description="torch.compile G's and D's forward and backward passes (Inductor, CPU or CUDA): "
+        "`reduce-overhead` also replays them as CUDA graphs on a GPU. The first steps pay the compilation "
+        "(tens of seconds); losses match the eager run's to float rounding.",
+    )
+    precision: Literal["float32", "bfloat16"] = Field(
+        "float32",
+        description="`bfloat16`: autocast G's and D's matmuls and convolutions to bfloat16 (weights, losses "
+        "and optimiser stay float32); for GPUs with bfloat16 tensor cores, slower on CPUs without them.",
+    )
     # --- run ---
     seed: int = Field(0, ge=0, le=2**32 - 1, description="Seeds weights, shuffling, noise and toy data.")
     sample_every: int = Field(1, ge=1, description="Write a sample grid (and checkpoint) every N epochs.")
@@ -249,6 +261,8 @@ def _conflicts(c: TrainConfig) -> list[str]:
         out.append("`mad-gan` cannot be `conditional` (its discriminator's classes are the generators)")
     if c.architecture == "dcgan" and (c.g_hidden or c.d_hidden):
         out.append("`g_hidden`/`d_hidden` are MLP widths; `dcgan` has fixed convolutional stacks")
+    if c.compile != "off" and c.unrolled_steps:
+        out.append("`unrolled_steps` runs D functionally on unrolled weights, which `compile` cannot: use one")
     if c.unrolled_steps and c.architecture == "mad-gan":
         out.append("`unrolled_steps` is not supported with `mad-gan`")
     if c.clip_value is not None and c.loss != "wasserstein":

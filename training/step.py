@@ -37,6 +37,10 @@ class Step:
     def keys(self) -> tuple[str, ...]:
         return LOSS_KEYS + self.extra_keys
 
+    def autocast(self) -> torch.autocast:
+        """The forward passes' precision: bfloat16 autocast with `precision: bfloat16`, else a no-op."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.precision == "bfloat16")
+
     def noise(self, n: int) -> torch.Tensor:
         return torch.randn(n, self.config.latent_dim, generator=self.rng, device=self.device)
 
@@ -101,11 +105,12 @@ def d_step(s: Step, real: torch.Tensor, real_labels: torch.Tensor | None, step: 
     """One discriminator update; returns its loss terms and mean outputs as detached device tensors."""
     nets = s.nets
     z, fake_labels, gen = s.fake_inputs(real.shape[0])
-    with torch.no_grad():
-        fake = call_g(nets.g, z, fake_labels, gen)
+    with torch.no_grad(), s.autocast():
+        fake = call_g(nets.g_run, z, fake_labels, gen).float()
     real_in, fake_in = s.reg.perturb(real, step, s.rng), s.reg.perturb(fake, step, s.rng)
-    real_out = losses.call_d(nets.d, real_in, real_labels)
-    fake_out = losses.call_d(nets.d, fake_in, fake_labels)
+    with s.autocast():  # the losses themselves in float32: outputs are cast back before them
+        real_out = losses.call_d(nets.d_run, real_in, real_labels).float()
+        fake_out = losses.call_d(nets.d_run, fake_in, fake_labels).float()
     loss = s.d_objective(real_out, fake_out, gen)
     extras = s.reg.d_penalty(nets.d, real_in, fake_in, real_labels, fake_labels)
     if s.config.loss == "wgan-gp":
@@ -130,12 +135,14 @@ def _clip(d: nn.Module, c: float) -> None:
 def g_step(s: Step, step: int) -> torch.Tensor:
     """One generator update against D, or against D unrolled `unrolled_steps` ahead; D is never changed."""
     nets = s.nets
-    d_fn: DFn = unrolled_discriminator(s) if s.config.unrolled_steps else nets.d
+    d_fn: DFn = unrolled_discriminator(s) if s.config.unrolled_steps else nets.d_run  # type: ignore[assignment]
     nets.d.requires_grad_(False)  # D's own weight gradients would be thrown away anyway
     try:
         z, labels, gen = s.fake_inputs(s.batch)
-        fake = s.reg.perturb(call_g(nets.g, z, labels, gen), step, s.rng)
-        loss = s.g_objective(losses.call_d(d_fn, fake, labels))
+        with s.autocast():
+            fake = s.reg.perturb(call_g(nets.g_run, z, labels, gen).float(), step, s.rng)
+            fake_out = losses.call_d(d_fn, fake, labels).float()
+        loss = s.g_objective(fake_out)
         nets.opt_g.zero_grad(set_to_none=True)
         loss.backward()
         nets.opt_g.step()
