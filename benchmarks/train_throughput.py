@@ -44,7 +44,7 @@ import torchvision
 from torch import nn
 from torchvision import transforms
 
-from benchmarks.serve_load import machine
+from benchmarks.common import machine
 from experiments.common import update_readme
 from training import checkpoint
 from training.config import TrainConfig
