@@ -187,10 +187,14 @@ def train(
     should_stop: Callable[[], bool] | None = None,
     report_every_s: float = 1.0,
     resume_from: Path | None = None,
+    resume_every_s: float = 0.0,
 ) -> TrainResult:
     """Train `config`, writing into `out_dir`. `resume_from`: a resume checkpoint's stem (see
     `training.resume.latest(out_dir)`) written by an earlier run of the same config into the same `out_dir`;
-    the run continues after its epoch, with the numbers an uninterrupted run gives."""
+    the run continues after its epoch, with the numbers an uninterrupted run gives. `resume_every_s` > 0
+    writes resume checkpoints at most that often (and after the last epoch) instead of after every epoch:
+    for runs of many short epochs, where writing G, D and both optimisers' state each epoch would cost more
+    than the epoch (a killed run then redoes the epochs since the last one written)."""
     check_supported(config)
     dev = resolve_device(device)
     _use_all_cores(dev)
@@ -221,6 +225,7 @@ def train(
         last_stem, last_samples = point.last_checkpoint, point.last_samples
     start_step = step
     start = last_report = time.monotonic()
+    last_resume = -math.inf
 
     def progress(epoch: int, losses: dict[str, float], **extra: Any) -> TrainProgress:
         elapsed = max(time.monotonic() - start, 1e-9)
@@ -275,6 +280,8 @@ def train(
         report(progress(epoch, epoch_losses, **extra))  # the epoch's means, computed (and synced) once
         # After the report: a run killed between the two resumes from the epoch before and redoes this one,
         # identically, so the caller's per-epoch history never has a gap.
-        resume.save(out_dir, s, epoch, step, epoch_losses, last_stem, last_samples)
+        if epoch == epochs or time.monotonic() - last_resume >= resume_every_s:
+            resume.save(out_dir, s, epoch, step, epoch_losses, last_stem, last_samples)
+            last_resume = time.monotonic()
 
     return TrainResult("completed", epochs, step, last_stem, last_samples, epoch_losses)

@@ -126,3 +126,25 @@ def test_non_finite_losses_stop_the_run_within_a_few_steps(
     assert 13 <= step < 13 + FINITE_CHECK_EVERY
     assert all(math.isfinite(v) for r in reports for v in r.losses.values())
     assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").iterdir())
+
+
+def test_resume_every_s_writes_fewer_resume_checkpoints(tiny_data_root: Path, tmp_path: Path) -> None:
+    """With `resume_every_s` far longer than the run, only the first epoch's state is written before the stop
+    (the first is always written), so a resumed run redoes epoch 2; and it still ends like a straight run."""
+    reports: list[TrainProgress] = []
+    out = tmp_path / "sparse"
+    train(
+        BASE,
+        out,
+        data_root=tiny_data_root,
+        progress_fn=reports.append,
+        should_stop=stop_after_epoch(2, reports),
+        resume_every_s=1e9,
+    )
+    point = resume.latest(out)
+    assert point is not None and point.epoch == 1
+    resumed = train(BASE, out, data_root=tiny_data_root, resume_from=point.stem, resume_every_s=1e9)
+    straight = train(BASE, tmp_path / "straight", data_root=tiny_data_root)
+    assert resumed.losses == straight.losses
+    last = resume.latest(out)
+    assert last is not None and last.epoch == 3  # the last epoch's state is always written
