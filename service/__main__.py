@@ -4,7 +4,7 @@ It starts two processes and watches them:
 
 - a Celery worker (`--pool solo --concurrency 1`: one training at a time, in the process that trains, so
   CUDA is never initialised in a parent that forks), and
-- the API under uvicorn.
+- the API under uvicorn (`GANSERVE_WORKERS` processes, each with its own models and batchers).
 
 The broker: `GANSERVE_BROKER_URL` when it is set; otherwise the Redis at `GANSERVE_REDIS_URL` when one
 answers within a second; otherwise kombu's filesystem transport, in folders under
@@ -93,6 +93,8 @@ def api_command(settings: Settings) -> list[str]:
         settings.host,
         "--port",
         str(settings.port),
+        "--workers",
+        str(settings.workers),  # processes; each loads its own models and runs its own batchers
         "--log-level",
         settings.log_level,
     ]

@@ -8,6 +8,9 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
+from service.answers import AnswerCache
+from service.batcher import Batchers
+from service.cpu_pool import CpuPool
 from service.evaluations import EvaluationStore
 from service.jobs import JobStore
 from service.registry import ModelRegistry
@@ -32,6 +35,18 @@ def get_settings_dep(request: Request) -> Settings:
 
 def get_registry(request: Request) -> ModelRegistry:
     return request.app.state.registry
+
+
+def get_batchers(request: Request) -> Batchers:
+    return request.app.state.batchers
+
+
+def get_cpu_pool(request: Request) -> CpuPool:
+    return request.app.state.cpu_pool
+
+
+def get_answer_cache(request: Request) -> AnswerCache:
+    return request.app.state.answers
 
 
 def get_job_store(request: Request) -> JobStore:
@@ -113,6 +128,9 @@ def get_broker_check(request: Request) -> BrokerCheck:
 
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
+BatchersDep = Annotated[Batchers, Depends(get_batchers)]
+CpuPoolDep = Annotated[CpuPool, Depends(get_cpu_pool)]
+AnswerCacheDep = Annotated[AnswerCache, Depends(get_answer_cache)]
 JobStoreDep = Annotated[JobStore, Depends(get_job_store)]
 TaskSenderDep = Annotated[TaskSender, Depends(get_task_sender)]
 EvaluationSenderDep = Annotated[TaskSender, Depends(get_evaluation_sender)]

@@ -14,7 +14,10 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from service import reaper, webhooks
+from service.answers import AnswerCache
 from service.auth import install_security
+from service.batcher import Batchers
+from service.cpu_pool import CpuPool
 from service.errors import install_error_handlers
 from service.evaluations import EvaluationStore
 from service.jobs import JobStore
@@ -70,8 +73,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         log.warning("default model not loaded, /generate without `model` will answer 404 until it exists: %s", e)
     # The reaper re-queues jobs whose worker vanished (service/reaper.py); the deliverer calls finished jobs'
     # webhooks from the outbox on the volume (service/webhooks.py).
-    async with reaper.running(app), webhooks.running(app):
-        yield
+    try:
+        async with reaper.running(app), webhooks.running(app):
+            yield
+    finally:
+        # /generate's threads: no request left waiting (those still queued get a 503), no thread left running.
+        await run_in_threadpool(app.state.batchers.close)
+        await run_in_threadpool(app.state.cpu_pool.close)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -80,6 +88,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="ganserve", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
     app.state.registry = ModelRegistry.from_settings(settings)
+    app.state.batchers = Batchers(max_wait_s=settings.batch_wait_ms / 1000)  # one per model version, on demand
+    app.state.cpu_pool = CpuPool()
+    app.state.answers = AnswerCache(settings.png_cache_size)
     app.state.jobs = JobStore(settings.jobs_dir)
     app.state.evaluations = EvaluationStore(settings.evaluations_dir)
     app.state.celery = None  # built on the first POST /train (see service.deps)

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from service.evaluations import EvaluationStore
-from service.settings import Settings
+from service.settings import BATCH_MAX, Settings
 from training.checkpoint import CheckpointError, list_versions, load_generator, load_metadata, model_stem
 from training.config import NAME_PATTERN
 from training.images import to_uint8
@@ -62,7 +62,8 @@ class LoadedModel:
     """A generator ready to serve. `image_shape` is the shape of one sample: C×H×W for `kind="image"`,
     (D,) for toy `"points"` models (which are loaded and listed, but not rendered as images).
 
-    `num_classes` is set for a class-conditional model, `num_generators` (k) for a MAD-GAN."""
+    `num_classes` is set for a class-conditional model, `num_generators` (k) for a MAD-GAN. Every forward
+    runs on exactly `batch_rows` rows (see `sample`)."""
 
     name: str
     version: int
@@ -76,10 +77,16 @@ class LoadedModel:
     kind: Kind = "image"
     num_classes: int | None = None
     num_generators: int | None = None
+    batch_rows: int = BATCH_MAX
 
     @property
     def conditional(self) -> bool:
         return self.num_classes is not None
+
+    @property
+    def weights_sha256(self) -> str:
+        """The SHA-256 of the weights file, verified when it was loaded (training/checkpoint.py)."""
+        return str(self.meta.get("sha256", ""))
 
     def sample(
         self, latents: torch.Tensor, labels: list[int] | None = None, generators: list[int] | None = None
@@ -87,17 +94,27 @@ class LoadedModel:
         """N latents → N raw samples (float32, the generator's own range), deterministically (eval mode,
         CPU). `labels` (conditional models) and `generators` (MAD-GAN) give one entry per latent.
 
-        One forward per latent, so that a sample depends on its own latent only and not on the batch it was
-        rendered in (a matmul's rounding may change with the batch size)."""
+        Every forward has exactly `batch_rows` rows: the latents are cut into chunks of that many and the last
+        one is padded with zero latents (label 0, generator 0), whose outputs are dropped. A matmul's rounding
+        changes with the number of rows (by ~1e-6 between 1 and 16 rows on AVX2), but for one shape a row's
+        output depends on that row only, whatever its position and the other rows: so a sample depends on its
+        own latent and not on what it was rendered with (service/batcher.py batches requests together)."""
         n = latents.shape[0]
+        if n == 0:
+            raise ValueError("no latents to sample")
         if (labels is not None and len(labels) != n) or (generators is not None and len(generators) != n):
             raise ValueError(f"{n} latents need as many labels / generator indices")
+        rows = self.batch_rows
         outs = []
         with torch.inference_mode():
-            for i, z in enumerate(latents):
-                label = None if labels is None else torch.tensor([labels[i]])
-                gen = None if generators is None else torch.tensor([generators[i]])
-                outs.append(self.generator(z.unsqueeze(0).to(torch.float32), labels=label, generator=gen))
+            for start in range(0, n, rows):
+                k = min(rows, n - start)
+                # A fresh buffer for every chunk, never a view into `latents`: the same alignment every time.
+                z = torch.zeros(rows, latents.shape[1], dtype=torch.float32)
+                z[:k] = latents[start : start + k]
+                label = None if labels is None else _padded(labels[start : start + k], rows)
+                gen = None if generators is None else _padded(generators[start : start + k], rows)
+                outs.append(self.generator(z, labels=label, generator=gen)[:k])
         return torch.cat(outs)
 
     def render(
@@ -124,6 +141,10 @@ class LoadedModel:
         return self.sample(latents, self.labels_for(seeds, label), self.generators_for(seeds))
 
 
+def _padded(values: list[int], rows: int) -> torch.Tensor:
+    return torch.tensor(values + [0] * (rows - len(values)), dtype=torch.long)
+
+
 @dataclass
 class _Listing:
     checked_at: float
@@ -148,10 +169,12 @@ class ModelRegistry:
     _listings: dict[str, _Listing] = field(default_factory=dict, repr=False)
     _failures: dict[Path, _Failure] = field(default_factory=dict, repr=False)
     evaluations: EvaluationStore | None = None  # where evaluation results are filed, shown by `describe`
+    batch_rows: int = BATCH_MAX  # the rows of every forward of the models it loads (LoadedModel.sample)
 
     @classmethod
     def from_settings(cls, settings: Settings, **kwargs: Any) -> "ModelRegistry":
         roots: list[tuple[Path, Source]] = [(settings.models_dir, "volume"), (settings.bundled_models_dir, "bundled")]
+        kwargs.setdefault("batch_rows", settings.batch_max)
         return cls(roots, evaluations=EvaluationStore(settings.evaluations_dir), **kwargs)
 
     # --- lookup ---------------------------------------------------------------------------------------
@@ -211,7 +234,7 @@ class ModelRegistry:
         started = time.perf_counter()
         try:
             generator, meta = load_generator(stem, "cpu")
-            model = _loaded(name, version, generator, meta, source, stem)
+            model = _loaded(name, version, generator, meta, source, stem, self.batch_rows)
             _warm_up(model)
         except (CheckpointError, KeyError, TypeError, ValueError, RuntimeError) as e:
             reason = str(e) if isinstance(e, CheckpointError) else f"{stem}: unusable checkpoint: {e!r}"
@@ -283,7 +306,13 @@ def _signature(stem: Path) -> tuple[int, ...]:
 
 
 def _loaded(
-    name: str, version: int, generator: nn.Module, meta: dict[str, Any], source: Source, stem: Path
+    name: str,
+    version: int,
+    generator: nn.Module,
+    meta: dict[str, Any],
+    source: Source,
+    stem: Path,
+    batch_rows: int = BATCH_MAX,
 ) -> LoadedModel:
     spec = meta.get("generator", {})
     base = spec.get("base", spec)  # a MAD-GAN spec wraps the spec of its k generators
@@ -308,6 +337,7 @@ def _loaded(
         kind=kind,
         num_classes=_num_classes(meta, base),
         num_generators=_num_generators(meta, generator),
+        batch_rows=batch_rows,
     )
 
 
@@ -337,8 +367,9 @@ def _num_generators(meta: dict[str, Any], generator: nn.Module) -> int | None:
 
 
 def _warm_up(model: LoadedModel) -> None:
-    """One forward at load time: fails now on a generator whose shapes do not match its metadata (rather
-    than on a user's request) and pays the first-call allocation cost up front."""
+    """One forward (of the fixed `batch_rows` shape every request uses) at load time: fails now on a generator
+    whose shapes do not match its metadata (rather than on a user's request) and pays the first-call
+    allocation cost up front."""
     samples = model.sample_seeds([0])
     if tuple(samples.shape[1:]) != model.image_shape:
         raise ValueError(

@@ -1,0 +1,135 @@
+"""HTTP caching of /generate (service/answers.py): strong ETags, Cache-Control by whether the version is
+pinned, 304 on `If-None-Match`, and the in-process cache of encoded answers."""
+
+import pytest
+from fastapi.testclient import TestClient
+from svc_support import AUTH, DEFAULT_MODEL
+
+from service.answers import Answer, AnswerCache, etag_matches
+
+IMMUTABLE = "public, max-age=31536000, immutable"
+
+
+def forwards(client: TestClient, version: int = 1) -> int:
+    app = client.app
+    return app.state.batchers.get(app.state.registry.get(DEFAULT_MODEL, version)).forwards  # type: ignore[attr-defined]
+
+
+def test_a_pinned_seed_is_immutable_and_revalidates_to_304(client: TestClient) -> None:
+    params = {"seed": 5, "version": 1}
+    r = client.get("/generate", params=params)
+    assert r.status_code == 200
+    tag = r.headers["etag"]
+    assert tag.startswith('"') and tag.endswith('"') and len(tag) > 16  # strong: no W/
+    assert r.headers["cache-control"] == IMMUTABLE and r.headers["vary"] == "Accept"
+    for header in (tag, f"W/{tag}", f'"other", {tag}', "*"):
+        again = client.get("/generate", params=params, headers={"if-none-match": header})
+        assert again.status_code == 304, header
+        assert again.content == b"" and again.headers["etag"] == tag
+        assert again.headers["cache-control"] == IMMUTABLE and again.headers["x-model-version"] == "1"
+    other = client.get("/generate", params=params, headers={"if-none-match": '"not-it"'})
+    assert other.status_code == 200 and other.content == r.content and other.headers["etag"] == tag
+
+
+def test_the_latest_version_is_no_cache_and_its_etag_follows_new_versions(client: TestClient, publish_model) -> None:
+    r = client.get("/generate", params={"seed": 5})
+    assert r.headers["cache-control"] == "no-cache"
+    assert r.headers["etag"] == client.get("/generate", params={"seed": 5, "version": 1}).headers["etag"]
+    assert client.get("/generate", params={"seed": 5}, headers={"if-none-match": r.headers["etag"]}).status_code == 304
+    client.app.state.registry.rescan_interval_s = 0.0  # type: ignore[attr-defined]  # see version 2 at once
+    publish_model(weights_seed=1)  # version 2 becomes the latest
+    newer = client.get("/generate", params={"seed": 5}, headers={"if-none-match": r.headers["etag"]})
+    assert newer.status_code == 200 and newer.headers["x-model-version"] == "2"
+    assert newer.headers["etag"] != r.headers["etag"] and newer.content != r.content
+
+
+def test_the_etag_names_everything_the_answer_depends_on(client: TestClient, make_app, publish_model) -> None:
+    def tag(c: TestClient = client, headers: dict | None = None, **params: int) -> str:
+        r = c.get("/generate", params={"seed": 5, "version": 1, **params}, headers=headers or {})
+        assert r.status_code == 200, r.text
+        return r.headers["etag"]
+
+    publish_model(weights_seed=1)
+    base = tag()
+    variants = [
+        tag(seed=6),
+        tag(count=2),
+        tag(version=2),
+        tag(headers={"accept": "application/json"}),
+    ]
+    with TestClient(make_app(batch_max=8), headers=AUTH) as other_batches:
+        variants.append(tag(other_batches))
+    assert len({base, *variants}) == 1 + len(variants)
+    with TestClient(make_app(), headers=AUTH) as restarted:  # the same deployment again: the same tag
+        assert tag(restarted) == base
+
+
+def test_random_seeds_and_posts_carry_no_validator(client: TestClient) -> None:
+    r = client.get("/generate")
+    assert r.headers["cache-control"] == "no-store" and "etag" not in r.headers
+    assert len(client.app.state.answers) == 0  # type: ignore[attr-defined]  # nor are they kept
+    r = client.post("/generate", json={"seed": 5, "version": 1})
+    assert r.status_code == 200 and "etag" not in r.headers and "cache-control" not in r.headers
+
+
+def test_validation_comes_before_a_304(client: TestClient) -> None:
+    r = client.get("/generate", params={"seed": 5, "count": 65}, headers={"if-none-match": "*"})
+    assert r.status_code == 422
+
+
+def test_without_public_generate_answers_are_private(make_app, publish_model) -> None:
+    publish_model()
+    with TestClient(make_app(public_generate=False), headers=AUTH) as c:
+        r = c.get("/generate", params={"seed": 5, "version": 1})
+        assert r.status_code == 200 and r.headers["cache-control"] == "private, max-age=31536000, immutable"
+
+
+def test_hot_seeds_skip_the_forward_and_give_the_same_bytes(client: TestClient) -> None:
+    asks = [
+        ("get", {"seed": 5}, {}),
+        ("get", {"seed": 5, "count": 4}, {}),
+        ("get", {"seed": 5}, {"accept": "application/json"}),
+    ]
+    first = [_ask(client, *a) for a in asks]
+    done = forwards(client)
+    assert [_ask(client, *a) for a in asks] == first
+    assert _ask(client, "post", {"seed": 5}, {}) == first[0]  # a POST of the same seed: the GET's entry
+    assert forwards(client) == done  # every answer came from the cache
+
+
+def _ask(client: TestClient, method: str, params: dict, headers: dict) -> tuple[bytes, str]:
+    r = (
+        client.get("/generate", params=params, headers=headers)
+        if method == "get"
+        else client.post("/generate", json=params, headers=headers)
+    )
+    assert r.status_code == 200, r.text
+    return r.content, r.headers["content-type"]
+
+
+@pytest.mark.parametrize("size", [0, 1])
+def test_a_small_or_disabled_cache_renders_again(make_app, publish_model, size: int) -> None:
+    publish_model()
+    with TestClient(make_app(png_cache_size=size), headers=AUTH) as c:
+        a = c.get("/generate", params={"seed": 1}).content
+        b = c.get("/generate", params={"seed": 2}).content
+        assert c.get("/generate", params={"seed": 1}).content == a != b
+        assert forwards(c) == 3  # size 1: seed 2 evicted seed 1
+        assert len(c.app.state.answers) == size  # type: ignore[attr-defined]
+
+
+def test_answer_cache_drops_the_least_recently_used() -> None:
+    cache = AnswerCache(2)
+    for key in "abc":
+        cache.put(key, Answer(key.encode(), "image/png"))
+        if key == "b":
+            assert cache.get("a") is not None  # a is now more recent than b
+    assert cache.get("b") is None and cache.get("a") == Answer(b"a", "image/png") and len(cache) == 2
+
+
+@pytest.mark.parametrize(
+    ("header", "matches"),
+    [(None, False), ("", False), ('"x"', False), ('"t"', True), ('W/"t"', True), ('"x" , "t"', True), (" * ", True)],
+)
+def test_if_none_match(header: str | None, matches: bool) -> None:
+    assert etag_matches(header, '"t"') is matches
