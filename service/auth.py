@@ -24,6 +24,7 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Request, Security
 from fastapi.routing import APIRoute
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
 
 from service.errors import APIError
 from service.keys import CREATE_COMMAND, ApiKeyEntry, KeyFileError, Scope, hash_key, read_key_file
@@ -162,7 +163,10 @@ class Authorize:
         self.scope = scope
         self.public = public
 
-    def __call__(
+    # `async`: FastAPI runs a plain `def` dependency in its thread pool, a thread hop that cost /generate more than
+    # its forward. Everything here is in memory (the keys file is stat'ed, and re-read only when it changed),
+    # except a Redis rate limiter's round trip, which goes to the pool.
+    async def __call__(
         self,
         request: Request,
         bearer: Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)],
@@ -192,7 +196,11 @@ class Authorize:
                     f"for a key with it: `python -m service keys create --name NAME --scopes {self.scope}`.",
                     detail={"required_scope": self.scope.value, "key": principal.name},
                 )
-        enforce_rate_limit(request, principal.name if principal else None)
+        limited = request.app.state.settings.rate_limit_per_min > 0
+        if limited and getattr(request.app.state.rate_limiter, "blocking", False):
+            await run_in_threadpool(enforce_rate_limit, request, principal.name if principal else None)
+        else:
+            enforce_rate_limit(request, principal.name if principal else None)
         return principal
 
 

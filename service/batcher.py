@@ -22,6 +22,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -31,6 +32,12 @@ log = logging.getLogger(__name__)
 
 Run = Callable[[torch.Tensor, list[int] | None, list[int] | None], torch.Tensor]
 """`run(latents, labels, generators)`: N rows in, N output rows out (`LoadedModel.render`)."""
+
+Finish = Callable[[torch.Tensor], Any]
+"""A request's own work on its output rows (encoding its PNGs), run off the event loop by the dispatcher."""
+
+Dispatch = Callable[[Callable[[], None]], None]
+"""Runs a finishing task somewhere (the CPU pool); by default, on the batcher's own thread."""
 
 JOIN_TIMEOUT_S = 30.0  # a forward in progress is let finish; a hung one must not hang the server's exit
 
@@ -44,8 +51,9 @@ class _Request:
     latents: torch.Tensor
     labels: list[int] | None
     generators: list[int] | None
-    future: Future[torch.Tensor]
+    future: Future[Any]
     submitted_at: float
+    finish: Finish | None = None
     done: int = 0  # rows already run
     outputs: list[torch.Tensor] = field(default_factory=list)
 
@@ -69,6 +77,7 @@ class Batcher:
         max_wait_s: float,
         name: str = "batcher",
         clock: Callable[[], float] = time.monotonic,
+        dispatch: Dispatch | None = None,
     ):
         if max_rows < 1 or max_wait_s < 0:
             raise ValueError(f"max_rows {max_rows} must be ≥ 1 and max_wait_s {max_wait_s} ≥ 0")
@@ -77,6 +86,7 @@ class Batcher:
         self.forwards = 0  # forwards run so far (read by tests and logs)
         self._run = run
         self._clock = clock
+        self._dispatch: Dispatch = dispatch or (lambda task: task())
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._closed = False
@@ -90,15 +100,21 @@ class Batcher:
         return self._thread.is_alive()
 
     def submit(
-        self, latents: torch.Tensor, labels: list[int] | None = None, generators: list[int] | None = None
-    ) -> Future[torch.Tensor]:
-        """Queue N rows; the future resolves to their N output rows, in order (or to the forward's error)."""
+        self,
+        latents: torch.Tensor,
+        labels: list[int] | None = None,
+        generators: list[int] | None = None,
+        finish: Finish | None = None,
+    ) -> Future[Any]:
+        """Queue N rows; the future resolves to their N output rows, in order (or to the forward's error), or
+        with `finish`, to `finish(rows)` run by the dispatcher: so a caller on the event loop is woken once,
+        with its answer ready, instead of once per stage."""
         n = int(latents.shape[0])
         if n == 0:
             raise ValueError("a request needs at least one row")
         if (labels is not None and len(labels) != n) or (generators is not None and len(generators) != n):
             raise ValueError(f"{n} latents need as many labels / generator indices")
-        request = _Request(latents, labels, generators, Future(), self._clock())
+        request = _Request(latents, labels, generators, Future(), self._clock(), finish)
         with self._lock:
             if self._closed:
                 raise BatcherClosed("the batcher has stopped")
@@ -193,7 +209,11 @@ class Batcher:
             r.done = b
             if r.left == 0:
                 self._pending.remove(r)
-                r.future.set_result(r.outputs[0] if len(r.outputs) == 1 else torch.cat(r.outputs))
+                rows = r.outputs[0] if len(r.outputs) == 1 else torch.cat(r.outputs)
+                if r.finish is None:
+                    r.future.set_result(rows)
+                else:
+                    self._dispatch(_finishing(r, r.finish, rows))
 
     def _fail(self, requests: set[_Request], error: BaseException) -> None:
         for r in requests:
@@ -220,18 +240,24 @@ class Batchers:
     object for the same name and version) gets a new batcher; the old one drains and stops. `close()` stops
     them all (app shutdown); the next request would start afresh."""
 
-    def __init__(self, max_wait_s: float):
+    def __init__(self, max_wait_s: float, dispatch: Dispatch | None = None):
         self.max_wait_s = max_wait_s
+        self.dispatch = dispatch
         self._lock = threading.Lock()
         self._by_version: dict[tuple[str, int], tuple[LoadedModel, Batcher]] = {}
         self._retired: list[Batcher] = []
 
     def submit(
-        self, model: LoadedModel, latents: torch.Tensor, labels: list[int] | None, generators: list[int] | None
-    ) -> Future[torch.Tensor]:
+        self,
+        model: LoadedModel,
+        latents: torch.Tensor,
+        labels: list[int] | None,
+        generators: list[int] | None,
+        finish: Finish | None = None,
+    ) -> Future[Any]:
         # Look-up and submit under one lock: a batcher being retired never receives a request after it stops.
         with self._lock:
-            return self._batcher(model).submit(latents, labels, generators)
+            return self._batcher(model).submit(latents, labels, generators, finish)
 
     def get(self, model: LoadedModel) -> Batcher:
         with self._lock:
@@ -245,7 +271,13 @@ class Batchers:
         if entry is not None:
             entry[1].close(drain=True, wait=False)
             self._retired = [b for b in self._retired if b.alive] + [entry[1]]
-        batcher = Batcher(model.render, model.batch_rows, self.max_wait_s, name=f"{model.name}:{model.version}")
+        batcher = Batcher(
+            model.render,
+            model.batch_rows,
+            self.max_wait_s,
+            name=f"{model.name}:{model.version}",
+            dispatch=self.dispatch,
+        )
         self._by_version[key] = (model, batcher)
         return batcher
 
@@ -258,6 +290,16 @@ class Batchers:
             b.close(wait=False)
         for b in batchers:
             b.join()
+
+
+def _finishing(request: _Request, finish: Finish, rows: torch.Tensor) -> Callable[[], None]:
+    def task() -> None:
+        try:
+            request.future.set_result(finish(rows))
+        except Exception as e:
+            request.future.set_exception(e)
+
+    return task
 
 
 def _column(parts: list[list[int] | None]) -> list[int] | None:

@@ -26,24 +26,39 @@ def usable_cores() -> int:
 
 
 class CpuPool:
-    """Started on first use; `close()` (app shutdown) waits for the running tasks and drops queued ones."""
+    """Started on first use; `close()` (app shutdown) waits for the running and queued tasks: each queued one
+    answers a request."""
 
     def __init__(self, threads: int | None = None):
         self.threads = threads or usable_cores()
         self._lock = threading.Lock()
         self._executor: ThreadPoolExecutor | None = None
+        self._closed = False
 
     async def run(self, fn: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._get(), fn, *args)
 
+    def dispatch(self, task: Callable[[], None]) -> None:
+        """Run `task` on the pool, not waiting for it (the batchers' finishing work: it reports through its
+        own future). After `close()`, on the caller's thread: shutdown never drops a request mid-answer."""
+        with self._lock:  # submitted under the lock: never to an executor `close()` has begun to shut down
+            if not self._closed:
+                self._get_locked().submit(task)
+                return
+        task()
+
     def _get(self) -> ThreadPoolExecutor:
         with self._lock:
-            if self._executor is None:
-                self._executor = ThreadPoolExecutor(self.threads, thread_name_prefix="ganserve-cpu")
-            return self._executor
+            return self._get_locked()
+
+    def _get_locked(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(self.threads, thread_name_prefix="ganserve-cpu")
+        return self._executor
 
     def close(self) -> None:
         with self._lock:
             executor, self._executor = self._executor, None
+            self._closed = True
         if executor is not None:
-            executor.shutdown(wait=True, cancel_futures=True)
+            executor.shutdown(wait=True)

@@ -70,6 +70,12 @@ class BodySizeLimit:
             await response(scope, receive, send)
             return
 
+        if declared is not None or not _chunked(scope):
+            # The server reads exactly Content-Length bytes (checked above), and a request with neither header
+            # has no body: only a chunked body can grow past the limit, so only it is counted as it arrives.
+            await self.app(scope, receive, send)
+            return
+
         received = 0
         started = False
 
@@ -94,6 +100,10 @@ class BodySizeLimit:
             if started:
                 raise
             await error_response(413, "payload_too_large", str(e.detail))(scope, receive, send)
+
+
+def _chunked(scope: Scope) -> bool:
+    return any(name == b"transfer-encoding" and b"chunked" in value.lower() for name, value in scope.get("headers", ()))
 
 
 def _content_length(scope: Scope) -> int | None:
@@ -140,6 +150,8 @@ class MemoryRateLimiter:
 class RedisRateLimiter:
     """Fixed one-minute windows in Redis (INCR + EXPIRE), shared by every API process; the in-process
     limiter while Redis does not answer."""
+
+    blocking = True  # a network round trip: callers on the event loop run `hit` in a thread
 
     def __init__(self, url: str, fallback: MemoryRateLimiter | None = None, clock=time.time):
         import redis

@@ -88,8 +88,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="ganserve", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
     app.state.registry = ModelRegistry.from_settings(settings)
-    app.state.batchers = Batchers(max_wait_s=settings.batch_wait_ms / 1000)  # one per model version, on demand
     app.state.cpu_pool = CpuPool()
+    # One batcher per model version, on demand; each request's PNGs are encoded on the CPU pool.
+    app.state.batchers = Batchers(max_wait_s=settings.batch_wait_ms / 1000, dispatch=app.state.cpu_pool.dispatch)
     app.state.answers = AnswerCache(settings.png_cache_size)
     app.state.jobs = JobStore(settings.jobs_dir)
     app.state.evaluations = EvaluationStore(settings.evaluations_dir)

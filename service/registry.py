@@ -15,7 +15,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,6 +26,7 @@ from torch import nn
 
 from service.evaluations import EvaluationStore
 from service.settings import BATCH_MAX, Settings
+from service.traced import Forward, trace_render
 from training.checkpoint import CheckpointError, list_versions, load_generator, load_metadata, model_stem
 from training.config import NAME_PATTERN
 from training.images import to_uint8
@@ -78,6 +79,8 @@ class LoadedModel:
     num_classes: int | None = None
     num_generators: int | None = None
     batch_rows: int = BATCH_MAX
+    # Generator and quantisation traced for GIL-free renders (service/traced.py); None: eager.
+    traced: Forward | None = field(default=None, compare=False, repr=False)
 
     @property
     def conditional(self) -> bool:
@@ -99,29 +102,44 @@ class LoadedModel:
         changes with the number of rows (by ~1e-6 between 1 and 16 rows on AVX2), but for one shape a row's
         output depends on that row only, whatever its position and the other rows: so a sample depends on its
         own latent and not on what it was rendered with (service/batcher.py batches requests together)."""
+        with torch.inference_mode():
+            return torch.cat(
+                [
+                    self.generator(z, labels=label, generator=gen)[:k]
+                    for z, label, gen, k in self._chunks(latents, labels, generators)
+                ]
+            )
+
+    def render(
+        self, latents: torch.Tensor, labels: list[int] | None = None, generators: list[int] | None = None
+    ) -> torch.Tensor:
+        """N latents → N×C×H×W uint8 images: `to_uint8(sample(…))`, through the traced render when there is one
+        (service/traced.py: the same bits, without the GIL)."""
+        if self.traced is None:
+            return to_uint8(self.sample(latents, labels, generators), self.value_range)
+        with torch.inference_mode():
+            return torch.cat(
+                [self.traced(z, label, gen)[:k] for z, label, gen, k in self._chunks(latents, labels, generators)]
+            )
+
+    def _chunks(
+        self, latents: torch.Tensor, labels: list[int] | None, generators: list[int] | None
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, int]]:
+        """(latents, labels, generator indices, rows used) of each forward: `batch_rows` rows, padded."""
         n = latents.shape[0]
         if n == 0:
             raise ValueError("no latents to sample")
         if (labels is not None and len(labels) != n) or (generators is not None and len(generators) != n):
             raise ValueError(f"{n} latents need as many labels / generator indices")
         rows = self.batch_rows
-        outs = []
-        with torch.inference_mode():
-            for start in range(0, n, rows):
-                k = min(rows, n - start)
-                # A fresh buffer for every chunk, never a view into `latents`: the same alignment every time.
-                z = torch.zeros(rows, latents.shape[1], dtype=torch.float32)
-                z[:k] = latents[start : start + k]
-                label = None if labels is None else _padded(labels[start : start + k], rows)
-                gen = None if generators is None else _padded(generators[start : start + k], rows)
-                outs.append(self.generator(z, labels=label, generator=gen)[:k])
-        return torch.cat(outs)
-
-    def render(
-        self, latents: torch.Tensor, labels: list[int] | None = None, generators: list[int] | None = None
-    ) -> torch.Tensor:
-        """N latents → N×C×H×W uint8 images (see `sample`)."""
-        return to_uint8(self.sample(latents, labels, generators), self.value_range)
+        for start in range(0, n, rows):
+            k = min(rows, n - start)
+            # A fresh buffer for every chunk, never a view into `latents`: the same alignment every time.
+            z = torch.zeros(rows, latents.shape[1], dtype=torch.float32)
+            z[:k] = latents[start : start + k]
+            label = None if labels is None else _padded(labels[start : start + k], rows)
+            gen = None if generators is None else _padded(generators[start : start + k], rows)
+            yield z, label, gen, k
 
     def labels_for(self, seeds: list[int], label: int | None = None) -> list[int] | None:
         try:
@@ -201,6 +219,23 @@ class ModelRegistry:
                     return model
                 reasons.append(f"version {v}: {model.reason}")
             raise ModelNotFound(name, None, self.names(), reason="; ".join(reasons))
+
+    def get_if_ready(self, name: str, version: int | None = None) -> LoadedModel | None:
+        """What `get` returns when that needs no disk and no wait: the listing is fresh and the version (the
+        newest, when None) is loaded. None otherwise — then call `get`, off the event loop, which may scan
+        and load. Never blocks: it takes no lock (a listing and a cache entry are each replaced whole, and a
+        dict read is atomic), so a thread loading a model never stalls the event loop; at worst it sees the
+        state of a moment ago, which `get` would have returned then."""
+        listing = self._listings.get(name)
+        if listing is None or not listing.versions or listing.root is None:
+            return None
+        if not 0 <= self.clock() - listing.checked_at < self.rescan_interval_s:
+            return None
+        wanted = max(listing.versions) if version is None else version
+        model = self._cache.get((name, wanted)) if wanted in listing.versions else None
+        if model is None or model.stem.parent.parent.parent != listing.root:
+            return None
+        return model
 
     def _listing(self, name: str, want: int | None) -> _Listing:
         now = self.clock()
@@ -324,10 +359,12 @@ def _loaded(
     lo, hi = (float(x) for x in meta.get("value_range", (-1.0, 1.0)))
     if latent_dim < 1 or not lo < hi:
         raise ValueError(f"latent_dim {latent_dim} and value_range [{lo}, {hi}] make no sense")
+    generator = generator.float().eval()
+    num_classes, num_generators = _num_classes(meta, base), _num_generators(meta, generator)
     return LoadedModel(
         name,
         version,
-        generator.float().eval(),
+        generator,
         meta,
         latent_dim,
         shape,
@@ -335,9 +372,14 @@ def _loaded(
         source,
         stem,
         kind=kind,
-        num_classes=_num_classes(meta, base),
-        num_generators=_num_generators(meta, generator),
+        num_classes=num_classes,
+        num_generators=num_generators,
         batch_rows=batch_rows,
+        traced=trace_render(
+            generator, batch_rows, latent_dim, num_classes, num_generators, (lo, hi), f"{name} v{version}"
+        )
+        if kind == "image"
+        else None,
     )
 
 

@@ -8,6 +8,7 @@ the mapping StyleGAN's `gen_images.py` uses, so a seed means the same thing here
 integers 0 … 2³² − 1 (RandomState's range).
 """
 
+import threading
 from collections.abc import Sequence
 
 import numpy as np
@@ -16,11 +17,25 @@ import torch
 MAX_SEED = 2**32 - 1
 
 
+_local = threading.local()
+
+
+def _state() -> np.random.RandomState:
+    # Re-seeding one RandomState per thread draws exactly what a new `RandomState(seed)` draws (legacy seeding
+    # of an integer is the same `init_genrand` either way; tests/training/test_latents.py checks it), in 3 µs
+    # instead of the 160-200 µs it takes to build one: on /generate that was more than the forward itself.
+    state = getattr(_local, "state", None)
+    if state is None:
+        state = _local.state = np.random.RandomState(0)
+    return state
+
+
 def latent_from_seed(seed: int, latent_dim: int) -> torch.Tensor:
     if not 0 <= seed <= MAX_SEED:
         raise ValueError(f"seed must be in 0..{MAX_SEED}, got {seed}")
-    z = np.random.RandomState(seed).randn(latent_dim).astype(np.float32)
-    return torch.from_numpy(z)
+    state = _state()
+    state.seed(seed)
+    return torch.from_numpy(state.randn(latent_dim).astype(np.float32))
 
 
 def latents_from_seeds(seeds: list[int], latent_dim: int) -> torch.Tensor:

@@ -2,14 +2,17 @@
 
 A request is checked and its model resolved first (every 4xx before anything is queued). An answer for an
 explicit seed may then come from its ETag (304) or the in-process cache (service/answers.py); otherwise its
-rows go to the model's batcher (service/batcher.py), and the latents and PNGs are made in the CPU pool
-(service/cpu_pool.py): the event loop only awaits.
+rows go to the model's batcher (service/batcher.py), whose thread runs the forward and hands the request's
+rows to the CPU pool (service/cpu_pool.py) to encode: the event loop awaits one future per request. Nothing on
+this path is a thread hop of FastAPI's own pool (each cost more than a forward): the route and its
+dependencies are `async`, and only a model not yet loaded is looked up in a thread.
 """
 
 import asyncio
 import base64
 import secrets
 from dataclasses import dataclass
+from functools import partial
 from typing import Annotated
 
 import torch
@@ -20,14 +23,13 @@ from starlette.concurrency import run_in_threadpool
 from service.answers import Answer, cache_control, etag, etag_matches
 from service.auth import public_generate
 from service.batcher import BatcherClosed
-from service.deps import AnswerCacheDep, BatchersDep, CpuPoolDep, RegistryDep, SettingsDep
 from service.errors import APIError, error_responses, validation_error
 from service.registry import LoadedModel, ModelNotFound, ModelRegistry
 from service.schemas import GeneratedImages, GenerateRequest
 from service.settings import Settings
 from training.config import NAME_PATTERN
 from training.images import grid, png_bytes
-from training.latents import MAX_SEED, latents_from_seeds
+from training.latents import MAX_SEED, latent_from_seed, latents_from_seeds
 
 # zlib level of every PNG served, by measurement (torchvision's encode_png, one AMD EPYC core, torch 2.14.1;
 # bytes / µs per image):
@@ -198,6 +200,8 @@ class _Plan:
     def latents(self) -> torch.Tensor:
         if self.seeds is None:
             return torch.tensor([self.latent], dtype=torch.float32)
+        if len(self.seeds) == 1:  # the common case, without a stack
+            return latent_from_seed(self.seeds[0], self.model.latent_dim).unsqueeze(0)
         return latents_from_seeds(self.seeds, self.model.latent_dim)
 
     def headers(self) -> dict[str, str]:
@@ -221,25 +225,20 @@ class _Plan:
 
 
 def _plan(
-    registry: ModelRegistry,
-    settings: Settings,
+    model: LoadedModel,
     *,
     where: str,
     seed: int | None,
     latent: list[float] | None,
-    model_name: str | None,
-    version: int | None,
     count: int,
     label: int | None,
     as_json: bool,
 ) -> _Plan:
-    """Every check, and the model (which may be loaded from disk now: run off the event loop)."""
-    _check_count(settings, count, seed, where)  # first: a random seed below needs a count within bounds
+    """Every check of the request against its model (the count was checked before the model was resolved)."""
     seeded = seed is not None
     if latent is None and seed is None:
         # Drawn so that the whole run seed … seed+count−1 stays in range.
         seed = secrets.randbelow(MAX_SEED + 2 - max(count, 1))
-    model = _resolve(registry, settings, model_name, version)
     _check_image_model(model)
     _check_label(model, label, where, explicit_latent=latent is not None)
     if latent is not None:
@@ -270,20 +269,8 @@ def _encode(plan: _Plan, images: torch.Tensor) -> Answer:
     return Answer(png_bytes(image, PNG_LEVEL), "image/png")
 
 
-@dataclass(frozen=True)
-class _Serving:
-    """The app's machinery behind a render (service/deps.py)."""
-
-    batchers: BatchersDep
-    cpu: CpuPoolDep
-    answers: AnswerCacheDep
-
-
 async def _generate(
     request: Request,
-    registry: ModelRegistry,
-    settings: Settings,
-    serving: _Serving,
     *,
     where: str,
     seed: int | None,
@@ -293,19 +280,17 @@ async def _generate(
     count: int,
     label: int | None = None,
 ) -> Response:
-    plan = await run_in_threadpool(
-        _plan,
-        registry,
-        settings,
-        where=where,
-        seed=seed,
-        latent=latent,
-        model_name=model_name,
-        version=version,
-        count=count,
-        label=label,
-        as_json=_wants_json(request),
-    )
+    # The app's machinery straight from app.state rather than as dependencies: each dependency FastAPI solves
+    # costs a few µs on every request of the busiest route.
+    state = request.app.state
+    settings: Settings = state.settings
+    registry: ModelRegistry = state.registry
+    _check_count(settings, count, seed, where)  # first: a random seed needs a count within bounds
+    # A loaded model is looked up on the loop; one to find or load from disk, in a thread.
+    model = registry.get_if_ready(model_name or settings.default_model, version)
+    if model is None:
+        model = await run_in_threadpool(_resolve, registry, settings, model_name, version)
+    plan = _plan(model, where=where, seed=seed, latent=latent, count=count, label=label, as_json=_wants_json(request))
     headers = plan.headers()
     key = plan.etag(label) if plan.seeded else None
     if request.method == "GET":
@@ -321,19 +306,23 @@ async def _generate(
             )
             if etag_matches(request.headers.get("if-none-match"), key):
                 return Response(status_code=304, headers=headers)
-    answer = serving.answers.get(key) if key is not None else None
+    answer = state.answers.get(key) if key is not None else None
     if answer is None:
-        latents = await serving.cpu.run(plan.latents)
+        # seed → latent takes ~8 µs a seed: on the loop up to a forward's worth of rows, in the pool beyond.
+        rows = 1 if plan.seeds is None else len(plan.seeds)
+        latents = plan.latents() if rows <= model.batch_rows else await state.cpu_pool.run(plan.latents)
         try:
-            future = serving.batchers.submit(plan.model, latents, plan.labels, plan.generators)
-            images = await asyncio.wrap_future(future)
+            # One wake-up of the loop per request: the batcher's thread runs the forward, the CPU pool encodes.
+            future = state.batchers.submit(
+                plan.model, latents, plan.labels, plan.generators, finish=partial(_encode, plan)
+            )
+            answer = await asyncio.wrap_future(future)
         except BatcherClosed:
             raise APIError(
                 503, "shutting_down", "The server is shutting down; try again.", headers={"Retry-After": "1"}
             ) from None
-        answer = await serving.cpu.run(_encode, plan, images)
         if key is not None:
-            serving.answers.put(key, answer)
+            state.answers.put(key, answer)
     return Response(answer.body, media_type=answer.media_type, headers=headers)
 
 
@@ -348,9 +337,6 @@ async def _generate(
 )
 async def generate_get(
     request: Request,
-    registry: RegistryDep,
-    settings: SettingsDep,
-    serving: Annotated[_Serving, Depends()],
     seed: Annotated[
         int | None,
         Query(ge=0, le=MAX_SEED, description="Seed of the (first) image; random when omitted.", examples=[42]),
@@ -367,9 +353,6 @@ async def generate_get(
 ) -> Response:
     return await _generate(
         request,
-        registry,
-        settings,
-        serving,
         where="query",
         seed=seed,
         latent=None,
@@ -389,16 +372,10 @@ async def generate_get(
 )
 async def generate_post(
     request: Request,
-    registry: RegistryDep,
-    settings: SettingsDep,
-    serving: Annotated[_Serving, Depends()],
     body: Annotated[GenerateRequest, Body()] = GenerateRequest(),
 ) -> Response:
     return await _generate(
         request,
-        registry,
-        settings,
-        serving,
         where="body",
         seed=body.seed,
         latent=body.latent,

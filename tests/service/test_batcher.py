@@ -4,6 +4,7 @@ Outputs are compared as raw floats: a matmul's rounding changes with the number 
 model differs in every row between 1 and 40 rows), which `torch.equal` sees even where the uint8 pixels would
 not. Batching is made deterministic by holding the first forward until the other requests are queued."""
 
+import dataclasses
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -78,12 +79,15 @@ def seeds_latents(model: LoadedModel, start: int, count: int) -> torch.Tensor:
 @pytest.mark.parametrize("n", [1, 15, 16, 17, 40])
 def test_every_forward_has_batch_rows_rows(mnist: LoadedModel, n: int) -> None:
     shapes: list[tuple[int, ...]] = []
-    hook = mnist.generator.register_forward_hook(lambda _m, args, _out: shapes.append(tuple(args[0].shape)))
-    try:
-        out = mnist.sample(latents_from_seeds(list(range(n)), mnist.latent_dim))
-    finally:
-        hook.remove()
-    assert out.shape == (n, 1, 28, 28)
+    traced = mnist.traced
+    assert traced is not None  # the bundled model is served through its trace (service/traced.py)
+
+    def spy(z: torch.Tensor, labels: torch.Tensor | None, generators: torch.Tensor | None) -> torch.Tensor:
+        shapes.append(tuple(z.shape))
+        return traced(z, labels, generators)
+
+    out = dataclasses.replace(mnist, traced=spy).render(latents_from_seeds(list(range(n)), mnist.latent_dim))
+    assert out.shape == (n, 1, 28, 28) and out.dtype == torch.uint8
     assert shapes == [(mnist.batch_rows, mnist.latent_dim)] * -(-n // mnist.batch_rows)
 
 
@@ -282,3 +286,40 @@ def test_batchers_are_per_model_version_and_swap_atomically(settings, publish_mo
     finally:
         pool.close()
     assert not new.alive and not third.alive
+
+
+def test_finish_runs_on_the_dispatcher_and_resolves_the_future(batchers: list[Batcher]) -> None:
+    """With `finish`, the future carries finish(rows), computed where the dispatcher runs it (not on the
+    batcher's thread); a finish that raises fails its own request only."""
+    pool = ThreadPoolExecutor(2, thread_name_prefix="finisher")
+    where: list[str] = []
+
+    def finish(rows: torch.Tensor) -> float:
+        where.append(threading.current_thread().name)
+        if bool((rows == -2.0).any()):
+            raise ValueError("cannot encode")
+        return float(rows.sum())
+
+    try:
+        b = Batcher(Gate(hold_first=False), max_rows=4, max_wait_s=0.0, dispatch=pool.submit)
+        batchers.append(b)
+        good = b.submit(torch.ones(3, 2), finish=finish)
+        bad = b.submit(-torch.ones(1, 2), finish=finish)
+        plain = b.submit(torch.ones(1, 2))
+        assert good.result(WAIT_S) == 12.0
+        with pytest.raises(ValueError, match="cannot encode"):
+            bad.result(WAIT_S)
+        assert torch.equal(plain.result(WAIT_S), torch.full((1, 2), 2.0))
+        assert where and all(name.startswith("finisher") for name in where)
+    finally:
+        pool.shutdown()
+
+
+def test_get_if_ready_never_touches_disk_for_an_unloaded_model(tmp_path) -> None:
+    registry = ModelRegistry([(BUNDLED_MODELS_DIR, "bundled")])
+    assert registry.get_if_ready("mnist-mlp") is None  # not listed yet: the caller must use `get` in a thread
+    loaded = registry.get("mnist-mlp")
+    assert registry.get_if_ready("mnist-mlp") is loaded
+    assert registry.get_if_ready("mnist-mlp", loaded.version) is loaded
+    assert registry.get_if_ready("mnist-mlp", loaded.version + 1) is None
+    assert registry.get_if_ready("no-such-model") is None

@@ -28,3 +28,31 @@ def test_batch_matches_singles() -> None:
 def test_out_of_range_seed(seed: int) -> None:
     with pytest.raises(ValueError, match="seed must be"):
         latent_from_seed(seed, 4)
+
+
+def test_reused_state_draws_what_a_fresh_one_draws() -> None:
+    """The per-thread RandomState is re-seeded, not rebuilt: interleaved seeds and sizes (and a seed drawn twice
+    after others) must each give exactly a fresh `RandomState(seed)`'s draw, on any thread."""
+    import threading
+
+    def check(seeds: list[int]) -> None:
+        for seed in seeds:
+            for dim in (1, 7, 100):
+                expected = np.random.RandomState(seed).randn(dim).astype(np.float32)
+                assert torch.equal(latent_from_seed(seed, dim), torch.from_numpy(expected))
+
+    check([3, 2**32 - 1, 0, 3])
+    errors: list[BaseException] = []
+    threads = [threading.Thread(target=lambda: _catch(check, [11, 12, 11], errors)) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+
+
+def _catch(fn, arg, errors: list[BaseException]) -> None:
+    try:
+        fn(arg)
+    except BaseException as e:  # surfaced by the test's thread
+        errors.append(e)

@@ -1,0 +1,486 @@
+"""A typed Python client of the ganserve API, on httpx.
+
+    from ganserve import Client
+
+    with Client("http://127.0.0.1:8000", api_key="gsk_…") as api:
+        api.generate(seed=42).save("digit.png")
+        job = api.wait(api.train({"model_name": "my-digits", "epochs": 5}).id)
+
+Only what the server offers, typed: every answer with a known shape comes back as one of the models below,
+every error answer as a `GanserveError` carrying the server's `{"error", "message", "detail"}`.
+
+Light on purpose: httpx and pydantic (and `training.config`, which is pydantic only), never torch or
+FastAPI, so a script that only talks to a server starts at once. The response models therefore mirror the
+server's (service/schemas.py, service/jobs.py, service/evaluations.py) rather than import them;
+tests/cli/test_client.py checks that every field here is one the server sends. They keep unknown fields
+(`extra="allow"`), so a newer server does not break an older client.
+"""
+
+import base64
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal, Self, TypeVar
+from urllib.parse import quote
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field
+
+from training.config import TrainConfig
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+SERVER_ENV = "GANSERVE_SERVER"
+API_KEY_ENV = "GANSERVE_API_KEY"
+DEFAULT_TIMEOUT_S = 30.0
+MAX_SEED = 2**32 - 1  # training.latents.MAX_SEED, repeated here to keep torch out of the client
+
+Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
+
+
+# --- errors ---------------------------------------------------------------------------------------------
+
+
+class GanserveError(Exception):
+    """An error answer of the server (`status` its HTTP status, `code` its `error`), or no answer at all
+    (`status` None)."""
+
+    def __init__(
+        self, status: int | None, code: str, message: str, detail: Any = None, retry_after: float | None = None
+    ):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.detail = detail
+        self.retry_after = retry_after  # seconds, from `Retry-After` (429, 503)
+
+    def __str__(self) -> str:
+        return self.message if self.status is None else f"{self.message} (HTTP {self.status} {self.code})"
+
+
+class ServerUnreachable(GanserveError):
+    """Nothing answers at the URL (connection refused, unknown host)."""
+
+
+class WaitTimeout(GanserveError):
+    """`wait` gave up before the job finished; the job itself goes on."""
+
+
+# --- what the server answers ----------------------------------------------------------------------------
+
+
+class _Answer(BaseModel):
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
+
+
+class Health(_Answer):
+    status: str
+
+
+class Check(_Answer):
+    ok: bool
+    detail: str
+
+
+class Readiness(_Answer):
+    status: str
+    checks: dict[str, Check]
+
+
+class TrainingSummary(_Answer):
+    dataset: str | None = None
+    epochs: int | None = None
+    epoch: int | None = None
+    step: int | None = None
+    losses: dict[str, float] = Field(default_factory=dict)
+    created_at: datetime | None = None
+
+
+class _GenerationInfo(_Answer):
+    latent_dim: int | None = None
+    image_shape: list[int] | None = None
+    value_range: list[float] | None = None
+    training: TrainingSummary | None = None
+    kind: str | None = None  # `image`, or `points` for toy models (not rendered by /generate)
+    sample_shape: list[int] | None = None
+    architecture: str | None = None
+    conditional: bool | None = None
+    num_classes: int | None = None
+    num_generators: int | None = None
+    error: str | None = None
+
+
+class ModelVersion(_GenerationInfo):
+    version: int
+    has_samples: bool = False
+    weights_sha256: str | None = None
+    evaluations: list[dict[str, Any]] = Field(default_factory=list)  # metrics, newest first; keys vary by extractor
+
+
+class ModelSummary(_GenerationInfo):
+    name: str
+    source: str  # `volume` or `bundled`
+    latest_version: int
+    versions: list[int]
+
+
+class ModelDetail(ModelSummary):
+    version_info: list[ModelVersion]
+
+
+class Progress(_Answer):
+    epoch: int = 0
+    epochs: int
+    step: int = 0
+    total_steps: int
+    fraction: float = 0.0
+    images_per_sec: float | None = None
+    eta_seconds: float | None = None
+
+
+class Epoch(_Answer):
+    epoch: int
+    step: int
+    losses: dict[str, float | None]
+    evaluation: dict[str, Any] | None = None
+
+
+class PublishedModel(_Answer):
+    name: str
+    version: int
+
+
+class Job(_Answer):
+    """A training job's record (GET /train/{id})."""
+
+    id: str
+    status: Status
+    config: TrainConfig
+    progress: Progress | None = None
+    metrics: dict[str, float | None] = Field(default_factory=dict)
+    samples: list[str] = Field(default_factory=list)
+    history: list[Epoch] = Field(default_factory=list)
+    evaluation_skipped: str | None = None
+    model: PublishedModel | None = None
+    error: str | None = None
+    attempts: int = 0
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.status in TERMINAL
+
+
+class Evaluation(_Answer):
+    """An evaluation job (POST /models/{name}/evaluate); `result` holds the metrics once it succeeded."""
+
+    id: str
+    status: Status
+    model: str
+    version: int
+    stage: str | None = None
+    result: dict[str, Any] | None = None
+    nearest_neighbours_png: str | None = None
+    error: str | None = None
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.status in TERMINAL
+
+
+@dataclass(frozen=True)
+class GeneratedImage:
+    """One PNG from /generate (a grid when `count` > 1) and what made it, from the answer's headers."""
+
+    png: bytes
+    model: str
+    version: int
+    seed: int | None  # the (first) seed; None for an explicit latent
+    labels: list[int] | None = None  # class-conditional models: the class of each image
+    generators: list[int] | None = None  # MAD-GAN: the generator of each image
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        path = Path(path)
+        path.write_bytes(self.png)
+        return path
+
+
+def _ints(header: str | None) -> list[int] | None:
+    return None if header is None else [int(x) for x in header.split(",") if x]
+
+
+class _Images(_Answer):  # the `Accept: application/json` answer of /generate
+    model: str
+    version: int
+    seeds: list[int] | None
+    images: list[str]
+    labels: list[int] | None = None
+    generators: list[int] | None = None
+
+
+# --- the client -----------------------------------------------------------------------------------------
+
+Polled = TypeVar("Polled", Job, Evaluation)
+
+
+class Client:
+    """`base_url`: default `GANSERVE_SERVER`, else http://127.0.0.1:8000. `api_key`: default
+    `GANSERVE_API_KEY`; sent as `Authorization: Bearer <key>`. `http`: an httpx.Client to use instead of
+    making one (e.g. FastAPI's TestClient, for the app in-process); it is then the caller's to close."""
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        *,
+        http: httpx.Client | None = None,
+    ):
+        self.api_key = api_key or os.environ.get(API_KEY_ENV) or None
+        self._auth = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        self._owned = http is None
+        self._http = http or httpx.Client(
+            base_url=(base_url or os.environ.get(SERVER_ENV) or DEFAULT_URL).rstrip("/"), timeout=timeout
+        )
+        self.base_url = str(self._http.base_url).rstrip("/")
+        self.timeout = timeout
+        self.sleep: Callable[[float], None] = time.sleep  # replaced by tests to step jobs between polls
+
+    def close(self) -> None:
+        if self._owned:
+            self._http.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Client({self.base_url!r}, api_key={'…' if self.api_key else None})"
+
+    # --- transport ---
+
+    def _request(
+        self, method: str, path: str, *, headers: Mapping[str, str] | None = None, **kw: Any
+    ) -> httpx.Response:
+        url = f"{self.base_url}{path}"
+        try:
+            response = self._http.request(method, path, headers={**self._auth, **(headers or {})}, **kw)
+        except httpx.ConnectError as e:
+            raise ServerUnreachable(
+                None, "unreachable", f"no ganserve at {self.base_url} ({e}): start it with `ganserve up`"
+            ) from None
+        except httpx.TimeoutException:
+            raise GanserveError(None, "timeout", f"{method} {url} got no answer within {self.timeout:g} s") from None
+        except httpx.TransportError as e:
+            raise GanserveError(None, "transport_error", f"{method} {url} failed: {type(e).__name__}: {e}") from None
+        if response.is_error:
+            raise _error(response)
+        return response
+
+    def _get(self, path: str, **kw: Any) -> httpx.Response:
+        return self._request("GET", path, **kw)
+
+    # --- health ---
+
+    def health(self) -> Health:
+        """Liveness: the process answers."""
+        return Health.model_validate_json(self._get("/healthz").content)
+
+    def ready(self) -> Readiness:
+        """Readiness: the broker answers and the default model loads (a 503 raises, code `not_ready`)."""
+        return Readiness.model_validate_json(self._get("/readyz").content)
+
+    # --- models and images ---
+
+    def models(self) -> list[ModelSummary]:
+        return [ModelSummary.model_validate(m) for m in self._get("/models").json()["models"]]
+
+    def model(self, name: str) -> ModelDetail:
+        """One model with all its versions and their evaluations."""
+        return ModelDetail.model_validate_json(self._get(f"/models/{_seg(name)}").content)
+
+    def generate(
+        self,
+        seed: int | None = None,
+        latent: list[float] | None = None,
+        model: str | None = None,
+        version: int | None = None,
+        count: int = 1,
+        label: int | None = None,
+    ) -> GeneratedImage:
+        """One PNG: the image of `seed` (random when neither it nor `latent` is given), or a grid of seeds
+        seed … seed+count−1. By seed it is GET /generate (cacheable, same bytes for the same seed, model and
+        version); an explicit latent is POSTed."""
+        if latent is not None:
+            body = _without_none(latent=latent, model=model, version=version, count=count, label=label)
+            response = self._request("POST", "/generate", json=body, headers={"Accept": "image/png"})
+        else:
+            params = _without_none(seed=seed, model=model, version=version, count=count, label=label)
+            response = self._get("/generate", params=params, headers={"Accept": "image/png"})
+        h = response.headers
+        seed_header = h.get("x-seed")
+        return GeneratedImage(
+            png=response.content,
+            model=h["x-model"],
+            version=int(h["x-model-version"]),
+            seed=None if seed_header is None else int(seed_header),
+            labels=_ints(h.get("x-labels")),
+            generators=_ints(h.get("x-generators")),
+        )
+
+    def images(
+        self,
+        seed: int | None = None,
+        count: int = 1,
+        model: str | None = None,
+        version: int | None = None,
+        label: int | None = None,
+    ) -> list[GeneratedImage]:
+        """Seeds seed … seed+count−1 as one PNG each, in one request (the JSON answer of /generate); each
+        equals `generate(seed=s)`'s. `count` is bounded by the server's GANSERVE_MAX_COUNT."""
+        params = _without_none(seed=seed, model=model, version=version, count=count, label=label)
+        answer = _Images.model_validate_json(
+            self._get("/generate", params=params, headers={"Accept": "application/json"}).content
+        )
+        seeds = answer.seeds or [None] * len(answer.images)
+        return [
+            GeneratedImage(
+                png=base64.b64decode(png),
+                model=answer.model,
+                version=answer.version,
+                seed=s,
+                labels=None if answer.labels is None else [answer.labels[i]],
+                generators=None if answer.generators is None else [answer.generators[i]],
+            )
+            for i, (s, png) in enumerate(zip(seeds, answer.images, strict=True))
+        ]
+
+    # --- training ---
+
+    def train(self, config: Mapping[str, Any] | TrainConfig, idempotency_key: str | None = None) -> Job:
+        """Queue a training job (the body of POST /train: a TrainConfig, plus `webhook` if wanted); needs a key
+        with scope `train`. A retry with the same `idempotency_key` returns the first job instead of a second."""
+        body = config.model_dump(mode="json", exclude_unset=True) if isinstance(config, TrainConfig) else dict(config)
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
+        return Job.model_validate_json(self._request("POST", "/train", json=body, headers=headers).content)
+
+    def jobs(self) -> list[Job]:
+        """Every training job, newest first."""
+        return [Job.model_validate(j) for j in self._get("/train").json()["jobs"]]
+
+    def job(self, job_id: str) -> Job:
+        return Job.model_validate_json(self._get(f"/train/{_seg(job_id)}").content)
+
+    def cancel(self, job_id: str) -> Job:
+        """A queued job is cancelled at once; a running one stops at its next step (409 once finished)."""
+        return Job.model_validate_json(self._request("DELETE", f"/train/{_seg(job_id)}").content)
+
+    def wait(
+        self,
+        job_id: str,
+        poll_s: float = 2.0,
+        timeout_s: float | None = None,
+        on_progress: Callable[[Job], None] | None = None,
+    ) -> Job:
+        """Poll a training job until it succeeds, fails or is cancelled; `on_progress` sees every record
+        polled. Raises WaitTimeout after `timeout_s` (the job goes on)."""
+        return self._poll(lambda: self.job(job_id), f"job {job_id}", poll_s, timeout_s, on_progress)
+
+    # --- evaluation ---
+
+    def evaluate(
+        self, model: str, version: int | None = None, n: int | None = None, extractor: str | None = None
+    ) -> Evaluation:
+        """Queue an evaluation of `model` (default its newest version) on the worker: n generated images
+        (seeds 0..n−1) against n training images; the server's defaults where None. Needs scope `admin`."""
+        body = _without_none(version=version, n=n, extractor=extractor)
+        return Evaluation.model_validate_json(
+            self._request("POST", f"/models/{_seg(model)}/evaluate", json=body).content
+        )
+
+    def evaluation(self, model: str, evaluation_id: str) -> Evaluation:
+        return Evaluation.model_validate_json(
+            self._get(f"/models/{_seg(model)}/evaluations/{_seg(evaluation_id)}").content
+        )
+
+    def wait_evaluation(
+        self,
+        model: str,
+        evaluation_id: str,
+        poll_s: float = 2.0,
+        timeout_s: float | None = None,
+        on_progress: Callable[[Evaluation], None] | None = None,
+    ) -> Evaluation:
+        """Poll an evaluation until it finishes (see `wait`)."""
+        return self._poll(
+            lambda: self.evaluation(model, evaluation_id), f"evaluation {evaluation_id}", poll_s, timeout_s, on_progress
+        )
+
+    def _poll(
+        self,
+        fetch: Callable[[], Polled],
+        what: str,
+        poll_s: float,
+        timeout_s: float | None,
+        on_progress: Callable[[Polled], None] | None,
+    ) -> Polled:
+        started = time.monotonic()
+        while True:
+            record = fetch()
+            if on_progress is not None:
+                on_progress(record)
+            if record.finished:
+                return record
+            if timeout_s is not None and time.monotonic() - started >= timeout_s:
+                raise WaitTimeout(
+                    None,
+                    "timeout",
+                    f"{what} is still {record.status} after {timeout_s:g} s; it goes on on the server",
+                    detail={"id": record.id, "status": record.status},
+                )
+            self.sleep(poll_s)
+
+
+def _error(response: httpx.Response) -> GanserveError:
+    """The server's `{"error", "message", "detail"}`; something readable from any other error answer (a
+    proxy's HTML page, say)."""
+    retry_after = _seconds(response.headers.get("retry-after"))
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("error"), str) and isinstance(body.get("message"), str):
+        return GanserveError(response.status_code, body["error"], body["message"], body.get("detail"), retry_after)
+    text = " ".join(response.text.split())[:200] or response.reason_phrase
+    where = f"{response.request.method} {response.request.url}"
+    return GanserveError(response.status_code, f"http_{response.status_code}", f"{where}: {text}", None, retry_after)
+
+
+def _seconds(value: str | None) -> float | None:
+    try:
+        return None if value is None else float(value)
+    except ValueError:
+        return None  # an HTTP date: not worth parsing here
+
+
+def _seg(value: str) -> str:
+    """One path segment, whatever the caller passed (the server refuses odd names with a 404 of its own)."""
+    return quote(value, safe="")
+
+
+def _without_none(**fields: Any) -> dict[str, Any]:
+    return {k: v for k, v in fields.items() if v is not None}

@@ -1,0 +1,98 @@
+"""Fixtures for the client and CLI tests: the real app in-process on a tmp volume with a tiny published model
+and fake broker dependencies (no Redis, no worker), built as tests/service builds it, from its svc_support
+helpers; the ganserve `Client` wraps FastAPI's TestClient (an httpx.Client) so the same code that talks to a
+real server talks to it. Jobs and evaluations never run: tests move their records on the volume themselves."""
+
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "service"))  # svc_support, not a package
+
+from svc_support import (
+    ADMIN_KEY,
+    DEFAULT_MODEL,
+    TEST_KEYS,
+    FakeBrokerCheck,
+    FakeSender,
+    publish_tiny_model,
+)
+
+from ganserve import cli
+from ganserve.client import Client
+from service.deps import get_broker_check, get_evaluation_sender, get_task_sender
+from service.main import create_app
+from service.settings import Settings
+
+
+@pytest.fixture(autouse=True)
+def environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The local CLI reads its settings from GANSERVE_* like the server: point them at the test volume, and
+    keep a developer's own server URL or key out of the tests."""
+    bundled = tmp_path / "bundled"
+    bundled.mkdir()
+    monkeypatch.setenv("GANSERVE_CHECKPOINT_DIR", str(tmp_path / "volume"))
+    monkeypatch.setenv("GANSERVE_BUNDLED_MODELS_DIR", str(bundled))
+    monkeypatch.setenv("GANSERVE_DEFAULT_MODEL", DEFAULT_MODEL)
+    for name in ("GANSERVE_SERVER", "GANSERVE_API_KEY", "GANSERVE_BATCH_MAX"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("COLUMNS", "200")  # rich tables wide enough to show whole ids
+    monkeypatch.chdir(tmp_path)  # a local training run writes runs/<name> here
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        checkpoint_dir=tmp_path / "volume",
+        bundled_models_dir=tmp_path / "bundled",
+        default_model=DEFAULT_MODEL,
+        broker_url="filesystem://",  # the rate limiter counts in the process
+        api_keys=TEST_KEYS,
+    )
+
+
+@pytest.fixture
+def sender() -> FakeSender:
+    return FakeSender()
+
+
+@pytest.fixture
+def app(settings: Settings, sender: FakeSender) -> FastAPI:
+    publish_tiny_model(settings.models_dir, DEFAULT_MODEL)
+    app = create_app(settings)
+    app.dependency_overrides[get_task_sender] = lambda: sender
+    app.dependency_overrides[get_evaluation_sender] = lambda: sender
+    check = FakeBrokerCheck()
+    app.dependency_overrides[get_broker_check] = lambda: check
+    return app
+
+
+@pytest.fixture
+def http(app: FastAPI) -> Iterator[TestClient]:
+    """Raw HTTP to the app, no key: what the client's answers are compared with."""
+    with TestClient(app) as c:  # `with`: runs the lifespan
+        yield c
+
+
+@pytest.fixture
+def api(http: TestClient) -> Client:
+    """The ganserve client on the in-process app, with the admin key."""
+    return Client(api_key=ADMIN_KEY, http=http)
+
+
+@pytest.fixture
+def use_api(api: Client, monkeypatch: pytest.MonkeyPatch) -> Callable[[], list[tuple[str | None, str | None]]]:
+    """Route the CLI's server commands to `api`; returns the (server, api_key) each `connect` was given."""
+    calls: list[tuple[str | None, str | None]] = []
+
+    def connect(server: str | None, api_key: str | None) -> Client:
+        calls.append((server, api_key))
+        return api
+
+    monkeypatch.setattr(cli, "connect", connect)
+    return lambda: calls
