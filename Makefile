@@ -25,10 +25,12 @@ $(STAMP): pyproject.toml
 run: install
 	GANSERVE_DATA_ROOT="$${GANSERVE_DATA_ROOT:-$(DATA_ROOT_DEFAULT)}" $(BIN)/python -m service
 
-# redis-server is needed (the e2e tests start their own); docker-compose is wanted (the compose file
+# redis-server is needed (the e2e tests start their own), and chromium for the web page's browser test (driven
+# by Playwright, which never downloads a browser of its own); docker-compose is wanted (the compose file
 # check skips, saying why, if it cannot be had).
 test-tools:
 	@command -v redis-server >/dev/null || { $(SUDO) apt-get update && $(APT_INSTALL) redis-server; }
+	@command -v chromium >/dev/null || { $(SUDO) apt-get update && $(APT_INSTALL) chromium chromium-driver; }
 	@command -v docker-compose >/dev/null || docker compose version >/dev/null 2>&1 \
 		|| { $(SUDO) apt-get update && $(APT_INSTALL) docker-compose; } \
 		|| echo "warning: docker-compose could not be installed; the compose file check will be skipped"

@@ -194,6 +194,57 @@ def generate(
     _err().print(f"wrote {len(seed_list)} PNGs of {escape(' and '.join(made_by))} to {out}")
 
 
+def _local_interpolation(
+    loaded: "LoadedModel", seeds: tuple[int, int], steps: int, label: int | None, fmt: Any, duration_ms: int
+) -> bytes:
+    # What /interpolate does: the same latents, the registry's render, the route's own encoder.
+    from service.routes.interpolate import encode
+    from training.latents import interpolation_latents
+
+    try:
+        labels = loaded.labels_for([seeds[0]] * steps, label)
+    except ValueError as e:  # a label the model does not take
+        raise _fail(str(e)) from None
+    latents = interpolation_latents(seeds[0], seeds[1], steps, loaded.latent_dim)
+    images = loaded.render(latents, labels, loaded.generators_for([seeds[0]] * steps))
+    return encode(images, fmt, duration_ms).body
+
+
+@app.command()
+def interpolate(
+    seed_from: Annotated[int, typer.Option("--from", min=0, max=MAX_SEED, help="Seed of the first frame.")],
+    seed_to: Annotated[int, typer.Option("--to", min=0, max=MAX_SEED, help="Seed of the last frame.")],
+    out: Annotated[Path, typer.Option(help="The file to write.", dir_okay=False, show_default=False)],
+    steps: Annotated[int, typer.Option(min=2, max=64, help="Frames, both ends included.")] = 8,
+    format: Annotated[str, typer.Option(help="png (a strip of the frames), apng or gif (animations).")] = "png",
+    duration_ms: Annotated[int, typer.Option(min=20, max=2000, help="Animations: ms per frame.")] = 100,
+    model: Annotated[str | None, typer.Option(help="Model name; default the server's default model.")] = None,
+    version: Annotated[int | None, typer.Option(min=1, help="Model version; default the newest.")] = None,
+    label: Annotated[
+        int | None, typer.Option(min=0, help="Class-conditional models: the class of every frame.")
+    ] = None,
+    server: LocalOrServer = None,
+    api_key: ApiKey = None,
+) -> None:
+    """The slerp from seed --from to seed --to as one file: the bytes GET /interpolate answers. Without
+    --server the model is loaded here, as the API loads it."""
+    if format not in ("png", "apng", "gif"):
+        raise _fail(f"--format must be png, apng or gif, not {format!r}", code=2)
+    with _reported():
+        if server is None:
+            loaded = _local_model(model, version)
+            data = _local_interpolation(loaded, (seed_from, seed_to), steps, label, format, duration_ms)
+            maker = f"{loaded.name} version {loaded.version}"
+        else:
+            client = connect(server, api_key)
+            fmt: Any = format  # one of the formats, checked above
+            answer = client.interpolate(seed_from, seed_to, steps, model, version, label, fmt, duration_ms)
+            data, maker = answer.data, f"{answer.model} version {answer.version} at {client.base_url}"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(data)
+    _err().print(f"wrote {steps} frames of {escape(maker)} from seed {seed_from} to {seed_to} to {out}")
+
+
 # --- training -------------------------------------------------------------------------------------------
 
 

@@ -228,6 +228,27 @@ class _Images(_Answer):  # the `Accept: application/json` answer of /generate
     generators: list[int] | None = None
 
 
+InterpolationFormat = Literal["png", "apng", "gif"]
+
+
+@dataclass(frozen=True)
+class Interpolation:
+    """The answer of /interpolate: a PNG strip, an APNG or a GIF (`media_type` says which) and what made it."""
+
+    data: bytes
+    media_type: str  # image/png, image/apng or image/gif
+    model: str
+    version: int
+    seeds: tuple[int, int]  # from, to
+    label: int | None = None  # class-conditional models: the class of every frame
+    generator: int | None = None  # MAD-GAN: the generator of every frame
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        path = Path(path)
+        path.write_bytes(self.data)
+        return path
+
+
 # --- the client -----------------------------------------------------------------------------------------
 
 Polled = TypeVar("Polled", Job, Evaluation)
@@ -368,6 +389,36 @@ class Client:
             )
             for i, (s, png) in enumerate(zip(seeds, answer.images, strict=True))
         ]
+
+    def interpolate(
+        self,
+        from_seed: int,
+        to_seed: int,
+        steps: int = 8,
+        model: str | None = None,
+        version: int | None = None,
+        label: int | None = None,
+        format: InterpolationFormat = "png",
+        duration_ms: int = 100,
+    ) -> Interpolation:
+        """GET /interpolate: `steps` images on the slerp from seed `from_seed`'s latent to `to_seed`'s, both ends
+        included (the first and last are `generate(seed=…)`'s images), as a strip PNG (`format="png"`), or an
+        animated PNG (`"apng"`) or GIF (`"gif"`) showing each frame for `duration_ms`."""
+        params = _without_none(
+            model=model, version=version, steps=steps, label=label, format=format, duration_ms=duration_ms
+        )
+        response = self._get("/interpolate", params={"from": from_seed, "to": to_seed, **params})
+        h = response.headers
+        first, last = (int(s) for s in h["x-seeds"].split(","))
+        return Interpolation(
+            data=response.content,
+            media_type=h["content-type"].split(";")[0].strip(),
+            model=h["x-model"],
+            version=int(h["x-model-version"]),
+            seeds=(first, last),
+            label=None if h.get("x-label") is None else int(h["x-label"]),
+            generator=None if h.get("x-generator") is None else int(h["x-generator"]),
+        )
 
     # --- training ---
 

@@ -78,6 +78,7 @@ class Batcher:
         name: str = "batcher",
         clock: Callable[[], float] = time.monotonic,
         dispatch: Dispatch | None = None,
+        on_forward: Callable[[int], None] | None = None,
     ):
         if max_rows < 1 or max_wait_s < 0:
             raise ValueError(f"max_rows {max_rows} must be ≥ 1 and max_wait_s {max_wait_s} ≥ 0")
@@ -87,6 +88,7 @@ class Batcher:
         self._run = run
         self._clock = clock
         self._dispatch: Dispatch = dispatch or (lambda task: task())
+        self._on_forward = on_forward  # told the real rows of each forward (service/metrics.py)
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._closed = False
@@ -196,6 +198,8 @@ class Batcher:
             labels = _column([None if r.labels is None else r.labels[a:b] for r, a, b in batch])
             generators = _column([None if r.generators is None else r.generators[a:b] for r, a, b in batch])
             self.forwards += 1
+            if self._on_forward is not None:
+                self._on_forward(int(latents.shape[0]))
             out = self._run(latents, labels, generators)
             if out.shape[0] != latents.shape[0]:
                 raise RuntimeError(f"the forward returned {out.shape[0]} rows for {latents.shape[0]}")
@@ -240,9 +244,12 @@ class Batchers:
     object for the same name and version) gets a new batcher; the old one drains and stops. `close()` stops
     them all (app shutdown); the next request would start afresh."""
 
-    def __init__(self, max_wait_s: float, dispatch: Dispatch | None = None):
+    def __init__(
+        self, max_wait_s: float, dispatch: Dispatch | None = None, on_forward: Callable[[int], None] | None = None
+    ):
         self.max_wait_s = max_wait_s
         self.dispatch = dispatch
+        self.on_forward = on_forward
         self._lock = threading.Lock()
         self._by_version: dict[tuple[str, int], tuple[LoadedModel, Batcher]] = {}
         self._retired: list[Batcher] = []
@@ -277,6 +284,7 @@ class Batchers:
             self.max_wait_s,
             name=f"{model.name}:{model.version}",
             dispatch=self.dispatch,
+            on_forward=self.on_forward,
         )
         self._by_version[key] = (model, batcher)
         return batcher

@@ -21,8 +21,10 @@ from service.cpu_pool import CpuPool
 from service.errors import install_error_handlers
 from service.evaluations import EvaluationStore
 from service.jobs import JobStore
+from service.metrics import JsonFormatter, Metrics, ObserveRequests
 from service.registry import ModelNotFound, ModelRegistry
-from service.routes import generate, health, models, train
+from service.routes import generate, health, interpolate, models, ops, train
+from service.routes import web as web_page
 from service.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -36,6 +38,7 @@ DESCRIPTION = """
 Train GANs over HTTP and serve their generators as PNGs.
 
 - `GET|POST /generate`: images from a model (`seed` → latent is documented on the route).
+- `GET /interpolate`: the walk from one seed's image to another's, as a PNG strip, an APNG or a GIF.
 - `POST /train`: start a training job; `GET /train/{id}` follows it; `DELETE /train/{id}` cancels it.
 - `GET /models`: the models that can be served (trained ones and the bundled default).
 
@@ -48,15 +51,20 @@ server's operator makes keys with `python -m service keys create --name NAME --s
 """
 
 
-def configure_logging(level: str) -> None:
-    """Our loggers to stdout, once (uvicorn configures only its own loggers)."""
+def configure_logging(level: str, fmt: str = "text") -> None:
+    """Our loggers to stdout, once (uvicorn configures only its own loggers); `fmt` `json`: one JSON object a
+    line (service/metrics.py). A later call (another app in the same process) sets the level and format again."""
     logger = logging.getLogger("service")
     logger.setLevel(level.upper())
-    if not any(getattr(h, "_ganserve", False) for h in logger.handlers):
+    handler = next((h for h in logger.handlers if getattr(h, "_ganserve", False)), None)
+    if handler is None:
         handler = logging.StreamHandler(sys.stdout)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         handler._ganserve = True  # type: ignore[attr-defined]
         logger.addHandler(handler)
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
 
 
 @asynccontextmanager
@@ -84,7 +92,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     app = FastAPI(title="ganserve", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
     app.state.registry = ModelRegistry.from_settings(settings)
@@ -94,11 +102,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.answers = AnswerCache(settings.png_cache_size)
     app.state.jobs = JobStore(settings.jobs_dir)
     app.state.evaluations = EvaluationStore(settings.evaluations_dir)
+    app.state.metrics = Metrics(app.state.jobs, app.state.evaluations)  # GET /metrics and /stats (service/metrics.py)
+    app.state.batchers.on_forward = app.state.metrics.batch_rows.observe
     app.state.celery = None  # built on the first POST /train (see service.deps)
     install_error_handlers(app)
     install_security(app)  # API keys, rate limits, the body-size limit (README "Security")
-    for module in (generate, train, models, health):
+    # Request ids, metrics and JSON access lines; added last, so outermost: it sees every answer, 413s included.
+    app.add_middleware(ObserveRequests, metrics=app.state.metrics, access_log=settings.log_format == "json")
+    for module in (generate, interpolate, train, models, health, ops):
         app.include_router(module.router)
+    web_page.install(app)  # the page at / and its /static files (service/static)
     return app
 
 

@@ -237,6 +237,10 @@ class ModelRegistry:
             return None
         return model
 
+    def loaded(self) -> list[tuple[str, int]]:
+        """(name, version) of every model in memory (for GET /stats); lock-free, like `get_if_ready`."""
+        return sorted(self._cache)
+
     def _listing(self, name: str, want: int | None) -> _Listing:
         now = self.clock()
         listing = self._listings.get(name)

@@ -197,3 +197,39 @@ class Check(BaseModel):
 class Readiness(BaseModel):
     status: Literal["ready"] = "ready"
     checks: dict[str, Check]
+
+
+class RouteStats(BaseModel):
+    route: str = Field(description="The route's path template; `unmatched` for requests no route matched.")
+    method: str
+    count: int = Field(description="Requests answered since the process started.")
+    errors: int = Field(description="Of which answered 5xx.")
+    p50_ms: float | None = Field(description="Median duration, estimated from the histogram's buckets.")
+    p99_ms: float | None = Field(description="99th percentile, likewise (at most the largest finite bucket, 30 s).")
+
+
+class RunningJob(BaseModel):
+    id: str
+    model_name: str
+    epoch: int | None = None
+    epochs: int | None = None
+    step: int | None = None
+    total_steps: int | None = None
+    fraction: float | None = None
+    images_per_sec: float | None = None
+    eta_seconds: float | None = None
+
+
+class Stats(BaseModel):
+    """A quick look at one API process (`GET /metrics` has the same numbers for Prometheus)."""
+
+    started_at: datetime
+    uptime_s: float
+    requests: list[RouteStats] = Field(description="This process's requests, by route and method.")
+    images_generated: int = Field(description="Images /generate answered with, cached ones included.")
+    forwards: int = Field(description="Generator forwards run by /generate's batchers.")
+    mean_batch_rows: float | None = Field(description="Real rows per forward (before padding); null before any.")
+    models_loaded: list[str] = Field(description="`name:version` of every model in this process's memory.")
+    jobs: dict[str, int] = Field(description="Training jobs on the volume, by status.")
+    running_jobs: list[RunningJob]
+    evaluations: dict[str, int] = Field(description="Evaluation jobs on the volume, by status.")

@@ -6,6 +6,7 @@ means the same thing everywhere.
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -45,6 +46,11 @@ class Settings(BaseSettings):
         "the environment by the worker and the CLI (training/features.py). Never downloaded.",
     )
     log_level: str = Field("info")
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="The API's log lines: `text` (human-readable) or `json` (one object a line, with the request id, "
+        "and an access line per request).",
+    )
     # --- serving /generate (service/batcher.py, service/answers.py; README "Configuration") ---
     workers: int = Field(
         1,

@@ -41,20 +41,20 @@ def test_compose_file_is_valid():
     cmd = compose_command()
     if cmd is None:
         pytest.skip("neither docker-compose nor the docker compose plugin is installed (`make test` installs it)")
-    # `config` validates and interpolates without a Docker engine; the cpu profile is checked too.
+    # `config` validates and interpolates without a Docker engine; the optional profiles are checked too.
     env = {**os.environ, "REDIS_PASSWORD": "0123abcd"}
-    for extra in ([], ["--profile", "cpu"]):
+    for extra in ([], ["--profile", "cpu"], ["--profile", "flower"]):
         proc = subprocess.run([*cmd, *extra, "config", "-q"], cwd=ROOT, capture_output=True, text=True, env=env)
         assert proc.returncode == 0, proc.stderr
     services = subprocess.run(
-        [*cmd, "--profile", "cpu", "config", "--services"],
+        [*cmd, "--profile", "cpu", "--profile", "flower", "config", "--services"],
         cwd=ROOT,
         capture_output=True,
         text=True,
         check=True,
         env=env,
     ).stdout.split()
-    assert set(services) == {"redis", "api", "worker", "worker-cpu"}
+    assert set(services) == {"redis", "api", "worker", "worker-cpu", "flower"}
 
 
 def test_compose_refuses_to_start_without_a_redis_password():

@@ -58,3 +58,54 @@ def seed_labels(seeds: Sequence[int], num_classes: int | None, label: int | None
 def seed_generators(seeds: Sequence[int], num_generators: int | None) -> list[int] | None:
     """MAD-GAN: the seed picks the generator, `seed % k` (seeds s and s + k share one). None otherwise."""
     return None if num_generators is None else [s % num_generators for s in seeds]
+
+
+# --- interpolation --------------------------------------------------------------------------------------
+
+# Below this sine of the angle between two latents (nearly parallel, or nearly opposite) the great circle
+# through them is ill-defined or numerically useless, and slerp falls back to the straight line.
+_SLERP_MIN_SIN = 1e-6
+
+
+def slerp(a: torch.Tensor, b: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
+    """Spherical linear interpolation from latent `a` (t = 0) to latent `b` (t = 1): along the arc through them
+    (a great circle when |a| = |b|, then at constant angular speed),
+
+        slerp(a, b, t) = sin((1 − t) Ω) / sin Ω · a + sin(t Ω) / sin Ω · b,   Ω = angle(a, b).
+
+    Why not a straight line: a d-dimensional standard Gaussian concentrates on a shell of radius ≈ √d, and two
+    independent latents are nearly orthogonal, so the midpoint of the segment between them has norm ≈ √(d/2),
+    far inside the shell where the generator was never trained; slerp stays on it (White 2016, "Sampling
+    Generative Networks", arXiv:1609.04468). Nearly parallel (or opposite) latents fall back to the line.
+
+    `a`, `b`: 1-D, the same size. `t`: a number (→ one latent) or a 1-D tensor of fractions (→ len(t) × d).
+    Computed in float64, returned in `a`'s dtype; t = 0 and t = 1 give exactly `a` and `b`."""
+    if a.dim() != 1 or a.shape != b.shape:
+        raise ValueError(f"expected two 1-D latents of the same size, got {tuple(a.shape)} and {tuple(b.shape)}")
+    scalar = not isinstance(t, torch.Tensor) or t.dim() == 0
+    ts = torch.as_tensor(t, dtype=torch.float64).reshape(-1, 1)
+    a64, b64 = a.to(torch.float64), b.to(torch.float64)
+    norms = a64.norm() * b64.norm()
+    cos = (a64 @ b64 / norms).clamp(-1.0, 1.0) if norms > 0 else torch.tensor(1.0, dtype=torch.float64)
+    omega = torch.arccos(cos)
+    sin = torch.sin(omega)
+    if sin < _SLERP_MIN_SIN:
+        out = (1 - ts) * a64 + ts * b64
+    else:
+        out = (torch.sin((1 - ts) * omega) * a64 + torch.sin(ts * omega) * b64) / sin
+    # The ends exactly (not merely to rounding): a frame at t = 0 or 1 is then the plain seed's image.
+    flat = ts.reshape(-1)
+    out[flat == 0] = a64
+    out[flat == 1] = b64
+    out = out.to(a.dtype)
+    return out[0] if scalar else out
+
+
+def interpolation_latents(seed_from: int, seed_to: int, steps: int, latent_dim: int) -> torch.Tensor:
+    """`steps` latents (steps × latent_dim, float32) at evenly spaced fractions 0, 1/(steps−1), … 1 of the slerp
+    from seed `seed_from`'s latent to seed `seed_to`'s: the first row is exactly `latent_from_seed(seed_from)`,
+    the last exactly `latent_from_seed(seed_to)`."""
+    if steps < 2:
+        raise ValueError(f"an interpolation needs at least 2 steps (both ends), got {steps}")
+    a, b = latent_from_seed(seed_from, latent_dim), latent_from_seed(seed_to, latent_dim)
+    return slerp(a, b, torch.linspace(0.0, 1.0, steps, dtype=torch.float64))

@@ -323,6 +323,7 @@ async def _generate(
             ) from None
         if key is not None:
             state.answers.put(key, answer)
+    state.metrics.generated_images.inc(1 if plan.seeds is None else len(plan.seeds))
     return Response(answer.body, media_type=answer.media_type, headers=headers)
 
 

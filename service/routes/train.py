@@ -1,13 +1,18 @@
 """`/train`: start, follow, list and cancel training jobs. The job record on the shared volume is the
 truth; the broker only carries the job's id to a worker."""
 
+import asyncio
 import hashlib
 import json
 import logging
 import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Path, Response, status
+from fastapi import APIRouter, Depends, Header, Path, Request, Response, status
+from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
 from service import plots, webhooks
 from service.auth import TrainKey, require_train
@@ -202,6 +207,64 @@ def cancel_job(job_id: JobId, store: JobStoreDep) -> JobRecord:
     if record.status == JobStatus.queued:
         record = store.update(job_id, status=JobStatus.cancelled, finished_at=now())
     return record
+
+
+# --- a job's record as server-sent events, while it runs ------------------------------------------------
+
+# How often the record is read from the volume, and how long a quiet stream waits before a comment line
+# (which keeps proxies from closing an idle connection). Module constants: the tests shorten them.
+EVENTS_POLL_S = 0.5
+EVENTS_HEARTBEAT_S = 15.0
+
+
+async def job_events(
+    store: JobStore, first: JobRecord, is_disconnected: Callable[[], Awaitable[bool]]
+) -> AsyncIterator[str]:
+    """The SSE stream of a job: the record as JSON (`id:` counts the changes) whenever it changes, a comment
+    every EVENTS_HEARTBEAT_S while it does not, and the end after a finished record. The volume is read off
+    the event loop; the stream stops when the client goes (or the record does)."""
+    record: JobRecord | None = first
+    sent, changes, quiet_since = "", 0, time.monotonic()
+    while record is not None:
+        data = record.model_dump_json()
+        if data != sent:
+            changes, sent, quiet_since = changes + 1, data, time.monotonic()
+            yield f"id: {changes}\ndata: {data}\n\n"
+            if record.status in FINISHED:
+                return
+        elif time.monotonic() - quiet_since >= EVENTS_HEARTBEAT_S:
+            quiet_since = time.monotonic()
+            yield ": heartbeat\n\n"
+        await asyncio.sleep(EVENTS_POLL_S)
+        if await is_disconnected():
+            return
+        try:
+            record = await run_in_threadpool(store.get, record.id)
+        except KeyError:
+            record = None  # deleted from the volume: nothing more will come
+    yield f"event: gone\ndata: {json.dumps({'id': first.id})}\n\n"
+
+
+@router.get(
+    "/{job_id}/events",
+    response_class=StreamingResponse,
+    summary="A training job's record as server-sent events, each time it changes, until it finishes",
+    description=(
+        "`text/event-stream`: one event (`data:` the job record as JSON, as GET /train/{id} returns it; `id:` "
+        f"a count of changes) at once and then whenever the record changes (checked every {EVENTS_POLL_S} s), "
+        f"a comment line (`: heartbeat`) after {EVENTS_HEARTBEAT_S:.0f} s without one, and the end of the "
+        "stream after the event of a finished job (`succeeded`, `failed` or `cancelled`). Needs the same key "
+        "as GET /train/{id}, in a header: read it with fetch() streaming rather than EventSource."
+    ),
+    responses={200: {"content": {"text/event-stream": {}}}, **error_responses(404)},
+)
+async def get_job_events(job_id: JobId, request: Request, store: JobStoreDep) -> StreamingResponse:
+    record = await run_in_threadpool(_get, store, job_id)  # a 404 before the stream starts
+    return StreamingResponse(
+        job_events(store, record, request.is_disconnected),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
 
 
 # --- a job's metrics, curves and sample grids: readable while it runs and after it ends ---------------
