@@ -257,18 +257,10 @@ def start_api(workdir: Path, workers: int) -> Stack:
     log = (workdir / "api.log").open("ab")
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     stack = Stack(f"http://127.0.0.1:{port}", "", {"api": proc}, workdir)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            break
-        try:
-            # No /readyz: it also wants the broker, which serving does not need. The default model is loaded
-            # (and the ceiling's PNG made) before the server answers anything.
-            if httpx.get(f"{stack.base_url}/healthz", timeout=2).status_code == 200:
-                return stack
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
+    # No /readyz: it also wants the broker, which serving does not need. The default model is loaded (and the
+    # ceiling's PNG made) before the server answers anything.
+    if stack.answers("/healthz", 120):
+        return stack
     stack.stop()
     sys.exit(f"the API did not start in 120 s; log: {workdir / 'api.log'}\n{(workdir / 'api.log').read_text()[-3000:]}")
 

@@ -83,6 +83,20 @@ class Stack:
     procs: dict[str, subprocess.Popen[bytes]]
     workdir: Path
 
+    def answers(self, path: str, timeout_s: float) -> bool:
+        """Poll `path` until it answers 200 (True), a process of the stack exits, or `timeout_s` passes."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if any(proc.poll() is not None for proc in self.procs.values()):
+                return False
+            try:
+                if httpx.get(f"{self.base_url}{path}", timeout=2).status_code == 200:
+                    return True
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        return False
+
     def stop(self) -> None:
         for proc in reversed(self.procs.values()):
             if proc.poll() is None:
@@ -137,14 +151,8 @@ def start_stack(data_root: Path, workdir: Path) -> Stack:
          "--port", str(api_port), "--log-level", "warning", "--no-access-log"],
     )  # fmt: skip
     stack = Stack(f"http://127.0.0.1:{api_port}", key, procs, workdir)
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{stack.base_url}/readyz", timeout=2).status_code == 200:
-                return stack
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
+    if stack.answers("/readyz", 90):
+        return stack
     stack.stop()
     sys.exit(f"the stack did not become ready in 90 s; logs in {workdir}")
 
