@@ -115,11 +115,33 @@ def stop(procs: dict[str, subprocess.Popen[bytes]]) -> None:
             proc.wait()
 
 
+def announce_first_key(settings: Settings) -> str | None:
+    """Make the first admin key when there is none (service/keys.py `ensure_first_key`) and show it, once."""
+    from service.keys import FIRST_KEY_NAME, ensure_first_key
+
+    if not settings.first_key:
+        return None
+    path = settings.effective_api_keys_file
+    key = ensure_first_key(settings.api_keys, path)
+    if key is not None:
+        print(
+            f"\nFirst start: there was no API key, so this admin key was made (only its SHA-256 is kept, in {path}).\n"
+            f"It is shown this once:\n\n    {key}\n\n"
+            f"Paste it into the web page's Training tab (http://{settings.host}:{settings.port}/), or "
+            f"`export GANSERVE_API_KEY=<key>` for the `ganserve` CLI. Revoke it with "
+            f"`python -m service keys revoke --name {FIRST_KEY_NAME}`; GANSERVE_FIRST_KEY=false turns this off.\n",
+            file=sys.stderr,
+            flush=True,
+        )
+    return key
+
+
 def main() -> int:
     settings = Settings()
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
+    announce_first_key(settings)
     broker = choose_broker(settings)
     env = {**os.environ, "GANSERVE_BROKER_URL": broker}
     log.info(

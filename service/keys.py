@@ -107,6 +107,26 @@ def write_key_file(path: Path, entries: list[ApiKeyEntry]) -> None:
         raise
 
 
+FIRST_KEY_NAME = "local-admin"
+
+
+def ensure_first_key(configured: list[ApiKeyEntry], path: Path) -> str | None:
+    """A server with no key at all (none `configured` in GANSERVE_API_KEYS, the keys file at `path` absent or
+    empty) gets one admin key, named FIRST_KEY_NAME, whose hash is written to the file; the key is returned to
+    be shown once. None when any key exists, or when the file is unreadable (the operator's to fix: it is
+    never overwritten). So the first `make run` can train from the web page with nothing else to run."""
+    if configured:
+        return None
+    try:
+        if read_key_file(path):
+            return None
+    except KeyFileError:
+        return None
+    key = new_key()
+    write_key_file(path, [ApiKeyEntry(name=FIRST_KEY_NAME, sha256=hash_key(key), scopes=[Scope.admin])])
+    return key
+
+
 def parse_scopes(text: str) -> list[Scope]:
     names = [s.strip() for s in text.split(",") if s.strip()]
     if not names:

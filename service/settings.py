@@ -101,6 +101,11 @@ class Settings(BaseSettings):
         description="The keys file (same JSON) that `python -m service keys create` writes; default "
         "`<checkpoint_dir>/api-keys.json`. Read again whenever it changes.",
     )
+    first_key: bool = Field(
+        True,
+        description="`python -m service` (`make run`) makes an admin key on a first start with no key at all and "
+        "prints it once; `false`: never. The Docker image runs uvicorn itself and never does.",
+    )
     public_generate: bool = Field(
         True, description="`false`: /generate and GET /models also need a key (scope `generate`)."
     )

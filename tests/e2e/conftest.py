@@ -9,6 +9,7 @@ import gzip
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -327,5 +328,30 @@ def launcher(data_root, bundled_models_dir, tmp_path) -> Iterator[Stack]:
         s.start("launcher", [sys.executable, "-m", "service"])
         s.wait_healthy()
         yield s
+    finally:
+        s.stop()
+
+
+@pytest.fixture
+def first_run(data_root, bundled_models_dir, tmp_path) -> Iterator[tuple[Stack, str]]:
+    """`python -m service` exactly as a first `make run` starts it: no Redis where it looks (so the embedded
+    broker), and no API key configured anywhere; returns the stack and the admin key it printed."""
+    port = free_port()
+    env = clean_env(
+        GANSERVE_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0",  # nothing listens there
+        GANSERVE_CHECKPOINT_DIR=str(tmp_path / "volume"),
+        GANSERVE_DATA_ROOT=str(data_root),
+        GANSERVE_BUNDLED_MODELS_DIR=str(bundled_models_dir),
+        GANSERVE_HOST="127.0.0.1",
+        GANSERVE_PORT=str(port),
+    )
+    env.pop("GANSERVE_API_KEYS", None)
+    s = Stack(base_url=f"http://127.0.0.1:{port}", volume=tmp_path / "volume", env=env, log_dir=tmp_path)
+    try:
+        launcher = s.start("launcher", [sys.executable, "-m", "service"])
+        s.wait_healthy()
+        found = re.search(r"^ {4}(gsk_\S+)$", launcher.log.read_text(), re.MULTILINE)
+        assert found, f"the first start printed no key\n{s.logs()}"
+        yield s, found.group(1)
     finally:
         s.stop()

@@ -7,8 +7,10 @@ import os
 import shutil
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 import pytest
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -47,9 +49,9 @@ def browser() -> Iterator[object]:
             b.close()
 
 
-@pytest.fixture
-def page(browser, stack):
-    context = browser.new_context(base_url=stack.base_url, viewport={"width": 1200, "height": 1000})
+@contextmanager
+def new_page(browser, base_url: str) -> Iterator[object]:
+    context = browser.new_context(base_url=base_url, viewport={"width": 1200, "height": 1000})
     page = context.new_page()
     page.set_default_timeout(TIMEOUT_MS)
     errors: list[str] = []
@@ -59,6 +61,12 @@ def page(browser, stack):
         yield page
     finally:
         context.close()
+
+
+@pytest.fixture
+def page(browser, stack):
+    with new_page(browser, stack.base_url) as p:
+        yield p
 
 
 def screenshot(page, name: str) -> Path:
@@ -72,7 +80,20 @@ def screenshot(page, name: str) -> Path:
 def test_playground_and_training_dashboard(page, stack):
     with stack.client() as client:
         key = client.headers["authorization"].removeprefix("Bearer ")
-        default = client.get("/models").json()["models"][0]["name"]
+    walk(page, stack.base_url, key, "")
+
+
+def test_a_first_make_run_needs_only_the_page(browser, first_run):
+    """From `make run` on an empty volume to an interpolation and a finished tiny job, with nothing but the
+    page and the key the launcher printed."""
+    stack, key = first_run
+    with new_page(browser, stack.base_url) as page:
+        walk(page, stack.base_url, key, "make-run-")
+
+
+def walk(page, base_url: str, key: str, shots: str) -> None:
+    """A new user's walk through the page; screenshots named with the prefix `shots`."""
+    default = httpx.get(f"{base_url}/models").json()["models"][0]["name"]
 
     # Playground: the default model's image of seed 42, its grid, the curl command, the download link.
     page.goto("/")
@@ -80,9 +101,9 @@ def test_playground_and_training_dashboard(page, stack):
     page.wait_for_function(loaded("grid", "count=16"))
     assert page.is_hidden("#label-field")  # no class picker: the default model is not conditional
     curl = page.text_content("#curl")
-    assert curl.startswith(f"curl -o {default}-42.png '{stack.base_url}/generate?") and "seed=42" in curl
+    assert curl.startswith(f"curl -o {default}-42.png '{base_url}/generate?") and "seed=42" in curl
     href = page.get_attribute("#download", "href")
-    assert curl.endswith(f"{stack.base_url}{href}'")
+    assert curl.endswith(f"{base_url}{href}'")
     page.click("#roll")
     page.wait_for_function("() => document.getElementById('seed').value !== '42'")
     page.wait_for_function(loaded("image", f"seed={page.input_value('#seed')}"))
@@ -97,7 +118,7 @@ def test_playground_and_training_dashboard(page, stack):
     width, height = page.eval_on_selector("#strip", "i => [i.naturalWidth, i.naturalHeight]")
     assert width > 5 * height, (width, height)
     assert "/interpolate?" in page.text_content("#interp-curl")
-    screenshot(page, "1-playground")
+    screenshot(page, f"{shots}1-playground")
 
     # Training: the key, a job the server refuses (its 422 shown), then a tiny job, followed live.
     page.click("#tab-train")
@@ -127,7 +148,7 @@ def test_playground_and_training_dashboard(page, stack):
         if not seen or seen[-1] != state:
             seen.append(state)
             if state[0] == "running" and not running_shot:
-                running_shot = screenshot(page, "2-training-running")
+                running_shot = screenshot(page, f"{shots}2-training-running")
         if state[0] in {"succeeded", "failed", "cancelled"}:
             break
         assert time.monotonic() < deadline, f"the job is still {state} after 180 s; seen {seen}"
@@ -141,7 +162,7 @@ def test_playground_and_training_dashboard(page, stack):
     page.wait_for_function(loaded("loss-plot", "blob:"))
     page.wait_for_function(loaded("samples", "blob:"))
     assert "epoch 3" in page.text_content("#samples-caption")
-    screenshot(page, "3-training-succeeded")
+    screenshot(page, f"{shots}3-training-succeeded")
 
     # The new model is served at once: pick it in the playground.
     page.click("#tab-play")
@@ -150,5 +171,5 @@ def test_playground_and_training_dashboard(page, stack):
     page.wait_for_function(loaded("image", "model=web-digits"))
     page.wait_for_function(loaded("grid", "model=web-digits"))
     page.wait_for_function(loaded("strip", "model=web-digits"))  # the interpolation follows the model
-    screenshot(page, "4-playground-new-model")
+    screenshot(page, f"{shots}4-playground-new-model")
     assert page.js_errors == []
