@@ -356,14 +356,32 @@ function refreshDetail(job) {
   detailShown = shown;
   if (job.history.length) authImage($("loss-plot"), `/train/${job.id}/plots/losses.png`);
   else $("loss-plot").hidden = true;
+  // Quality curves once an evaluation has measured FID (jobs on tiny datasets skip it, and say why).
+  const evaluated = job.history.some((e) => e.evaluation && typeof e.evaluation.fid === "number");
+  $("fid-figure").hidden = !evaluated;
+  if (evaluated) authImage($("fid-plot"), `/train/${job.id}/plots/fid.png`);
   const epochs = job.samples.map((s) => Number((s.match(/epoch-(\d+)\.png$/) || [])[1])).filter(Boolean);
+  const select = $("sample-epoch");
+  const wanted = select.dataset.job === job.id ? Number(select.value) : 0;
+  select.dataset.job = job.id;
+  select.replaceChildren(...[...epochs].sort((a, b) => b - a).map((e) => new Option(String(e), String(e))));
+  select.hidden = !epochs.length;
   if (epochs.length) {
-    const epoch = Math.max(...epochs);
-    $("samples-caption").textContent = `Samples after epoch ${epoch} (seeds 0–63)`;
-    authImage($("samples"), `/train/${job.id}/samples/${epoch}.png`);
+    select.value = String(epochs.includes(wanted) ? wanted : Math.max(...epochs));
+    showSamples(job.id, Number(select.value));
   } else {
     $("samples").hidden = true;
   }
 }
+
+// The sample grid of one epoch (every `sample_every` epochs has one).
+function showSamples(jobId, epoch) {
+  $("samples-caption").textContent = `Samples after epoch ${epoch} (seeds 0–63)`;
+  authImage($("samples"), `/train/${jobId}/samples/${epoch}.png`);
+}
+
+$("sample-epoch").addEventListener("change", (event) => {
+  showSamples(event.target.dataset.job, Number(event.target.value));
+});
 
 loadModels();

@@ -162,7 +162,16 @@ def walk(page, base_url: str, key: str, shots: str) -> None:
     page.wait_for_function(loaded("loss-plot", "blob:"))
     page.wait_for_function(loaded("samples", "blob:"))
     assert "epoch 3" in page.text_content("#samples-caption")
+    assert page.eval_on_selector_all("#sample-epoch option", "os => os.map(o => o.value)") == ["3", "2", "1"]
+    page.wait_for_function(loaded("fid-plot", "blob:"))  # the job measured FID each epoch: its quality curve
     screenshot(page, f"{shots}3-training-succeeded")
+    last = page.get_attribute("#samples", "src")
+    page.select_option("#sample-epoch", "1")  # any epoch's grid, not only the last
+    page.wait_for_function("() => document.getElementById('samples-caption').textContent.includes('epoch 1')")
+    page.wait_for_function(
+        f"() => {{ const i = document.getElementById('samples'); return i.src !== {last!r} && i.complete"
+        " && i.naturalWidth > 0; }"
+    )
 
     # The new model is served at once: pick it in the playground.
     page.click("#tab-play")
