@@ -8,9 +8,6 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
-from service.answers import AnswerCache
-from service.batcher import Batchers
-from service.cpu_pool import CpuPool
 from service.evaluations import EvaluationStore
 from service.jobs import JobStore
 from service.registry import ModelRegistry
@@ -29,26 +26,14 @@ BrokerCheck = Callable[[], str]
 BROKER_TIMEOUT_S = 2.0
 
 
-# The getters of app.state are `async`: FastAPI runs a plain `def` dependency in its thread pool, and six thread
-# hops per request cost /generate more than its forward pass.
+# The getters of app.state are `async`: FastAPI runs a plain `def` dependency in its thread pool, and on /generate
+# those hops cost more than the forward pass did.
 async def get_settings_dep(request: Request) -> Settings:
     return request.app.state.settings
 
 
 async def get_registry(request: Request) -> ModelRegistry:
     return request.app.state.registry
-
-
-async def get_batchers(request: Request) -> Batchers:
-    return request.app.state.batchers
-
-
-async def get_cpu_pool(request: Request) -> CpuPool:
-    return request.app.state.cpu_pool
-
-
-async def get_answer_cache(request: Request) -> AnswerCache:
-    return request.app.state.answers
 
 
 async def get_job_store(request: Request) -> JobStore:
@@ -130,9 +115,6 @@ async def get_broker_check(request: Request) -> BrokerCheck:
 
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
-BatchersDep = Annotated[Batchers, Depends(get_batchers)]
-CpuPoolDep = Annotated[CpuPool, Depends(get_cpu_pool)]
-AnswerCacheDep = Annotated[AnswerCache, Depends(get_answer_cache)]
 JobStoreDep = Annotated[JobStore, Depends(get_job_store)]
 TaskSenderDep = Annotated[TaskSender, Depends(get_task_sender)]
 EvaluationSenderDep = Annotated[TaskSender, Depends(get_evaluation_sender)]

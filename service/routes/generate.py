@@ -306,10 +306,10 @@ async def _generate(
             )
             if etag_matches(request.headers.get("if-none-match"), key):
                 return Response(status_code=304, headers=headers)
+    rows = 1 if plan.seeds is None else len(plan.seeds)
     answer = state.answers.get(key) if key is not None else None
     if answer is None:
         # seed → latent takes ~8 µs a seed: on the loop up to a forward's worth of rows, in the pool beyond.
-        rows = 1 if plan.seeds is None else len(plan.seeds)
         latents = plan.latents() if rows <= model.batch_rows else await state.cpu_pool.run(plan.latents)
         try:
             # One wake-up of the loop per request: the batcher's thread runs the forward, the CPU pool encodes.
@@ -323,7 +323,7 @@ async def _generate(
             ) from None
         if key is not None:
             state.answers.put(key, answer)
-    state.metrics.generated_images.inc(1 if plan.seeds is None else len(plan.seeds))
+    state.metrics.generated_images.inc(rows)
     return Response(answer.body, media_type=answer.media_type, headers=headers)
 
 

@@ -311,9 +311,9 @@ def stack(redis_url, data_root, bundled_models_dir, tmp_path_factory) -> Iterato
         s.stop()
 
 
-@pytest.fixture
-def launcher(data_root, bundled_models_dir, tmp_path) -> Iterator[Stack]:
-    """`python -m service` (what `make run` runs) with no Redis listening where it is told to look."""
+def start_launcher(data_root: Path, bundled_models_dir: Path, tmp_path: Path, *, keys: bool = True) -> Stack:
+    """`python -m service` (what `make run` runs) with no Redis listening where it is told to look; `keys=False`:
+    no API key configured anywhere, as on a first `make run`."""
     port = free_port()
     env = clean_env(
         GANSERVE_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0",  # nothing listens there
@@ -323,10 +323,23 @@ def launcher(data_root, bundled_models_dir, tmp_path) -> Iterator[Stack]:
         GANSERVE_HOST="127.0.0.1",
         GANSERVE_PORT=str(port),
     )
+    if not keys:
+        env.pop("GANSERVE_API_KEYS", None)
     s = Stack(base_url=f"http://127.0.0.1:{port}", volume=tmp_path / "volume", env=env, log_dir=tmp_path)
     try:
         s.start("launcher", [sys.executable, "-m", "service"])
         s.wait_healthy()
+    except BaseException:
+        s.stop()
+        raise
+    return s
+
+
+@pytest.fixture
+def launcher(data_root, bundled_models_dir, tmp_path) -> Iterator[Stack]:
+    """`python -m service` with the tests' key."""
+    s = start_launcher(data_root, bundled_models_dir, tmp_path)
+    try:
         yield s
     finally:
         s.stop()
@@ -336,21 +349,10 @@ def launcher(data_root, bundled_models_dir, tmp_path) -> Iterator[Stack]:
 def first_run(data_root, bundled_models_dir, tmp_path) -> Iterator[tuple[Stack, str]]:
     """`python -m service` exactly as a first `make run` starts it: no Redis where it looks (so the embedded
     broker), and no API key configured anywhere; returns the stack and the admin key it printed."""
-    port = free_port()
-    env = clean_env(
-        GANSERVE_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0",  # nothing listens there
-        GANSERVE_CHECKPOINT_DIR=str(tmp_path / "volume"),
-        GANSERVE_DATA_ROOT=str(data_root),
-        GANSERVE_BUNDLED_MODELS_DIR=str(bundled_models_dir),
-        GANSERVE_HOST="127.0.0.1",
-        GANSERVE_PORT=str(port),
-    )
-    env.pop("GANSERVE_API_KEYS", None)
-    s = Stack(base_url=f"http://127.0.0.1:{port}", volume=tmp_path / "volume", env=env, log_dir=tmp_path)
+    s = start_launcher(data_root, bundled_models_dir, tmp_path, keys=False)
     try:
-        launcher = s.start("launcher", [sys.executable, "-m", "service"])
-        s.wait_healthy()
-        found = re.search(r"^ {4}(gsk_\S+)$", launcher.log.read_text(), re.MULTILINE)
+        log = next(p.log for p in s.procs if p.name == "launcher")
+        found = re.search(r"^ {4}(gsk_\S+)$", log.read_text(), re.MULTILINE)
         assert found, f"the first start printed no key\n{s.logs()}"
         yield s, found.group(1)
     finally:
