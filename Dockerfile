@@ -39,4 +39,6 @@ USER 10001:10001
 EXPOSE 8000
 VOLUME ["/data/ganserve"]
 
-CMD ["uvicorn", "--factory", "service.main:create_app", "--host", "0.0.0.0", "--port", "8000"]
+# asyncio's event loop, not uvloop: under saturation uvloop served some connections hundreds of ms late
+# (benchmarks/README.md, serve_load); service/__main__.py says the same.
+CMD ["uvicorn", "--factory", "service.main:create_app", "--host", "0.0.0.0", "--port", "8000", "--loop", "asyncio"]

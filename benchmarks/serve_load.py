@@ -50,6 +50,7 @@ from PIL import Image
 from benchmarks.common import machine
 from benchmarks.soak import Stack, free_port
 from experiments.common import update_readme
+from service.__main__ import UVICORN_LOOP
 from training import checkpoint
 from training.config import TrainConfig
 from training.latents import MAX_SEED
@@ -253,7 +254,7 @@ def start_api(workdir: Path, workers: int) -> Stack:
     )
     cmd = [sys.executable, "-m", "uvicorn", "--factory", "benchmarks.serve_app:create_bench_app",
            "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log",
-           "--workers", str(workers)]  # fmt: skip
+           "--workers", str(workers), "--loop", UVICORN_LOOP]  # fmt: skip
     log = (workdir / "api.log").open("ab")
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     stack = Stack(f"http://127.0.0.1:{port}", "", {"api": proc}, workdir)

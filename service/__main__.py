@@ -82,6 +82,9 @@ def worker_command(settings: Settings) -> list[str]:
     ]
 
 
+UVICORN_LOOP = "asyncio"  # also in the Dockerfile and docker-compose.yml (tests/test_deploy_files.py)
+
+
 def api_command(settings: Settings) -> list[str]:
     return [
         sys.executable,
@@ -94,7 +97,11 @@ def api_command(settings: Settings) -> list[str]:
         "--port",
         str(settings.port),
         "--workers",
-        str(settings.workers),  # processes; each loads its own models and runs its own batchers
+        str(settings.workers),  # processes; each loads its own models and starts its own render process
+        # asyncio's own event loop, not uvloop: saturated, uvloop answered about 1 % of requests hundreds of ms
+        # late (p99 600 ms where asyncio's was 54 ms, for 9 % fewer requests/s: benchmarks/README.md).
+        "--loop",
+        UVICORN_LOOP,
         "--log-level",
         settings.log_level,
     ]

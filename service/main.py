@@ -4,9 +4,11 @@
 neither loads anything at import: the model is loaded (and warmed up) when the server starts.
 """
 
+import gc
 import logging
+import os
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
 
@@ -16,13 +18,14 @@ from starlette.concurrency import run_in_threadpool
 from service import reaper, webhooks
 from service.answers import AnswerCache
 from service.auth import install_security
-from service.batcher import Batchers
 from service.cpu_pool import CpuPool
 from service.errors import install_error_handlers
 from service.evaluations import EvaluationStore
 from service.jobs import JobStore
 from service.metrics import JsonFormatter, Metrics, ObserveRequests
 from service.registry import ModelNotFound, ModelRegistry
+from service.render_process import ChildConfig, ProcessRenderer
+from service.rendering import InProcessRenderer, Renderer
 from service.routes import generate, health, interpolate, models, ops, train
 from service.routes import web as web_page
 from service.settings import Settings, get_settings
@@ -79,31 +82,70 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         log.info("default model %s version %d ready (%s)", model.name, model.version, model.source)
     except ModelNotFound as e:
         log.warning("default model not loaded, /generate without `model` will answer 404 until it exists: %s", e)
+    # After the default model: the render process preloads what the API has loaded (service/render_process.py).
+    await app.state.renderer.start()
+    settle_garbage_collector()
     # The reaper re-queues jobs whose worker vanished (service/reaper.py); the deliverer calls finished jobs'
     # webhooks from the outbox on the volume (service/webhooks.py).
     try:
         async with reaper.running(app), webhooks.running(app):
             yield
     finally:
-        # /generate's threads: no request left waiting (those still queued get a 503), no thread left running.
-        await run_in_threadpool(app.state.batchers.close)
+        # No request left waiting (those still queued get a 503), no thread or render process left running.
+        await app.state.renderer.close()
         await run_in_threadpool(app.state.cpu_pool.close)
+
+
+def settle_garbage_collector() -> None:
+    """Take what start-up made (torch, FastAPI, pydantic, the models: about a million objects) out of the
+    collector's sight. A full collection scans every tracked object; under /generate load one ran about once a
+    second and paused the event loop for up to 237 ms each time, which was the whole p99 of /generate
+    (benchmarks/README.md). Frozen, those objects are never scanned again, and never freed: none of them is
+    garbage, which is why the collection comes first."""
+    gc.collect()
+    gc.freeze()
+
+
+def fastapi_telemetry(environ: Mapping[str, str]) -> dict[str, bool]:
+    """FastAPI's own OpenTelemetry hooks, only where OpenTelemetry is configured (an `OTEL_*` variable):
+    otherwise they would look up the global providers, which read the environment, on every request (4 % of
+    the API process's time under /generate load). ganserve's own metrics are Prometheus (GET /metrics)."""
+    on = any(name.startswith("OTEL_") for name in environ)
+    return {"tracing": on, "metrics": on, "logs": on}
+
+
+def make_renderer(
+    settings: Settings, registry: ModelRegistry, cpu_pool: CpuPool, on_forward: Callable[[int], None]
+) -> Renderer:
+    """Where /generate's forwards run (service/rendering.py): a render process, or the API's own threads."""
+    max_wait_s = settings.batch_wait_ms / 1000
+    if not settings.render_process:
+        return InProcessRenderer(cpu_pool, max_wait_s, on_forward=on_forward)
+    roots = [(str(root), source) for root, source in registry.roots]
+    config = ChildConfig(roots, settings.batch_max, max_wait_s, settings.render_threads, settings.log_level)
+    return ProcessRenderer(config, preload=registry.loaded, on_forward=on_forward)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     configure_logging(settings.log_level, settings.log_format)
-    app = FastAPI(title="ganserve", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(
+        title="ganserve",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        telemetry=fastapi_telemetry(os.environ),
+    )
     app.state.settings = settings
     app.state.registry = ModelRegistry.from_settings(settings)
-    app.state.cpu_pool = CpuPool()
-    # One batcher per model version, on demand; each request's PNGs are encoded on the CPU pool.
-    app.state.batchers = Batchers(max_wait_s=settings.batch_wait_ms / 1000, dispatch=app.state.cpu_pool.dispatch)
+    app.state.cpu_pool = CpuPool()  # the API's own CPU work off the loop (large seed lists, /interpolate's GIFs)
     app.state.answers = AnswerCache(settings.png_cache_size)
     app.state.jobs = JobStore(settings.jobs_dir)
     app.state.evaluations = EvaluationStore(settings.evaluations_dir)
     app.state.metrics = Metrics(app.state.jobs, app.state.evaluations)  # GET /metrics and /stats (service/metrics.py)
-    app.state.batchers.on_forward = app.state.metrics.batch_rows.observe
+    app.state.renderer = make_renderer(
+        settings, app.state.registry, app.state.cpu_pool, app.state.metrics.batch_rows.observe
+    )
     app.state.celery = None  # built on the first POST /train (see service.deps)
     install_error_handlers(app)
     install_security(app)  # API keys, rate limits, the body-size limit (README "Security")

@@ -184,6 +184,10 @@ class ModelRegistry:
     clock: Callable[[], float] = time.monotonic
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
     _cache: dict[tuple[str, int], LoadedModel] = field(default_factory=dict, repr=False)
+    # The root each cached model was loaded from, the very object of `roots` (compared by identity: a Path
+    # comparison cost ~10 µs of every /generate, on the event loop).
+    _loaded_from: dict[tuple[str, int], Path] = field(default_factory=dict, repr=False)
+    _rescan_claims: dict[str, float] = field(default_factory=dict, repr=False)  # see get_if_ready
     _listings: dict[str, _Listing] = field(default_factory=dict, repr=False)
     _failures: dict[Path, _Failure] = field(default_factory=dict, repr=False)
     evaluations: EvaluationStore | None = None  # where evaluation results are filed, shown by `describe`
@@ -221,19 +225,27 @@ class ModelRegistry:
             raise ModelNotFound(name, None, self.names(), reason="; ".join(reasons))
 
     def get_if_ready(self, name: str, version: int | None = None) -> LoadedModel | None:
-        """What `get` returns when that needs no disk and no wait: the listing is fresh and the version (the
-        newest, when None) is loaded. None otherwise — then call `get`, off the event loop, which may scan
-        and load. Never blocks: it takes no lock (a listing and a cache entry are each replaced whole, and a
-        dict read is atomic), so a thread loading a model never stalls the event loop; at worst it sees the
-        state of a moment ago, which `get` would have returned then."""
+        """What `get` returns when that needs no disk and no wait: the version (the newest, when None) is
+        loaded and the listing is fresh, or being rescanned by another caller. None otherwise — then call
+        `get`, off the event loop, which may scan and load. Never blocks: it takes no lock (a listing and a
+        cache entry are each replaced whole, and a dict read is atomic), so a thread loading a model never
+        stalls the event loop; at worst it sees the state of a moment ago, which `get` would have returned
+        then."""
         listing = self._listings.get(name)
         if listing is None or not listing.versions or listing.root is None:
             return None
-        if not 0 <= self.clock() - listing.checked_at < self.rescan_interval_s:
-            return None
+        now = self.clock()
+        if not 0 <= now - listing.checked_at < self.rescan_interval_s:
+            # Stale. One caller is sent to `get` to rescan; until it has, the others are served what was listed
+            # a moment ago. (Sending them all made every request of that moment queue for the registry's lock
+            # in FastAPI's threads, once a second under load.) A claim not honoured in a few intervals lapses.
+            claimed = self._rescan_claims.get(name)
+            if claimed is None or not 0 <= now - claimed < 5 * self.rescan_interval_s:
+                self._rescan_claims[name] = now
+                return None
         wanted = max(listing.versions) if version is None else version
         model = self._cache.get((name, wanted)) if wanted in listing.versions else None
-        if model is None or model.stem.parent.parent.parent != listing.root:
+        if model is None or self._loaded_from.get((name, wanted)) is not listing.root:
             return None
         return model
 
@@ -258,12 +270,13 @@ class ModelRegistry:
         if previous and previous.versions and listing.versions and max(listing.versions) > max(previous.versions):
             log.info("model %s: found version %d (%s)", name, max(listing.versions), listing.source)
         self._listings[name] = listing
+        self._rescan_claims.pop(name, None)
         return listing
 
     def _load(self, name: str, version: int, root: Path, source: Source) -> "LoadedModel | _Failure":
         key = (name, version)
         cached = self._cache.get(key)
-        if cached is not None and cached.stem.parent.parent.parent == root:
+        if cached is not None and self._loaded_from.get(key) is root:
             return cached
         stem = model_stem(root, name, version)
         signature = _signature(stem)
@@ -281,6 +294,7 @@ class ModelRegistry:
             log.error("model %s version %d (%s) cannot be loaded and is skipped: %s", name, version, source, reason)
             return self._failures[stem]
         self._failures.pop(stem, None)
+        self._loaded_from[key] = root
         self._cache[key] = model
         log.info(
             "model %s version %d loaded from %s in %.2f s (latent %d, %s %s)",

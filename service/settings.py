@@ -68,11 +68,27 @@ class Settings(BaseSettings):
         "the low-order bits of the floats, and so, rarely, a pixel.",
     )
     batch_wait_ms: float = Field(
-        2.0,
+        0.0,
         ge=0,
         le=1000,
-        description="How long a /generate forward waits for other requests to fill its batch, in milliseconds "
-        "(from the arrival of the oldest request in it).",
+        description="How long a /generate forward may wait for more requests to fill its batch, in milliseconds "
+        "(from the arrival of the oldest request in it), like Triton's `max_queue_delay`. 0: none; under load "
+        "batches still fill with the requests that arrive while a forward runs, and a lone request is not "
+        "delayed (measured: benchmarks/README.md).",
+    )
+    render_process: bool = Field(
+        True,
+        description="Run /generate's forwards and PNG encoding in a render process beside each API process "
+        "(service/render_process.py), so that the event loop never competes with them for the GIL; `false`: "
+        "in threads of the API process (less memory: the weights are loaded once, not twice).",
+    )
+    render_threads: int = Field(
+        1,
+        ge=1,
+        le=256,
+        description="torch's intra-op threads in each render process. One leaves the other cores to the API "
+        "processes (and their clients); raise it for a large model on a host with cores to spare. Part of a "
+        "deployment, like `batch_max`: the threads may change the floats' low-order bits.",
     )
     png_cache_size: int = Field(
         1024, ge=0, description="Encoded /generate answers (by seed) kept in each API process's memory; 0 = off."

@@ -161,3 +161,15 @@ def test_worker_runs_one_job_at_a_time():
     cmd = worker_command(Settings())
     assert cmd[cmd.index("--pool") + 1] == "solo"
     assert cmd[cmd.index("--concurrency") + 1] == "1"
+
+
+def test_every_api_command_runs_the_same_event_loop():
+    from service.__main__ import UVICORN_LOOP, api_command
+
+    command = api_command(Settings())
+    assert command[command.index("--loop") + 1] == UVICORN_LOOP
+    for text in (COMPOSE.read_text(), DOCKERFILE.read_text()):
+        commands = re.findall(r'\["uvicorn",[^\]]*\]', text)
+        assert commands, "no uvicorn command"
+        for command in commands:
+            assert f'"--loop", "{UVICORN_LOOP}"' in command, command

@@ -2,18 +2,17 @@
 
 A request is checked and its model resolved first (every 4xx before anything is queued). An answer for an
 explicit seed may then come from its ETag (304) or the in-process cache (service/answers.py); otherwise its
-rows go to the model's batcher (service/batcher.py), whose thread runs the forward and hands the request's
-rows to the CPU pool (service/cpu_pool.py) to encode: the event loop awaits one future per request. Nothing on
-this path is a thread hop of FastAPI's own pool (each cost more than a forward): the route and its
-dependencies are `async`, and only a model not yet loaded is looked up in a thread.
+latents go to the app's renderer (service/rendering.py): by default a render process that batches them with
+other requests' rows, runs the forward and encodes the PNG, while the event loop awaits one future per
+request (service/render_process.py). Nothing on this path is a thread hop of FastAPI's own pool (each cost
+more than a forward): the route and its dependencies are `async`, and only a model not yet loaded is looked
+up in a thread.
 """
 
-import asyncio
 import base64
 import secrets
 from dataclasses import dataclass
-from functools import partial
-from typing import Annotated
+from typing import Annotated, Any
 
 import torch
 from fastapi import APIRouter, Body, Depends, Query, Request, Response
@@ -22,24 +21,13 @@ from starlette.concurrency import run_in_threadpool
 
 from service.answers import Answer, cache_control, etag, etag_matches
 from service.auth import public_generate
-from service.batcher import BatcherClosed
 from service.errors import APIError, error_responses, validation_error
 from service.registry import LoadedModel, ModelNotFound, ModelRegistry
+from service.rendering import PNG_LEVEL, Form, Output, RendererClosed, Rows, Seeds
 from service.schemas import GeneratedImages, GenerateRequest
 from service.settings import Settings
 from training.config import NAME_PATTERN
-from training.images import grid, png_bytes
-from training.latents import MAX_SEED, latent_from_seed, latents_from_seeds
-
-# zlib level of every PNG served, by measurement (torchvision's encode_png, one AMD EPYC core, torch 2.14.1;
-# bytes / µs per image):
-#   level                    0              1             3             6              9
-#   28×28 digit (mnist-mlp)  880 / 34       285 / 46      262 / 44      259 / 57       257 / 92
-#   3×64×64, noisy colour    12432 / 179    9791 / 400    9791 / 395    9707 / 411     9707 / 430
-#   4×4 grid, 3×122×122      44907 / 378    6962 / 546    6552 / 644    7754 / 1186    7534 / 5425
-# 3 is within 1 % of 6's size on single images and smaller on grids, in about half 6's time on grids. Not a
-# setting: nobody needs another, and it changes the bytes (never the pixels), so it is part of the ETag.
-PNG_LEVEL = 3
+from training.latents import MAX_SEED
 
 # Open to anonymous callers (rate-limited per IP) unless GANSERVE_PUBLIC_GENERATE=false: then scope `generate`.
 router = APIRouter(tags=["generate"], dependencies=[Depends(public_generate)], responses=error_responses(401, 403, 429))
@@ -197,13 +185,6 @@ class _Plan:
     seeded: bool  # the caller chose the seed: the answer is the same every time, and cacheable
     as_json: bool
 
-    def latents(self) -> torch.Tensor:
-        if self.seeds is None:
-            return torch.tensor([self.latent], dtype=torch.float32)
-        if len(self.seeds) == 1:  # the common case, without a stack
-            return latent_from_seed(self.seeds[0], self.model.latent_dim).unsqueeze(0)
-        return latents_from_seeds(self.seeds, self.model.latent_dim)
-
     def headers(self) -> dict[str, str]:
         headers = {"X-Model": self.model.name, "X-Model-Version": str(self.model.version)}
         if self.seeds is not None:
@@ -252,21 +233,32 @@ def _plan(
     return _Plan(model, seeds, None, labels, model.generators_for(seeds), seeded=seeded, as_json=as_json)
 
 
-def _encode(plan: _Plan, images: torch.Tensor) -> Answer:
-    if plan.as_json:
-        body = GeneratedImages(
-            model=plan.model.name,
-            version=plan.model.version,
-            seeds=plan.seeds,
-            images=[base64.b64encode(png_bytes(img, PNG_LEVEL)).decode("ascii") for img in images],
-            labels=plan.labels,
-            generators=plan.generators,
-        )
-        # The fields of conditional / MAD-GAN models are left out for the others, whose answer is unchanged.
-        absent = {k for k in ("labels", "generators") if getattr(body, k) is None}
-        return Answer(bytes(JSONResponse(body.model_dump(mode="json", exclude=absent)).body), "application/json")
-    image = images[0] if len(images) == 1 else grid(images)
-    return Answer(png_bytes(image, PNG_LEVEL), "image/png")
+def _answer(plan: _Plan, output: Output) -> Answer:
+    """The renderer's output (one PNG, or one per image for JSON) as the answer's body."""
+    if not plan.as_json:
+        assert isinstance(output, bytes)
+        return Answer(output, "image/png")
+    assert isinstance(output, list)
+    body = GeneratedImages(
+        model=plan.model.name,
+        version=plan.model.version,
+        seeds=plan.seeds,
+        images=[base64.b64encode(png).decode("ascii") for png in output],
+        labels=plan.labels,
+        generators=plan.generators,
+    )
+    # The fields of conditional / MAD-GAN models are left out for the others, whose answer is unchanged.
+    absent = {k for k in ("labels", "generators") if getattr(body, k) is None}
+    return Answer(bytes(JSONResponse(body.model_dump(mode="json", exclude=absent)).body), "application/json")
+
+
+async def render(state: Any, model: LoadedModel, rows: Rows, labels: list[int] | None,
+                 generators: list[int] | None, form: Form) -> Output:  # fmt: skip
+    """Rendered by the app's renderer (service/rendering.py); 503 when it is stopping or restarting."""
+    try:
+        return await state.renderer.render(model, rows, labels, generators, form)
+    except RendererClosed as e:
+        raise APIError(503, "shutting_down", f"{e}; try again.", headers={"Retry-After": "1"}) from None
 
 
 async def _generate(
@@ -309,18 +301,10 @@ async def _generate(
     rows = 1 if plan.seeds is None else len(plan.seeds)
     answer = state.answers.get(key) if key is not None else None
     if answer is None:
-        # seed → latent takes ~8 µs a seed: on the loop up to a forward's worth of rows, in the pool beyond.
-        latents = plan.latents() if rows <= model.batch_rows else await state.cpu_pool.run(plan.latents)
-        try:
-            # One wake-up of the loop per request: the batcher's thread runs the forward, the CPU pool encodes.
-            future = state.batchers.submit(
-                plan.model, latents, plan.labels, plan.generators, finish=partial(_encode, plan)
-            )
-            answer = await asyncio.wrap_future(future)
-        except BatcherClosed:
-            raise APIError(
-                503, "shutting_down", "The server is shutting down; try again.", headers={"Retry-After": "1"}
-            ) from None
+        # Batched, rendered and encoded by the renderer (a render process by default): the loop only awaits.
+        form: Form = "pngs" if plan.as_json else "grid"
+        inputs = Seeds(plan.seeds) if plan.seeds is not None else torch.tensor([plan.latent], dtype=torch.float32)
+        answer = _answer(plan, await render(state, plan.model, inputs, plan.labels, plan.generators, form))
         if key is not None:
             state.answers.put(key, answer)
     state.metrics.generated_images.inc(rows)

@@ -2,12 +2,11 @@
 
 The frames are the images of latents on the slerp between the two seeds' latents (training/latents.py). They
 take /generate's path (service/routes/generate.py): the request is checked and its model resolved first,
-then an ETag may answer 304 or the in-process cache answer at once; otherwise the rows go to the model's
-batcher, and the batcher's `finish` encodes them on the CPU pool. So a frame is the very pixels /generate
-renders for its latent, and both ends are /generate's images of `from` and `to`.
+then an ETag may answer 304 or the in-process cache answer at once; otherwise the rows go to the app's
+renderer, batched with /generate's, and come back as pixels that the CPU pool encodes. So a frame is the
+very pixels /generate renders for its latent, and both ends are /generate's images of `from` and `to`.
 """
 
-import asyncio
 import io
 from functools import partial
 from typing import Annotated, Literal
@@ -20,10 +19,10 @@ from starlette.concurrency import run_in_threadpool
 
 from service.answers import Answer, cache_control, etag, etag_matches
 from service.auth import public_generate
-from service.batcher import BatcherClosed
-from service.errors import APIError, error_responses, validation_error
+from service.errors import error_responses, validation_error
 from service.registry import LoadedModel, ModelRegistry
-from service.routes.generate import PNG_LEVEL, _check_image_model, _check_label, _resolve
+from service.rendering import PNG_LEVEL
+from service.routes.generate import _check_image_model, _check_label, _resolve, render
 from service.settings import Settings
 from training.config import NAME_PATTERN
 from training.images import grid, png_bytes
@@ -196,14 +195,8 @@ async def interpolate(
     answer = state.answers.get(key)
     if answer is None:
         latents = interpolation_latents(seed_from, seed_to, steps, loaded.latent_dim)
-        try:
-            future = state.batchers.submit(
-                loaded, latents, labels, generators, finish=partial(encode, fmt=format, duration_ms=duration_ms)
-            )
-            answer = await asyncio.wrap_future(future)
-        except BatcherClosed:
-            raise APIError(
-                503, "shutting_down", "The server is shutting down; try again.", headers={"Retry-After": "1"}
-            ) from None
+        frames = await render(state, loaded, latents, labels, generators, "pixels")
+        assert isinstance(frames, torch.Tensor)
+        answer = await state.cpu_pool.run(partial(encode, frames, fmt=format, duration_ms=duration_ms))
         state.answers.put(key, answer)
     return Response(answer.body, media_type=answer.media_type, headers=headers)

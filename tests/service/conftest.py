@@ -28,6 +28,9 @@ def settings(tmp_path: Path) -> Settings:
         broker_url="filesystem://",  # also: the rate limiter counts in the process, not in a Redis
         max_count=64,
         api_keys=TEST_KEYS,
+        # The routes' tests render in threads of the app's own process; tests/service/test_render_process.py
+        # and the end-to-end tests run the render process (the default).
+        render_process=False,
     )
 
 

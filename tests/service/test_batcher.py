@@ -323,3 +323,17 @@ def test_get_if_ready_never_touches_disk_for_an_unloaded_model(tmp_path) -> None
     assert registry.get_if_ready("mnist-mlp", loaded.version) is loaded
     assert registry.get_if_ready("mnist-mlp", loaded.version + 1) is None
     assert registry.get_if_ready("no-such-model") is None
+
+
+def test_get_if_ready_sends_one_caller_to_rescan_a_stale_listing() -> None:
+    now = [0.0]
+    registry = ModelRegistry([(BUNDLED_MODELS_DIR, "bundled")], clock=lambda: now[0])
+    loaded = registry.get("mnist-mlp")
+    now[0] += registry.rescan_interval_s  # the listing is stale
+    assert registry.get_if_ready("mnist-mlp") is None  # the first caller: to `get`, which rescans
+    assert registry.get_if_ready("mnist-mlp") is loaded  # the others meanwhile: what was listed
+    assert registry.get("mnist-mlp") is loaded  # the rescan
+    now[0] += 5 * registry.rescan_interval_s
+    assert registry.get_if_ready("mnist-mlp") is None  # stale again: a new claim
+    now[0] += 5 * registry.rescan_interval_s
+    assert registry.get_if_ready("mnist-mlp") is None  # a claim nobody honoured has lapsed

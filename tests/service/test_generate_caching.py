@@ -12,7 +12,7 @@ IMMUTABLE = "public, max-age=31536000, immutable"
 
 def forwards(client: TestClient, version: int = 1) -> int:
     app = client.app
-    return app.state.batchers.get(app.state.registry.get(DEFAULT_MODEL, version)).forwards  # type: ignore[attr-defined]
+    return app.state.renderer.batchers.get(app.state.registry.get(DEFAULT_MODEL, version)).forwards  # type: ignore[attr-defined]
 
 
 def test_a_pinned_seed_is_immutable_and_revalidates_to_304(client: TestClient) -> None:

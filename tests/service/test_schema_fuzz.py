@@ -30,6 +30,7 @@ def _app():
         broker_url="filesystem://",
         api_keys=TEST_KEYS,
         rate_limit_per_min=0,
+        render_process=False,  # the lifespan runs once per example here: no process start each time
     )
     publish_tiny_model(config.models_dir, DEFAULT_MODEL)
     app = create_app(config)
