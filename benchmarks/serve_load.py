@@ -1,7 +1,7 @@
 """Serving throughput: requests/s and p50/p99 latency of /generate next to a ceiling and a naive handler.
 
     .venv/bin/python -m benchmarks.serve_load [--duration 10] [--warmup 2] [--clients 1,16,64]
-        [--cases ceiling,naive,ganserve | a model name | a case id] [--workers 1]
+        [--cases ceiling,naive,ganserve | a model name | a case id] [--workers 1] [--set GANSERVE_NAME=VALUE]
 
 Starts the API (`benchmarks/serve_app.py`: the service's own app plus two benchmark-only routes) under
 uvicorn on a free port of 127.0.0.1, on a temporary volume, with the rate limit off (every client here is
@@ -21,7 +21,8 @@ with a seed never used before in the run. The cases:
 for `mnist-mlp` (the bundled default model) and `dcgan64` (the heavier case). Any non-2xx answer or
 socket error (connect, read, write, timeout) fails the run (exit 1).
 
-Writes benchmarks/results/serve_load.json and the `serve_load` block of benchmarks/README.md: the command,
+Writes benchmarks/results/serve_load.json and the `serve_load` block of benchmarks/README.md (with `--set`,
+a file and a block of their own, named after the settings): the command,
 the machine, the table, and at 64 clients the ratios ganserve/ceiling and ganserve/naive for each model and
 whether the targets are met (bundled model, 64 clients: ≥ 0.70 of the ceiling's requests/s, ≥ 3× the naive
 handler's, p99 ≤ 50 ms).
@@ -243,7 +244,7 @@ def publish_dcgan(models_dir: Path, scratch: Path) -> int:
     return checkpoint.publish(models_dir, DCGAN, stem)
 
 
-def start_api(workdir: Path, workers: int) -> Stack:
+def start_api(workdir: Path, workers: int, overrides: dict[str, str] | None = None) -> Stack:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("GANSERVE_")}
     env.update(
@@ -252,6 +253,7 @@ def start_api(workdir: Path, workers: int) -> Stack:
         GANSERVE_LOG_LEVEL="warning",
         GANSERVE_RATE_LIMIT_PER_MIN="0",
     )
+    env.update(overrides or {})
     cmd = [sys.executable, "-m", "uvicorn", "--factory", "benchmarks.serve_app:create_bench_app",
            "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log",
            "--workers", str(workers), "--loop", UVICORN_LOOP]  # fmt: skip
@@ -349,9 +351,10 @@ def readme_block(r: dict[str, Any]) -> str:
         verdicts = "; ".join(f"{k}: {_verdict(v)}" for k, v in e["targets"].items()) if "targets" in e else "no target"
         rows.append(f"| {model} | {of} | {over} | {e['p99_ms']:.1f} | {verdicts} |")
     notes = [e["targets_note"] for e in rat["models"].values() if "targets_note" in e]
+    changed = "".join(f", `{k}={v}`" for k, v in sorted(r.get("settings", {}).items()))
     return (
         f"`{r['command']}` — uvicorn with {r['workers']} worker(s) on 127.0.0.1, the service's defaults (rate limit "
-        f"off); `wrk` on the same machine ({hw}), threads = min(clients, 2), a distinct seed per request, "
+        f"off{changed}); `wrk` on the same machine ({hw}), threads = min(clients, 2), a distinct seed per request, "
         f"{r['warmup_s']} s warm-up then {r['duration_s']} s per row; wall {r['wall_s']:.0f} s. `{DCGAN}` is a "
         f"64×64 RGB DCGAN generator with random-initialised weights (throughput only); `{BUNDLED}` is the bundled "
         f"model. One image per request, so req/s is images/s.\n\n"
@@ -379,10 +382,16 @@ def main() -> None:
     parser.add_argument("--clients", default=",".join(map(str, CLIENTS)), help="concurrent connections, e.g. 1,16")
     parser.add_argument("--cases", default=",".join(CASES), help="case ids, kinds (naive) or models (dcgan64)")
     parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="GANSERVE_NAME=VALUE", help="a setting of the API (repeatable)"
+    )
     parser.add_argument("--no-readme", action="store_true", help="print the results only")
     args = parser.parse_args()
     if args.duration < 1 or args.warmup < 0 or args.workers < 1:
         parser.error("--duration ≥ 1, --warmup ≥ 0 and --workers ≥ 1 (whole seconds)")
+    overrides = dict(item.partition("=")[::2] for item in args.set)
+    if any(not name.startswith("GANSERVE_") or not value for name, value in overrides.items()):
+        parser.error("--set GANSERVE_NAME=VALUE, e.g. --set GANSERVE_RENDER_THREADS=2")
     clients = sorted({int(c) for c in args.clients.split(",") if c.strip()})
     if not clients or min(clients) < 1:
         parser.error("--clients: positive integers, e.g. 1,16,64")
@@ -398,7 +407,7 @@ def main() -> None:
     script.write_text(WRK_SCRIPT)
     if DCGAN in models:
         publish_dcgan(workdir / "volume" / "models", workdir)
-    stack = start_api(workdir, args.workers)
+    stack = start_api(workdir, args.workers, overrides)
     measures: list[Measure] = []
     try:
         shapes = check_service(stack.base_url, models)
@@ -417,6 +426,7 @@ def main() -> None:
         "duration_s": args.duration,
         "warmup_s": args.warmup,
         "workers": args.workers,
+        "settings": overrides,
         "clients": clients,
         "machine": machine(),
         "image_shapes": shapes,
@@ -429,8 +439,10 @@ def main() -> None:
     print(json.dumps(result["ratios"], indent=2, ensure_ascii=False))
     if not args.no_readme:
         RESULTS.mkdir(parents=True, exist_ok=True)
-        (RESULTS / "serve_load.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
-        update_readme("serve_load", readme_block(result), README)
+        # A run with other settings has a block (and a results file) of its own beside the defaults'.
+        suffix = "".join(f"-{k.removeprefix('GANSERVE_').lower()}={v}" for k, v in sorted(overrides.items()))
+        (RESULTS / f"serve_load{suffix}.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+        update_readme(f"serve_load{suffix}", readme_block(result), README)
     errors = sum(m.errors for m in measures)
     if errors:
         print(f"FAILED: {errors} non-2xx answers or socket errors; log in {workdir / 'api.log'}")

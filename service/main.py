@@ -122,7 +122,9 @@ def make_renderer(
     if not settings.render_process:
         return InProcessRenderer(cpu_pool, max_wait_s, on_forward=on_forward)
     roots = [(str(root), source) for root, source in registry.roots]
-    config = ChildConfig(roots, settings.batch_max, max_wait_s, settings.render_threads, settings.log_level)
+    config = ChildConfig(
+        roots, settings.batch_max, max_wait_s, settings.render_threads, settings.log_level, settings.log_format
+    )
     return ProcessRenderer(config, preload=registry.loaded, on_forward=on_forward)
 
 

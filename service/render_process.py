@@ -42,6 +42,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import cast
 
 import torch
 
@@ -82,6 +83,7 @@ class ChildConfig:
     max_wait_s: float
     threads: int = 1  # torch's intra-op threads
     log_level: str = "info"
+    log_format: str = "text"  # or "json", as the API's (GANSERVE_LOG_FORMAT)
     preload: list[tuple[str, int]] = field(default_factory=list)  # loaded (and warmed up) before it says ready
 
     def to_json(self) -> str:
@@ -96,6 +98,7 @@ class ChildConfig:
             max_wait_s=float(raw["max_wait_s"]),
             threads=int(raw["threads"]),
             log_level=str(raw["log_level"]),
+            log_format=str(raw["log_format"]),
             preload=[(str(n), int(v)) for n, v in raw["preload"]],
         )
 
@@ -218,8 +221,7 @@ class _Link(asyncio.Protocol):
         self.ending = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass of asyncio's, and works
 
     def data_received(self, data: bytes) -> None:
         buffer = self._buffer
@@ -545,11 +547,16 @@ def _column(parts: list[list[int] | None]) -> list[int] | None:
 
 def main(argv: list[str]) -> int:
     fd, config = int(argv[0]), ChildConfig.from_json(argv[1])
-    logging.basicConfig(
-        level=config.log_level.upper(),
-        format=f"%(asctime)s %(levelname)s %(name)s [render process {os.getpid()}]: %(message)s",
-        stream=sys.stdout,
-    )
+    handler = logging.StreamHandler(sys.stdout)  # the API's own output: its terminal, or the container's log
+    if config.log_format == "json":
+        from service.metrics import JsonFormatter
+
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(
+            logging.Formatter(f"%(asctime)s %(levelname)s %(name)s [render process {os.getpid()}]: %(message)s")
+        )
+    logging.basicConfig(level=config.log_level.upper(), handlers=[handler])
     # One thread by default: OpenMP's workers spin between forwards, and on a host whose cores the API and
     # its clients also need, two threads made a 16-row forward slower, not faster (benchmarks/README.md).
     torch.set_num_threads(config.threads)
