@@ -1,7 +1,8 @@
 """Serving throughput: requests/s and p50/p99 latency of /generate next to a ceiling and a naive handler.
 
     .venv/bin/python -m benchmarks.serve_load [--duration 10] [--warmup 2] [--clients 1,16,64]
-        [--cases ceiling,naive,ganserve | a model name | a case id] [--workers 1] [--set GANSERVE_NAME=VALUE]
+        [--cases ceiling,naive,ganserve | a model name | a case id] [--workers 1] [--repeat 1]
+        [--set GANSERVE_NAME=VALUE]
 
 Starts the API (`benchmarks/serve_app.py`: the service's own app plus two benchmark-only routes) under
 uvicorn on a free port of 127.0.0.1, on a temporary volume, with the rate limit off (every client here is
@@ -38,7 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -328,6 +329,23 @@ def ratios(measures: list[Measure], clients: list[int]) -> dict[str, Any]:
     return out
 
 
+def medians(rounds: list[Measure]) -> list[Measure]:
+    """One row per case and clients: the median of its rounds' requests/s and latencies, their errors summed."""
+    groups: dict[tuple[str, int], list[Measure]] = {}
+    for m in rounds:
+        groups.setdefault((m.case, m.clients), []).append(m)
+    out = []
+    for ms in groups.values():
+        first = ms[0]
+        mid = {k: round(float(np.median([getattr(m, k) for m in ms])), 2) for k in MEDIAN_FIELDS}
+        summed = {k: sum(getattr(m, k) for m in ms) for k in ("requests", "non2xx", "socket_errors", "warmup_errors")}
+        out.append(replace(first, **mid, **summed, seconds=round(sum(m.seconds for m in ms), 2)))
+    return out
+
+
+MEDIAN_FIELDS = ("rps", "p50_ms", "p90_ms", "p99_ms", "max_ms")
+
+
 def table(measures: list[Measure]) -> str:
     lines = ["| case | clients | req/s | p50 ms | p99 ms | errors |", "|---|---|---|---|---|---|"]
     lines += [
@@ -351,11 +369,12 @@ def readme_block(r: dict[str, Any]) -> str:
         verdicts = "; ".join(f"{k}: {_verdict(v)}" for k, v in e["targets"].items()) if "targets" in e else "no target"
         rows.append(f"| {model} | {of} | {over} | {e['p99_ms']:.1f} | {verdicts} |")
     notes = [e["targets_note"] for e in rat["models"].values() if "targets_note" in e]
+    rounds = f", in {r['repeat']} rounds (medians shown)" if r.get("repeat", 1) > 1 else ""
     changed = "".join(f", `{k}={v}`" for k, v in sorted(r.get("settings", {}).items()))
     return (
         f"`{r['command']}` — uvicorn with {r['workers']} worker(s) on 127.0.0.1, the service's defaults (rate limit "
         f"off{changed}); `wrk` on the same machine ({hw}), threads = min(clients, 2), a distinct seed per request, "
-        f"{r['warmup_s']} s warm-up then {r['duration_s']} s per row; wall {r['wall_s']:.0f} s. `{DCGAN}` is a "
+        f"{r['warmup_s']} s warm-up then {r['duration_s']} s per row{rounds}; wall {r['wall_s']:.0f} s. `{DCGAN}` is a "
         f"64×64 RGB DCGAN generator with random-initialised weights (throughput only); `{BUNDLED}` is the bundled "
         f"model. One image per request, so req/s is images/s.\n\n"
         f"{table([Measure(**x) for x in r['measures']])}\n\n"
@@ -382,13 +401,14 @@ def main() -> None:
     parser.add_argument("--clients", default=",".join(map(str, CLIENTS)), help="concurrent connections, e.g. 1,16")
     parser.add_argument("--cases", default=",".join(CASES), help="case ids, kinds (naive) or models (dcgan64)")
     parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    parser.add_argument("--repeat", type=int, default=1, help="rounds over every case; the table shows medians")
     parser.add_argument(
         "--set", action="append", default=[], metavar="GANSERVE_NAME=VALUE", help="a setting of the API (repeatable)"
     )
     parser.add_argument("--no-readme", action="store_true", help="print the results only")
     args = parser.parse_args()
-    if args.duration < 1 or args.warmup < 0 or args.workers < 1:
-        parser.error("--duration ≥ 1, --warmup ≥ 0 and --workers ≥ 1 (whole seconds)")
+    if args.duration < 1 or args.warmup < 0 or args.workers < 1 or args.repeat < 1:
+        parser.error("--duration ≥ 1, --warmup ≥ 0, --workers ≥ 1 and --repeat ≥ 1 (whole seconds)")
     overrides = dict(item.partition("=")[::2] for item in args.set)
     if any(not name.startswith("GANSERVE_") or not value for name, value in overrides.items()):
         parser.error("--set GANSERVE_NAME=VALUE, e.g. --set GANSERVE_RENDER_THREADS=2")
@@ -397,7 +417,7 @@ def main() -> None:
         parser.error("--clients: positive integers, e.g. 1,16,64")
     cases = select_cases(args.cases)
     models = sorted({c.partition("/")[2] or BUNDLED for c in cases})
-    if 2 * len(cases) * len(clients) > MAX_RUNS:
+    if 2 * len(cases) * len(clients) * args.repeat > MAX_RUNS:
         parser.error(f"{len(cases)} cases × {len(clients)} client counts: too many runs for distinct seeds")
     wrk = ensure_wrk()
 
@@ -412,15 +432,20 @@ def main() -> None:
     try:
         shapes = check_service(stack.base_url, models)
         run = 0
-        for case in cases:
-            for c in clients:
-                m = measure(wrk, script, stack.base_url, case, c, args, run)
-                run += 1
-                measures.append(m)
-                print(f"{m.case:20} {m.clients:3} clients  {m.rps:8.1f} req/s  p50 {m.p50_ms:7.1f} ms  "
-                      f"p99 {m.p99_ms:7.1f} ms  errors {m.errors}", flush=True)  # fmt: skip
+        # Rounds: every case once per round, so that a drift of the machine's speed (this one's ceiling moved
+        # between 1,500 and 2,050 requests/s from one run to the next) reaches all cases alike.
+        for _ in range(args.repeat):
+            for case in cases:
+                for c in clients:
+                    m = measure(wrk, script, stack.base_url, case, c, args, run)
+                    run += 1
+                    measures.append(m)
+                    print(f"{m.case:20} {m.clients:3} clients  {m.rps:8.1f} req/s  p50 {m.p50_ms:7.1f} ms  "
+                          f"p99 {m.p99_ms:7.1f} ms  errors {m.errors}", flush=True)  # fmt: skip
     finally:
         stack.stop()
+    rounds = measures
+    measures = medians(rounds)
     result = {
         "command": shlex.join(["python", "-m", "benchmarks.serve_load", *sys.argv[1:]]),
         "duration_s": args.duration,
@@ -430,7 +455,9 @@ def main() -> None:
         "clients": clients,
         "machine": machine(),
         "image_shapes": shapes,
+        "repeat": args.repeat,
         "measures": [asdict(m) for m in measures],
+        "rounds": [asdict(m) for m in rounds],
         "ratios": ratios(measures, clients),
         "wall_s": round(time.monotonic() - start, 1),
     }

@@ -148,6 +148,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.renderer = make_renderer(
         settings, app.state.registry, app.state.cpu_pool, app.state.metrics.batch_rows.observe
     )
+    if isinstance(app.state.renderer, ProcessRenderer):
+        app.state.metrics.watch_renderer(lambda: app.state.renderer.in_flight)
     app.state.celery = None  # built on the first POST /train (see service.deps)
     install_error_handlers(app)
     install_security(app)  # API keys, rate limits, the body-size limit (README "Security")

@@ -20,11 +20,11 @@ import re
 import time
 import uuid
 from collections import Counter as Tally
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -147,6 +147,12 @@ class Metrics:
         self.generated_images = Counter(
             "ganserve_generate_images", "Images /generate answered with (cached ones included).", registry=self.registry
         )
+        # Read at each scrape from the renderer (`watch_renderer`): the queue in front of the generator.
+        self.rendering = Gauge(
+            "ganserve_render_in_flight",
+            "/generate and /interpolate requests sent to the render process and not answered yet.",
+            registry=self.registry,
+        )
         if jobs is not None:
             self.registry.register(JobsCollector(jobs, evaluations))
         self.started_at = datetime.now(UTC)
@@ -197,6 +203,9 @@ class Metrics:
                 }
             )
         return stats
+
+    def watch_renderer(self, in_flight: Callable[[], int]) -> None:
+        self.rendering.set_function(in_flight)
 
     def images_generated(self) -> int:
         return int(sum(s.value for s in self.generated_images.collect()[0].samples if s.name.endswith("_total")))

@@ -6,12 +6,13 @@ off its queue, the forward itself, handing rows to the encoding pool) had to win
 loop that, under load, never lets it go for long: at 64 clients a 16-row forward of the bundled model took
 22 ms in the server and 2 ms idle, and /generate reached 0.27 of the framework's ceiling while one of the two
 cores stood half idle (benchmarks/README.md, `serve_load`). Here the event loop only writes a request's
-latents to a socket and reads its PNG back; the forward and the encoding run on another core, under another
+seeds to a socket and reads its PNG back; the forward and the encoding run on another core, under another
 GIL. It is the split of Triton's and TorchServe's front end and model workers, with one model process per
 API process.
 
-    API event loop ──R(latents)──▶ render process: reader → Batchers (service/batcher.py) → CpuPool encodes
-                   ◀──A(PNGs)────                  (the same code, and so the same bytes, as in-process)
+    API event loop ──R(seeds)──▶ render process (one thread): read what came → LoadedModel.render in padded
+                   ◀──A(PNGs)──  forwards of batch_rows → encode → write the answers back
+                                 (the same render and encode as in-process, and so the same bytes)
 
 The render process loads models from the same volume through its own `ModelRegistry`: those the API has
 loaded when it starts, any other on its first request. It exits when the socket closes: when the API
@@ -19,7 +20,7 @@ process closes it, or dies. A render process that dies is started again by the n
 it held are answered 503 with Retry-After.
 
 Wire format: frames of `<u32 length><body>` both ways, the body's first byte its kind.
-  API → child   R  request: id, form, version, rows, latent dim, label/generator flags, name, float32 latents,
+  API → child   R  request: id, form, version, rows, latent dim, flags, name, u64 seeds or float32 latents,
                    int64 labels, int64 generator indices
   child → API   H  ready (its pid)    A  answer: id, blobs    E  error: id, kind, message
                 F  a forward ran (its real rows, for the batch-size metric)
@@ -66,8 +67,16 @@ START_TIMEOUT_S = 120.0  # imports and loading the preloaded models; on a slow d
 STOP_TIMEOUT_S = 30.0  # a forward in progress is let finish
 
 
+class RendererLost(RendererClosed):
+    """The render process died (or could not be started again) with the request unanswered: retry."""
+
+    code = "render_process_restarting"
+
+
 class ModelGone(RendererClosed):
     """The render process could not load the version the API resolved (removed or broken since): retry."""
+
+    code = "model_unavailable"
 
 
 class RenderFailed(RuntimeError):
@@ -284,7 +293,7 @@ class _Link(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
-        error = RendererClosed("the render process stopped; the request was not answered, try again")
+        error = RendererLost("the render process stopped; the request was not answered")
         for future in self.pending.values():
             if not future.done():
                 future.set_exception(error)
@@ -313,6 +322,12 @@ class ProcessRenderer:
         self._starting: asyncio.Lock | None = None
         self._closed = False
         self._ids = itertools.count()
+
+    @property
+    def in_flight(self) -> int:
+        """Requests sent to the render process and not answered yet (a Prometheus gauge)."""
+        link = self._link
+        return 0 if link is None else len(link.pending)
 
     async def start(self) -> None:
         """At app startup (again after a `close()`: a test client may run the lifespan more than once)."""
@@ -368,7 +383,12 @@ class ProcessRenderer:
         if self._closed:
             raise RendererClosed("the server is shutting down")
         if link is None or link.lost:
-            await self._ensure()
+            try:
+                await self._ensure()
+            except RuntimeError as e:  # it did not start again: this request is a 503, not a 500
+                if isinstance(e, RendererClosed):
+                    raise
+                raise RendererLost(f"the render process could not be started again ({e})") from None
             link = self._link
             assert link is not None and link.transport is not None
         rid = next(self._ids)
@@ -387,7 +407,7 @@ class ProcessRenderer:
         return torch.frombuffer(bytearray(blobs[0]), dtype=torch.uint8).reshape(-1, *model.image_shape)
 
     async def close(self) -> None:
-        """Stop taking requests; the render process answers those it holds (the queued ones 503) and exits."""
+        """Stop taking requests; the render process answers every request it was sent, then exits."""
         self._closed = True
         link, proc = self._link, self._proc
         if link is not None and link.transport is not None and not link.lost:

@@ -63,7 +63,10 @@ def latents_of(rows: Rows, latent_dim: int) -> torch.Tensor:
 
 
 class RendererClosed(RuntimeError):
-    """The renderer is stopping (the server is shutting down), or its process has just died: not run."""
+    """The request was not rendered, and may be sent again: the renderer is stopping (the server is shutting
+    down), or its process has just died. `code` is the 503's error code."""
+
+    code = "shutting_down"
 
 
 def finish(form: Form, images: torch.Tensor) -> Output:

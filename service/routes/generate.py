@@ -258,7 +258,7 @@ async def render(state: Any, model: LoadedModel, rows: Rows, labels: list[int] |
     try:
         return await state.renderer.render(model, rows, labels, generators, form)
     except RendererClosed as e:
-        raise APIError(503, "shutting_down", f"{e}; try again.", headers={"Retry-After": "1"}) from None
+        raise APIError(503, e.code, f"{e}; try again.", headers={"Retry-After": "1"}) from None
 
 
 async def _generate(

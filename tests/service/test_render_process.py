@@ -4,7 +4,9 @@ renderer renders, byte for byte; one that dies fails only what it held and is re
 import asyncio
 import os
 import signal
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from service.render_process import (
     ChildConfig,
     ModelGone,
     ProcessRenderer,
+    RendererLost,
     decode_blobs,
     decode_request,
     encode_answer,
@@ -139,7 +142,7 @@ def test_a_dead_render_process_fails_what_it_held_and_is_replaced(roots, registr
             await asyncio.sleep(0.2)
             assert not held.done()
             os.kill(first, signal.SIGKILL)
-            with pytest.raises(RendererClosed, match="render process stopped"):
+            with pytest.raises(RendererLost, match="render process stopped"):
                 await asyncio.wait_for(held, WAIT_S)
             png = await asyncio.wait_for(r.render(model, Seeds([1]), None, None, "grid"), WAIT_S)  # a new one
             assert png == expected(model, [1], "grid")
@@ -209,5 +212,25 @@ def test_the_app_serves_through_it(apps) -> None:
         strip.status_code == 200
         and strip.content == threads.get("/interpolate", params={"from": 1, "to": 2, "steps": 4}).content
     )
+    assert "ganserve_render_in_flight 0.0" in process.get("/metrics").text
     stats = process.get("/stats").json()
     assert stats["forwards"] >= 3 and stats["images_generated"] == 7  # the forwards reported back by the process
+
+
+@pytest.mark.slow
+def test_the_app_answers_503_for_what_a_dying_process_held_then_serves_again(apps) -> None:
+    process, _ = apps
+    renderer = process.app.state.renderer  # type: ignore[attr-defined]
+    first = renderer.pid
+    os.kill(first, signal.SIGSTOP)  # the next request is sent to it and held
+    with ThreadPoolExecutor(1) as pool:
+        held = pool.submit(process.get, "/generate", params={"seed": 11})
+        deadline = time.monotonic() + WAIT_S
+        while not renderer.in_flight and time.monotonic() < deadline:  # sent, not answered
+            time.sleep(0.01)
+        os.kill(first, signal.SIGKILL)
+        r = held.result(WAIT_S)
+    assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
+    assert r.json()["error"] == "render_process_restarting"
+    again = process.get("/generate", params={"seed": 11})  # a new render process
+    assert again.status_code == 200 and renderer.pid != first
