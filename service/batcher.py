@@ -195,8 +195,8 @@ class Batcher:
     def _forward(self, batch: list[tuple[_Request, int, int]]) -> None:
         try:
             latents = torch.cat([r.latents[a:b] for r, a, b in batch])
-            labels = _column([None if r.labels is None else r.labels[a:b] for r, a, b in batch])
-            generators = _column([None if r.generators is None else r.generators[a:b] for r, a, b in batch])
+            labels = join_columns([None if r.labels is None else r.labels[a:b] for r, a, b in batch])
+            generators = join_columns([None if r.generators is None else r.generators[a:b] for r, a, b in batch])
             self.forwards += 1
             if self._on_forward is not None:
                 self._on_forward(int(latents.shape[0]))
@@ -310,8 +310,8 @@ def _finishing(request: _Request, finish: Finish, rows: torch.Tensor) -> Callabl
     return task
 
 
-def _column(parts: list[list[int] | None]) -> list[int] | None:
-    """The labels (or generator indices) of a forward's slices: all present, or all absent."""
+def join_columns(parts: list[list[int] | None]) -> list[int] | None:
+    """The labels (or generator indices) of a forward's requests: all present, or all absent."""
     if all(p is None for p in parts):
         return None
     if any(p is None for p in parts):

@@ -47,6 +47,7 @@ from typing import cast
 
 import torch
 
+from service.batcher import join_columns
 from service.registry import LoadedModel, ModelNotFound, ModelRegistry
 from service.rendering import Form, Output, RendererClosed, Rows, Seeds, finish, latents_of
 
@@ -530,8 +531,8 @@ class _Server:
         model = group[0].model
         try:
             latents = torch.cat([latents_of(p.request.rows, model.latent_dim) for p in group])
-            labels = _column([p.request.labels for p in group])
-            generators = _column([p.request.generators for p in group])
+            labels = join_columns([p.request.labels for p in group])
+            generators = join_columns([p.request.generators for p in group])
             images = model.render(latents, labels, generators)
         except Exception as e:  # a broken model or a bug: these requests fail, the others are served
             log.exception("rendering %d request(s) of %s v%d failed", len(group), model.name, model.version)
@@ -554,15 +555,6 @@ class _Server:
         data, self.out = b"".join(self.out), []
         with contextlib.suppress(OSError):  # the API has gone: nobody is waiting for these answers
             self.sock.sendall(data)
-
-
-def _column(parts: list[list[int] | None]) -> list[int] | None:
-    """The labels (or generator indices) of a model's requests: all present or all absent (one model)."""
-    if all(p is None for p in parts):
-        return None
-    if any(p is None for p in parts):
-        raise ValueError("requests with and without labels / generator indices for one model")
-    return [v for p in parts if p is not None for v in p]
 
 
 def main(argv: list[str]) -> int:
