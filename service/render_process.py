@@ -459,6 +459,8 @@ class _Server:
         self.oldest = 0.0  # when the oldest pending request arrived
         self.out: list[bytes] = []
         self._buffer = bytearray()
+        self._poll = select.poll()
+        self._poll.register(sock, select.POLLIN)
 
     def run(self) -> None:
         open_ = True
@@ -482,8 +484,8 @@ class _Server:
 
     def _receive(self, timeout: float | None) -> bool:
         """Read and queue whatever has come within `timeout` (None: wait); False once the API closed its end."""
-        readable, _, _ = select.select([self.sock], [], [], timeout)
-        if not readable:
+        # poll, not select: the socket keeps the API process's descriptor number, which may exceed FD_SETSIZE.
+        if not self._poll.poll(None if timeout is None else timeout * 1000):
             return True
         data = self.sock.recv(1 << 20)
         if not data:
