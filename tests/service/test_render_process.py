@@ -3,6 +3,7 @@ renderer renders, byte for byte; one that dies fails only what it held and is re
 
 import asyncio
 import os
+import resource
 import signal
 import time
 from collections.abc import Iterator
@@ -234,3 +235,26 @@ def test_the_app_answers_503_for_what_a_dying_process_held_then_serves_again(app
     assert r.json()["error"] == "render_process_restarting"
     again = process.get("/generate", params={"seed": 11})  # a new render process
     assert again.status_code == 200 and renderer.pid != first
+
+
+def test_a_descriptor_number_past_fd_setsize_is_served(roots, registry) -> None:
+    """The render process inherits the socket's number from a busy API process: past select()'s 1024."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 1200:
+        pytest.skip(f"the open-files limit ({soft}) leaves no descriptor past 1024")
+    model = registry.get("mnist-mlp")
+    filler = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]  # the next descriptors are > 1024
+
+    async def run() -> object:
+        r = renderer(roots)
+        await r.start()
+        try:
+            return await r.render(model, Seeds([3]), None, None, "grid")
+        finally:
+            await r.close()
+
+    try:
+        assert asyncio.run(run()) == expected(model, [3], "grid")
+    finally:
+        for fd in filler:
+            os.close(fd)
