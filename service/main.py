@@ -91,7 +91,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with reaper.running(app), webhooks.running(app):
             yield
     finally:
-        # No request left waiting (those still queued get a 503), no thread or render process left running.
+        # No request left waiting (the render process answers all it was sent; the in-process batcher fails
+        # what it still queues with a 503), no thread or render process left running.
         await app.state.renderer.close()
         await run_in_threadpool(app.state.cpu_pool.close)
 

@@ -2,11 +2,11 @@
 
 A request is checked and its model resolved first (every 4xx before anything is queued). An answer for an
 explicit seed may then come from its ETag (304) or the in-process cache (service/answers.py); otherwise its
-latents go to the app's renderer (service/rendering.py): by default a render process that batches them with
-other requests' rows, runs the forward and encodes the PNG, while the event loop awaits one future per
-request (service/render_process.py). Nothing on this path is a thread hop of FastAPI's own pool (each cost
-more than a forward): the route and its dependencies are `async`, and only a model not yet loaded is looked
-up in a thread.
+seeds (or latent) go to the app's renderer (service/rendering.py): by default a render process that batches
+them with other requests' rows, draws the latents, runs the forward and encodes the PNG, while the event loop
+awaits one future per request (service/render_process.py). Nothing on this path is a thread hop of
+FastAPI's own pool (each cost more than a forward): the route and its dependencies are `async`, and only a
+model not yet loaded is looked up in a thread.
 """
 
 import base64
@@ -252,8 +252,9 @@ def _answer(plan: _Plan, output: Output) -> Answer:
     return Answer(bytes(JSONResponse(body.model_dump(mode="json", exclude=absent)).body), "application/json")
 
 
-async def render(state: Any, model: LoadedModel, rows: Rows, labels: list[int] | None,
-                 generators: list[int] | None, form: Form) -> Output:  # fmt: skip
+async def render(
+    state: Any, model: LoadedModel, rows: Rows, labels: list[int] | None, generators: list[int] | None, form: Form
+) -> Output:
     """Rendered by the app's renderer (service/rendering.py); 503 when it is stopping or restarting."""
     try:
         return await state.renderer.render(model, rows, labels, generators, form)
