@@ -101,16 +101,7 @@ class ChildConfig:
 
     @classmethod
     def from_json(cls, text: str) -> "ChildConfig":
-        raw = json.loads(text)
-        return cls(
-            roots=[(str(p), str(s)) for p, s in raw["roots"]],
-            batch_rows=int(raw["batch_rows"]),
-            max_wait_s=float(raw["max_wait_s"]),
-            threads=int(raw["threads"]),
-            log_level=str(raw["log_level"]),
-            log_format=str(raw["log_format"]),
-            preload=[(str(n), int(v)) for n, v in raw["preload"]],
-        )
+        return cls(**json.loads(text))  # pairs come back as lists: both are unpacked the same
 
 
 # --- the wire --------------------------------------------------------------------------------------------
@@ -119,6 +110,19 @@ class ChildConfig:
 def _frame(*parts: bytes) -> bytes:
     body = b"".join(parts)
     return FRAME.pack(len(body)) + body
+
+
+def split_frames(buffer: bytearray) -> list[bytes]:
+    """The bodies of the whole frames at the start of `buffer`, taken out of it (a partial one stays)."""
+    bodies, at = [], 0
+    while len(buffer) - at >= FRAME.size:
+        (size,) = FRAME.unpack_from(buffer, at)
+        if len(buffer) - at - FRAME.size < size:
+            break
+        bodies.append(bytes(buffer[at + FRAME.size : at + FRAME.size + size]))
+        at += FRAME.size + size
+    del buffer[:at]
+    return bodies
 
 
 def encode_request(
@@ -197,14 +201,14 @@ def encode_answer(rid: int, output: Output) -> bytes:
     return _frame(*parts)
 
 
-def decode_blobs(body: bytes | memoryview) -> tuple[int, list[bytes]]:
+def decode_blobs(body: bytes) -> tuple[int, list[bytes]]:
     rid, count = ANSWER.unpack_from(body, 1)
     at = 1 + ANSWER.size
     blobs = []
     for _ in range(count):
         (size,) = BLOB.unpack_from(body, at)
         at += BLOB.size
-        blobs.append(bytes(body[at : at + size]))
+        blobs.append(body[at : at + size])
         at += size
     return rid, blobs
 
@@ -234,20 +238,9 @@ class _Link(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass of asyncio's, and works
 
     def data_received(self, data: bytes) -> None:
-        buffer = self._buffer
-        buffer += data
-        view = memoryview(buffer)
-        at = 0
-        try:
-            while len(buffer) - at >= FRAME.size:
-                (size,) = FRAME.unpack_from(buffer, at)
-                if len(buffer) - at - FRAME.size < size:
-                    break
-                self._handle(view[at + FRAME.size : at + FRAME.size + size])
-                at += FRAME.size + size
-        finally:
-            view.release()
-            del buffer[:at]
+        self._buffer += data
+        for body in split_frames(self._buffer):
+            self._handle(body)
 
     def send(self, frame: bytes) -> None:
         """Queue a frame; the frames of one turn of the event loop go out in one write (one system call)."""
@@ -269,7 +262,7 @@ class _Link(asyncio.Protocol):
         if self.transport is not None and not self.lost:
             self.transport.write_eof()
 
-    def _handle(self, body: memoryview) -> None:
+    def _handle(self, body: bytes) -> None:
         kind = body[0]
         if kind == ord("A"):
             rid, blobs = decode_blobs(body)
@@ -278,7 +271,7 @@ class _Link(asyncio.Protocol):
                 future.set_result(blobs)
         elif kind == ord("E"):
             rid, error = ERROR.unpack_from(body, 1)
-            message = bytes(body[1 + ERROR.size :]).decode()
+            message = body[1 + ERROR.size :].decode()
             future = self.pending.pop(rid, None)
             if future is not None and not future.done():
                 cls = {ERR_CLOSED: RendererClosed, ERR_MODEL: ModelGone}.get(error, RenderFailed)
@@ -490,16 +483,9 @@ class _Server:
         data = self.sock.recv(1 << 20)
         if not data:
             return False
-        buffer = self._buffer
-        buffer += data
-        at = 0
-        while len(buffer) - at >= FRAME.size:
-            (size,) = FRAME.unpack_from(buffer, at)
-            if len(buffer) - at - FRAME.size < size:
-                break
-            self._queue(decode_request(bytes(buffer[at + FRAME.size : at + FRAME.size + size])))
-            at += FRAME.size + size
-        del buffer[:at]
+        self._buffer += data
+        for body in split_frames(self._buffer):
+            self._queue(decode_request(body))
         return True
 
     def _queue(self, request: Request) -> None:

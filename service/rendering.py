@@ -1,10 +1,10 @@
-"""Rendering for /generate and /interpolate: latents in, a request's finished output out, through a batcher.
+"""Rendering for /generate and /interpolate: seeds or latents in, a request's finished output out, batched.
 
 Two places can run the forwards, chosen by `GANSERVE_RENDER_PROCESS`:
 
 - `ProcessRenderer` (service/render_process.py, the default): a render process beside each API process,
-  which runs the batchers and encodes the PNGs. The API's event loop only writes the request's latents
-  to a socket and reads the answer back: no thread of its own competes with it for the GIL.
+  which batches the requests, runs the forwards and encodes the PNGs. The API's event loop only writes a
+  request's seeds to a socket and reads the answer back: no thread of its own competes with it for the GIL.
 - `InProcessRenderer`: the batchers and the encoding pool (service/batcher.py, service/cpu_pool.py) in the
   API process itself. Nothing to start; what the route tests use.
 

@@ -299,7 +299,6 @@ async def _generate(
             )
             if etag_matches(request.headers.get("if-none-match"), key):
                 return Response(status_code=304, headers=headers)
-    rows = 1 if plan.seeds is None else len(plan.seeds)
     answer = state.answers.get(key) if key is not None else None
     if answer is None:
         # Batched, rendered and encoded by the renderer (a render process by default): the loop only awaits.
@@ -308,7 +307,7 @@ async def _generate(
         answer = _answer(plan, await render(state, plan.model, inputs, plan.labels, plan.generators, form))
         if key is not None:
             state.answers.put(key, answer)
-    state.metrics.generated_images.inc(rows)
+    state.metrics.generated_images.inc(1 if plan.seeds is None else len(plan.seeds))
     return Response(answer.body, media_type=answer.media_type, headers=headers)
 
 
