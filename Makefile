@@ -37,11 +37,13 @@ test-tools:
 
 test: install test-tools
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	$(BIN)/pytest -m "not gpu"
 
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 	$(BIN)/hadolint Dockerfile
 
 format: install

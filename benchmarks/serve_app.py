@@ -27,12 +27,12 @@ from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
+from core.settings import Settings
+from core.train_config import NAME_PATTERN
 from service.auth import public_generate
 from service.errors import APIError
 from service.main import create_app
 from service.registry import LoadedModel, ModelNotFound, ModelRegistry
-from service.settings import Settings
-from training.config import NAME_PATTERN
 from training.images import png_bytes
 from training.latents import MAX_SEED, latent_from_seed
 

@@ -51,10 +51,10 @@ from PIL import Image
 
 from benchmarks.common import machine
 from benchmarks.soak import Stack, free_port
+from core.train_config import TrainConfig
 from experiments.common import update_readme
 from service.__main__ import UVICORN_LOOP
 from training import checkpoint
-from training.config import TrainConfig
 from training.latents import MAX_SEED
 from training.models import build_models
 

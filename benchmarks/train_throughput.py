@@ -45,9 +45,9 @@ from torch import nn
 from torchvision import transforms
 
 from benchmarks.common import machine
+from core.train_config import TrainConfig
 from experiments.common import update_readme
 from training import checkpoint
-from training.config import TrainConfig
 from training.data import DeviceDataset, load_to_device
 from training.evaluation import build_evaluator
 from training.loop import TrainProgress, resolve_device, train

@@ -13,8 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from core.train_config import TrainConfig
 from training import checkpoint, regularizers
-from training.config import TrainConfig
 from training.latents import latents_from_seeds
 from training.loop import train
 from training.models import build_discriminator, build_generator

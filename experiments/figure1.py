@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from core.train_config import TrainConfig
 from experiments import common
 from training import toy
-from training.config import TrainConfig
 
 DATASET = "gaussian-1d"
 N_EVAL = 100_000  # samples for the expectations in V(D, G): standard error ≈ 0.003

@@ -31,10 +31,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from core.train_config import TrainConfig
 from experiments.common import DATA_ROOT, RESULTS, figure, single_thread, update_readme
 from service.registry import ModelRegistry
 from training import checkpoint, data, images
-from training.config import TrainConfig
 from training.loop import TrainProgress, train
 
 DIGIT_SEEDS = list(range(8))

@@ -24,9 +24,9 @@ from typing import Any
 
 import torch
 
+from core.train_config import TrainConfig
 from experiments import common
 from training import toy
-from training.config import TrainConfig
 from training.metrics import mode_metrics
 
 DATASETS = ("ring-2d", "grid-2d")
@@ -44,7 +44,7 @@ DEFAULT_STEPS = 1000
 SHARED: dict[str, Any] = {"latent_dim": 2}
 
 # Config name → TrainConfig fields beyond dataset/steps/seed and SHARED. Each objective keeps its paper's
-# optimiser defaults (training/config.py) and the loop's defaults otherwise (batch 128, 128-wide MLPs); every
+# optimiser defaults (core/train_config.py) and the loop's defaults otherwise (batch 128, 128-wide MLPs); every
 # baseline row runs `--steps` G steps.
 CONFIGS: dict[str, dict[str, Any]] = {
     "non-saturating": {"loss": "non-saturating"},

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from core.train_config import TrainConfig
 from experiments import common
 from training import losses
-from training.config import TrainConfig
 from training.data import load_training_data, to_model_range
 from training.latents import latents_from_seeds
 from training.models import build_models

@@ -126,8 +126,8 @@ def _runs(seeds: list[int], longest: int) -> Iterator[list[int]]:
 
 
 def _local_model(model: str | None, version: int | None) -> "LoadedModel":
+    from core.settings import Settings
     from service.registry import ModelNotFound, ModelRegistry
-    from service.settings import Settings
 
     settings = Settings()  # the server's GANSERVE_* settings: the same volume, default model and batch rows
     try:
@@ -268,7 +268,7 @@ def train(
     """Train a GAN: here (python -m training train, then published as the worker would) or as a job on a
     server, printing its id (stdout) and, with --follow, its progress and final losses."""
     if server is None:
-        from service.settings import Settings
+        from core.settings import Settings
         from training.__main__ import train_cmd
 
         train_cmd(config, out, data_root, device, publish_to=Settings().models_dir if publish else None)
@@ -401,8 +401,8 @@ def jobs(server: Server = None, api_key: ApiKey = None) -> None:
 
 
 def _local_models() -> list[ModelSummary]:
+    from core.settings import Settings
     from service.registry import ModelRegistry
-    from service.settings import Settings
 
     return [ModelSummary.model_validate(m) for m in ModelRegistry.from_settings(Settings()).list_models()]
 
@@ -519,7 +519,7 @@ def up() -> None:
 )
 def keys(ctx: typer.Context) -> None:
     """Make, list and revoke API keys: `ganserve keys create --name me --scopes admin` (python -m service keys)."""
-    from service.keys import main as keys_main
+    from core.keys import main as keys_main
 
     raise typer.Exit(keys_main(list(ctx.args)))
 

@@ -9,9 +9,9 @@
 Only what the server offers, typed: every answer with a known shape comes back as one of the models below,
 every error answer as a `GanserveError` carrying the server's `{"error", "message", "detail"}`.
 
-Light on purpose: httpx and pydantic (and `training.config`, which is pydantic only), never torch or
+Light on purpose: httpx and pydantic (and `core.train_config`, which is pydantic only), never torch or
 FastAPI, so a script that only talks to a server starts at once. The response models therefore mirror the
-server's (service/schemas.py, service/jobs.py, service/evaluations.py) rather than import them;
+server's (service/schemas.py, core/jobs.py, core/evaluations.py) rather than import them;
 tests/cli/test_client.py checks that every field here is one the server sends. They keep unknown fields
 (`extra="allow"`), so a newer server does not break an older client.
 """
@@ -30,7 +30,7 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
-from training.config import TrainConfig
+from core.train_config import TrainConfig
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 SERVER_ENV = "GANSERVE_SERVER"

@@ -13,7 +13,7 @@ both children as `GANSERVE_BROKER_URL`, so API and worker always agree.
 
 Ctrl-C or SIGTERM stops both. If either child dies, the other is stopped and this exits non-zero.
 
-`python -m service keys create|list|revoke …` manages the API keys instead (service/keys.py).
+`python -m service keys create|list|revoke …` manages the API keys instead (core/keys.py).
 """
 
 import logging
@@ -24,7 +24,7 @@ import sys
 import time
 from types import FrameType
 
-from service.settings import Settings
+from core.settings import Settings
 
 log = logging.getLogger("ganserve.run")
 
@@ -123,8 +123,8 @@ def stop(procs: dict[str, subprocess.Popen[bytes]]) -> None:
 
 
 def announce_first_key(settings: Settings) -> str | None:
-    """Make the first admin key when there is none (service/keys.py `ensure_first_key`) and show it, once."""
-    from service.keys import FIRST_KEY_NAME, ensure_first_key
+    """Make the first admin key when there is none (core/keys.py `ensure_first_key`) and show it, once."""
+    from core.keys import FIRST_KEY_NAME, ensure_first_key
 
     if not settings.first_key:
         return None
@@ -192,7 +192,7 @@ USAGE = """usage: python -m service                  start the worker and the AP
 
 def cli(argv: list[str]) -> int:
     if argv[:1] == ["keys"]:
-        from service.keys import main as keys_main
+        from core.keys import main as keys_main
 
         return keys_main(argv[1:])
     if argv[:1] in (["-h"], ["--help"]):

@@ -1,7 +1,7 @@
 """Who may call what: API keys with scopes, checked by FastAPI dependencies.
 
 A client sends its key as `Authorization: Bearer <key>` (or `X-API-Key: <key>`). The server holds only
-SHA-256 hashes (service/keys.py), from `GANSERVE_API_KEYS` and the keys file; the file is read again
+SHA-256 hashes (core/keys.py), from `GANSERVE_API_KEYS` and the keys file; the file is read again
 whenever it changes, so `python -m service keys create` and `… revoke` take effect without a restart, and
 on a name in both the file's entry wins. The presented key is hashed and compared with every stored hash
 in constant time (`hmac.compare_digest`, no early exit).
@@ -26,10 +26,10 @@ from fastapi.routing import APIRoute
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
+from core.keys import CREATE_COMMAND, ApiKeyEntry, KeyFileError, Scope, hash_key, read_key_file
+from core.submissions import Submissions
 from service.errors import APIError
-from service.keys import CREATE_COMMAND, ApiKeyEntry, KeyFileError, Scope, hash_key, read_key_file
 from service.limits import enforce_rate_limit, install_limits
-from service.submissions import Submissions
 
 log = logging.getLogger(__name__)
 

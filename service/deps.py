@@ -2,17 +2,17 @@
 returning a plain callable, so tests swap it with `app.dependency_overrides` and never need a broker."""
 
 import logging
-import os
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import Depends, Request
 
-from service.evaluations import EvaluationStore
-from service.jobs import JobStore
+from core.evaluations import EvaluationStore
+from core.jobs import JobStore
+from core.settings import Settings
+from core.submissions import Submissions
+from core.tasks import EVALUATE_TASK, TRAIN_TASK, TaskQueue
 from service.registry import ModelRegistry
-from service.settings import Settings
-from service.submissions import Submissions
 
 log = logging.getLogger(__name__)
 
@@ -21,10 +21,6 @@ TaskSender = Callable[[str], None]
 
 BrokerCheck = Callable[[], str]
 """Returns a short description of the reachable broker; raises if it is not reachable."""
-
-# A request must not hang on a dead broker: connect once, briefly, then answer 503.
-BROKER_TIMEOUT_S = 2.0
-
 
 # The getters of app.state are `async`: FastAPI runs a plain `def` dependency in its thread pool, and on /generate
 # those hops cost more than the forward pass did.
@@ -48,69 +44,25 @@ async def get_submissions(request: Request) -> Submissions:
     return request.app.state.submissions
 
 
-def _celery(request: Request) -> Any:
-    # Built on first use, not at startup: the API must start (and serve images) with the broker down.
+def _queue(request: Request) -> TaskQueue:
     state = request.app.state
-    if getattr(state, "celery", None) is None:
-        from worker.app import create_celery
-
-        state.celery = create_celery(state.settings)
-    return state.celery
-
-
-def _sender(request: Request, task: str) -> TaskSender:
-    celery = _celery(request)
-
-    def send(job_id: str) -> None:
-        # Celery's own publish retries ignore `retry=False` while opening the pool's connection (celery
-        # issue #6046: ~6 s against a refused Redis, forever against AMQP), so connect explicitly first.
-        with celery.connection_for_write(connect_timeout=BROKER_TIMEOUT_S) as conn:
-            conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0.2, timeout=BROKER_TIMEOUT_S)
-            celery.send_task(task, args=[job_id], queue="training", connection=conn, retry=False)
-
-    return send
+    if getattr(state, "tasks", None) is None:
+        state.tasks = TaskQueue(state.settings)
+    return state.tasks
 
 
 def get_task_sender(request: Request) -> TaskSender:
-    from worker.app import TRAIN_TASK
-
-    return _sender(request, TRAIN_TASK)
+    queue = _queue(request)
+    return lambda job_id: queue.send(TRAIN_TASK, job_id)
 
 
 def get_evaluation_sender(request: Request) -> TaskSender:
-    from worker.app import EVALUATE_TASK
-
-    return _sender(request, EVALUATE_TASK)
-
-
-def check_broker(settings: Settings) -> str:
-    url = settings.effective_broker_url
-    if url.startswith(("redis://", "rediss://", "unix://")):
-        import redis
-
-        client = redis.Redis.from_url(url, socket_connect_timeout=1.0, socket_timeout=1.0)
-        try:
-            client.ping()
-        finally:
-            client.close()
-        return "redis answers"
-    if url.startswith("filesystem://"):
-        queue = settings.broker_dir / "queue"
-        if not queue.is_dir():
-            raise RuntimeError(f"the filesystem broker's folder {queue} does not exist (is the worker running?)")
-        if not os.access(queue, os.W_OK):
-            raise RuntimeError(f"the filesystem broker's folder {queue} is not writable")
-        return f"filesystem broker at {queue}"
-    from kombu import Connection
-
-    with Connection(url, connect_timeout=1.0) as conn:
-        conn.ensure_connection(max_retries=1, interval_start=0, timeout=1.0)
-    return "broker answers"
+    queue = _queue(request)
+    return lambda eval_id: queue.send(EVALUATE_TASK, eval_id)
 
 
 async def get_broker_check(request: Request) -> BrokerCheck:
-    settings: Settings = request.app.state.settings
-    return lambda: check_broker(settings)
+    return _queue(request).check
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]

@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from training.config import NAME_PATTERN
+from core.train_config import NAME_PATTERN
 
 log = logging.getLogger(__name__)
 

@@ -15,20 +15,20 @@ from importlib.metadata import PackageNotFoundError, version
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
+from core.evaluations import EvaluationStore
+from core.jobs import JobStore
+from core.settings import Settings, get_settings
 from service import reaper, webhooks
 from service.answers import AnswerCache
 from service.auth import install_security
 from service.cpu_pool import CpuPool
 from service.errors import install_error_handlers
-from service.evaluations import EvaluationStore
-from service.jobs import JobStore
 from service.metrics import JsonFormatter, Metrics, ObserveRequests
 from service.registry import ModelNotFound, ModelRegistry
 from service.render_process import ChildConfig, ProcessRenderer
 from service.rendering import InProcessRenderer, Renderer
 from service.routes import generate, health, interpolate, models, ops, train
 from service.routes import web as web_page
-from service.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +151,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     if isinstance(app.state.renderer, ProcessRenderer):
         app.state.metrics.watch_renderer(lambda: app.state.renderer.in_flight)
-    app.state.celery = None  # built on the first POST /train (see service.deps)
+    app.state.tasks = None  # built on the first POST /train (see service.deps)
     install_error_handlers(app)
     install_security(app)  # API keys, rate limits, the body-size limit (README "Security")
     # Request ids, metrics and JSON access lines; added last, so outermost: it sees every answer, 413s included.

@@ -29,8 +29,8 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.evaluations import EvaluationStore
-from service.jobs import JobStatus, JobStore
+from core.evaluations import EvaluationStore
+from core.jobs import JobStatus, JobStore
 
 access_log = logging.getLogger("service.access")
 

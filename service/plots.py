@@ -9,7 +9,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from service.jobs import EpochRecord
+from core.jobs import EpochRecord
 
 # The loop reports two losses and D's mean output on real and generated batches (training/step.py).
 LOSSES = {"d_loss": "D loss", "g_loss": "G loss"}

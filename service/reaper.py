@@ -28,8 +28,8 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 
+from core.jobs import JobRecord, JobStatus, JobStore, now
 from service.background import periodic
-from service.jobs import JobRecord, JobStatus, JobStore, now
 
 log = logging.getLogger(__name__)
 

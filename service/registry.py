@@ -24,11 +24,11 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from service.evaluations import EvaluationStore
-from service.settings import BATCH_MAX, Settings
+from core.evaluations import EvaluationStore
+from core.settings import BATCH_MAX, Settings
+from core.train_config import NAME_PATTERN
 from service.traced import Forward, trace_render
 from training.checkpoint import CheckpointError, list_versions, load_generator, load_metadata, model_stem
-from training.config import NAME_PATTERN
 from training.images import to_uint8
 from training.latents import latents_from_seeds, seed_generators, seed_labels
 

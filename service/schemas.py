@@ -1,13 +1,13 @@
-"""Request and response bodies of the API (the job record itself is `service.jobs.JobRecord`)."""
+"""Request and response bodies of the API (the job record itself is `core.jobs.JobRecord`)."""
 
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, FiniteFloat, model_validator
 
-from service.jobs import EpochRecord, JobRecord, JobStatus
+from core.jobs import EpochRecord, JobRecord, JobStatus
+from core.train_config import NAME_PATTERN, TrainConfig
 from service.webhooks import MAX_URL_LENGTH, url_problem
-from training.config import NAME_PATTERN, TrainConfig
 from training.latents import MAX_SEED
 
 MAX_LATENT_DIM = 4096  # TrainConfig's own bound on latent_dim

@@ -2,7 +2,7 @@
 
 Owed through an outbox on the volume, delivered by the API. Whoever gives a job with a `webhook` its terminal
 status (the worker, DELETE of a queued job, a 503 on submission, the reaper) does so through `JobStore.update`,
-which creates `<jobs_dir>/<id>/webhook.pending` first (service/jobs.py: `owe_webhook`); no HTTP call is made
+which creates `<jobs_dir>/<id>/webhook.pending` first (core/jobs.py: `owe_webhook`); no HTTP call is made
 there or in any request. A background task of the API's lifespan (like the reaper) scans for those files
 every second or so and, for each that is due and whose record says finished, claims it by renaming it to
 `webhook.sending` (one rename succeeds, so two API processes never make the same attempt), makes one call,
@@ -43,8 +43,8 @@ from urllib.parse import urlsplit
 
 from fastapi import FastAPI
 
-from service.background import periodic
-from service.jobs import (
+from core.files import atomic_write_json
+from core.jobs import (
     FINISHED,
     WEBHOOK_DELIVERED,
     WEBHOOK_FAILED,
@@ -56,8 +56,8 @@ from service.jobs import (
     WebhookStatus,
     now,
 )
-from service.settings import Settings
-from training.checkpoint import atomic_write_json
+from core.settings import Settings
+from service.background import periodic
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from core.settings import Settings
 from ganserve.client import API_KEY_ENV, SERVER_ENV
-from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -95,7 +95,7 @@ def test_every_variable_named_is_a_setting(path: Path):
         pytest.skip(f"{path.name} does not exist yet")
     named = {f"GANSERVE_{v}" for v in VARIABLE.findall(path.read_text()) if v.lower() not in FIELDS}
     unknown = named - CLIENT_VARIABLES
-    assert not unknown, f"{path.name} names variables that service.settings.Settings does not read: {unknown}"
+    assert not unknown, f"{path.name} names variables that core.settings.Settings does not read: {unknown}"
 
 
 def readme_table_variables() -> set[str]:

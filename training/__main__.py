@@ -22,14 +22,14 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from core.train_config import TrainConfig
 from training import checkpoint, classifier, evaluation, features
-from training.config import TrainConfig
 from training.data import DatasetError
 from training.latents import MAX_SEED, latents_from_seeds, seed_generators, seed_labels
 from training.loop import TrainProgress, TrainResult, resolve_device, train
 
 if TYPE_CHECKING:
-    from service.settings import Settings
+    from core.settings import Settings
     from training.metrics import ImageMetrics
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
@@ -38,7 +38,7 @@ console = Console(stderr=True)
 
 def _settings() -> "Settings":
     # Imported late so that `--data-root` and explicit paths work even where the settings cannot load.
-    from service.settings import get_settings
+    from core.settings import get_settings
 
     return get_settings()
 

@@ -24,6 +24,7 @@ import torch
 from safetensors.torch import load as load_safetensors
 from torch import nn
 
+from core.files import atomic_write_bytes, atomic_write_json
 from training.models import build_generator
 
 FORMAT = "ganserve-checkpoint/1"
@@ -53,26 +54,6 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        # mkstemp makes 0600 files; API and worker may run as different users on the shared volume.
-        os.fchmod(fd, 0o644)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, json.dumps(obj, indent=2, sort_keys=True).encode() + b"\n")
 
 
 def save(stem: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:

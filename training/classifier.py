@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.checkpoint import atomic_write_bytes
+from core.files import atomic_write_bytes
 from training.data import DatasetError, find_idx_files, load_cifar10, read_idx_images, read_idx_labels
 from training.features import (
     MNIST_CLASSES,

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from core.train_config import TrainConfig
 from training import toy
-from training.config import TrainConfig
 
 IDX_IMAGES_MAGIC = 0x00000803  # unsigned bytes, 3 dimensions
 IDX_LABELS_MAGIC = 0x00000801  # unsigned bytes, 1 dimension

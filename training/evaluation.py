@@ -26,9 +26,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from core.files import atomic_write_bytes
+from core.train_config import TrainConfig
 from training import checkpoint, toy
 from training.classifier import holdout_split
-from training.config import TrainConfig
 from training.data import DeviceDataset, load_training_data, to_model_range
 from training.features import ExtractorUnavailable, load_extractor
 from training.latents import latents_from_seeds
@@ -201,7 +202,7 @@ def evaluate_model(
     say(f"measuring {len(fake)} generated vs {len(real)} real images ({ext.name})")
     metrics = evaluate_images(fake, real, ext)
     if nn_png is not None:
-        checkpoint.atomic_write_bytes(nn_png, nearest_neighbour_png(fake, real, extractor=ext))
+        atomic_write_bytes(nn_png, nearest_neighbour_png(fake, real, extractor=ext))
     return metrics
 
 

@@ -24,8 +24,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from core.train_config import TrainConfig
 from training import checkpoint, resume
-from training.config import TrainConfig
 from training.data import load_to_device
 from training.evaluation import build_evaluator, due
 from training.latents import latents_from_seeds

@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 if TYPE_CHECKING:
-    from training.config import TrainConfig
+    from core.train_config import TrainConfig
 
 Output = Literal["tanh", "linear"]
 Activation = Literal["leaky_relu", "relu"]

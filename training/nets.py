@@ -9,8 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from core.train_config import TrainConfig
 from training import models, regularizers
-from training.config import TrainConfig
 from training.data import DeviceDataset
 
 

@@ -12,8 +12,8 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
+from core.train_config import R1, R2, InstanceNoise, SpectralNorm, TrainConfig, WeightDecay
 from training import losses
-from training.config import R1, R2, InstanceNoise, SpectralNorm, TrainConfig, WeightDecay
 
 SPECTRAL_NORM_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.ConvTranspose2d)
 

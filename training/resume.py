@@ -25,8 +25,8 @@ from typing import Any
 
 import torch
 
+from core.train_config import TrainConfig
 from training import checkpoint
-from training.config import TrainConfig
 from training.nets import schedulers
 from training.step import Step
 

@@ -11,8 +11,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from training import checkpoint, images
-from training.config import TrainConfig
+from core.files import atomic_write_bytes
+from core.train_config import TrainConfig
+from training import images
 from training.data import DeviceDataset
 from training.latents import latents_from_seeds, seed_generators, seed_labels
 from training.nets import call_g
@@ -70,7 +71,7 @@ def write_samples(
         labels, gen = sample_conditioning(len(POINT_SEEDS), None, num_generators, device)
         fake = _generate(g, z, labels, gen)
         png = scatter_png(data.to_model_range(data.samples).cpu(), fake.cpu(), config.dataset)
-    checkpoint.atomic_write_bytes(path, png)
+    atomic_write_bytes(path, png)
 
 
 def scatter_png(real: torch.Tensor, fake: torch.Tensor, title: str) -> bytes:

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from core.train_config import TrainConfig
 from training import losses, regularizers
-from training.config import TrainConfig
 from training.data import DeviceDataset
 from training.nets import Nets, build_nets, call_g, ema_update
 from training.unrolled import DFn, unrolled_discriminator

@@ -32,10 +32,11 @@ from typing import Any
 from celery.exceptions import Reject
 from celery.worker import state as worker_state
 
-from service.evaluations import EvaluationStore
-from service.jobs import FINISHED, EpochRecord, JobRecord, JobStatus, JobStore, Progress, PublishedModel, now
-from service.settings import Settings, get_settings
-from worker.app import EVALUATE_TASK, TRAIN_TASK, celery_app
+from core.evaluations import EvaluationStore
+from core.jobs import FINISHED, EpochRecord, JobRecord, JobStatus, JobStore, Progress, PublishedModel, now
+from core.settings import Settings, get_settings
+from core.tasks import EVALUATE_TASK, TRAIN_TASK
+from worker.app import celery_app
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +175,7 @@ def train(self, job_id: str) -> dict[str, object]:
 
 
 def _run(store: JobStore, job_id: str, attempt: int, me: str) -> dict[str, object]:
-    # Imported here, not at module level: importing torch is slow and the API imports worker.app only.
+    # Imported when a job runs: the worker starts, and answers the broker, without waiting for torch.
     from training import resume
     from training.checkpoint import publish
     from training.loop import TrainProgress, train

@@ -19,14 +19,14 @@ from fastapi import APIRouter, Body, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from core.settings import Settings
+from core.train_config import NAME_PATTERN
 from service.answers import Answer, cache_control, etag, etag_matches
 from service.auth import public_generate
 from service.errors import APIError, error_responses, validation_error
 from service.registry import LoadedModel, ModelNotFound, ModelRegistry
 from service.rendering import PNG_LEVEL, Form, Output, RendererClosed, Rows, Seeds
 from service.schemas import GeneratedImages, GenerateRequest
-from service.settings import Settings
-from training.config import NAME_PATTERN
 from training.latents import MAX_SEED
 
 # Open to anonymous callers (rate-limited per IP) unless GANSERVE_PUBLIC_GENERATE=false: then scope `generate`.

@@ -17,14 +17,14 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
+from core.settings import Settings
+from core.train_config import NAME_PATTERN
 from service.answers import Answer, cache_control, etag, etag_matches
 from service.auth import public_generate
 from service.errors import error_responses, validation_error
 from service.registry import LoadedModel, ModelRegistry
 from service.rendering import PNG_LEVEL
 from service.routes.generate import _check_image_model, _check_label, _resolve, render
-from service.settings import Settings
-from training.config import NAME_PATTERN
 from training.images import grid, png_bytes
 from training.latents import MAX_SEED, interpolation_latents
 

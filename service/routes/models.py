@@ -5,11 +5,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, Path, Response, status
 
+from core.evaluations import EvaluateRequest, EvaluationRecord
+from core.jobs import JobStatus, now
 from service.auth import AdminKey, public_generate
 from service.deps import EvaluationSenderDep, EvaluationStoreDep, RegistryDep, SettingsDep
 from service.errors import APIError, broker_unavailable, error_responses
-from service.evaluations import EvaluateRequest, EvaluationRecord
-from service.jobs import JobStatus, now
 from service.registry import ModelNotFound
 from service.schemas import ModelDetail, ModelList, ModelSummary
 

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from service.jobs import JobStatus
+from core.jobs import JobStatus
 from service.metrics import Metrics
 from service.schemas import RouteStats, RunningJob, Stats
 

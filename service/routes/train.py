@@ -14,15 +14,15 @@ from fastapi import APIRouter, Depends, Header, Path, Request, Response, status
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
+from core.jobs import FINISHED, JobRecord, JobStatus, JobStore, now
+from core.settings import Settings
+from core.submissions import IDEMPOTENCY_TTL
+from core.train_config import TrainConfig
 from service import plots, webhooks
 from service.auth import TrainKey, require_train
 from service.deps import JobStoreDep, SettingsDep, SubmissionsDep, TaskSenderDep
 from service.errors import APIError, broker_unavailable, error_responses, validation_error
-from service.jobs import FINISHED, JobRecord, JobStatus, JobStore, now
 from service.schemas import JobList, JobMetrics, TrainRequest
-from service.settings import Settings
-from service.submissions import IDEMPOTENCY_TTL
-from training.config import TrainConfig
 from training.losses import objective
 
 log = logging.getLogger(__name__)

@@ -22,11 +22,11 @@ from svc_support import (
     publish_tiny_model,
 )
 
+from core.settings import Settings
 from ganserve import cli
 from ganserve.client import Client
 from service.deps import get_broker_check, get_evaluation_sender, get_task_sender
 from service.main import create_app
-from service.settings import Settings
 
 
 @pytest.fixture(autouse=True)

@@ -14,9 +14,9 @@ from svc_support import ADMIN_KEY, DEFAULT_MODEL
 from typer.testing import CliRunner
 
 import service.__main__
+from core.jobs import JobStatus, JobStore, PublishedModel, now
 from ganserve.cli import app, parse_seeds
 from ganserve.client import Client, Progress
-from service.jobs import JobStatus, JobStore, PublishedModel, now
 from training.metrics import ImageMetrics
 
 SERVER = "http://ganserve.test"

@@ -9,6 +9,9 @@ import pytest
 from fastapi.testclient import TestClient
 from svc_support import DEFAULT_MODEL, LATENT_DIM, TRAIN_KEY
 
+from core.evaluations import EvaluationRecord, EvaluationStore
+from core.jobs import FINISHED, JobRecord, JobStatus, JobStore, PublishedModel, now
+from core.train_config import TrainConfig
 from ganserve.client import (
     MAX_SEED,
     TERMINAL,
@@ -23,12 +26,9 @@ from ganserve.client import (
     ServerUnreachable,
     WaitTimeout,
 )
-from service.evaluations import EvaluationRecord, EvaluationStore
-from service.jobs import FINISHED, JobRecord, JobStatus, JobStore, PublishedModel, now
 from service.schemas import ModelDetail as ServerModelDetail
 from service.schemas import ModelSummary as ServerModelSummary
 from service.schemas import ModelVersionInfo
-from training.config import TrainConfig
 from training.latents import MAX_SEED as TRAINING_MAX_SEED
 
 BODY = {"model_name": "my-digits", "epochs": 2, "max_samples": 256}

@@ -42,7 +42,7 @@ def free_port() -> int:
 
 def security_env() -> dict[str, str]:
     """The tests' key (an admin) and no rate limit, where the service has keys and limits."""
-    from service.settings import Settings
+    from core.settings import Settings
 
     env = {}
     if "api_keys" in Settings.model_fields:

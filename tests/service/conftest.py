@@ -11,9 +11,9 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from svc_support import AUTH, DEFAULT_MODEL, TEST_KEYS, FakeBrokerCheck, FakeSender, publish_tiny_model
 
+from core.settings import Settings
 from service.deps import get_broker_check, get_evaluation_sender, get_task_sender
 from service.main import create_app
-from service.settings import Settings
 
 
 @pytest.fixture

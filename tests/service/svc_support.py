@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from service.keys import ApiKeyEntry, Scope, hash_key
+from core.keys import ApiKeyEntry, Scope, hash_key
 from training.checkpoint import prefixed, publish, save
 from training.models import MADGANGenerator, MLPGenerator, MLPGeneratorConfig, config_to_json
 

@@ -58,7 +58,7 @@ def test_readyz_without_default_model(make_app, broker_check) -> None:
 
 
 def test_real_broker_check_for_the_filesystem_broker(make_app, settings) -> None:
-    from service.deps import check_broker
+    from core.tasks import check_broker
 
     try:
         check_broker(settings)
@@ -72,7 +72,7 @@ def test_real_broker_check_for_the_filesystem_broker(make_app, settings) -> None
 def test_real_broker_check_for_a_dead_redis(settings) -> None:
     import redis
 
-    from service.deps import check_broker
+    from core.tasks import check_broker
 
     dead = settings.model_copy(update={"broker_url": "redis://127.0.0.1:1/0"})
     try:

@@ -1,4 +1,4 @@
-"""API keys (service/auth.py, service/keys.py): who may call what, the 401/403 answers, the keys file and
+"""API keys (service/auth.py, core/keys.py): who may call what, the 401/403 answers, the keys file and
 the `python -m service keys` commands."""
 
 import hmac
@@ -25,10 +25,10 @@ from svc_support import (
     bearer,
 )
 
+from core.keys import ApiKeyEntry, Scope, hash_key, read_key_file
+from core.keys import main as keys_main
+from core.settings import Settings
 from service.__main__ import cli
-from service.keys import ApiKeyEntry, Scope, hash_key, read_key_file
-from service.keys import main as keys_main
-from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 TRAIN_BODY = {"model_name": "my-digits", "epochs": 1, "max_samples": 256}

@@ -13,9 +13,9 @@ import pytest
 import torch
 from svc_support import publish_conditional_model, publish_madgan_model
 
+from core.settings import BUNDLED_MODELS_DIR
 from service.batcher import Batcher, BatcherClosed, Batchers
 from service.registry import LoadedModel, ModelRegistry
-from service.settings import BUNDLED_MODELS_DIR
 from training.latents import latents_from_seeds
 
 WAIT_S = 10.0  # a safety net on every wait: a broken batcher fails the test instead of hanging it

@@ -8,8 +8,8 @@ from fastapi.testclient import TestClient
 from kombu.exceptions import OperationalError
 from svc_support import DEFAULT_MODEL, FakeSender, publish_generator, publish_points_model, tiny_image_g
 
-from service.evaluations import EvaluationStore
-from service.jobs import JobStatus, now
+from core.evaluations import EvaluationStore
+from core.jobs import JobStatus, now
 
 
 def store(client: TestClient) -> EvaluationStore:

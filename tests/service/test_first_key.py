@@ -1,10 +1,10 @@
-"""The first `make run` makes one admin key when there is none (service/keys.py, service/__main__.py)."""
+"""The first `make run` makes one admin key when there is none (core/keys.py, service/__main__.py)."""
 
 from pathlib import Path
 
+from core.keys import FIRST_KEY_NAME, ApiKeyEntry, Scope, ensure_first_key, hash_key, read_key_file
+from core.settings import Settings
 from service.__main__ import announce_first_key
-from service.keys import FIRST_KEY_NAME, ApiKeyEntry, Scope, ensure_first_key, hash_key, read_key_file
-from service.settings import Settings
 
 
 def test_first_key_is_made_once_and_only_its_hash_is_stored(tmp_path: Path) -> None:

@@ -14,8 +14,8 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from svc_support import AUTH, publish_conditional_model, publish_madgan_model
 
+from core.settings import BUNDLED_MODELS_DIR, Settings
 from service.__main__ import api_command
-from service.settings import BUNDLED_MODELS_DIR, Settings
 
 JSON = {"accept": "application/json"}
 LONG_WAIT_MS = 30_000.0  # longer than any test: a forward never runs short

@@ -11,8 +11,8 @@ from fastapi.testclient import TestClient
 from kombu.exceptions import OperationalError
 from svc_support import AUTH, DEFAULT_MODEL, TRAIN_KEY, FakeSender, bearer
 
-from service.jobs import JobStore
-from service.submissions import IDEMPOTENCY_TTL
+from core.jobs import JobStore
+from core.submissions import IDEMPOTENCY_TTL
 
 BODY = {"model_name": "my-digits", "epochs": 2, "max_samples": 256}
 

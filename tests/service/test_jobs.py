@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from service.jobs import JobStatus, JobStore, Progress
-from training.config import TrainConfig
+from core.jobs import JobStatus, JobStore, Progress
+from core.train_config import TrainConfig
 
 
 @pytest.fixture

@@ -15,10 +15,10 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from svc_support import AUTH, DEFAULT_MODEL
 
-from service.evaluations import EvaluateRequest, EvaluationStore
-from service.jobs import JobStatus, JobStore, Progress
+from core.evaluations import EvaluateRequest, EvaluationStore
+from core.jobs import JobStatus, JobStore, Progress
+from core.train_config import TrainConfig
 from service.metrics import JsonFormatter, Metrics, current_request_id, request_id_from
-from training.config import TrainConfig
 
 HEX_ID = re.compile(r"[0-9a-f]{32}")
 

@@ -18,8 +18,8 @@ from svc_support import (
     tiny_image_g,
 )
 
+from core.settings import Settings
 from service.registry import ModelNotFound, ModelRegistry
-from service.settings import Settings
 from training.checkpoint import model_stem
 from training.models import MADGANGenerator
 

@@ -16,6 +16,7 @@ import torch
 from fastapi.testclient import TestClient
 from svc_support import publish_conditional_model, publish_madgan_model
 
+from core.settings import BUNDLED_MODELS_DIR
 from service.registry import LoadedModel, ModelRegistry
 from service.render_process import (
     ChildConfig,
@@ -28,7 +29,6 @@ from service.render_process import (
     encode_request,
 )
 from service.rendering import Form, RendererClosed, Seeds, finish, latents_of
-from service.settings import BUNDLED_MODELS_DIR
 
 WAIT_S = 60.0
 

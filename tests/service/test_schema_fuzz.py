@@ -14,9 +14,9 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from svc_support import AUTH, DEFAULT_MODEL, TEST_KEYS, FakeBrokerCheck, FakeSender, publish_tiny_model
 
+from core.settings import Settings
 from service.deps import get_broker_check, get_evaluation_sender, get_task_sender
 from service.main import create_app
-from service.settings import Settings
 
 
 def _app():

@@ -6,8 +6,8 @@ import torch
 from svc_support import publish_conditional_model, publish_madgan_model
 from torch import nn
 
+from core.settings import BUNDLED_MODELS_DIR
 from service.registry import LoadedModel, ModelRegistry
-from service.settings import BUNDLED_MODELS_DIR
 from service.traced import trace_render
 from training.latents import latents_from_seeds
 

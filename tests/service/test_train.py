@@ -5,7 +5,7 @@ from fastapi.testclient import TestClient
 from kombu.exceptions import OperationalError
 from svc_support import AUTH, FakeSender
 
-from service.jobs import JobStatus, JobStore, now
+from core.jobs import JobStatus, JobStore, now
 
 BODY = {"model_name": "my-digits", "epochs": 2, "max_samples": 256}
 

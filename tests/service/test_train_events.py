@@ -8,7 +8,7 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
-from service.jobs import JobStatus, JobStore, Progress, now
+from core.jobs import JobStatus, JobStore, Progress, now
 from service.routes import train as train_routes
 
 BODY = {"model_name": "my-digits", "epochs": 2, "max_samples": 256}

@@ -7,8 +7,8 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from service.jobs import EpochRecord, JobStatus, JobStore
-from training.config import TrainConfig
+from core.jobs import EpochRecord, JobStatus, JobStore
+from core.train_config import TrainConfig
 from training.images import grid, png_bytes
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -25,11 +25,11 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 from svc_support import AUTH, DEFAULT_MODEL, FakeSender
 
-from service.jobs import JobStatus, JobStore, WebhookStatus, now, owe_webhook
+from core.jobs import JobStatus, JobStore, WebhookStatus, now, owe_webhook
+from core.settings import Settings
+from core.train_config import TrainConfig
 from service.reaper import Reaper
-from service.settings import Settings
 from service.webhooks import Deliverer, host_allowed, not_public
-from training.config import TrainConfig
 
 SECRET = "whsec-test-secret"
 BACKOFF_S = 0.05

@@ -12,9 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
+from core.train_config import TrainConfig
 from service.registry import ModelRegistry
 from training import checkpoint
-from training.config import TrainConfig
 from training.loop import train
 
 N_IMAGES = 40

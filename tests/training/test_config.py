@@ -3,7 +3,7 @@
 import pytest
 from pydantic import ValidationError
 
-from training.config import OBJECTIVE_DEFAULTS, TrainConfig
+from core.train_config import OBJECTIVE_DEFAULTS, TrainConfig
 
 
 def test_the_defaults_are_the_reference_recipe() -> None:

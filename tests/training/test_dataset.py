@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
+from core.train_config import TrainConfig
 from training import data, toy
-from training.config import TrainConfig
 from training.data import (
     DatasetError,
     load_dataset,

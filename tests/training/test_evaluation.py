@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from core.train_config import TrainConfig
 from training.classifier import HoldoutSplit
-from training.config import TrainConfig
 from training.evaluation import evaluate_model
 from training.loop import TrainProgress, train
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from training.config import TrainConfig
+from core.train_config import TrainConfig
 from training.data import load_to_device
 from training.latents import latents_from_seeds
 from training.loop import train

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from core.train_config import TrainConfig
 from training import checkpoint, images
-from training.config import TrainConfig
 from training.data import load_to_device
 from training.latents import latents_from_seeds
 from training.loop import TrainProgress, TrainResult, resolve_device, steps_per_epoch, train

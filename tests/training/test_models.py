@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
+from core.train_config import TrainConfig
 from training.checkpoint import load, load_generator, unprefixed
-from training.config import TrainConfig
 from training.latents import latents_from_seeds
 from training.models import (
     ConditionalBatchNorm,

@@ -8,7 +8,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from training.config import TrainConfig
+from core.train_config import TrainConfig
 from training.latents import MAX_SEED, latent_from_seed, latents_from_seeds, seed_generators, seed_labels
 
 seeds = st.integers(min_value=0, max_value=MAX_SEED)

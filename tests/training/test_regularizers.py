@@ -2,8 +2,8 @@ import pytest
 import torch
 from torch import nn
 
+from core.train_config import TrainConfig
 from training import regularizers
-from training.config import TrainConfig
 
 
 def _config(*regs: dict[str, object]) -> TrainConfig:

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from core.train_config import TrainConfig
 from training import checkpoint, loop, resume
-from training.config import TrainConfig
 from training.loop import FINITE_CHECK_EVERY, NonFiniteLossError, TrainProgress, TrainResult, train
 
 BASE = TrainConfig(

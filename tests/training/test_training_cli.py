@@ -6,7 +6,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from service.settings import get_settings
+from core.settings import get_settings
 from training import checkpoint
 from training.__main__ import app
 from training.latents import latents_from_seeds

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import torch
 
-from training.config import TrainConfig
+from core.train_config import TrainConfig
 from training.data import load_to_device
 from training.loop import train
 from training.nets import call_g

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.jobs import JobRecord, JobStore
-from service.settings import Settings
-from training.config import TrainConfig
+from core.jobs import JobRecord, JobStore
+from core.settings import Settings
+from core.train_config import TrainConfig
 from worker import tasks
 
 # 64 images, batch 16: 4 steps an epoch; small MLPs, no evaluation, so a job takes a fraction of a second.

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from service.jobs import JobRecord, JobStatus, JobStore, now
+from core.jobs import JobRecord, JobStatus, JobStore, now
+from core.settings import Settings
 from service.main import create_app
 from service.reaper import Reaper
-from service.settings import Settings
 
 STALE_S = 60.0
 

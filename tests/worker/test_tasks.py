@@ -16,8 +16,8 @@ import training.checkpoint
 import training.data
 import training.loop
 import training.resume
-from service.jobs import JobRecord, JobStatus, JobStore, now
-from service.settings import Settings
+from core.jobs import JobRecord, JobStatus, JobStore, now
+from core.settings import Settings
 from worker import tasks
 
 STEPS_PER_EPOCH = 4  # 64 images, batch 16

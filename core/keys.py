@@ -21,7 +21,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from training.config import NAME_PATTERN
+from core.train_config import NAME_PATTERN
 
 NAME_RULE = "1–64 characters of a-z, 0-9, '.', '_' and '-', starting with a letter or digit"
 KEY_PREFIX = "gsk_"  # recognisable in a leaked paste, and to secret scanners
@@ -141,7 +141,7 @@ def parse_scopes(text: str) -> list[Scope]:
 
 
 def _default_file() -> Path:
-    from service.settings import Settings
+    from core.settings import Settings
 
     return Settings().effective_api_keys_file
 
@@ -178,7 +178,7 @@ def _create(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from service.settings import Settings
+    from core.settings import Settings
 
     settings = Settings()
     path: Path = args.file or settings.effective_api_keys_file

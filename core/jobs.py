@@ -23,8 +23,8 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, Field, ValidationError
 
-from training.checkpoint import atomic_write_json
-from training.config import NAME_PATTERN, TrainConfig
+from core.files import atomic_write_json
+from core.train_config import NAME_PATTERN, TrainConfig
 
 log = logging.getLogger(__name__)
 

@@ -18,9 +18,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, Field, ValidationError
 
-from service.jobs import JobStatus, finite_json, new_job_id, now
-from training.checkpoint import atomic_write_json
-from training.config import NAME_PATTERN
+from core.files import atomic_write_json
+from core.jobs import JobStatus, finite_json, new_job_id, now
+from core.train_config import NAME_PATTERN
 
 log = logging.getLogger(__name__)
 

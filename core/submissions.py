@@ -21,9 +21,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
 
-from service.jobs import FINISHED, JobStore
-from training.checkpoint import atomic_write_json
-from training.config import NAME_PATTERN
+from core.files import atomic_write_json
+from core.jobs import FINISHED, JobStore
+from core.train_config import NAME_PATTERN
 
 log = logging.getLogger(__name__)
 
