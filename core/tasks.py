@@ -112,4 +112,3 @@ def check_broker(settings: Settings) -> str:
     with Connection(url, connect_timeout=1.0) as conn:
         conn.ensure_connection(max_retries=1, interval_start=0, timeout=1.0)
     return "broker answers"
-

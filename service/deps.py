@@ -22,6 +22,7 @@ TaskSender = Callable[[str], None]
 BrokerCheck = Callable[[], str]
 """Returns a short description of the reachable broker; raises if it is not reachable."""
 
+
 # The getters of app.state are `async`: FastAPI runs a plain `def` dependency in its thread pool, and on /generate
 # those hops cost more than the forward pass did.
 async def get_settings_dep(request: Request) -> Settings:
