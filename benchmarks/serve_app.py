@@ -29,10 +29,10 @@ from starlette.concurrency import run_in_threadpool
 
 from core.settings import Settings
 from core.train_config import NAME_PATTERN
-from service.auth import public_generate
-from service.errors import APIError
+from service.api.errors import APIError
 from service.main import create_app
-from service.registry import LoadedModel, ModelNotFound, ModelRegistry
+from service.security.auth import public_generate
+from service.serving.registry import LoadedModel, ModelNotFound, ModelRegistry
 from training.images import png_bytes
 from training.latents import MAX_SEED, latent_from_seed
 

@@ -4,9 +4,9 @@
 `<jobs_dir>/<id>/cancel` is the cancel request, a separate file so that the API never races the worker
 over the record; `<jobs_dir>/<id>/attempt-<n>` is created exclusively by the worker that starts the job's
 n-th attempt, so two workers handed the same job at once never both run it; `<jobs_dir>/<id>/webhook.*` is
-the outbox of a job's webhook (`owe_webhook`, delivered by service/webhooks.py). Files, not Redis, because the
-record must outlive a Redis or API restart and must work with the embedded broker too. Imported by the
-worker: keep it free of FastAPI.
+the outbox of a job's webhook (`owe_webhook`, delivered by service/background/webhooks.py). Files, not
+Redis, because the record must outlive a Redis or API restart and must work with the embedded broker
+too. Imported by the worker: keep it free of FastAPI.
 """
 
 import json
@@ -147,7 +147,7 @@ class JobRecord(BaseModel):
 
 
 # A finished job's webhook is owed through an outbox file beside its record, delivered by the API
-# (service/webhooks.py): `webhook.pending` → `webhook.sending` (claimed by one deliverer, by rename) →
+# (service/background/webhooks.py): `webhook.pending` → `webhook.sending` (claimed by one deliverer, by rename) →
 # `webhook.delivered` | `webhook.failed`, or back to `webhook.pending` to wait for its next attempt. Only ever
 # renamed, so at most one of them exists for a job.
 WEBHOOK_PENDING = "webhook.pending"

@@ -5,7 +5,7 @@ Each run is the project's own loop (`training.loop.train`, `sample_every=1`) on 
 the data root; the loop writes `samples/epoch-NNNN.png` (fixed seeds 0..63; a conditional grid is 10
 wide with class s % 10 in column s % 10). This script puts the grids of the first, ~1/8, ~1/2 and the last
 epoch side by side. The conditional model's last checkpoint is then published into a scratch models
-folder and loaded through `service.registry.ModelRegistry`, and rendered with `render_seeds(seeds,
+folder and loaded through `service.serving.registry.ModelRegistry`, and rendered with `render_seeds(seeds,
 label)` — the same path as `GET /generate?label=` — for labels 0..9 × seeds 0..7, one row per label.
 
 Within-class diversity of the conditional model: for each label, the mean pairwise L2 distance (pixels in
@@ -33,7 +33,7 @@ from PIL import Image
 
 from core.train_config import TrainConfig
 from experiments.common import DATA_ROOT, RESULTS, figure, single_thread, update_readme
-from service.registry import ModelRegistry
+from service.serving.registry import ModelRegistry
 from training import checkpoint, data, images
 from training.loop import TrainProgress, train
 

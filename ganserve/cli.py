@@ -1,7 +1,7 @@
 """`ganserve`: run the service, generate images, train and evaluate GANs — on this machine or through a
 server (`--server URL` or GANSERVE_SERVER), on the Python client (ganserve/client.py).
 
-Local work reuses the code the server runs (service.registry for images, `python -m training`'s commands for
+Local work reuses the code the server runs (service.serving.registry for images, `python -m training`'s commands for
 training and evaluation), so a local answer is the server's answer for the same settings. Heavy modules
 (torch, the service) are imported inside the commands that need them: talking to a server stays quick.
 """
@@ -30,7 +30,7 @@ from rich.table import Table
 from ganserve.client import API_KEY_ENV, MAX_SEED, SERVER_ENV, Client, Evaluation, GanserveError, Job, ModelSummary
 
 if TYPE_CHECKING:
-    from service.registry import LoadedModel
+    from service.serving.registry import LoadedModel
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="markdown", help=__doc__)
 
@@ -127,7 +127,7 @@ def _runs(seeds: list[int], longest: int) -> Iterator[list[int]]:
 
 def _local_model(model: str | None, version: int | None) -> "LoadedModel":
     from core.settings import Settings
-    from service.registry import ModelNotFound, ModelRegistry
+    from service.serving.registry import ModelNotFound, ModelRegistry
 
     settings = Settings()  # the server's GANSERVE_* settings: the same volume, default model and batch rows
     try:
@@ -142,7 +142,7 @@ def _local_model(model: str | None, version: int | None) -> "LoadedModel":
 def _local_pngs(loaded: "LoadedModel", seeds: list[int], label: int | None) -> Iterator[tuple[int, bytes, str]]:
     # Exactly what /generate does for one seed: the registry's render (forwards of `batch_rows` rows, so a
     # row's pixels do not depend on its neighbours) and the API's own PNG encoding level.
-    from service.routes.generate import PNG_LEVEL
+    from service.api.routes.generate import PNG_LEVEL
     from training.images import png_bytes
 
     for chunk in _runs(seeds, loaded.batch_rows):
@@ -198,7 +198,7 @@ def _local_interpolation(
     loaded: "LoadedModel", seeds: tuple[int, int], steps: int, label: int | None, fmt: Any, duration_ms: int
 ) -> bytes:
     # What /interpolate does: the same latents, the registry's render, the route's own encoder.
-    from service.routes.interpolate import encode
+    from service.api.routes.interpolate import encode
     from training.latents import interpolation_latents
 
     try:
@@ -402,7 +402,7 @@ def jobs(server: Server = None, api_key: ApiKey = None) -> None:
 
 def _local_models() -> list[ModelSummary]:
     from core.settings import Settings
-    from service.registry import ModelRegistry
+    from service.serving.registry import ModelRegistry
 
     return [ModelSummary.model_validate(m) for m in ModelRegistry.from_settings(Settings()).list_models()]
 

@@ -11,7 +11,7 @@ every error answer as a `GanserveError` carrying the server's `{"error", "messag
 
 Light on purpose: httpx and pydantic (and `core.train_config`, which is pydantic only), never torch or
 FastAPI, so a script that only talks to a server starts at once. The response models therefore mirror the
-server's (service/schemas.py, core/jobs.py, core/evaluations.py) rather than import them;
+server's (service/api/schemas.py, core/jobs.py, core/evaluations.py) rather than import them;
 tests/cli/test_client.py checks that every field here is one the server sends. They keep unknown fields
 (`extra="allow"`), so a newer server does not break an older client.
 """

@@ -12,7 +12,7 @@ from core.jobs import JobStore
 from core.settings import Settings
 from core.submissions import Submissions
 from core.tasks import EVALUATE_TASK, TRAIN_TASK, TaskQueue
-from service.registry import ModelRegistry
+from service.serving.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
 

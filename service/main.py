@@ -18,17 +18,17 @@ from starlette.concurrency import run_in_threadpool
 from core.evaluations import EvaluationStore
 from core.jobs import JobStore
 from core.settings import Settings, get_settings
-from service import reaper, webhooks
-from service.answers import AnswerCache
-from service.auth import install_security
-from service.cpu_pool import CpuPool
-from service.errors import install_error_handlers
-from service.metrics import JsonFormatter, Metrics, ObserveRequests
-from service.registry import ModelNotFound, ModelRegistry
-from service.render_process import ChildConfig, ProcessRenderer
-from service.rendering import InProcessRenderer, Renderer
-from service.routes import generate, health, interpolate, models, ops, train
-from service.routes import web as web_page
+from service.api.caching import AnswerCache
+from service.api.errors import install_error_handlers
+from service.api.routes import generate, health, interpolate, models, ops, train
+from service.api.routes import web as web_page
+from service.background import reaper, webhooks
+from service.security.auth import install_security
+from service.serving.cpu_pool import CpuPool
+from service.serving.registry import ModelNotFound, ModelRegistry
+from service.serving.render_process import ChildConfig, ProcessRenderer
+from service.serving.rendering import InProcessRenderer, Renderer
+from service.telemetry import JsonFormatter, Metrics, ObserveRequests
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ server's operator makes keys with `python -m service keys create --name NAME --s
 
 def configure_logging(level: str, fmt: str = "text") -> None:
     """Our loggers to stdout, once (uvicorn configures only its own loggers); `fmt` `json`: one JSON object a
-    line (service/metrics.py). A later call (another app in the same process) sets the level and format again."""
+    line (service/telemetry.py). A later call (another app in the same process) sets the level and format again."""
     logger = logging.getLogger("service")
     logger.setLevel(level.upper())
     handler = next((h for h in logger.handlers if getattr(h, "_ganserve", False)), None)
@@ -82,11 +82,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         log.info("default model %s version %d ready (%s)", model.name, model.version, model.source)
     except ModelNotFound as e:
         log.warning("default model not loaded, /generate without `model` will answer 404 until it exists: %s", e)
-    # After the default model: the render process preloads what the API has loaded (service/render_process.py).
+    # After the default model: the render process preloads what the API has loaded (service/serving/render_process.py).
     await app.state.renderer.start()
     settle_garbage_collector()
-    # The reaper re-queues jobs whose worker vanished (service/reaper.py); the deliverer calls finished jobs'
-    # webhooks from the outbox on the volume (service/webhooks.py).
+    # The reaper re-queues jobs whose worker vanished (service/background/reaper.py); the deliverer calls finished jobs'
+    # webhooks from the outbox on the volume (service/background/webhooks.py).
     try:
         async with reaper.running(app), webhooks.running(app):
             yield
@@ -118,7 +118,7 @@ def fastapi_telemetry(environ: Mapping[str, str]) -> dict[str, bool]:
 def make_renderer(
     settings: Settings, registry: ModelRegistry, cpu_pool: CpuPool, on_forward: Callable[[int], None]
 ) -> Renderer:
-    """Where /generate's forwards run (service/rendering.py): a render process, or the API's own threads."""
+    """Where /generate's forwards run (service/serving/rendering.py): a render process, or the API's own threads."""
     max_wait_s = settings.batch_wait_ms / 1000
     if not settings.render_process:
         return InProcessRenderer(cpu_pool, max_wait_s, on_forward=on_forward)
@@ -145,7 +145,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.answers = AnswerCache(settings.png_cache_size)
     app.state.jobs = JobStore(settings.jobs_dir)
     app.state.evaluations = EvaluationStore(settings.evaluations_dir)
-    app.state.metrics = Metrics(app.state.jobs, app.state.evaluations)  # GET /metrics and /stats (service/metrics.py)
+    app.state.metrics = Metrics(app.state.jobs, app.state.evaluations)  # GET /metrics and /stats (service/telemetry.py)
     app.state.renderer = make_renderer(
         settings, app.state.registry, app.state.cpu_pool, app.state.metrics.batch_rows.observe
     )

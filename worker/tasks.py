@@ -8,7 +8,7 @@ result backend is not used.
 Faults. A training job resumes from its last resume checkpoint (`training.resume`, written every epoch), its
 history cut back to that epoch, so a job restarted after its worker died loses at most one epoch. While it
 runs, a thread writes `heartbeat_at` into its record every `GANSERVE_HEARTBEAT_S` (through data loading,
-evaluation and checkpoint writing too); the API's reaper (service/reaper.py) re-queues a job whose heartbeat
+evaluation and checkpoint writing too); the API's reaper (service/background/reaper.py) re-queues a job whose heartbeat
 stops. Starting is idempotent: a finished job is not run again, a job running with a fresh heartbeat on
 another worker is left to it, and each attempt is claimed by exactly one worker (`JobStore.claim`). A failure
 (a diverged loss, a missing dataset, a full disk, out of memory …) ends the job `failed` with a readable

@@ -26,9 +26,9 @@ from ganserve.client import (
     ServerUnreachable,
     WaitTimeout,
 )
-from service.schemas import ModelDetail as ServerModelDetail
-from service.schemas import ModelSummary as ServerModelSummary
-from service.schemas import ModelVersionInfo
+from service.api.schemas import ModelDetail as ServerModelDetail
+from service.api.schemas import ModelSummary as ServerModelSummary
+from service.api.schemas import ModelVersionInfo
 from training.latents import MAX_SEED as TRAINING_MAX_SEED
 
 BODY = {"model_name": "my-digits", "epochs": 2, "max_samples": 256}

@@ -1,4 +1,4 @@
-"""API keys (service/auth.py, core/keys.py): who may call what, the 401/403 answers, the keys file and
+"""API keys (service/security/auth.py, core/keys.py): who may call what, the 401/403 answers, the keys file and
 the `python -m service keys` commands."""
 
 import hmac

@@ -1,4 +1,4 @@
-"""The dynamic batcher (service/batcher.py) and the fixed-shape forward it relies on (LoadedModel.sample).
+"""The dynamic batcher (service/serving/batcher.py) and the fixed-shape forward it relies on (LoadedModel.sample).
 
 Outputs are compared as raw floats: a matmul's rounding changes with the number of rows by ~1e-6 (the bundled
 model differs in every row between 1 and 40 rows), which `torch.equal` sees even where the uint8 pixels would
@@ -14,8 +14,8 @@ import torch
 from svc_support import publish_conditional_model, publish_madgan_model
 
 from core.settings import BUNDLED_MODELS_DIR
-from service.batcher import Batcher, BatcherClosed, Batchers
-from service.registry import LoadedModel, ModelRegistry
+from service.serving.batcher import Batcher, BatcherClosed, Batchers
+from service.serving.registry import LoadedModel, ModelRegistry
 from training.latents import latents_from_seeds
 
 WAIT_S = 10.0  # a safety net on every wait: a broken batcher fails the test instead of hanging it
@@ -80,7 +80,7 @@ def seeds_latents(model: LoadedModel, start: int, count: int) -> torch.Tensor:
 def test_every_forward_has_batch_rows_rows(mnist: LoadedModel, n: int) -> None:
     shapes: list[tuple[int, ...]] = []
     traced = mnist.traced
-    assert traced is not None  # the bundled model is served through its trace (service/traced.py)
+    assert traced is not None  # the bundled model is served through its trace (service/serving/traced.py)
 
     def spy(z: torch.Tensor, labels: torch.Tensor | None, generators: torch.Tensor | None) -> torch.Tensor:
         shapes.append(tuple(z.shape))

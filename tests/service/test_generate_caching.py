@@ -1,11 +1,11 @@
-"""HTTP caching of /generate (service/answers.py): strong ETags, Cache-Control by whether the version is
+"""HTTP caching of /generate (service/api/caching.py): strong ETags, Cache-Control by whether the version is
 pinned, 304 on `If-None-Match`, and the in-process cache of encoded answers."""
 
 import pytest
 from fastapi.testclient import TestClient
 from svc_support import AUTH, DEFAULT_MODEL
 
-from service.answers import Answer, AnswerCache, etag_matches
+from service.api.caching import Answer, AnswerCache, etag_matches
 
 IMMUTABLE = "public, max-age=31536000, immutable"
 

@@ -1,4 +1,4 @@
-"""Limits (service/limits.py, the /train checks): body size 413, training bounds 422, jobs per key 429,
+"""Limits (service/security/limits.py, the /train checks): body size 413, training bounds 422, jobs per key 429,
 requests per minute 429 with Retry-After, in the process and in a real Redis (db 14, flushed), and what
 happens when that Redis is gone."""
 
@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from svc_support import AUTH, DEFAULT_MODEL, GENERATE_KEY, LATENT_DIM, TRAIN_KEY, FakeSender, bearer
 
 from core.jobs import JobStatus, JobStore, now
-from service.limits import REDIS_PREFIX, WINDOW_S, MemoryRateLimiter, RedisRateLimiter
+from service.security.limits import REDIS_PREFIX, WINDOW_S, MemoryRateLimiter, RedisRateLimiter
 
 TEST_REDIS_URL = "redis://127.0.0.1:6379/14"  # never db 0: the machine's own Redis may be in use
 DEAD_REDIS_URL = "redis://127.0.0.1:1/0"
@@ -235,7 +235,7 @@ def test_the_redis_limiter_goes_back_to_redis_when_it_answers(test_redis: redis.
     assert limiter.hit("x", 5) is None  # counted in the process
     assert test_redis.keys(f"{REDIS_PREFIX}*") == []
     limiter.client = live
-    monkeypatch.setattr("service.limits.REDIS_RETRY_S", 0.0)
+    monkeypatch.setattr("service.security.limits.REDIS_RETRY_S", 0.0)
     limiter._down_until = time.monotonic()  # the retry delay has passed
     assert limiter.hit("x", 5) is None
     [key] = test_redis.keys(f"{REDIS_PREFIX}x:*")

@@ -1,4 +1,4 @@
-"""Operations: `/metrics` (Prometheus), request ids, JSON logs and `/stats` (service/metrics.py, routes/ops.py)."""
+"""Operations: `/metrics` (Prometheus), request ids, JSON logs and `/stats` (service/telemetry.py, routes/ops.py)."""
 
 import io
 import json
@@ -18,7 +18,7 @@ from svc_support import AUTH, DEFAULT_MODEL
 from core.evaluations import EvaluateRequest, EvaluationStore
 from core.jobs import JobStatus, JobStore, Progress
 from core.train_config import TrainConfig
-from service.metrics import JsonFormatter, Metrics, current_request_id, request_id_from
+from service.telemetry import JsonFormatter, Metrics, current_request_id, request_id_from
 
 HEX_ID = re.compile(r"[0-9a-f]{32}")
 

@@ -19,7 +19,7 @@ from svc_support import (
 )
 
 from core.settings import Settings
-from service.registry import ModelNotFound, ModelRegistry
+from service.serving.registry import ModelNotFound, ModelRegistry
 from training.checkpoint import model_stem
 from training.models import MADGANGenerator
 

@@ -1,4 +1,4 @@
-"""The render process (service/render_process.py): a real child process, rendering what the in-process
+"""The render process (service/serving/render_process.py): a real child process, rendering what the in-process
 renderer renders, byte for byte; one that dies fails only what it held and is replaced; closing ends it."""
 
 import asyncio
@@ -17,8 +17,8 @@ from fastapi.testclient import TestClient
 from svc_support import publish_conditional_model, publish_madgan_model
 
 from core.settings import BUNDLED_MODELS_DIR
-from service.registry import LoadedModel, ModelRegistry
-from service.render_process import (
+from service.serving.registry import LoadedModel, ModelRegistry
+from service.serving.render_process import (
     ChildConfig,
     ModelGone,
     ProcessRenderer,
@@ -28,7 +28,7 @@ from service.render_process import (
     encode_answer,
     encode_request,
 )
-from service.rendering import Form, RendererClosed, Seeds, finish, latents_of
+from service.serving.rendering import Form, RendererClosed, Seeds, finish, latents_of
 
 WAIT_S = 60.0
 

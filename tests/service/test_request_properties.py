@@ -7,7 +7,7 @@ import pydantic
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.schemas import MAX_LATENT_DIM, GenerateRequest
+from service.api.schemas import MAX_LATENT_DIM, GenerateRequest
 from training.latents import MAX_SEED
 
 scalars = st.one_of(

@@ -1,4 +1,4 @@
-"""The traced generator (service/traced.py) serves exactly what the eager generator would, or is not used."""
+"""The traced generator (service/serving/traced.py) serves exactly what the eager generator would, or is not used."""
 
 import dataclasses
 
@@ -7,8 +7,8 @@ from svc_support import publish_conditional_model, publish_madgan_model
 from torch import nn
 
 from core.settings import BUNDLED_MODELS_DIR
-from service.registry import LoadedModel, ModelRegistry
-from service.traced import trace_render
+from service.serving.registry import LoadedModel, ModelRegistry
+from service.serving.traced import trace_render
 from training.latents import latents_from_seeds
 
 

@@ -9,7 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from core.jobs import JobStatus, JobStore, Progress, now
-from service.routes import train as train_routes
+from service.api.routes import train as train_routes
 
 BODY = {"model_name": "my-digits", "epochs": 2, "max_samples": 256}
 

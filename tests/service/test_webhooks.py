@@ -1,4 +1,4 @@
-"""Webhooks (service/webhooks.py): a finished job's URL is called, signed, through the outbox on the volume.
+"""Webhooks (service/background/webhooks.py): a finished job's URL is called, signed, through the outbox on the volume.
 
 Every call goes to a real HTTP server of the test's own (`Receiver`: http.server in a thread on a free local
 port); nothing of the HTTP call is mocked. Back-off starts at 50 ms so retries take a fraction of a second.
@@ -28,8 +28,8 @@ from svc_support import AUTH, DEFAULT_MODEL, FakeSender
 from core.jobs import JobStatus, JobStore, WebhookStatus, now, owe_webhook
 from core.settings import Settings
 from core.train_config import TrainConfig
-from service.reaper import Reaper
-from service.webhooks import Deliverer, host_allowed, not_public
+from service.background.reaper import Reaper
+from service.background.webhooks import Deliverer, host_allowed, not_public
 
 SECRET = "whsec-test-secret"
 BACKOFF_S = 0.05

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from core.train_config import TrainConfig
-from service.registry import ModelRegistry
+from service.serving.registry import ModelRegistry
 from training import checkpoint
 from training.loop import train
 

@@ -1,4 +1,4 @@
-"""The API's reaper (service/reaper.py), on a real JobStore with a clock the test drives: a running job whose
+"""The API's reaper (service/background/reaper.py), on a real JobStore with a clock the test drives: a running job whose
 heartbeat stops is queued again and sent, up to GANSERVE_MAX_ATTEMPTS, then failed; a live one is left alone.
 Last, the reaper the API's lifespan starts sends through the real (filesystem) broker."""
 
@@ -11,8 +11,8 @@ from fastapi.testclient import TestClient
 
 from core.jobs import JobRecord, JobStatus, JobStore, now
 from core.settings import Settings
+from service.background.reaper import Reaper
 from service.main import create_app
-from service.reaper import Reaper
 
 STALE_S = 60.0
 

@@ -47,9 +47,9 @@ from typing import cast
 
 import torch
 
-from service.batcher import join_columns
-from service.registry import LoadedModel, ModelNotFound, ModelRegistry
-from service.rendering import Form, Output, RendererClosed, Rows, Seeds, finish, latents_of
+from service.serving.batcher import join_columns
+from service.serving.registry import LoadedModel, ModelNotFound, ModelRegistry
+from service.serving.rendering import Form, Output, RendererClosed, Rows, Seeds, finish, latents_of
 
 log = logging.getLogger(__name__)
 
@@ -344,7 +344,7 @@ class ProcessRenderer:
     async def _spawn(self) -> None:
         config = replace(self.config, preload=self.preload())
         ours, theirs = socket.socketpair()
-        cmd = [sys.executable, "-m", "service.render_process", str(theirs.fileno()), config.to_json()]
+        cmd = [sys.executable, "-m", "service.serving.render_process", str(theirs.fileno()), config.to_json()]
         try:
             # Its output joins the API's (the same terminal, or the container's log).
             # OMP_NUM_THREADS as well as torch.set_num_threads: read when OpenMP starts, before any torch code.
@@ -549,7 +549,7 @@ def main(argv: list[str]) -> int:
     fd, config = int(argv[0]), ChildConfig.from_json(argv[1])
     handler = logging.StreamHandler(sys.stdout)  # the API's own output: its terminal, or the container's log
     if config.log_format == "json":
-        from service.metrics import JsonFormatter
+        from service.telemetry import JsonFormatter
 
         handler.setFormatter(JsonFormatter())
     else:

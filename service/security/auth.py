@@ -8,7 +8,7 @@ in constant time (`hmac.compare_digest`, no early exit).
 
 Routes declare what they need with `Depends(require_train)`, `Depends(require_admin)` or
 `Depends(public_generate)` (public unless `GANSERVE_PUBLIC_GENERATE=false`, then scope `generate`). The
-same dependency then applies the per-key (or, anonymous, per-IP) rate limit of service/limits.py. Keys and
+same dependency then applies the per-key (or, anonymous, per-IP) rate limit of service/security/limits.py. Keys and
 Authorization headers are never logged: only a key's name is.
 """
 
@@ -28,8 +28,8 @@ from starlette.concurrency import run_in_threadpool
 
 from core.keys import CREATE_COMMAND, ApiKeyEntry, KeyFileError, Scope, hash_key, read_key_file
 from core.submissions import Submissions
-from service.errors import APIError
-from service.limits import enforce_rate_limit, install_limits
+from service.api.errors import APIError
+from service.security.limits import enforce_rate_limit, install_limits
 
 log = logging.getLogger(__name__)
 

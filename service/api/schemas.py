@@ -7,7 +7,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, FiniteFloat, 
 
 from core.jobs import EpochRecord, JobRecord, JobStatus
 from core.train_config import NAME_PATTERN, TrainConfig
-from service.webhooks import MAX_URL_LENGTH, url_problem
+from service.background.webhooks import MAX_URL_LENGTH, url_problem
 from training.latents import MAX_SEED
 
 MAX_LATENT_DIM = 4096  # TrainConfig's own bound on latent_dim

@@ -27,7 +27,7 @@ from torch import nn
 from core.evaluations import EvaluationStore
 from core.settings import BATCH_MAX, Settings
 from core.train_config import NAME_PATTERN
-from service.traced import Forward, trace_render
+from service.serving.traced import Forward, trace_render
 from training.checkpoint import CheckpointError, list_versions, load_generator, load_metadata, model_stem
 from training.images import to_uint8
 from training.latents import latents_from_seeds, seed_generators, seed_labels
@@ -79,7 +79,7 @@ class LoadedModel:
     num_classes: int | None = None
     num_generators: int | None = None
     batch_rows: int = BATCH_MAX
-    # Generator and quantisation traced for GIL-free renders (service/traced.py); None: eager.
+    # Generator and quantisation traced for GIL-free renders (service/serving/traced.py); None: eager.
     traced: Forward | None = field(default=None, compare=False, repr=False)
 
     @property
@@ -101,7 +101,7 @@ class LoadedModel:
         one is padded with zero latents (label 0, generator 0), whose outputs are dropped. A matmul's rounding
         changes with the number of rows (by ~1e-6 between 1 and 16 rows on AVX2), but for one shape a row's
         output depends on that row only, whatever its position and the other rows: so a sample depends on its
-        own latent and not on what it was rendered with (service/batcher.py batches requests together)."""
+        own latent and not on what it was rendered with (service/serving/batcher.py batches requests together)."""
         with torch.inference_mode():
             return torch.cat(
                 [
@@ -114,7 +114,7 @@ class LoadedModel:
         self, latents: torch.Tensor, labels: list[int] | None = None, generators: list[int] | None = None
     ) -> torch.Tensor:
         """N latents → N×C×H×W uint8 images: `to_uint8(sample(…))`, through the traced render when there is one
-        (service/traced.py: the same bits, without the GIL)."""
+        (service/serving/traced.py: the same bits, without the GIL)."""
         if self.traced is None:
             return to_uint8(self.sample(latents, labels, generators), self.value_range)
         with torch.inference_mode():

@@ -1,4 +1,4 @@
-"""`GET /metrics` (Prometheus) and `GET /stats` (a quick look in JSON): see service/metrics.py.
+"""`GET /metrics` (Prometheus) and `GET /stats` (a quick look in JSON): see service/telemetry.py.
 
 Both are public, like /healthz, and not rate-limited: they name routes, models and job ids, never keys or
 request contents. Each API process answers with its own request counts; the jobs are read from the volume.
@@ -11,8 +11,8 @@ from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from core.jobs import JobStatus
-from service.metrics import Metrics
-from service.schemas import RouteStats, RunningJob, Stats
+from service.api.schemas import RouteStats, RunningJob, Stats
+from service.telemetry import Metrics
 
 router = APIRouter(tags=["operations"])
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from service.registry import LoadedModel
+from service.serving.registry import LoadedModel
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ class Batcher:
         self._run = run
         self._clock = clock
         self._dispatch: Dispatch = dispatch or (lambda task: task())
-        self._on_forward = on_forward  # told the real rows of each forward (service/metrics.py)
+        self._on_forward = on_forward  # told the real rows of each forward (service/telemetry.py)
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._closed = False

@@ -7,11 +7,11 @@ from fastapi import APIRouter, Body, Depends, Path, Response, status
 
 from core.evaluations import EvaluateRequest, EvaluationRecord
 from core.jobs import JobStatus, now
-from service.auth import AdminKey, public_generate
+from service.api.errors import APIError, broker_unavailable, error_responses
+from service.api.schemas import ModelDetail, ModelList, ModelSummary
 from service.deps import EvaluationSenderDep, EvaluationStoreDep, RegistryDep, SettingsDep
-from service.errors import APIError, broker_unavailable, error_responses
-from service.registry import ModelNotFound
-from service.schemas import ModelDetail, ModelList, ModelSummary
+from service.security.auth import AdminKey, public_generate
+from service.serving.registry import ModelNotFound
 
 log = logging.getLogger(__name__)
 

@@ -4,10 +4,10 @@ import logging
 
 from fastapi import APIRouter
 
+from service.api.errors import APIError, error_responses
+from service.api.schemas import Check, Health, Readiness
 from service.deps import BrokerCheckDep, RegistryDep, SettingsDep
-from service.errors import APIError, error_responses
-from service.registry import ModelNotFound
-from service.schemas import Check, Health, Readiness
+from service.serving.registry import ModelNotFound
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@
   on its own) and tries Redis again after `REDIS_RETRY_S`: requests are still limited and never fail
   because the limiter's store did.
 
-The queue length per key is checked where jobs are created (service/routes/train.py, core/submissions.py).
+The queue length per key is checked where jobs are created (service/api/routes/train.py, core/submissions.py).
 """
 
 import logging
@@ -24,7 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core.settings import Settings
-from service.errors import APIError, error_response
+from service.api.errors import APIError, error_response
 
 log = logging.getLogger(__name__)
 

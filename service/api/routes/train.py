@@ -18,16 +18,17 @@ from core.jobs import FINISHED, JobRecord, JobStatus, JobStore, now
 from core.settings import Settings
 from core.submissions import IDEMPOTENCY_TTL
 from core.train_config import TrainConfig
-from service import plots, webhooks
-from service.auth import TrainKey, require_train
+from service.api import plots
+from service.api.errors import APIError, broker_unavailable, error_responses, validation_error
+from service.api.schemas import JobList, JobMetrics, TrainRequest
+from service.background import webhooks
 from service.deps import JobStoreDep, SettingsDep, SubmissionsDep, TaskSenderDep
-from service.errors import APIError, broker_unavailable, error_responses, validation_error
-from service.schemas import JobList, JobMetrics, TrainRequest
+from service.security.auth import TrainKey, require_train
 from training.losses import objective
 
 log = logging.getLogger(__name__)
 
-# Every route here needs a key with scope `train` (service/auth.py), and counts against its rate limit.
+# Every route here needs a key with scope `train` (service/security/auth.py), and counts against its rate limit.
 router = APIRouter(
     prefix="/train",
     tags=["train"],

@@ -2,11 +2,11 @@
 
 Two places can run the forwards, chosen by `GANSERVE_RENDER_PROCESS`:
 
-- `ProcessRenderer` (service/render_process.py, the default): a render process beside each API process,
+- `ProcessRenderer` (service/serving/render_process.py, the default): a render process beside each API process,
   which batches the requests, runs the forwards and encodes the PNGs. The API's event loop only writes a
   request's seeds to a socket and reads the answer back: no thread of its own competes with it for the GIL.
-- `InProcessRenderer`: the batchers and the encoding pool (service/batcher.py, service/cpu_pool.py) in the
-  API process itself. Nothing to start; what the route tests use.
+- `InProcessRenderer`: the batchers and the encoding pool (service/serving/batcher.py,
+  service/serving/cpu_pool.py) in the API process itself. Nothing to start; what the route tests use.
 
 Either way a request's rows are rendered by `LoadedModel.render` in forwards of `batch_rows` rows and
 finished by `finish` where the pixels are, so both give the same bytes.
@@ -20,9 +20,9 @@ from typing import Literal, Protocol
 
 import torch
 
-from service.batcher import BatcherClosed, Batchers
-from service.cpu_pool import CpuPool
-from service.registry import LoadedModel
+from service.serving.batcher import BatcherClosed, Batchers
+from service.serving.cpu_pool import CpuPool
+from service.serving.registry import LoadedModel
 from training.images import grid, png_bytes
 from training.latents import latent_from_seed, latents_from_seeds
 

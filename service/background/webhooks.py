@@ -57,7 +57,7 @@ from core.jobs import (
     now,
 )
 from core.settings import Settings
-from service.background import periodic
+from service.background.periodic import periodic
 
 log = logging.getLogger(__name__)
 

@@ -1,10 +1,10 @@
 """`/generate`: images from a served generator, as PNG (or base64 PNGs in JSON).
 
 A request is checked and its model resolved first (every 4xx before anything is queued). An answer for an
-explicit seed may then come from its ETag (304) or the in-process cache (service/answers.py); otherwise its
-seeds (or latent) go to the app's renderer (service/rendering.py): by default a render process that batches
+explicit seed may then come from its ETag (304) or the in-process cache (service/api/caching.py); otherwise its
+seeds (or latent) go to the app's renderer (service/serving/rendering.py): by default a render process that batches
 them with other requests' rows, draws the latents, runs the forward and encodes the PNG, while the event loop
-awaits one future per request (service/render_process.py). Nothing on this path is a thread hop of
+awaits one future per request (service/serving/render_process.py). Nothing on this path is a thread hop of
 FastAPI's own pool (each cost more than a forward): the route and its dependencies are `async`, and only a
 model not yet loaded is looked up in a thread.
 """
@@ -21,12 +21,12 @@ from starlette.concurrency import run_in_threadpool
 
 from core.settings import Settings
 from core.train_config import NAME_PATTERN
-from service.answers import Answer, cache_control, etag, etag_matches
-from service.auth import public_generate
-from service.errors import APIError, error_responses, validation_error
-from service.registry import LoadedModel, ModelNotFound, ModelRegistry
-from service.rendering import PNG_LEVEL, Form, Output, RendererClosed, Rows, Seeds
-from service.schemas import GeneratedImages, GenerateRequest
+from service.api.caching import Answer, cache_control, etag, etag_matches
+from service.api.errors import APIError, error_responses, validation_error
+from service.api.schemas import GeneratedImages, GenerateRequest
+from service.security.auth import public_generate
+from service.serving.registry import LoadedModel, ModelNotFound, ModelRegistry
+from service.serving.rendering import PNG_LEVEL, Form, Output, RendererClosed, Rows, Seeds
 from training.latents import MAX_SEED
 
 # Open to anonymous callers (rate-limited per IP) unless GANSERVE_PUBLIC_GENERATE=false: then scope `generate`.
@@ -255,7 +255,7 @@ def _answer(plan: _Plan, output: Output) -> Answer:
 async def render(
     state: Any, model: LoadedModel, rows: Rows, labels: list[int] | None, generators: list[int] | None, form: Form
 ) -> Output:
-    """Rendered by the app's renderer (service/rendering.py); 503 when it is stopping or restarting."""
+    """Rendered by the app's renderer (service/serving/rendering.py); 503 when it is stopping or restarting."""
     try:
         return await state.renderer.render(model, rows, labels, generators, form)
     except RendererClosed as e:

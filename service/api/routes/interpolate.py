@@ -1,7 +1,7 @@
 """`/interpolate`: the walk from one seed's image to another's, as a PNG strip or an animation (APNG, GIF).
 
 The frames are the images of latents on the slerp between the two seeds' latents (training/latents.py). They
-take /generate's path (service/routes/generate.py): the request is checked and its model resolved first,
+take /generate's path (service/api/routes/generate.py): the request is checked and its model resolved first,
 then an ETag may answer 304 or the in-process cache answer at once; otherwise the rows go to the app's
 renderer, batched with /generate's, and come back as pixels that the CPU pool encodes. So a frame is the
 very pixels /generate renders for its latent, and both ends are /generate's images of `from` and `to`.
@@ -19,12 +19,12 @@ from starlette.concurrency import run_in_threadpool
 
 from core.settings import Settings
 from core.train_config import NAME_PATTERN
-from service.answers import Answer, cache_control, etag, etag_matches
-from service.auth import public_generate
-from service.errors import error_responses, validation_error
-from service.registry import LoadedModel, ModelRegistry
-from service.rendering import PNG_LEVEL
-from service.routes.generate import _check_image_model, _check_label, _resolve, render
+from service.api.caching import Answer, cache_control, etag, etag_matches
+from service.api.errors import error_responses, validation_error
+from service.api.routes.generate import _check_image_model, _check_label, _resolve, render
+from service.security.auth import public_generate
+from service.serving.registry import LoadedModel, ModelRegistry
+from service.serving.rendering import PNG_LEVEL
 from training.images import grid, png_bytes
 from training.latents import MAX_SEED, interpolation_latents
 

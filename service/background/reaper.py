@@ -29,7 +29,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 
 from core.jobs import JobRecord, JobStatus, JobStore, now
-from service.background import periodic
+from service.background.periodic import periodic
 
 log = logging.getLogger(__name__)
 
