@@ -65,8 +65,8 @@ class CeilingImages:
 
 
 def _model(request: Request, name: str | None) -> LoadedModel:
-    settings: Settings = request.app.state.settings
-    registry: ModelRegistry = request.app.state.registry
+    settings: Settings = request.app.state.ganserve.settings
+    registry: ModelRegistry = request.app.state.ganserve.registry
     try:
         return registry.get(name or settings.default_model)
     except ModelNotFound as e:
@@ -77,11 +77,11 @@ def _model(request: Request, name: str | None) -> LoadedModel:
 async def ceiling(request: Request, seed: Seed, model: ModelName = None) -> Response:
     # `seed` is parsed and ignored: the request looks like /generate's, the answer costs nothing to make.
     # The default model's PNG is made at startup; another model's once, on its first request (off the loop).
-    settings: Settings = request.app.state.settings
+    settings: Settings = request.app.state.ganserve.settings
     images: CeilingImages = request.app.state.bench_ceiling
     name = model or settings.default_model
     try:
-        png = images.cached(name) or await run_in_threadpool(images.get, request.app.state.registry, name)
+        png = images.cached(name) or await run_in_threadpool(images.get, request.app.state.ganserve.registry, name)
     except ModelNotFound as e:
         raise APIError(404, "model_not_found", str(e)) from None
     return Response(png, media_type="image/png")
@@ -113,8 +113,8 @@ def create_bench_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with inner(app):  # the service's own start-up: loads and warms the default model
-            state = app.state
-            await run_in_threadpool(state.bench_ceiling.get, state.registry, state.settings.default_model)
+            state = app.state.ganserve
+            await run_in_threadpool(app.state.bench_ceiling.get, state.registry, state.settings.default_model)
             yield
 
     app.router.lifespan_context = lifespan

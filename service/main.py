@@ -8,27 +8,22 @@ import gc
 import logging
 import os
 import sys
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
 
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
-from core.evaluations import EvaluationStore
-from core.jobs import JobStore
 from core.settings import Settings, get_settings
-from service.api.caching import AnswerCache
 from service.api.errors import install_error_handlers
 from service.api.routes import generate, health, interpolate, models, ops, train
 from service.api.routes import web as web_page
 from service.background import reaper, webhooks
 from service.security.auth import install_security
-from service.serving.cpu_pool import CpuPool
-from service.serving.registry import ModelNotFound, ModelRegistry
-from service.serving.render_process import ChildConfig, ProcessRenderer
-from service.serving.rendering import InProcessRenderer, Renderer
-from service.telemetry import JsonFormatter, Metrics, ObserveRequests
+from service.serving.registry import ModelNotFound
+from service.state import Tasks, app_state, build_state, install_state
+from service.telemetry import JsonFormatter, ObserveRequests
 
 log = logging.getLogger(__name__)
 
@@ -72,29 +67,29 @@ def configure_logging(level: str, fmt: str = "text") -> None:
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    settings: Settings = app.state.settings
-    registry: ModelRegistry = app.state.registry
+    state = app_state(app)
+    settings, registry = state.settings, state.registry
     log.info("ganserve %s: volume %s, default model %s", __version__, settings.checkpoint_dir, settings.default_model)
-    app.state.keyring.log_status()
+    state.keyring.log_status()
     try:
         # Loading runs a warm-up forward; off the event loop like every other forward.
         model = await run_in_threadpool(registry.get, settings.default_model)
         log.info("default model %s version %d ready (%s)", model.name, model.version, model.source)
     except ModelNotFound as e:
         log.warning("default model not loaded, /generate without `model` will answer 404 until it exists: %s", e)
-    # After the default model: the render process preloads what the API has loaded (service/serving/render_process.py).
-    await app.state.renderer.start()
+    # After the default model: the render process preloads what the API has loaded (service/serving/).
+    await state.renderer.start()
     settle_garbage_collector()
-    # The reaper re-queues jobs whose worker vanished (service/background/reaper.py); the deliverer calls finished jobs'
-    # webhooks from the outbox on the volume (service/background/webhooks.py).
+    # The reaper re-queues jobs whose worker vanished; the deliverer calls finished jobs' webhooks from the
+    # outbox on the volume (service/background/).
     try:
-        async with reaper.running(app), webhooks.running(app):
+        async with reaper.running(state), webhooks.running(state):
             yield
     finally:
         # No request left waiting (the render process answers all it was sent; the in-process batcher fails
         # what it still queues with a 503), no thread or render process left running.
-        await app.state.renderer.close()
-        await run_in_threadpool(app.state.cpu_pool.close)
+        await state.renderer.close()
+        await run_in_threadpool(state.cpu_pool.close)
 
 
 def settle_garbage_collector() -> None:
@@ -115,21 +110,8 @@ def fastapi_telemetry(environ: Mapping[str, str]) -> dict[str, bool]:
     return {"tracing": on, "metrics": on, "logs": on}
 
 
-def make_renderer(
-    settings: Settings, registry: ModelRegistry, cpu_pool: CpuPool, on_forward: Callable[[int], None]
-) -> Renderer:
-    """Where /generate's forwards run (service/serving/rendering.py): a render process, or the API's own threads."""
-    max_wait_s = settings.batch_wait_ms / 1000
-    if not settings.render_process:
-        return InProcessRenderer(cpu_pool, max_wait_s, on_forward=on_forward)
-    roots = [(str(root), source) for root, source in registry.roots]
-    config = ChildConfig(
-        roots, settings.batch_max, max_wait_s, settings.render_threads, settings.log_level, settings.log_format
-    )
-    return ProcessRenderer(config, preload=registry.loaded, on_forward=on_forward)
-
-
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, tasks: Tasks | None = None) -> FastAPI:
+    """The app and its state (service/state.py); `tasks`: the broker, for tests that have none."""
     settings = settings or get_settings()
     configure_logging(settings.log_level, settings.log_format)
     app = FastAPI(
@@ -139,23 +121,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         telemetry=fastapi_telemetry(os.environ),
     )
-    app.state.settings = settings
-    app.state.registry = ModelRegistry.from_settings(settings)
-    app.state.cpu_pool = CpuPool()  # the API's own CPU work off the loop (large seed lists, /interpolate's GIFs)
-    app.state.answers = AnswerCache(settings.png_cache_size)
-    app.state.jobs = JobStore(settings.jobs_dir)
-    app.state.evaluations = EvaluationStore(settings.evaluations_dir)
-    app.state.metrics = Metrics(app.state.jobs, app.state.evaluations)  # GET /metrics and /stats (service/telemetry.py)
-    app.state.renderer = make_renderer(
-        settings, app.state.registry, app.state.cpu_pool, app.state.metrics.batch_rows.observe
-    )
-    if isinstance(app.state.renderer, ProcessRenderer):
-        app.state.metrics.watch_renderer(lambda: app.state.renderer.in_flight)
-    app.state.tasks = None  # built on the first POST /train (see service.deps)
+    state = build_state(settings, tasks)
+    install_state(app, state)
     install_error_handlers(app)
-    install_security(app)  # API keys, rate limits, the body-size limit (README "Security")
+    install_security(app, settings)  # the body-size limit, and the OpenAPI schema's optional keys (docs/operations.md)
     # Request ids, metrics and JSON access lines; added last, so outermost: it sees every answer, 413s included.
-    app.add_middleware(ObserveRequests, metrics=app.state.metrics, access_log=settings.log_format == "json")
+    app.add_middleware(ObserveRequests, metrics=state.metrics, access_log=settings.log_format == "json")
     for module in (generate, interpolate, train, models, health, ops):
         app.include_router(module.router)
     web_page.install(app)  # the page at / and its /static files (service/static)

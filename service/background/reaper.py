@@ -20,16 +20,19 @@ also sent; only an API killed in the millisecond between the two leaves a job `q
 """
 
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any
-
-from fastapi import FastAPI, Request
+from typing import TYPE_CHECKING, Any
 
 from core.jobs import JobRecord, JobStatus, JobStore, now
+from core.tasks import TRAIN_TASK
 from service.background.periodic import periodic
+
+if TYPE_CHECKING:
+    from service.state import AppState
 
 log = logging.getLogger(__name__)
 
@@ -106,24 +109,13 @@ class Reaper:
         return True
 
 
-def task_sender(app: FastAPI) -> TaskSender:
-    """`send(job_id)` outside any request: the very sender POST /train uses (service.deps), from the app's
-    state, built on first use (so the API starts without touching the broker)."""
-
-    def send(job_id: str) -> None:
-        from service.deps import get_task_sender
-
-        get_task_sender(Request({"type": "http", "app": app}))(job_id)
-
-    return send
-
-
 @contextlib.asynccontextmanager
-async def running(app: FastAPI) -> AsyncIterator[Reaper]:
+async def running(state: "AppState") -> AsyncIterator[Reaper]:
     """Run the app's reaper for the duration of the block (the API's lifespan)."""
-    settings = app.state.settings
-    reaper = Reaper(app.state.jobs, task_sender(app), settings.stale_after_s, settings.max_attempts)
-    app.state.reaper = reaper
+    settings = state.settings
+    send = functools.partial(state.tasks.send, TRAIN_TASK)  # what POST /train sends
+    reaper = Reaper(state.jobs, send, settings.stale_after_s, settings.max_attempts)
+    state.background["reaper"] = reaper
     every = scan_every_s(settings.stale_after_s)
     log.info(
         "reaper: a running job silent for %.0f s is queued again (checked every %.1f s)", reaper.stale_after_s, every

@@ -38,10 +38,8 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
-
-from fastapi import FastAPI
 
 from core.files import atomic_write_json
 from core.jobs import (
@@ -58,6 +56,9 @@ from core.jobs import (
 )
 from core.settings import Settings
 from service.background.periodic import periodic
+
+if TYPE_CHECKING:
+    from service.state import AppState
 
 log = logging.getLogger(__name__)
 
@@ -429,11 +430,11 @@ class Deliverer:
 
 
 @contextlib.asynccontextmanager
-async def running(app: FastAPI) -> AsyncIterator[Deliverer]:
+async def running(state: "AppState") -> AsyncIterator[Deliverer]:
     """Run the app's webhook deliverer for the duration of the block (the API's lifespan)."""
-    settings: Settings = app.state.settings
-    deliverer = Deliverer(app.state.jobs, settings)
-    app.state.webhooks = deliverer
+    settings = state.settings
+    deliverer = Deliverer(state.jobs, settings)
+    state.background["webhooks"] = deliverer
     every = scan_every_s(settings.webhook_backoff_s)
     secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else ""
     unset = [

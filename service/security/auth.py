@@ -12,13 +12,9 @@ same dependency then applies the per-key (or, anonymous, per-IP) rate limit of s
 Authorization headers are never logged: only a key's name is.
 """
 
-import hmac
 import logging
-import os
-import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request, Security
@@ -26,10 +22,12 @@ from fastapi.routing import APIRoute
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
-from core.keys import CREATE_COMMAND, ApiKeyEntry, KeyFileError, Scope, hash_key, read_key_file
-from core.submissions import Submissions
+from core.keys import CREATE_COMMAND, Scope
+from core.settings import Settings
 from service.api.errors import APIError
-from service.security.limits import enforce_rate_limit, install_limits
+from service.security.keyring import KeyRing
+from service.security.limits import enforce_rate_limit, install_body_limit
+from service.state import app_state
 
 log = logging.getLogger(__name__)
 
@@ -54,72 +52,6 @@ class Principal:
 
     def allows(self, scope: Scope) -> bool:
         return scope in self.scopes or Scope.admin in self.scopes
-
-
-class KeyRing:
-    """The configured keys: `GANSERVE_API_KEYS` merged with the keys file (the file wins on a name)."""
-
-    def __init__(self, from_settings: list[ApiKeyEntry], file: Path):
-        self.from_settings = list(from_settings)
-        self.file = file
-        self._lock = threading.Lock()
-        self._file_signature: tuple[int, int, int] | None = None
-        self._file_entries: list[ApiKeyEntry] = []
-        self._file_error: str | None = None
-        self._merged = self._merge()
-        self.refresh()
-
-    def _merge(self) -> list[ApiKeyEntry]:
-        file_names = {e.name for e in self._file_entries}
-        return [*self._file_entries, *(e for e in self.from_settings if e.name not in file_names)]
-
-    def refresh(self) -> None:
-        """Re-read the keys file if it changed (one stat per request). A malformed file is logged and its
-        keys are dropped until it is fixed: fail closed, never keep a key someone meant to revoke."""
-        try:
-            st = os.stat(self.file)
-            signature: tuple[int, int, int] | None = (st.st_mtime_ns, st.st_size, st.st_ino)
-        except OSError:
-            signature = None
-        if signature == self._file_signature:
-            return
-        with self._lock:
-            if signature == self._file_signature:
-                return
-            try:
-                entries, error = read_key_file(self.file), None
-            except KeyFileError as e:
-                entries, error = [], str(e)
-                log.error("%s; its keys are refused until it is fixed", error)
-            self._file_entries, self._file_error, self._file_signature = entries, error, signature
-            self._merged = self._merge()
-            if signature is not None and error is None:
-                log.info("API keys file %s: %d key(s)", self.file, len(entries))
-
-    @property
-    def entries(self) -> list[ApiKeyEntry]:
-        return self._merged
-
-    def lookup(self, key: str) -> ApiKeyEntry | None:
-        digest = hash_key(key)
-        found = None
-        for entry in self._merged:  # every entry, always: the time taken says nothing about which matched
-            if hmac.compare_digest(entry.sha256, digest):
-                found = entry
-        return found
-
-    def log_status(self) -> None:
-        """One line at startup: which keys (names and scopes only), or how to make the first."""
-        if not self._merged:
-            log.warning(
-                "no API keys configured (GANSERVE_API_KEYS, %s): /train and model administration answer 401 "
-                "until one exists; make one with `%s`",
-                self.file,
-                CREATE_COMMAND,
-            )
-            return
-        names = ", ".join(f"{e.name} ({','.join(e.scopes)})" for e in self._merged)
-        log.info("API keys: %s", names)
 
 
 def _presented_key(bearer: HTTPAuthorizationCredentials | None, api_key: str | None) -> str | None:
@@ -172,10 +104,11 @@ class Authorize:
         bearer: Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)],
         api_key: Annotated[str | None, Security(api_key_scheme)],
     ) -> Principal | None:
-        ring: KeyRing = request.app.state.keyring
+        state = app_state(request.app)
+        ring = state.keyring
         ring.refresh()
         key = _presented_key(bearer, api_key)
-        open_to_all = self.public and request.app.state.settings.public_generate
+        open_to_all = self.public and state.settings.public_generate
         principal: Principal | None = None
         if key is None:
             if not open_to_all:
@@ -196,11 +129,12 @@ class Authorize:
                     f"for a key with it: `python -m service keys create --name NAME --scopes {self.scope}`.",
                     detail={"required_scope": self.scope.value, "key": principal.name},
                 )
-        limited = request.app.state.settings.rate_limit_per_min > 0
-        if limited and getattr(request.app.state.rate_limiter, "blocking", False):
-            await run_in_threadpool(enforce_rate_limit, request, principal.name if principal else None)
+        who = principal.name if principal else None
+        limit, limiter = state.settings.rate_limit_per_min, state.rate_limiter
+        if limit > 0 and getattr(limiter, "blocking", False):
+            await run_in_threadpool(enforce_rate_limit, request, limiter, limit, who)
         else:
-            enforce_rate_limit(request, principal.name if principal else None)
+            enforce_rate_limit(request, limiter, limit, who)
         return principal
 
 
@@ -212,12 +146,9 @@ TrainKey = Annotated[Principal, Depends(require_train)]
 AdminKey = Annotated[Principal, Depends(require_admin)]
 
 
-def install_security(app: FastAPI) -> None:
-    """Keys, the submissions ledger, the rate limiter and the body-size middleware, from app.state.settings."""
-    settings = app.state.settings
-    app.state.keyring = KeyRing(settings.api_keys, settings.effective_api_keys_file)
-    app.state.submissions = Submissions(settings.submissions_dir)
-    install_limits(app)
+def install_security(app: FastAPI, settings: Settings) -> None:
+    """The body-size middleware, and the public routes' key documented as optional."""
+    install_body_limit(app, settings.max_body_bytes)
     if settings.public_generate:
         _document_anonymous_access(app)
 

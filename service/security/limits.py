@@ -196,9 +196,8 @@ def make_rate_limiter(settings: Settings) -> RateLimiter:
     return MemoryRateLimiter()
 
 
-def enforce_rate_limit(request: Request, key_name: str | None) -> None:
-    """Count this request against its key (or, anonymous, its client IP); 429 beyond the limit."""
-    limit = request.app.state.settings.rate_limit_per_min
+def enforce_rate_limit(request: Request, limiter: RateLimiter, limit: int, key_name: str | None) -> None:
+    """Count this request against its key (or, anonymous, its client IP); 429 beyond `limit` a minute."""
     if limit == 0:
         return
     if key_name is not None:
@@ -206,7 +205,7 @@ def enforce_rate_limit(request: Request, key_name: str | None) -> None:
     else:
         host = request.client.host if request.client else "unknown"
         identity, who = f"ip:{host}", f"Anonymous requests from {host}"
-    wait = request.app.state.rate_limiter.hit(identity, limit)
+    wait = limiter.hit(identity, limit)
     if wait is not None:
         retry_after = max(1, math.ceil(wait))
         raise APIError(
@@ -219,7 +218,5 @@ def enforce_rate_limit(request: Request, key_name: str | None) -> None:
         )
 
 
-def install_limits(app: FastAPI) -> None:
-    settings: Settings = app.state.settings
-    app.state.rate_limiter = make_rate_limiter(settings)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+def install_body_limit(app: FastAPI, max_bytes: int) -> None:
+    app.add_middleware(BodySizeLimit, max_bytes=max_bytes)

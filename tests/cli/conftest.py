@@ -17,15 +17,14 @@ from svc_support import (
     ADMIN_KEY,
     DEFAULT_MODEL,
     TEST_KEYS,
-    FakeBrokerCheck,
     FakeSender,
+    FakeTasks,
     publish_tiny_model,
 )
 
 from core.settings import Settings
 from ganserve import cli
 from ganserve.client import Client
-from service.deps import get_broker_check, get_evaluation_sender, get_task_sender
 from service.main import create_app
 
 
@@ -64,12 +63,7 @@ def sender() -> FakeSender:
 @pytest.fixture
 def app(settings: Settings, sender: FakeSender) -> FastAPI:
     publish_tiny_model(settings.models_dir, DEFAULT_MODEL)
-    app = create_app(settings)
-    app.dependency_overrides[get_task_sender] = lambda: sender
-    app.dependency_overrides[get_evaluation_sender] = lambda: sender
-    check = FakeBrokerCheck()
-    app.dependency_overrides[get_broker_check] = lambda: check
-    return app
+    return create_app(settings, FakeTasks(sender))
 
 
 @pytest.fixture

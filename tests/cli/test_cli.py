@@ -33,7 +33,7 @@ def failed_readably(result: Result, code: int = 1) -> bool:
 
 
 def jobs_store(http: TestClient) -> JobStore:
-    return http.app.state.jobs  # type: ignore[attr-defined]
+    return http.app.state.ganserve.jobs  # type: ignore[attr-defined]
 
 
 def closed_port() -> int:
@@ -261,7 +261,7 @@ def test_evaluate_submits_follows_and_prints_the_metrics(http: TestClient, api: 
         nn_pixel=9.5,
         nn_feature=3.0,
     )
-    store = http.app.state.evaluations  # type: ignore[attr-defined]
+    store = http.app.state.ganserve.evaluations  # type: ignore[attr-defined]
 
     def worker(_s: float) -> None:
         [path] = (store.root / "jobs").glob("*.json")

@@ -35,11 +35,11 @@ BODY = {"model_name": "my-digits", "epochs": 2, "max_samples": 256}
 
 
 def jobs_store(http: TestClient) -> JobStore:
-    return http.app.state.jobs  # type: ignore[attr-defined]
+    return http.app.state.ganserve.jobs  # type: ignore[attr-defined]
 
 
 def evaluations_store(http: TestClient) -> EvaluationStore:
-    return http.app.state.evaluations  # type: ignore[attr-defined]
+    return http.app.state.ganserve.evaluations  # type: ignore[attr-defined]
 
 
 def closed_port() -> int:

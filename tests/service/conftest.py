@@ -9,10 +9,9 @@ from typing import Any
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from svc_support import AUTH, DEFAULT_MODEL, TEST_KEYS, FakeBrokerCheck, FakeSender, publish_tiny_model
+from svc_support import AUTH, DEFAULT_MODEL, TEST_KEYS, FakeBrokerCheck, FakeSender, FakeTasks, publish_tiny_model
 
 from core.settings import Settings
-from service.deps import get_broker_check, get_evaluation_sender, get_task_sender
 from service.main import create_app
 
 
@@ -57,11 +56,10 @@ def make_app(settings: Settings, sender: FakeSender, broker_check: FakeBrokerChe
     """`make_app(**setting_overrides)`: a fresh app on the same volume (a restart), with fake broker deps."""
 
     def _make(**overrides: Any) -> FastAPI:
-        app = create_app(settings.model_copy(update=overrides) if overrides else settings)
-        app.dependency_overrides[get_task_sender] = lambda: sender
-        app.dependency_overrides[get_evaluation_sender] = lambda: sender  # one fake queue for both tasks
-        app.dependency_overrides[get_broker_check] = lambda: broker_check
-        return app
+        # One fake queue for both tasks.
+        return create_app(
+            settings.model_copy(update=overrides) if overrides else settings, FakeTasks(sender, broker_check)
+        )
 
     return _make
 

@@ -134,3 +134,18 @@ class FakeBrokerCheck:
         if self.error is not None:
             raise self.error
         return "fake broker answers"
+
+
+@dataclass
+class FakeTasks:
+    """The broker, faked, in the shape of `AppState.tasks` (core/tasks.py `TaskQueue`): training and evaluation
+    tasks land in one `sender`; `check` answers through `broker`."""
+
+    sender: FakeSender = field(default_factory=FakeSender)
+    broker: FakeBrokerCheck = field(default_factory=FakeBrokerCheck)
+
+    def send(self, task: str, record_id: str) -> None:
+        self.sender(record_id)
+
+    def check(self) -> str:
+        return self.broker()

@@ -13,7 +13,7 @@ from core.jobs import JobStatus, now
 
 
 def store(client: TestClient) -> EvaluationStore:
-    return client.app.state.evaluations  # type: ignore[attr-defined]
+    return client.app.state.ganserve.evaluations  # type: ignore[attr-defined]
 
 
 def test_post_queues_an_evaluation_of_the_newest_version(client: TestClient, sender: FakeSender) -> None:

@@ -163,7 +163,7 @@ def test_missing_default_model_is_404_not_a_crash(settings, make_app) -> None:
 def test_module_app_loads_nothing_at_import() -> None:
     import service.main
 
-    assert service.main.app.state.registry._cache == {}
+    assert service.main.app.state.ganserve.registry._cache == {}
     assert create_app is service.main.create_app
 
 
@@ -257,7 +257,7 @@ def test_madgan_seed_picks_the_generator(special: TestClient) -> None:
 def test_madgan_generator_depends_on_seed_mod_k(settings, special: TestClient) -> None:
     """Seeds s and s + k use the same generator: rendering seed s + k's latent through generator s mod k
     reproduces it, and through another generator does not."""
-    model = special.app.state.registry.get("mad")  # type: ignore[attr-defined]
+    model = special.app.state.ganserve.registry.get("mad")  # type: ignore[attr-defined]
     s = 1
     latent = latents_from_seeds([s + NUM_GENERATORS], LATENT_DIM)
     served = model.render_seeds([s + NUM_GENERATORS])

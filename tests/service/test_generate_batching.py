@@ -54,8 +54,10 @@ def test_concurrent_requests_share_forwards_and_get_the_bytes_of_single_requests
     app = bundled_app(make_app, LONG_WAIT_MS)
     with TestClient(app) as c, TestClient(bundled_app(make_app, 0.0)) as one_by_one:
         got = concurrently(c, asks)
-        model = app.state.registry.get("mnist-mlp")
-        assert app.state.renderer.batchers.get(model).forwards == 4  # 5 requests, 64 rows: 4 full forwards of 16
+        model = app.state.ganserve.registry.get("mnist-mlp")
+        assert (
+            app.state.ganserve.renderer.batchers.get(model).forwards == 4
+        )  # 5 requests, 64 rows: 4 full forwards of 16
         for ask, images in zip(asks, got, strict=True):
             assert images == singles(one_by_one, ask), ask
 
@@ -72,14 +74,14 @@ def test_mixed_labels_and_generators_in_one_forward(settings, make_app) -> None:
         for name, asks in groups.items():
             asks = [{**a, "model": name} for a in asks]
             got = concurrently(c, asks)  # 16 rows: one forward
-            assert app.state.renderer.batchers.get(app.state.registry.get(name)).forwards == 1
+            assert app.state.ganserve.renderer.batchers.get(app.state.ganserve.registry.get(name)).forwards == 1
             for ask, images in zip(asks, got, strict=True):
                 assert images == singles(one_by_one, ask), ask
 
 
 def test_a_rejected_request_queues_nothing(client: TestClient) -> None:
     assert client.get("/generate", params={"seed": 1}).status_code == 200
-    batcher = client.app.state.renderer.batchers.get(client.app.state.registry.get("tiny"))  # type: ignore[attr-defined]
+    batcher = client.app.state.ganserve.renderer.batchers.get(client.app.state.ganserve.registry.get("tiny"))  # type: ignore[attr-defined]
     for r in (
         client.post("/generate", json={"latent": [0.0] * 3}),
         client.get("/generate", params={"seed": 1, "label": 0}),
@@ -101,7 +103,7 @@ def test_shutdown_stops_every_thread(app: FastAPI) -> None:
 def test_a_request_queued_at_shutdown_gets_a_503(make_app, publish_model) -> None:
     publish_model()
     app = make_app(batch_wait_ms=LONG_WAIT_MS)  # the request waits for rows that never come
-    batchers = app.state.renderer.batchers
+    batchers = app.state.ganserve.renderer.batchers
     submitted = threading.Event()
     submit = batchers.submit
 

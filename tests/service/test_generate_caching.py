@@ -12,7 +12,7 @@ IMMUTABLE = "public, max-age=31536000, immutable"
 
 def forwards(client: TestClient, version: int = 1) -> int:
     app = client.app
-    return app.state.renderer.batchers.get(app.state.registry.get(DEFAULT_MODEL, version)).forwards  # type: ignore[attr-defined]
+    return app.state.ganserve.renderer.batchers.get(app.state.ganserve.registry.get(DEFAULT_MODEL, version)).forwards  # type: ignore[attr-defined]
 
 
 def test_a_pinned_seed_is_immutable_and_revalidates_to_304(client: TestClient) -> None:
@@ -36,7 +36,7 @@ def test_the_latest_version_is_no_cache_and_its_etag_follows_new_versions(client
     assert r.headers["cache-control"] == "no-cache"
     assert r.headers["etag"] == client.get("/generate", params={"seed": 5, "version": 1}).headers["etag"]
     assert client.get("/generate", params={"seed": 5}, headers={"if-none-match": r.headers["etag"]}).status_code == 304
-    client.app.state.registry.rescan_interval_s = 0.0  # type: ignore[attr-defined]  # see version 2 at once
+    client.app.state.ganserve.registry.rescan_interval_s = 0.0  # type: ignore[attr-defined]  # see version 2 at once
     publish_model(weights_seed=1)  # version 2 becomes the latest
     newer = client.get("/generate", params={"seed": 5}, headers={"if-none-match": r.headers["etag"]})
     assert newer.status_code == 200 and newer.headers["x-model-version"] == "2"
@@ -67,7 +67,7 @@ def test_the_etag_names_everything_the_answer_depends_on(client: TestClient, mak
 def test_random_seeds_and_posts_carry_no_validator(client: TestClient) -> None:
     r = client.get("/generate")
     assert r.headers["cache-control"] == "no-store" and "etag" not in r.headers
-    assert len(client.app.state.answers) == 0  # type: ignore[attr-defined]  # nor are they kept
+    assert len(client.app.state.ganserve.answers) == 0  # type: ignore[attr-defined]  # nor are they kept
     r = client.post("/generate", json={"seed": 5, "version": 1})
     assert r.status_code == 200 and "etag" not in r.headers and "cache-control" not in r.headers
 
@@ -115,7 +115,7 @@ def test_a_small_or_disabled_cache_renders_again(make_app, publish_model, size: 
         b = c.get("/generate", params={"seed": 2}).content
         assert c.get("/generate", params={"seed": 1}).content == a != b
         assert forwards(c) == 3  # size 1: seed 2 evicted seed 1
-        assert len(c.app.state.answers) == size  # type: ignore[attr-defined]
+        assert len(c.app.state.ganserve.answers) == size  # type: ignore[attr-defined]
 
 
 def test_answer_cache_drops_the_least_recently_used() -> None:

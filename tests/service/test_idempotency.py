@@ -18,7 +18,7 @@ BODY = {"model_name": "my-digits", "epochs": 2, "max_samples": 256}
 
 
 def jobs(client: TestClient) -> JobStore:
-    return client.app.state.jobs  # type: ignore[attr-defined]
+    return client.app.state.ganserve.jobs  # type: ignore[attr-defined]
 
 
 def post(client: TestClient, idem: str, body: dict | None = None, **headers: str):
@@ -83,7 +83,7 @@ def test_a_retry_after_a_restart_returns_the_same_job(make_app, publish_model, s
 
 
 def test_records_expire_after_24_hours(client: TestClient, monkeypatch) -> None:
-    submissions = client.app.state.submissions  # type: ignore[attr-defined]
+    submissions = client.app.state.ganserve.submissions  # type: ignore[attr-defined]
     first = post(client, "old").json()["id"]
     real_clock = submissions.clock
     monkeypatch.setattr(submissions, "clock", lambda: real_clock() + IDEMPOTENCY_TTL - timedelta(minutes=1))
@@ -94,7 +94,7 @@ def test_records_expire_after_24_hours(client: TestClient, monkeypatch) -> None:
 
 
 def test_expired_records_are_deleted(client: TestClient, settings, monkeypatch) -> None:
-    submissions = client.app.state.submissions  # type: ignore[attr-defined]
+    submissions = client.app.state.ganserve.submissions  # type: ignore[attr-defined]
     post(client, "a")
     folder: Path = settings.submissions_dir / "test-admin" / "idempotency"
     assert len(list(folder.glob("*.json"))) == 1

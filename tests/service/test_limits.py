@@ -19,7 +19,7 @@ TRAIN_BODY = {"model_name": "my-digits", "epochs": 1, "max_samples": 256}
 
 
 def jobs(client: TestClient) -> JobStore:
-    return client.app.state.jobs  # type: ignore[attr-defined]
+    return client.app.state.ganserve.jobs  # type: ignore[attr-defined]
 
 
 # --- body size ----------------------------------------------------------------------------------------
@@ -56,7 +56,7 @@ def test_a_streamed_body_is_cut_off_at_the_limit(make_app, publish_model, sender
 
 
 def test_the_default_limit_is_one_mebibyte(client: TestClient) -> None:
-    assert client.app.state.settings.max_body_bytes == 1024 * 1024  # type: ignore[attr-defined]
+    assert client.app.state.ganserve.settings.max_body_bytes == 1024 * 1024  # type: ignore[attr-defined]
     r = client.post("/generate", content=b"{" + b" " * (1024 * 1024), headers={"content-type": "application/json"})
     assert r.status_code == 413
 
@@ -124,10 +124,10 @@ def test_the_queue_count_survives_a_restart(make_app, publish_model) -> None:
 def test_the_submitting_key_is_recorded_by_name(client: TestClient, anon: TestClient) -> None:
     job = client.post("/train", json=TRAIN_BODY).json()["id"]
     other = anon.post("/train", json=TRAIN_BODY, headers=bearer(TRAIN_KEY)).json()["id"]
-    submissions = client.app.state.submissions  # type: ignore[attr-defined]
+    submissions = client.app.state.ganserve.submissions  # type: ignore[attr-defined]
     assert submissions.jobs_of("test-admin") == {job}
     assert submissions.jobs_of("test-train") == {other}
-    volume = client.app.state.settings.checkpoint_dir  # type: ignore[attr-defined]
+    volume = client.app.state.ganserve.settings.checkpoint_dir  # type: ignore[attr-defined]
     assert (volume / "submissions" / "test-admin" / "jobs" / job).exists()
 
 
@@ -186,7 +186,7 @@ def test_a_rate_of_zero_turns_the_limiter_off(make_app, publish_model) -> None:
 
 
 def test_the_embedded_broker_means_an_in_process_limiter(client: TestClient) -> None:
-    assert isinstance(client.app.state.rate_limiter, MemoryRateLimiter)  # type: ignore[attr-defined]
+    assert isinstance(client.app.state.ganserve.rate_limiter, MemoryRateLimiter)  # type: ignore[attr-defined]
 
 
 @pytest.fixture
@@ -206,7 +206,7 @@ def test_with_redis_every_api_process_shares_one_count(make_app, publish_model, 
     publish_model(DEFAULT_MODEL)
     settings = {"broker_url": None, "redis_url": TEST_REDIS_URL, "rate_limit_per_min": 3}
     first, second = make_app(**settings), make_app(**settings)
-    assert isinstance(first.state.rate_limiter, RedisRateLimiter)
+    assert isinstance(first.state.ganserve.rate_limiter, RedisRateLimiter)
     with TestClient(first, headers=AUTH) as a, TestClient(second, headers=AUTH) as b:
         assert [a.get("/train").status_code, b.get("/train").status_code, a.get("/train").status_code] == [200] * 3
         r = b.get("/train")

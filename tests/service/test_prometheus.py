@@ -164,8 +164,8 @@ def test_no_access_line_with_text_logs(client: TestClient, captured: io.StringIO
 
 
 def test_stats(client: TestClient, app: FastAPI) -> None:
-    running = _job(app.state.jobs, JobStatus.running, images_per_sec=99.0)
-    _job(app.state.jobs, JobStatus.succeeded)
+    running = _job(app.state.ganserve.jobs, JobStatus.running, images_per_sec=99.0)
+    _job(app.state.ganserve.jobs, JobStatus.succeeded)
     for seed in (1, 2):
         assert client.get("/generate", params={"seed": seed, "count": 2}).status_code == 200
     assert client.get("/generate", params={"seed": 1, "count": 2}).status_code == 200  # from the answer cache

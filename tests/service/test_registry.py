@@ -35,7 +35,7 @@ class Clock:
 @pytest.fixture
 def clock(client: TestClient) -> Clock:
     c = Clock()
-    client.app.state.registry.clock = c  # type: ignore[attr-defined]
+    client.app.state.ganserve.registry.clock = c  # type: ignore[attr-defined]
     return c
 
 
@@ -66,7 +66,7 @@ def test_new_version_becomes_latest_within_the_rescan_interval(client: TestClien
 def test_new_version_is_picked_up_in_real_time(client: TestClient, publish_model) -> None:
     assert client.get("/generate", params={"seed": 1}).headers["x-model-version"] == "1"
     publish_model(DEFAULT_MODEL, weights_seed=99)
-    client.app.state.registry.rescan_interval_s = 0.2  # type: ignore[attr-defined]  # keep the test fast
+    client.app.state.ganserve.registry.rescan_interval_s = 0.2  # type: ignore[attr-defined]  # keep the test fast
     time.sleep(0.25)
     assert client.get("/generate", params={"seed": 1}).headers["x-model-version"] == "2"
 

@@ -203,7 +203,7 @@ def apps(make_app) -> Iterator[tuple[TestClient, TestClient]]:
 @pytest.mark.slow
 def test_the_app_serves_through_it(apps) -> None:
     process, threads = apps
-    renderer = process.app.state.renderer  # type: ignore[attr-defined]
+    renderer = process.app.state.ganserve.renderer  # type: ignore[attr-defined]
     assert isinstance(renderer, ProcessRenderer) and renderer.pid is not None and _alive(renderer.pid)
     for params in ({"seed": 3}, {"seed": 40, "count": 6}):
         a, b = process.get("/generate", params=params), threads.get("/generate", params=params)
@@ -221,7 +221,7 @@ def test_the_app_serves_through_it(apps) -> None:
 @pytest.mark.slow
 def test_the_app_answers_503_for_what_a_dying_process_held_then_serves_again(apps) -> None:
     process, _ = apps
-    renderer = process.app.state.renderer  # type: ignore[attr-defined]
+    renderer = process.app.state.ganserve.renderer  # type: ignore[attr-defined]
     first = renderer.pid
     os.kill(first, signal.SIGSTOP)  # the next request is sent to it and held
     with ThreadPoolExecutor(1) as pool:

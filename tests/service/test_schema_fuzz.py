@@ -12,10 +12,9 @@ from pathlib import Path
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
-from svc_support import AUTH, DEFAULT_MODEL, TEST_KEYS, FakeBrokerCheck, FakeSender, publish_tiny_model
+from svc_support import AUTH, DEFAULT_MODEL, TEST_KEYS, FakeTasks, publish_tiny_model
 
 from core.settings import Settings
-from service.deps import get_broker_check, get_evaluation_sender, get_task_sender
 from service.main import create_app
 
 
@@ -33,12 +32,7 @@ def _app():
         render_process=False,  # the lifespan runs once per example here: no process start each time
     )
     publish_tiny_model(config.models_dir, DEFAULT_MODEL)
-    app = create_app(config)
-    sender, check = FakeSender(), FakeBrokerCheck()
-    app.dependency_overrides[get_task_sender] = lambda: sender
-    app.dependency_overrides[get_evaluation_sender] = lambda: sender
-    app.dependency_overrides[get_broker_check] = lambda: check
-    return app
+    return create_app(config, FakeTasks())
 
 
 schema = schemathesis.openapi.from_asgi("/openapi.json", _app())

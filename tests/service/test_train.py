@@ -6,12 +6,13 @@ from kombu.exceptions import OperationalError
 from svc_support import AUTH, FakeSender
 
 from core.jobs import JobStatus, JobStore, now
+from service.main import create_app
 
 BODY = {"model_name": "my-digits", "epochs": 2, "max_samples": 256}
 
 
 def store(client: TestClient) -> JobStore:
-    return client.app.state.jobs  # type: ignore[attr-defined]
+    return client.app.state.ganserve.jobs  # type: ignore[attr-defined]
 
 
 def test_post_queues_a_job(client: TestClient, sender: FakeSender) -> None:
@@ -72,12 +73,9 @@ def test_broker_down_is_503_and_the_record_failed(client: TestClient, sender: Fa
     assert record.status == JobStatus.failed and record.error and record.finished_at
 
 
-def test_real_sender_against_a_dead_redis_fails_fast(settings, make_app, publish_model) -> None:
-    from service.deps import get_task_sender
-
-    app = make_app()
-    app.state.settings = settings.model_copy(update={"broker_url": "redis://127.0.0.1:1/0"})
-    del app.dependency_overrides[get_task_sender]
+def test_real_sender_against_a_dead_redis_fails_fast(settings, publish_model) -> None:
+    publish_model()
+    app = create_app(settings.model_copy(update={"broker_url": "redis://127.0.0.1:1/0"}))  # the real TaskQueue
     with TestClient(app, headers=AUTH) as c:
         started = time.monotonic()
         r = c.post("/train", json=BODY)

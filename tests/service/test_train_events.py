@@ -21,7 +21,7 @@ def fast_stream(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def store(client: TestClient) -> JobStore:
-    return client.app.state.jobs  # type: ignore[attr-defined]
+    return client.app.state.ganserve.jobs  # type: ignore[attr-defined]
 
 
 def parse(stream: str) -> tuple[list[tuple[str, dict]], list[str]]:

@@ -15,7 +15,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def store(client: TestClient) -> JobStore:
-    return client.app.state.jobs  # type: ignore[attr-defined]
+    return client.app.state.ganserve.jobs  # type: ignore[attr-defined]
 
 
 def evaluation(fid: float | None) -> dict:
@@ -26,7 +26,7 @@ def job_with_history(client: TestClient, *, epochs: int = 3, evaluate: bool = Tr
     """A running job that has finished `epochs` epochs, with a sample grid written for each."""
     s = store(client)
     record = s.create(TrainConfig(model_name="watched", epochs=10, **config))
-    volume = client.app.state.settings.checkpoint_dir  # type: ignore[attr-defined]
+    volume = client.app.state.ganserve.settings.checkpoint_dir  # type: ignore[attr-defined]
     history, samples = [], []
     for epoch in range(1, epochs + 1):
         fid = 100.0 / epoch if evaluate else None

@@ -474,7 +474,7 @@ def test_each_way_a_job_ends_owes_exactly_one_delivery(
 ) -> None:
     """The app's own deliverer (its lifespan's) and a second one, as another API process would run, both
     scan the volume while the job ends; once delivered, the finished record is written again: still one call."""
-    store: JobStore = hook_client.app.state.jobs  # type: ignore[attr-defined]
+    store: JobStore = hook_client.app.state.ganserve.jobs  # type: ignore[attr-defined]
     with scanning(Deliverer(store, hook_settings)):
         job_id = finish(hook_client, store, sender, receiver.url())
         wait_until(lambda: store.get(job_id).webhook_status == WebhookStatus.delivered)
@@ -557,7 +557,7 @@ def test_the_api_delivers_what_was_owed_while_it_was_down(
 ) -> None:
     publish_model(DEFAULT_MODEL)
     app = make_app(**WEBHOOKS)
-    job_id = finished_job(app.state.jobs, receiver.url())  # by a worker, while no API runs
+    job_id = finished_job(app.state.ganserve.jobs, receiver.url())  # by a worker, while no API runs
     time.sleep(0.2)
     assert receiver.requests == []
     with TestClient(app, headers=AUTH) as client:

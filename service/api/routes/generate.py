@@ -12,7 +12,7 @@ model not yet loaded is looked up in a thread.
 import base64
 import secrets
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated
 
 import torch
 from fastapi import APIRouter, Body, Depends, Query, Request, Response
@@ -27,6 +27,7 @@ from service.api.schemas import GeneratedImages, GenerateRequest
 from service.security.auth import public_generate
 from service.serving.registry import LoadedModel, ModelNotFound, ModelRegistry
 from service.serving.rendering import PNG_LEVEL, Form, Output, RendererClosed, Rows, Seeds
+from service.state import AppState, StateDep
 from training.latents import MAX_SEED
 
 # Open to anonymous callers (rate-limited per IP) unless GANSERVE_PUBLIC_GENERATE=false: then scope `generate`.
@@ -253,7 +254,7 @@ def _answer(plan: _Plan, output: Output) -> Answer:
 
 
 async def render(
-    state: Any, model: LoadedModel, rows: Rows, labels: list[int] | None, generators: list[int] | None, form: Form
+    state: AppState, model: LoadedModel, rows: Rows, labels: list[int] | None, generators: list[int] | None, form: Form
 ) -> Output:
     """Rendered by the app's renderer (service/serving/rendering.py); 503 when it is stopping or restarting."""
     try:
@@ -264,6 +265,7 @@ async def render(
 
 async def _generate(
     request: Request,
+    state: AppState,
     *,
     where: str,
     seed: int | None,
@@ -273,9 +275,6 @@ async def _generate(
     count: int,
     label: int | None = None,
 ) -> Response:
-    # The app's machinery straight from app.state rather than as dependencies: each dependency FastAPI solves
-    # costs a few µs on every request of the busiest route.
-    state = request.app.state
     settings: Settings = state.settings
     registry: ModelRegistry = state.registry
     _check_count(settings, count, seed, where)  # first: a random seed needs a count within bounds
@@ -322,6 +321,7 @@ async def _generate(
 )
 async def generate_get(
     request: Request,
+    state: StateDep,
     seed: Annotated[
         int | None,
         Query(ge=0, le=MAX_SEED, description="Seed of the (first) image; random when omitted.", examples=[42]),
@@ -338,6 +338,7 @@ async def generate_get(
 ) -> Response:
     return await _generate(
         request,
+        state,
         where="query",
         seed=seed,
         latent=None,
@@ -357,10 +358,12 @@ async def generate_get(
 )
 async def generate_post(
     request: Request,
+    state: StateDep,
     body: Annotated[GenerateRequest, Body()] = GenerateRequest(),
 ) -> Response:
     return await _generate(
         request,
+        state,
         where="body",
         seed=body.seed,
         latent=body.latent,

@@ -6,8 +6,8 @@ from fastapi import APIRouter
 
 from service.api.errors import APIError, error_responses
 from service.api.schemas import Check, Health, Readiness
-from service.deps import BrokerCheckDep, RegistryDep, SettingsDep
 from service.serving.registry import ModelNotFound
+from service.state import StateDep
 
 log = logging.getLogger(__name__)
 
@@ -26,14 +26,14 @@ async def healthz() -> Health:
     summary="Readiness: the broker answers and the default model loads",
     responses=error_responses(503),
 )
-def readyz(settings: SettingsDep, registry: RegistryDep, check_broker: BrokerCheckDep) -> Readiness:
+def readyz(state: StateDep) -> Readiness:
     checks: dict[str, Check] = {}
     try:
-        checks["broker"] = Check(ok=True, detail=check_broker())
+        checks["broker"] = Check(ok=True, detail=state.tasks.check())
     except Exception as e:  # any failure of the probe means "not reachable"
         checks["broker"] = Check(ok=False, detail=f"{type(e).__name__}: {e}")
     try:
-        model = registry.get(settings.default_model)
+        model = state.registry.get(state.settings.default_model)
         checks["model"] = Check(ok=True, detail=f"{model.name} version {model.version} ({model.source})")
     except ModelNotFound as e:
         checks["model"] = Check(ok=False, detail=str(e))

@@ -25,6 +25,7 @@ from service.api.routes.generate import _check_image_model, _check_label, _resol
 from service.security.auth import public_generate
 from service.serving.registry import LoadedModel, ModelRegistry
 from service.serving.rendering import PNG_LEVEL
+from service.state import StateDep
 from training.images import grid, png_bytes
 from training.latents import MAX_SEED, interpolation_latents
 
@@ -142,6 +143,7 @@ def _tag(model: LoadedModel, seeds: tuple[int, int], steps: int, label: int | No
 )
 async def interpolate(
     request: Request,
+    state: StateDep,
     seed_from: Annotated[int, Query(alias="from", ge=0, le=MAX_SEED, description="Seed of the first frame.")],
     seed_to: Annotated[int, Query(alias="to", ge=0, le=MAX_SEED, description="Seed of the last frame.")],
     steps: Annotated[
@@ -168,7 +170,6 @@ async def interpolate(
         Query(ge=MIN_DURATION_MS, le=MAX_DURATION_MS, description="Animations: how long each frame shows, in ms."),
     ] = 100,
 ) -> Response:
-    state = request.app.state
     settings: Settings = state.settings
     registry: ModelRegistry = state.registry
     _check_steps(settings, steps)

@@ -7,11 +7,12 @@ from fastapi import APIRouter, Body, Depends, Path, Response, status
 
 from core.evaluations import EvaluateRequest, EvaluationRecord
 from core.jobs import JobStatus, now
+from core.tasks import EVALUATE_TASK
 from service.api.errors import APIError, broker_unavailable, error_responses
 from service.api.schemas import ModelDetail, ModelList, ModelSummary
-from service.deps import EvaluationSenderDep, EvaluationStoreDep, RegistryDep, SettingsDep
 from service.security.auth import AdminKey, public_generate
 from service.serving.registry import ModelNotFound
+from service.state import StateDep
 
 log = logging.getLogger(__name__)
 
@@ -21,8 +22,8 @@ READ = [Depends(public_generate)]
 
 
 @router.get("", response_model=ModelList, summary="The models that can be served", dependencies=READ)
-def list_models(registry: RegistryDep) -> ModelList:
-    return ModelList(models=[ModelSummary.model_validate(m) for m in registry.list_models()])
+def list_models(state: StateDep) -> ModelList:
+    return ModelList(models=[ModelSummary.model_validate(m) for m in state.registry.list_models()])
 
 
 @router.get(
@@ -32,9 +33,9 @@ def list_models(registry: RegistryDep) -> ModelList:
     responses=error_responses(404),
     dependencies=READ,
 )
-def get_model(name: str, registry: RegistryDep) -> ModelDetail:
+def get_model(name: str, state: StateDep) -> ModelDetail:
     try:
-        return ModelDetail.model_validate(registry.describe(name))
+        return ModelDetail.model_validate(state.registry.describe(name))
     except ModelNotFound as e:
         raise APIError(404, "model_not_found", str(e), detail={"available": e.available}) from None
 
@@ -57,14 +58,13 @@ def get_model(name: str, registry: RegistryDep) -> ModelDetail:
 def evaluate_model(
     name: str,
     response: Response,
-    registry: RegistryDep,
-    store: EvaluationStoreDep,
-    send: EvaluationSenderDep,
+    state: StateDep,
     principal: AdminKey,
     body: Annotated[EvaluateRequest, Body()] = EvaluateRequest(),  # no body: all defaults
 ) -> EvaluationRecord:
+    store = state.evaluations
     try:
-        model = registry.get(name, body.version)
+        model = state.registry.get(name, body.version)
     except ModelNotFound as e:
         raise APIError(404, "model_not_found", str(e), detail={"available": e.available}) from None
     if model.kind != "image":
@@ -84,7 +84,7 @@ def evaluate_model(
         request=body,
     )
     try:
-        send(record.id)
+        state.tasks.send(EVALUATE_TASK, record.id)
     except Exception as e:
         reason, error = broker_unavailable("evaluation", record.id, e)
         log.error("evaluation %s: %s", record.id, reason)
@@ -105,10 +105,10 @@ def evaluate_model(
 def get_evaluation(
     name: str,
     eval_id: Annotated[str, Path(description="The id returned by POST /models/{name}/evaluate.")],
-    store: EvaluationStoreDep,
+    state: StateDep,
 ) -> EvaluationRecord:
     try:
-        record = store.get(eval_id)
+        record = state.evaluations.get(eval_id)
     except KeyError:
         record = None
     if record is None or record.model != name:
@@ -128,8 +128,8 @@ def get_evaluation(
     responses={200: {"content": {"image/png": {}}}, **error_responses(404)},
     dependencies=READ,
 )
-def get_nearest_neighbours(name: str, eval_id: str, store: EvaluationStoreDep, settings: SettingsDep) -> Response:
-    record = get_evaluation(name, eval_id, store)
+def get_nearest_neighbours(name: str, eval_id: str, state: StateDep) -> Response:
+    record = get_evaluation(name, eval_id, state)
     if record.nearest_neighbours_png is None:
         raise APIError(
             404,
@@ -138,7 +138,7 @@ def get_nearest_neighbours(name: str, eval_id: str, store: EvaluationStoreDep, s
             detail={"status": record.status.value},
         )
     try:
-        png = (settings.checkpoint_dir / record.nearest_neighbours_png).read_bytes()
+        png = (state.settings.checkpoint_dir / record.nearest_neighbours_png).read_bytes()
     except OSError:
         raise APIError(404, "png_missing", f"The image of evaluation {eval_id} is gone from the volume.") from None
     return Response(png, media_type="image/png")

@@ -7,11 +7,12 @@ request contents. Each API process answers with its own request counts; the jobs
 from collections import Counter
 from collections.abc import Iterable
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from core.jobs import JobStatus
 from service.api.schemas import RouteStats, RunningJob, Stats
+from service.state import StateDep
 from service.telemetry import Metrics
 
 router = APIRouter(tags=["operations"])
@@ -20,14 +21,13 @@ router = APIRouter(tags=["operations"])
 # `def`: a scrape reads every job record on the volume. Left out of the OpenAPI schema: its body is
 # Prometheus' text format, which a JSON schema says nothing useful about.
 @router.get("/metrics", include_in_schema=False)
-def metrics(request: Request) -> Response:
-    registry = request.app.state.metrics.registry
+def metrics(state: StateDep) -> Response:
+    registry = state.metrics.registry
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/stats", response_model=Stats, summary="This API process's requests, batching, models and jobs")
-def stats(request: Request) -> Stats:
-    state = request.app.state
+def stats(state: StateDep) -> Stats:
     m: Metrics = state.metrics
     records = state.jobs.list()
     forwards, rows = m.batch_summary()

@@ -17,13 +17,14 @@ from starlette.concurrency import run_in_threadpool
 from core.jobs import FINISHED, JobRecord, JobStatus, JobStore, now
 from core.settings import Settings
 from core.submissions import IDEMPOTENCY_TTL
+from core.tasks import TRAIN_TASK
 from core.train_config import TrainConfig
 from service.api import plots
 from service.api.errors import APIError, broker_unavailable, error_responses, validation_error
 from service.api.schemas import JobList, JobMetrics, TrainRequest
 from service.background import webhooks
-from service.deps import JobStoreDep, SettingsDep, SubmissionsDep, TaskSenderDep
 from service.security.auth import TrainKey, require_train
+from service.state import StateDep
 from training.losses import objective
 
 log = logging.getLogger(__name__)
@@ -106,13 +107,11 @@ IdempotencyKey = Annotated[
 def start_training(
     body: TrainRequest,
     response: Response,
-    store: JobStoreDep,
-    send: TaskSenderDep,
-    settings: SettingsDep,
-    submissions: SubmissionsDep,
+    state: StateDep,
     principal: TrainKey,
     idempotency_key: IdempotencyKey = None,
 ) -> JobRecord:
+    store, settings, submissions = state.jobs, state.settings, state.submissions
     config, webhook = body.train_config(), body.webhook  # the webhook is the job's, not the model's config
     _check_caps(config, settings)
     if webhook is not None and (problem := webhooks.refusal(webhook, settings)):
@@ -157,7 +156,7 @@ def start_training(
             # Before sending: a crash after the send must not let a retry make a second job.
             submissions.remember(principal.name, idempotency_key, record.id, request_sha256)
         try:
-            send(record.id)
+            state.tasks.send(TRAIN_TASK, record.id)
         except Exception as e:
             reason, error = broker_unavailable("training job", record.id, e)
             log.error("job %s: %s", record.id, reason)
@@ -173,14 +172,14 @@ def start_training(
 
 
 @router.get("", response_model=JobList, summary="List training jobs, newest first")
-def list_jobs(store: JobStoreDep) -> JobList:
-    jobs = store.list()
+def list_jobs(state: StateDep) -> JobList:
+    jobs = state.jobs.list()
     return JobList(jobs=jobs, count=len(jobs))
 
 
 @router.get("/{job_id}", response_model=JobRecord, summary="A training job's record", responses=error_responses(404))
-def get_job(job_id: JobId, store: JobStoreDep) -> JobRecord:
-    return _get(store, job_id)
+def get_job(job_id: JobId, state: StateDep) -> JobRecord:
+    return _get(state.jobs, job_id)
 
 
 @router.delete(
@@ -194,7 +193,8 @@ def get_job(job_id: JobId, store: JobStoreDep) -> JobRecord:
     ),
     responses=error_responses(404, 409),
 )
-def cancel_job(job_id: JobId, store: JobStoreDep) -> JobRecord:
+def cancel_job(job_id: JobId, state: StateDep) -> JobRecord:
+    store = state.jobs
     record = _get(store, job_id)
     if record.status in FINISHED:
         raise APIError(
@@ -259,7 +259,8 @@ async def job_events(
     ),
     responses={200: {"content": {"text/event-stream": {}}}, **error_responses(404)},
 )
-async def get_job_events(job_id: JobId, request: Request, store: JobStoreDep) -> StreamingResponse:
+async def get_job_events(job_id: JobId, request: Request, state: StateDep) -> StreamingResponse:
+    store = state.jobs
     record = await run_in_threadpool(_get, store, job_id)  # a 404 before the stream starts
     return StreamingResponse(
         job_events(store, record, request.is_disconnected),
@@ -285,8 +286,8 @@ SAMPLE_NAME = re.compile(r"epoch-(\d+)\.png$")
     summary="A training job's history: losses per epoch, sample-quality metrics where measured",
     responses=error_responses(404),
 )
-def get_metrics(job_id: JobId, store: JobStoreDep) -> JobMetrics:
-    record = _get(store, job_id)
+def get_metrics(job_id: JobId, state: StateDep) -> JobMetrics:
+    record = _get(state.jobs, job_id)
     extractors = list(dict.fromkeys(e.evaluation["extractor"] for e in record.history if e.evaluation))
     return JobMetrics(
         id=record.id,
@@ -304,8 +305,8 @@ def get_metrics(job_id: JobId, store: JobStoreDep) -> JobMetrics:
     summary="A training job's curves as a PNG: `losses` (D and G per epoch) or `fid` (FID and KID)",
     responses={200: {"content": {"image/png": {}}}, **error_responses(404)},
 )
-def get_plot(job_id: JobId, plot: str, store: JobStoreDep) -> Response:
-    record = _get(store, job_id)
+def get_plot(job_id: JobId, plot: str, state: StateDep) -> Response:
+    record = _get(state.jobs, job_id)
     if plot not in PLOTS:
         raise APIError(
             404, "plot_not_found", f"No plot {plot!r}; choose one of {', '.join(PLOTS)}.", detail={"plots": list(PLOTS)}
@@ -345,10 +346,9 @@ def get_plot(job_id: JobId, plot: str, store: JobStoreDep) -> Response:
 def get_samples(
     job_id: JobId,
     epoch: Annotated[int, Path(ge=1, description="An epoch with a grid: see the job's `samples`.")],
-    store: JobStoreDep,
-    settings: SettingsDep,
+    state: StateDep,
 ) -> Response:
-    record = _get(store, job_id)
+    record = _get(state.jobs, job_id)
     written = {int(m.group(1)): rel for rel in record.samples if (m := SAMPLE_NAME.search(rel))}
     if epoch not in written:
         raise APIError(
@@ -358,7 +358,7 @@ def get_samples(
             f"{record.config.sample_every} epoch(s) and after the last. Available: {sorted(written) or 'none yet'}.",
             detail={"epochs": sorted(written)},
         )
-    path = settings.checkpoint_dir / written[epoch]
+    path = state.settings.checkpoint_dir / written[epoch]
     try:
         png = path.read_bytes()
     except OSError:

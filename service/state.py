@@ -1,0 +1,107 @@
+"""The API's state: one typed object, `AppState`, made once by `build_state(settings)` when the app is created,
+and reached by every route through one dependency, `StateDep` (vLLM's `app.state` behind a small accessor,
+typed as full-stack-fastapi-template's `Annotated` dependencies are).
+
+Everything with a side effect outside the process — the broker — sits behind `AppState.tasks`, which tests
+replace with a fake (`create_app(settings, tasks=…)`); nothing else is faked."""
+
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Protocol
+
+from fastapi import Depends, FastAPI, Request
+
+from core.evaluations import EvaluationStore
+from core.jobs import JobStore
+from core.settings import Settings
+from core.submissions import Submissions
+from core.tasks import TaskQueue
+from service.api.caching import AnswerCache
+from service.security.keyring import KeyRing
+from service.security.limits import RateLimiter, make_rate_limiter
+from service.serving.cpu_pool import CpuPool
+from service.serving.registry import ModelRegistry
+from service.serving.render_process import ChildConfig, ProcessRenderer
+from service.serving.rendering import InProcessRenderer, Renderer
+from service.telemetry import Metrics
+
+
+class Tasks(Protocol):
+    """What the API needs of the broker (core/tasks.py `TaskQueue`)."""
+
+    def send(self, task: str, record_id: str) -> None: ...
+
+    def check(self) -> str: ...
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    registry: ModelRegistry  # the models that can be served, loaded on first use (service/serving/registry.py)
+    renderer: Renderer  # where /generate's forwards run (service/serving/)
+    cpu_pool: CpuPool
+    answers: AnswerCache  # encoded /generate answers of explicit seeds (service/api/caching.py)
+    jobs: JobStore  # the records of truth, on the volume (core/)
+    evaluations: EvaluationStore
+    submissions: Submissions  # what each key submitted: queue limits, Idempotency-Key
+    keyring: KeyRing  # the API keys (service/security/auth.py)
+    rate_limiter: RateLimiter
+    metrics: Metrics  # GET /metrics and /stats (service/telemetry.py)
+    tasks: Tasks  # the broker: sends training and evaluation tasks (core/tasks.py)
+    # Set by the lifespan while the app runs (service/background/): for tests and GET /stats to look at.
+    background: dict[str, Any] = field(default_factory=dict)
+
+
+def build_state(settings: Settings, tasks: Tasks | None = None) -> AppState:
+    """The app's state from its settings; nothing is loaded or connected yet (the lifespan starts what runs)."""
+    registry = ModelRegistry.from_settings(settings)
+    jobs = JobStore(settings.jobs_dir)
+    evaluations = EvaluationStore(settings.evaluations_dir)
+    metrics = Metrics(jobs, evaluations)
+    cpu_pool = CpuPool()  # the API's own CPU work off the loop (large seed lists, /interpolate's GIFs)
+    renderer = _renderer(settings, registry, cpu_pool, metrics)
+    return AppState(
+        settings=settings,
+        registry=registry,
+        renderer=renderer,
+        cpu_pool=cpu_pool,
+        answers=AnswerCache(settings.png_cache_size),
+        jobs=jobs,
+        evaluations=evaluations,
+        submissions=Submissions(settings.submissions_dir),
+        keyring=KeyRing(settings.api_keys, settings.effective_api_keys_file),
+        rate_limiter=make_rate_limiter(settings),
+        metrics=metrics,
+        tasks=tasks if tasks is not None else TaskQueue(settings),
+    )
+
+
+def _renderer(settings: Settings, registry: ModelRegistry, cpu_pool: CpuPool, metrics: Metrics) -> Renderer:
+    """Where /generate's forwards run (service/serving/rendering.py): a render process, or the API's own threads."""
+    max_wait_s = settings.batch_wait_ms / 1000
+    if not settings.render_process:
+        return InProcessRenderer(cpu_pool, max_wait_s, on_forward=metrics.batch_rows.observe)
+    roots = [(str(root), source) for root, source in registry.roots]
+    config = ChildConfig(
+        roots, settings.batch_max, max_wait_s, settings.render_threads, settings.log_level, settings.log_format
+    )
+    renderer = ProcessRenderer(config, preload=registry.loaded, on_forward=metrics.batch_rows.observe)
+    metrics.watch_renderer(lambda: renderer.in_flight)
+    return renderer
+
+
+def install_state(app: FastAPI, state: AppState) -> None:
+    app.state.ganserve = state
+
+
+def app_state(app: FastAPI) -> AppState:
+    """The state of `app` (outside a request: the lifespan, tests)."""
+    return app.state.ganserve
+
+
+# `async`: FastAPI runs a plain `def` dependency in its thread pool, a hop that costs /generate more than its
+# forward does.
+async def get_state(request: Request) -> AppState:
+    return request.app.state.ganserve
+
+
+StateDep = Annotated[AppState, Depends(get_state)]
