@@ -55,8 +55,8 @@ from core.train_config import TrainConfig
 from experiments.common import update_readme
 from service.__main__ import UVICORN_LOOP
 from training import checkpoint
+from training.architectures import build_models
 from training.latents import MAX_SEED
-from training.models import build_models
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"

@@ -15,9 +15,9 @@ from torch import nn
 
 from core.train_config import TrainConfig
 from training import checkpoint, regularizers
+from training.architectures import build_discriminator, build_generator
 from training.latents import latents_from_seeds
 from training.loop import train
-from training.models import build_discriminator, build_generator
 from training.nets import call_g
 from training.samples import sample_conditioning
 

@@ -170,7 +170,7 @@ OBSERVED: dict[str, str] = {
         "of the 10k split (936 G steps) is too short for DCGAN here."
     ),
     "conditional": (
-        "G is conditioned through class-conditional BatchNorm (training/models.py, `ConditionalBatchNorm`). "
+        "G is conditioned through class-conditional BatchNorm (training/architectures.py, `ConditionalBatchNorm`). "
         "Before that it concatenated a label embedding to z and each class collapsed to one image: "
         "within-class diversity 1.28 against 17.55 for real digits (per label 1.33, 0.74, 1.30, 0.40, "
         "1.56, 1.60, 1.24, 1.46, 1.53, 1.62), every row of the digits figure eight copies of one speckled "

@@ -38,7 +38,8 @@ SAMPLE_EVERY = 10**6  # the loop's per-epoch checkpoint and scatter only at the 
 DEFAULT_SEEDS = 5
 DEFAULT_STEPS = 1000
 
-# Every row, best included: PacGAN's 2-D latent (its benchmark's z) on the toy MLPs (3 × 128, training/models.py).
+# Every row, best included: PacGAN's 2-D latent (its benchmark's z) on the toy MLPs (3 × 128,
+# training/architectures.py).
 # With z of 100 G has to fold 98 useless dimensions away before it can place mass on the modes; in our probes
 # that cost the best recipe most of its high-quality samples on the grid (10 % vs 67 % HQ at 10k steps).
 SHARED: dict[str, Any] = {"latent_dim": 2}

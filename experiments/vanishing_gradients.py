@@ -20,9 +20,9 @@ from torch import nn
 from core.train_config import TrainConfig
 from experiments import common
 from training import losses
+from training.architectures import build_models
 from training.data import load_training_data, to_model_range
 from training.latents import latents_from_seeds
-from training.models import build_models
 
 BATCH = 128
 LOSSES = {

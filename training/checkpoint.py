@@ -25,7 +25,7 @@ from safetensors.torch import load as load_safetensors
 from torch import nn
 
 from core.files import atomic_write_bytes, atomic_write_json
-from training.models import build_generator
+from training.architectures import build_generator
 
 FORMAT = "ganserve-checkpoint/1"
 MODEL_STEM = "model"

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from core.train_config import TrainConfig
-from training import models, regularizers
+from training import architectures, regularizers
 from training.data import DeviceDataset
 
 
@@ -80,7 +80,7 @@ def build_nets(
     # Weight init draws from the global RNG; fork it so seeding here leaves the caller's state alone.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        g, d = models.build_models(config, data.sample_shape, data.num_classes)
+        g, d = architectures.build_models(config, data.sample_shape, data.num_classes)
         d = reg.apply_to_discriminator(d)
     g, d = g.to(device).train(), d.to(device).train()
     opt_g = _optimizer(g.parameters(), config, config.lr_g or config.lr or 2e-4, config.betas_g, device)

@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from core.keys import ApiKeyEntry, Scope, hash_key
+from training.architectures import MADGANGenerator, MLPGenerator, MLPGeneratorConfig, config_to_json
 from training.checkpoint import prefixed, publish, save
-from training.models import MADGANGenerator, MLPGenerator, MLPGeneratorConfig, config_to_json
 
 LATENT_DIM = 8
 DEFAULT_MODEL = "tiny"

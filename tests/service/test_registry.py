@@ -20,8 +20,8 @@ from svc_support import (
 
 from core.settings import Settings
 from service.serving.registry import ModelNotFound, ModelRegistry
+from training.architectures import MADGANGenerator
 from training.checkpoint import model_stem
-from training.models import MADGANGenerator
 
 
 class Clock:

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from training import checkpoint
-from training.models import MLPGenerator, MLPGeneratorConfig, config_to_json
+from training.architectures import MLPGenerator, MLPGeneratorConfig, config_to_json
 
 
 def _save_generator(stem: Path) -> MLPGenerator:

@@ -10,9 +10,7 @@ import torch
 from torch import nn
 
 from core.train_config import TrainConfig
-from training.checkpoint import load, load_generator, unprefixed
-from training.latents import latents_from_seeds
-from training.models import (
+from training.architectures import (
     ConditionalBatchNorm,
     DCGANDiscriminator,
     DCGANDiscriminatorConfig,
@@ -28,6 +26,8 @@ from training.models import (
     build_models,
     config_to_json,
 )
+from training.checkpoint import load, load_generator, unprefixed
+from training.latents import latents_from_seeds
 
 BUNDLED = Path(__file__).resolve().parents[2] / "service" / "bundled" / "mnist-mlp" / "1" / "model"
 N = 3
@@ -198,7 +198,7 @@ def test_conditional_g_sees_the_label_through_its_batchnorms_only(kind: str) -> 
 
 
 def test_conditional_families_conditioning() -> None:
-    """mlp: conditional BatchNorm; dcgan: still the concatenated embedding (training/models.py says why)."""
+    """mlp: conditional BatchNorm; dcgan: still the concatenated embedding (training/architectures.py says why)."""
     mlp, _ = build_models(config(conditional=True), (1, 28, 28), CLASSES)
     dcgan, _ = build_models(config(conditional=True, architecture="dcgan"), (1, 28, 28), CLASSES)
     assert mlp.spec["conditioning"] == "batchnorm" and dcgan.spec["conditioning"] == "concat"
