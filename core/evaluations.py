@@ -1,26 +1,21 @@
 """Evaluation jobs (POST /models/{name}/evaluate) and the results they leave for GET /models/{name}.
 
-An evaluation job's record is `<checkpoint_dir>/evaluations/jobs/<id>.json`, replaced atomically like a
-training job's. Its result is also filed under the model version it measured,
-`<checkpoint_dir>/evaluations/models/<name>/<version>.json` (a list, newest last), together with the
-SHA-256 of the weights it measured: the registry shows a result only while the version's weights are
-still those, so a model re-published under a name and version once used never inherits another's
-figures. One place for every model, bundled ones included, since the bundled folder is read-only.
-Imported by the worker: keep it free of FastAPI.
+An evaluation's record (core/records.py) is `<checkpoint_dir>/evaluations/jobs/<id>.json`. Its result is also
+filed under the model version it measured, `<checkpoint_dir>/evaluations/models/<name>/<version>.json` (a list,
+newest last), with the SHA-256 of the weights it measured: a result is shown only while the version's weights
+are still those, so a model re-published under a name and version once used never inherits another's figures.
+One place for every model, bundled ones included, since the bundled folder is read-only.
 """
 
 import json
 import logging
-import re
-from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, Field
 
 from core.files import atomic_write_json
-from core.jobs import JobStatus, finite_json, new_job_id, now
-from core.train_config import NAME_PATTERN
+from core.records import Record, RecordStore, finite_json
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +42,7 @@ class EvaluateRequest(BaseModel):
     )
 
 
-class EvaluationRecord(BaseModel):
-    id: str
-    status: JobStatus
+class EvaluationRecord(Record):
     model: str
     version: int
     source: Literal["volume", "bundled"]
@@ -63,47 +56,14 @@ class EvaluationRecord(BaseModel):
         None, description="FID, KID, IS, precision/recall, coverage and nearest-neighbour distances."
     )
     nearest_neighbours_png: str | None = Field(None, description="Path of the side-by-side PNG on the volume.")
-    error: str | None = None
-    created_at: datetime
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
 
 
-class EvaluationStore:
+class EvaluationStore(RecordStore[EvaluationRecord]):
     def __init__(self, root: Path):
-        self.root = root
-
-    def _path(self, eval_id: str) -> Path:
-        if not re.fullmatch(NAME_PATTERN, eval_id):
-            raise KeyError(eval_id)
-        return self.root / "jobs" / f"{eval_id}.json"
+        super().__init__(root, EvaluationRecord, "jobs/{id}.json")
 
     def nn_png(self, eval_id: str) -> Path:
-        return self.root / "jobs" / f"{eval_id}-nearest.png"
-
-    def create(self, **fields: Any) -> EvaluationRecord:
-        record = EvaluationRecord(id=new_job_id(), status=JobStatus.queued, created_at=now(), **fields)
-        self.save(record)
-        return record
-
-    def save(self, record: EvaluationRecord) -> None:
-        atomic_write_json(self._path(record.id), record.model_dump(mode="json"))
-
-    def get(self, eval_id: str) -> EvaluationRecord:
-        """Raises KeyError for an unknown (or unreadable) id."""
-        path = self._path(eval_id)
-        try:
-            return EvaluationRecord.model_validate_json(path.read_bytes())
-        except FileNotFoundError:
-            raise KeyError(eval_id) from None
-        except ValidationError as e:
-            log.warning("evaluation %s: unreadable record %s: %s", eval_id, path, e)
-            raise KeyError(eval_id) from None
-
-    def update(self, eval_id: str, **changes: Any) -> EvaluationRecord:
-        record = EvaluationRecord.model_validate({**dict(self.get(eval_id)), **changes})
-        self.save(record)
-        return record
+        return self.path(eval_id).with_name(f"{eval_id}-nearest.png")
 
     # --- results filed under the model version ---------------------------------------------------------
 
@@ -138,14 +98,3 @@ class EvaluationStore:
             log.warning("unreadable evaluation results %s: %s", path, e)
             return []
         return [r for r in data if isinstance(r, dict)] if isinstance(data, list) else []
-
-    # Last in the class: a method named `list` shadows the builtin in the annotations of those below it.
-    def list(self) -> list[EvaluationRecord]:
-        """Every readable record, in no particular order (the metrics count them by status)."""
-        records = []
-        for path in (self.root / "jobs").glob("*.json"):
-            try:
-                records.append(EvaluationRecord.model_validate_json(path.read_bytes()))
-            except (OSError, ValidationError):
-                continue  # a record from an incompatible version, or being replaced right now
-        return records

@@ -1,52 +1,25 @@
-"""Training jobs' records of truth, as JSON files on the volume shared by API and worker.
+"""Training jobs' records (core/records.py), and the files beside each record that other parties own.
 
-`<jobs_dir>/<id>/job.json` is the record (replaced atomically, so readers never see half of one);
-`<jobs_dir>/<id>/cancel` is the cancel request, a separate file so that the API never races the worker
-over the record; `<jobs_dir>/<id>/attempt-<n>` is created exclusively by the worker that starts the job's
-n-th attempt, so two workers handed the same job at once never both run it; `<jobs_dir>/<id>/webhook.*` is
-the outbox of a job's webhook (`owe_webhook`, delivered by service/background/webhooks.py). Files, not
-Redis, because the record must outlive a Redis or API restart and must work with the embedded broker
-too. Imported by the worker: keep it free of FastAPI.
+`<jobs_dir>/<id>/job.json` is the record; beside it `cancel` is the cancel request (a separate file, so that the
+API never races the worker over the record), `attempt-<n>` is created exclusively by the worker that starts
+the job's n-th attempt (so two workers handed the same job never both run it), and `webhook.*` is the outbox of
+the job's webhook (`owe_webhook`, delivered by service/background/webhooks.py). The run's own files
+(checkpoints, samples) live in the same folder.
 """
 
 import json
-import logging
-import math
 import os
-import re
 import tempfile
 import uuid
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, Field
 
-from core.files import atomic_write_json
-from core.train_config import NAME_PATTERN, TrainConfig
-
-log = logging.getLogger(__name__)
-
-
-class JobStatus(StrEnum):
-    queued = "queued"
-    running = "running"
-    succeeded = "succeeded"
-    failed = "failed"
-    cancelled = "cancelled"
-
-
-FINISHED = {JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled}
-
-
-def _finite_or_none(value: float | None) -> float | None:
-    return value if value is None or math.isfinite(value) else None
-
-
-# A diverged loss (NaN) or an unknown ETA (inf) is stored and served as null: JSON has no NaN, and one
-# non-finite number must not make a job's record unreadable.
-FiniteFloat = Annotated[float | None, AfterValidator(_finite_or_none)]
+from core.records import FINISHED, FiniteFloat, Record, RecordStore, finite_json
+from core.train_config import TrainConfig
 
 
 class Progress(BaseModel):
@@ -62,17 +35,6 @@ class Progress(BaseModel):
 class PublishedModel(BaseModel):
     name: str
     version: int
-
-
-def finite_json(value: Any) -> Any:
-    """Metrics as JSON can hold them: non-finite floats (an FID of a degenerate set) become null."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: finite_json(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [finite_json(v) for v in value]
-    return value
 
 
 class EpochRecord(BaseModel):
@@ -102,9 +64,7 @@ class WebhookDelivery(BaseModel):
     error: str | None = Field(None, description="Why the attempt did not succeed; null when it did (2xx).")
 
 
-class JobRecord(BaseModel):
-    id: str
-    status: JobStatus
+class JobRecord(Record):
     config: TrainConfig
     progress: Progress | None = None
     metrics: dict[str, FiniteFloat] = Field(
@@ -117,7 +77,6 @@ class JobRecord(BaseModel):
     )
     evaluation_skipped: str | None = Field(None, description="Why this job measures no sample quality, if not.")
     model: PublishedModel | None = None
-    error: str | None = None
     attempts: int = Field(
         0,
         description="How many times a worker started this job: 1, plus one per restart after its worker stopped.",
@@ -130,9 +89,6 @@ class JobRecord(BaseModel):
     heartbeat_at: datetime | None = Field(
         None, description="When that worker last said it is alive (every few seconds while the job runs)."
     )
-    created_at: datetime
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
     webhook: str | None = Field(
         None, description="The URL called (POST, HMAC-signed) when the job finishes: see README, Webhooks."
     )
@@ -175,46 +131,15 @@ def owe_webhook(job_dir: Path) -> bool:
         os.unlink(tmp)
 
 
-def now() -> datetime:
-    return datetime.now(UTC)
-
-
-def new_job_id() -> str:
-    return uuid.uuid4().hex
-
-
-class JobStore:
+class JobStore(RecordStore[JobRecord]):
     def __init__(self, jobs_dir: Path):
-        self.root = jobs_dir
+        super().__init__(jobs_dir, JobRecord, "{id}/job.json")
 
     def job_dir(self, job_id: str) -> Path:
-        if not re.fullmatch(NAME_PATTERN, job_id):
-            raise KeyError(job_id)
-        return self.root / job_id
-
-    def create(self, config: TrainConfig, webhook: str | None = None) -> JobRecord:
-        record = JobRecord(id=new_job_id(), status=JobStatus.queued, config=config, created_at=now(), webhook=webhook)
-        self.save(record)
-        return record
-
-    def save(self, record: JobRecord) -> None:
-        atomic_write_json(self.job_dir(record.id) / "job.json", record.model_dump(mode="json"))
-
-    def get(self, job_id: str) -> JobRecord:
-        """Raises KeyError for an unknown (or malformed) id."""
-        path = self.job_dir(job_id) / "job.json"
-        try:
-            return JobRecord.model_validate_json(path.read_bytes())
-        except FileNotFoundError:
-            raise KeyError(job_id) from None
-        except ValidationError as e:
-            # Written by an incompatible version, or damaged: unknown to this one (list() skips it too).
-            log.warning("job %s: unreadable record %s: %s", job_id, path, e)
-            raise KeyError(job_id) from None
+        return self.path(job_id).parent
 
     def update(self, job_id: str, **changes: Any) -> JobRecord:
         before = self.get(job_id)
-        # Validated, not model_copy'd: the changes go through the same checks as a record read from disk.
         record = JobRecord.model_validate({**dict(before), **changes})
         if record.webhook and record.status in FINISHED and before.status not in FINISHED:
             # Its webhook is owed: the outbox entry first, so a crash between the two writes loses no call (the
@@ -223,17 +148,6 @@ class JobStore:
             record = record.model_copy(update={"webhook_status": WebhookStatus.pending})
         self.save(record)
         return record
-
-    def list(self) -> list[JobRecord]:
-        """Every readable record, newest first."""
-        records = []
-        if self.root.is_dir():
-            for path in self.root.glob("*/job.json"):
-                try:
-                    records.append(JobRecord.model_validate_json(path.read_bytes()))
-                except (OSError, ValidationError):
-                    continue  # a record from an incompatible version, or being replaced right now
-        return sorted(records, key=lambda r: r.created_at, reverse=True)
 
     def request_cancel(self, job_id: str) -> None:
         (self.job_dir(job_id) / "cancel").touch()

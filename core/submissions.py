@@ -22,7 +22,8 @@ from pathlib import Path
 from pydantic import BaseModel, ValidationError
 
 from core.files import atomic_write_json
-from core.jobs import FINISHED, JobStore
+from core.jobs import JobStore
+from core.records import FINISHED
 from core.train_config import NAME_PATTERN
 
 log = logging.getLogger(__name__)

@@ -30,7 +30,8 @@ from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core.evaluations import EvaluationStore
-from core.jobs import JobStatus, JobStore
+from core.jobs import JobStore
+from core.records import JobStatus
 
 access_log = logging.getLogger("service.access")
 

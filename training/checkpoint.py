@@ -156,8 +156,13 @@ def publish(models_dir: Path, name: str, stem: Path, samples_png: Path | None = 
         shutil.rmtree(staging, ignore_errors=True)
 
 
+# A run checkpoint's fields that describe the run's state or the file, not the published generator.
+RUN_FIELDS = {"format", "sha256", "versions", "discriminator", "optimizers", "device_type", "kept"}
+RUN_FIELDS |= {"last_checkpoint", "last_samples"}
+
+
 def _strip(meta: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in meta.items() if k not in {"format", "sha256", "versions", "discriminator"}}
+    return {k: v for k, v in meta.items() if k not in RUN_FIELDS}
 
 
 def _ensure(path: Path) -> Path:

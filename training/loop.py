@@ -1,16 +1,15 @@
 """The one training loop (Goodfellow et al. 2014, Algorithm 1), shared by the CLI and the Celery worker.
 
 Per generator step: `d_steps` discriminator updates on fresh real batches, then one generator update
-(`training.step`). Every `sample_every` epochs, and after the last, it saves a checkpoint (here) and a
-sample grid or scatter (`training.samples`); every `eval_every` epochs it measures sample quality
-(`training.evaluation`); it reports progress as it goes. After every epoch's report it writes a resume
-checkpoint (`training.resume`), from which `train(..., resume_from=...)` continues the run exactly.
+(`training.step`). At the end of every epoch it reports progress; every `sample_every` epochs, and after the
+last, it writes a sample grid or scatter (`training.samples`) and keeps a checkpoint; every `eval_every`
+epochs it measures sample quality (`training.evaluation`). Between kept checkpoints it writes the latest state
+(at most every `resume_every_s`), so `train(..., resume_from=...)` continues a stopped run exactly
+(`training.run_state`). Losses are checked for NaN/inf every `FINITE_CHECK_EVERY` steps and at every report:
+a diverged run stops with `NonFiniteLossError` instead of checkpointing garbage.
 
-Losses are checked for NaN/inf every `FINITE_CHECK_EVERY` steps and at every report (one host sync each): a
-diverged run stops at once with `NonFiniteLossError` instead of training on, and checkpointing, garbage.
-
-It knows nothing of Celery or HTTP: the caller passes `progress_fn` to hear about progress and
-`should_stop` to ask for cancellation, and gets a `TrainResult` back.
+It knows nothing of Celery or HTTP: the caller passes `progress_fn` to hear about progress and `should_stop`
+to ask for cancellation, and gets a `TrainResult` back.
 """
 
 import math
@@ -22,15 +21,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from torch import nn
 
 from core.train_config import TrainConfig
-from training import checkpoint, resume
+from training import run_state
 from training.data import load_to_device
 from training.evaluation import build_evaluator, due
 from training.latents import latents_from_seeds
 from training.samples import SAMPLE_SEEDS, write_samples
-from training.step import Step, build_step, d_step, g_step
+from training.step import build_step, d_step, g_step
 
 MADGAN_LOSSES = ("minimax", "non-saturating")
 FINITE_CHECK_EVERY = 10  # steps between NaN/inf checks of the running loss sums (one host sync each)
@@ -102,62 +100,6 @@ def check_supported(config: TrainConfig) -> None:
         )
 
 
-# --- checkpoints ----------------------------------------------------------------------------------------
-
-
-def _spec(module: nn.Module) -> dict[str, Any]:
-    return dict(module.spec)  # type: ignore[arg-type]
-
-
-def _optimizer_tensors(opt: torch.optim.Optimizer, prefix: str) -> dict[str, torch.Tensor]:
-    return {
-        f"{prefix}.{idx}.{key}": value
-        for idx, state in opt.state_dict()["state"].items()
-        for key, value in state.items()
-        if isinstance(value, torch.Tensor)
-    }
-
-
-def _metadata(s: Step, epoch: int, step: int, loss_values: dict[str, float]) -> dict[str, Any]:
-    config, nets = s.config, s.nets
-    meta: dict[str, Any] = {
-        "generator": _spec(nets.g),
-        "discriminator": _spec(nets.d),
-        "architecture": config.architecture,
-        "kind": s.data.kind,
-        "sample_shape": list(s.data.sample_shape),
-        "num_classes": s.data.num_classes if config.conditional else None,
-        "conditional": config.conditional,
-        "loss": config.loss,
-        "served_weights": "ema" if nets.ema is not None else "raw",
-        "latent_dim": config.latent_dim,
-        "dataset": config.dataset,
-        "epoch": epoch,
-        "step": step,
-        "losses": loss_values,
-        "train_config": config.model_dump(mode="json"),
-        "model_name": config.model_name,
-    }
-    if s.data.kind == "image":
-        meta |= {"image_shape": list(s.data.sample_shape), "value_range": [-1, 1]}
-    if s.num_generators:
-        meta["num_generators"] = s.num_generators
-    return meta
-
-
-def _save_checkpoint(stem: Path, s: Step, epoch: int, step: int, lv: dict[str, float]) -> None:
-    nets = s.nets
-    tensors = {
-        **checkpoint.prefixed(nets.g, "generator"),
-        **checkpoint.prefixed(nets.d, "discriminator"),
-        **_optimizer_tensors(nets.opt_g, "opt_g"),
-        **_optimizer_tensors(nets.opt_d, "opt_d"),
-    }
-    if nets.ema is not None:
-        tensors |= checkpoint.prefixed(nets.ema, checkpoint.EMA_PREFIX)
-    checkpoint.save(stem, tensors, _metadata(s, epoch, step, lv))
-
-
 def _loss_dict(keys: tuple[str, ...], sums: torch.Tensor, count: int) -> dict[str, float]:
     if count == 0:
         return {k: math.nan for k in keys}
@@ -189,10 +131,10 @@ def train(
     resume_from: Path | None = None,
     resume_every_s: float = 0.0,
 ) -> TrainResult:
-    """Train `config`, writing into `out_dir`. `resume_from`: a resume checkpoint's stem (see
-    `training.resume.latest(out_dir)`) written by an earlier run of the same config into the same `out_dir`;
+    """Train `config`, writing into `out_dir`. `resume_from`: a checkpoint's stem (see
+    `training.run_state.latest(out_dir)`) written by an earlier run of the same config into the same `out_dir`;
     the run continues after its epoch, with the numbers an uninterrupted run gives. `resume_every_s` > 0
-    writes resume checkpoints at most that often (and after the last epoch) instead of after every epoch:
+    writes the state between kept checkpoints at most that often instead of after every epoch:
     for runs of many short epochs, where writing G, D and both optimisers' state each epoch would cost more
     than the epoch (a killed run then redoes the epochs since the last one written)."""
     check_supported(config)
@@ -220,12 +162,12 @@ def train(
     step, first_epoch, last_stem, last_samples = 0, 1, None, None
     epoch_losses: dict[str, float] = {k: math.nan for k in keys}
     if resume_from is not None:
-        point = resume.restore(Path(resume_from), s, config, out_dir, total_steps)
+        point = run_state.restore(Path(resume_from), s, config, out_dir, total_steps)
         step, first_epoch, epoch_losses = point.step, point.epoch + 1, point.losses
         last_stem, last_samples = point.last_checkpoint, point.last_samples
     start_step = step
     start = last_report = time.monotonic()
-    last_resume = -math.inf
+    last_saved = -math.inf
 
     def progress(epoch: int, losses: dict[str, float], **extra: Any) -> TrainProgress:
         elapsed = max(time.monotonic() - start, 1e-9)
@@ -266,12 +208,12 @@ def train(
 
         epoch_losses = _loss_dict(keys, sums, this_epoch)
         _check_finite(epoch_losses, epoch, step)  # before anything diverged is checkpointed
+        kept = run_state.keeps(config, epoch, epochs)
         extra: dict[str, Any] = {"epoch_end": True, "evaluation_skipped": plan.skipped_because}
         served = s.nets.ema if s.nets.ema is not None else s.nets.g  # samples and metrics: what will be served
-        if epoch % config.sample_every == 0 or epoch == epochs:
-            last_stem = out_dir / "checkpoints" / f"epoch-{epoch:04d}"
+        if kept:
+            last_stem = run_state.stem_for(out_dir, epoch)
             last_samples = out_dir / "samples" / f"epoch-{epoch:04d}.png"
-            _save_checkpoint(last_stem, s, epoch, step, epoch_losses)
             write_samples(last_samples, served, fixed_z, config, s.data, s.num_generators, s.device)
             extra |= {"checkpoint": last_stem, "samples": last_samples}
         if plan.evaluator is not None and due(config, epoch, epochs):
@@ -280,8 +222,17 @@ def train(
         report(progress(epoch, epoch_losses, **extra))  # the epoch's means, computed (and synced) once
         # After the report: a run killed between the two resumes from the epoch before and redoes this one,
         # identically, so the caller's per-epoch history never has a gap.
-        if epoch == epochs or time.monotonic() - last_resume >= resume_every_s:
-            resume.save(out_dir, s, epoch, step, epoch_losses, last_stem, last_samples)
-            last_resume = time.monotonic()
+        if kept or time.monotonic() - last_saved >= resume_every_s:
+            run_state.save(
+                out_dir,
+                s,
+                epoch=epoch,
+                step=step,
+                losses=epoch_losses,
+                kept=kept,
+                last_checkpoint=last_stem,
+                last_samples=last_samples,
+            )
+            last_saved = time.monotonic()
 
     return TrainResult("completed", epochs, step, last_stem, last_samples, epoch_losses)

@@ -1,28 +1,25 @@
 """The worker's tasks: run a training job, or an evaluation job, described by its record on the volume.
 
-Thin on purpose: `train` reads the job record, calls `training.loop.train`, mirrors progress into the
-record, honours cancel requests and publishes the result; `evaluate` calls `training.metrics` on a
-published model and files the figures under it. The records on the volume are the results; Celery's
-result backend is not used.
+Thin on purpose: `train` reads the job record, calls `training.loop.train`, mirrors progress into the record,
+honours cancel requests and publishes the result; `evaluate` measures a published model
+(`training.evaluation`) and files the figures under it. The records (core/) are the results; Celery's result
+backend is not used.
 
-Faults. A training job resumes from its last resume checkpoint (`training.resume`, written every epoch), its
-history cut back to that epoch, so a job restarted after its worker died loses at most one epoch. While it
-runs, a thread writes `heartbeat_at` into its record every `GANSERVE_HEARTBEAT_S` (through data loading,
-evaluation and checkpoint writing too); the API's reaper (service/background/reaper.py) re-queues a job whose heartbeat
-stops. Starting is idempotent: a finished job is not run again, a job running with a fresh heartbeat on
-another worker is left to it, and each attempt is claimed by exactly one worker (`JobStore.claim`). A failure
-(a diverged loss, a missing dataset, a full disk, out of memory …) ends the job `failed` with a readable
-reason, never `running`.
+Faults. A training job resumes from its run's newest checkpoint (`training.run_state`), its history cut back
+to that epoch, so a job restarted after its worker died loses at most the epochs since. While it runs, a
+thread writes `heartbeat_at` into its record every `GANSERVE_HEARTBEAT_S`, so the API's reaper
+(service/background/reaper.py) can re-queue a job whose heartbeat stops. Starting is idempotent: a finished
+job is not run again, one running with a fresh heartbeat on another worker is left to it, and each attempt is
+claimed by exactly one worker (`JobStore.claim`). A failure (a diverged loss, a missing dataset, a full disk,
+out of memory …) ends the job `failed` with a readable reason, never `running`.
 
-Run the worker with `--pool solo --concurrency 1`: one training at a time per worker (and per GPU), in
-the worker's main process, so CUDA is initialised in the process that trains and never in a parent that
-forks children afterwards.
+`ganserve worker` runs it with `--pool solo --concurrency 1`: one job at a time per worker (and per GPU), in
+the worker's main process, so CUDA is initialised in the process that trains.
 """
 
 import errno
 import logging
 import os
-import shutil
 import socket
 import threading
 from collections.abc import Callable
@@ -33,7 +30,8 @@ from celery.exceptions import Reject
 from celery.worker import state as worker_state
 
 from core.evaluations import EvaluationStore
-from core.jobs import FINISHED, EpochRecord, JobRecord, JobStatus, JobStore, Progress, PublishedModel, now
+from core.jobs import EpochRecord, JobRecord, JobStore, Progress, PublishedModel
+from core.records import FINISHED, JobStatus, now
 from core.settings import Settings, get_settings
 from core.tasks import EVALUATE_TASK, TRAIN_TASK
 from worker.app import celery_app
@@ -176,16 +174,16 @@ def train(self, job_id: str) -> dict[str, object]:
 
 def _run(store: JobStore, job_id: str, attempt: int, me: str) -> dict[str, object]:
     # Imported when a job runs: the worker starts, and answers the broker, without waiting for torch.
-    from training import resume
+    from training import run_state
     from training.checkpoint import publish
     from training.loop import TrainProgress, train
 
     settings = get_settings()
     volume = settings.checkpoint_dir
     out_dir = settings.jobs_dir / job_id
-    # A restarted job continues from its last resume checkpoint; its history keeps the epochs up to that one
+    # A restarted job continues from its newest checkpoint; its history keeps the epochs up to that one
     # (the loop reports them again from there, so there is neither a gap nor a duplicate).
-    point = resume.latest(out_dir)
+    point = run_state.latest(out_dir)
     history = [e for e in store.get(job_id).history if point is not None and e.epoch <= point.epoch]
     record = store.update(
         job_id,
@@ -272,7 +270,6 @@ def _run(store: JobStore, job_id: str, attempt: int, me: str) -> dict[str, objec
         model=PublishedModel(name=config.model_name, version=version),
         finished_at=now(),
     )
-    shutil.rmtree(resume.resume_dir(out_dir), ignore_errors=True)  # the published model is the result now
     log.info("job %s succeeded: published %s v%d", job_id, config.model_name, version)
     return {"job": job_id, "status": JobStatus.succeeded.value, "model": config.model_name, "version": version}
 
@@ -302,7 +299,7 @@ def evaluate(eval_id: str) -> dict[str, object]:
 
 
 def _evaluate(store: EvaluationStore, eval_id: str) -> dict[str, object]:
-    from training.evaluation import evaluate_model  # torch: imported by the task, not by the API
+    from training.evaluation import evaluate_model  # torch: imported when a job runs
 
     settings = get_settings()
     record = store.update(eval_id, status=JobStatus.running, started_at=now(), error=None)

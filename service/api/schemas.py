@@ -5,7 +5,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, FiniteFloat, model_validator
 
-from core.jobs import EpochRecord, JobRecord, JobStatus
+from core.jobs import EpochRecord, JobRecord
+from core.records import JobStatus
 from core.train_config import NAME_PATTERN, TrainConfig
 from service.background.webhooks import MAX_URL_LENGTH, url_problem
 from training.latents import MAX_SEED

@@ -27,7 +27,8 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from core.jobs import JobRecord, JobStatus, JobStore, now
+from core.jobs import JobRecord, JobStore
+from core.records import JobStatus, now
 from core.tasks import TRAIN_TASK
 from service.background.periodic import periodic
 

@@ -43,7 +43,6 @@ from urllib.parse import urlsplit
 
 from core.files import atomic_write_json
 from core.jobs import (
-    FINISHED,
     WEBHOOK_DELIVERED,
     WEBHOOK_FAILED,
     WEBHOOK_PENDING,
@@ -52,8 +51,8 @@ from core.jobs import (
     JobStore,
     WebhookDelivery,
     WebhookStatus,
-    now,
 )
+from core.records import FINISHED, now
 from core.settings import Settings
 from service.background.periodic import periodic
 

@@ -14,7 +14,8 @@ from svc_support import ADMIN_KEY, DEFAULT_MODEL
 from typer.testing import CliRunner
 
 import service.__main__
-from core.jobs import JobStatus, JobStore, PublishedModel, now
+from core.jobs import JobStore, PublishedModel
+from core.records import JobStatus, now
 from ganserve.cli import app, parse_seeds
 from ganserve.client import Client, Progress
 from training.metrics import ImageMetrics

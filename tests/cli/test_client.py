@@ -10,7 +10,8 @@ from fastapi.testclient import TestClient
 from svc_support import DEFAULT_MODEL, LATENT_DIM, TRAIN_KEY
 
 from core.evaluations import EvaluationRecord, EvaluationStore
-from core.jobs import FINISHED, JobRecord, JobStatus, JobStore, PublishedModel, now
+from core.jobs import JobRecord, JobStore, PublishedModel
+from core.records import FINISHED, JobStatus, now
 from core.train_config import TrainConfig
 from ganserve.client import (
     MAX_SEED,

@@ -38,8 +38,8 @@ def fault_stack(persistent_redis, start_stack, tmp_path: Path) -> Iterator:
 
 
 def resume_point(volume: Path, job_id: str) -> dict | None:
-    """The newest resume checkpoint's metadata (its JSON is written last: when it exists, the pair is whole)."""
-    found = sorted((volume / "jobs" / job_id / "resume").glob("epoch-*.json"))
+    """The newest checkpoint's metadata (its JSON is written last: when it exists, the pair is whole)."""
+    found = sorted((volume / "jobs" / job_id / "checkpoints").glob("epoch-*.json"))
     return json.loads(found[-1].read_text()) if found else None
 
 

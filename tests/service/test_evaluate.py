@@ -9,7 +9,7 @@ from kombu.exceptions import OperationalError
 from svc_support import DEFAULT_MODEL, FakeSender, publish_generator, publish_points_model, tiny_image_g
 
 from core.evaluations import EvaluationStore
-from core.jobs import JobStatus, now
+from core.records import JobStatus, now
 
 
 def store(client: TestClient) -> EvaluationStore:

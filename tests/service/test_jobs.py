@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from core.jobs import JobStatus, JobStore, Progress
+from core.jobs import JobStore, Progress
+from core.records import JobStatus
 from core.train_config import TrainConfig
 
 
@@ -16,7 +17,7 @@ def store(tmp_path: Path) -> JobStore:
 
 
 def test_non_finite_numbers_are_stored_as_null(store: JobStore) -> None:
-    record = store.create(TrainConfig(model_name="x"))
+    record = store.create(config=TrainConfig(model_name="x"))
     progress = Progress(epochs=1, total_steps=10, eta_seconds=math.inf, images_per_sec=math.nan)
     store.update(record.id, metrics={"d_loss": math.nan, "g_loss": 0.5}, progress=progress)
 
@@ -35,8 +36,8 @@ def test_malformed_ids_are_unknown(store: JobStore) -> None:
 
 
 def test_list_is_newest_first_and_skips_unreadable(store: JobStore) -> None:
-    first = store.create(TrainConfig(model_name="a"))
-    second = store.create(TrainConfig(model_name="b"))
+    first = store.create(config=TrainConfig(model_name="a"))
+    second = store.create(config=TrainConfig(model_name="b"))
     broken = store.root / "broken"
     broken.mkdir()
     (broken / "job.json").write_text("{not json")
@@ -44,7 +45,7 @@ def test_list_is_newest_first_and_skips_unreadable(store: JobStore) -> None:
 
 
 def test_cancel_request_is_a_separate_file(store: JobStore) -> None:
-    record = store.create(TrainConfig(model_name="x"))
+    record = store.create(config=TrainConfig(model_name="x"))
     assert not store.cancel_requested(record.id)
     store.request_cancel(record.id)
     assert store.cancel_requested(record.id)
@@ -52,7 +53,7 @@ def test_cancel_request_is_a_separate_file(store: JobStore) -> None:
 
 
 def test_a_record_this_version_cannot_read_is_unknown(store: JobStore) -> None:
-    record = store.create(TrainConfig(model_name="x"))
+    record = store.create(config=TrainConfig(model_name="x"))
     path = store.job_dir(record.id) / "job.json"
     raw = json.loads(path.read_text())
     raw["config"]["no_such_field"] = 1  # e.g. written by a newer ganserve

@@ -10,7 +10,8 @@ import redis
 from fastapi.testclient import TestClient
 from svc_support import AUTH, DEFAULT_MODEL, GENERATE_KEY, LATENT_DIM, TRAIN_KEY, FakeSender, bearer
 
-from core.jobs import JobStatus, JobStore, now
+from core.jobs import JobStore
+from core.records import JobStatus, now
 from service.security.limits import REDIS_PREFIX, WINDOW_S, MemoryRateLimiter, RedisRateLimiter
 
 TEST_REDIS_URL = "redis://127.0.0.1:6379/14"  # never db 0: the machine's own Redis may be in use

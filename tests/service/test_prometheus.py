@@ -16,7 +16,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from svc_support import AUTH, DEFAULT_MODEL
 
 from core.evaluations import EvaluateRequest, EvaluationStore
-from core.jobs import JobStatus, JobStore, Progress
+from core.jobs import JobStore, Progress
+from core.records import JobStatus
 from core.train_config import TrainConfig
 from service.telemetry import JsonFormatter, Metrics, current_request_id, request_id_from
 
@@ -67,7 +68,7 @@ def test_the_batch_rows_histogram_counts_each_forward(client: TestClient) -> Non
 
 
 def _job(store: JobStore, status: JobStatus, images_per_sec: float | None = None) -> str:
-    record = store.create(TrainConfig(model_name="m"))
+    record = store.create(config=TrainConfig(model_name="m"))
     progress = Progress(epochs=1, total_steps=10, step=4, fraction=0.4, images_per_sec=images_per_sec)
     store.update(record.id, status=status, progress=progress)
     return record.id

@@ -5,7 +5,8 @@ from fastapi.testclient import TestClient
 from kombu.exceptions import OperationalError
 from svc_support import AUTH, FakeSender
 
-from core.jobs import JobStatus, JobStore, now
+from core.jobs import JobStore
+from core.records import JobStatus, now
 from service.main import create_app
 
 BODY = {"model_name": "my-digits", "epochs": 2, "max_samples": 256}

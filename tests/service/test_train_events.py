@@ -8,7 +8,8 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
-from core.jobs import JobStatus, JobStore, Progress, now
+from core.jobs import JobStore, Progress
+from core.records import JobStatus, now
 from service.api.routes import train as train_routes
 
 BODY = {"model_name": "my-digits", "epochs": 2, "max_samples": 256}

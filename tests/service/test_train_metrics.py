@@ -7,7 +7,8 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from core.jobs import EpochRecord, JobStatus, JobStore
+from core.jobs import EpochRecord, JobStore
+from core.records import JobStatus
 from core.train_config import TrainConfig
 from training.images import grid, png_bytes
 

@@ -25,7 +25,8 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 from svc_support import AUTH, DEFAULT_MODEL, FakeSender
 
-from core.jobs import JobStatus, JobStore, WebhookStatus, now, owe_webhook
+from core.jobs import JobStore, WebhookStatus, owe_webhook
+from core.records import JobStatus, now
 from core.settings import Settings
 from core.train_config import TrainConfig
 from service.background.reaper import Reaper
@@ -124,7 +125,7 @@ def deliverer(store: JobStore, hook_settings: Settings) -> Deliverer:
 
 def finished_job(store: JobStore, url: str, status: JobStatus = JobStatus.succeeded) -> str:
     """A job with a webhook taken through `running` to `status`, as the worker does it (JobStore.update)."""
-    job = store.create(TrainConfig(**BODY), webhook=url)
+    job = store.create(config=TrainConfig(**BODY), webhook=url)
     store.update(job.id, status=JobStatus.running, started_at=now(), attempts=1)
     store.update(job.id, status=status, finished_at=now())
     return job.id
@@ -543,7 +544,7 @@ def test_an_entry_owed_before_its_record_was_saved_waits_for_the_record(
 ) -> None:
     """A process killed between the outbox entry and the record's save: nothing is sent for a job that did not
     finish; when it does finish (run again), the same entry is delivered, once."""
-    job = store.create(TrainConfig(**BODY), webhook=receiver.url())
+    job = store.create(config=TrainConfig(**BODY), webhook=receiver.url())
     store.update(job.id, status=JobStatus.running, started_at=now())
     assert owe_webhook(store.job_dir(job.id))
     assert deliverer.scan() == [] and receiver.requests == []

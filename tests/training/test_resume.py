@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from core.train_config import TrainConfig
-from training import checkpoint, loop, resume
+from training import checkpoint, loop, run_state
 from training.loop import FINITE_CHECK_EVERY, NonFiniteLossError, TrainProgress, TrainResult, train
 
 BASE = TrainConfig(
@@ -60,9 +60,9 @@ def test_stopped_then_resumed_equals_straight(variant: str, tiny_data_root: Path
         config, out, data_root=tiny_data_root, progress_fn=first.append, should_stop=stop_after_epoch(2, first)
     )
     assert stopped.status == "cancelled" and stopped.epochs_done == 2
-    point = resume.latest(out)
+    point = run_state.latest(out)
     assert point is not None and point.epoch == 2 and point.step == stopped.steps_done > 0
-    assert sorted(p.name for p in resume.resume_dir(out).iterdir()) == ["epoch-0002.json", "epoch-0002.safetensors"]
+    assert point.stem == run_state.stem_for(out, 2)
 
     second: list[TrainProgress] = []  # a fresh call, as a new worker process makes it
     resumed = train(config, out, data_root=tiny_data_root, progress_fn=second.append, resume_from=point.stem)
@@ -79,7 +79,7 @@ def test_stopped_then_resumed_equals_straight(variant: str, tiny_data_root: Path
     for key in a:
         assert torch.equal(a[key], b[key]), key
     if variant == "linear-lr":  # the rebuilt schedule ends where the straight run's did: at 0
-        _, meta = checkpoint.load(resume.latest(out).stem)  # type: ignore[union-attr]
+        _, meta = checkpoint.load(run_state.latest(out).stem)  # type: ignore[union-attr]
         assert meta["optimizers"]["opt_g"]["param_groups"][0]["lr"] == 0.0
 
 
@@ -87,7 +87,7 @@ def test_resume_after_the_last_epoch_returns_its_files(tiny_data_root: Path, tmp
     """A worker that died between the last epoch and publishing: the resumed run has nothing left to train."""
     config = BASE.model_copy(update={"epochs": 1})
     done = train(config, tmp_path, data_root=tiny_data_root)
-    point = resume.latest(tmp_path)
+    point = run_state.latest(tmp_path)
     assert point is not None and point.epoch == 1
     again = train(config, tmp_path, data_root=tiny_data_root, resume_from=point.stem)
     assert (again.status, again.epochs_done, again.steps_done) == ("completed", 1, done.steps_done)
@@ -98,13 +98,13 @@ def test_resume_after_the_last_epoch_returns_its_files(tiny_data_root: Path, tmp
 def test_resume_refuses_another_config_and_skips_a_damaged_checkpoint(tiny_data_root: Path, tmp_path: Path) -> None:
     config = BASE.model_copy(update={"epochs": 1})
     train(config, tmp_path, data_root=tiny_data_root)
-    point = resume.latest(tmp_path)
+    point = run_state.latest(tmp_path)
     assert point is not None
     with pytest.raises(checkpoint.CheckpointError, match="another config"):
         train(config.model_copy(update={"seed": 6}), tmp_path, data_root=tiny_data_root, resume_from=point.stem)
     blob = point.stem.with_suffix(".safetensors")
     blob.write_bytes(blob.read_bytes()[:100])  # truncated
-    assert resume.latest(tmp_path) is None
+    assert run_state.latest(tmp_path) is None
 
 
 def test_non_finite_losses_stop_the_run_within_a_few_steps(
@@ -129,22 +129,45 @@ def test_non_finite_losses_stop_the_run_within_a_few_steps(
 
 
 def test_resume_every_s_writes_fewer_resume_checkpoints(tiny_data_root: Path, tmp_path: Path) -> None:
-    """With `resume_every_s` far longer than the run, only the first epoch's state is written before the stop
-    (the first is always written), so a resumed run redoes epoch 2; and it still ends like a straight run."""
+    """With `resume_every_s` far longer than the run and no epoch kept before the last, only the first epoch's
+    state is written before the stop (the first is always written), so a resumed run redoes epoch 2; and it
+    still ends like a straight run."""
+    config = BASE.model_copy(update={"sample_every": 10})
     reports: list[TrainProgress] = []
     out = tmp_path / "sparse"
     train(
-        BASE,
+        config,
         out,
         data_root=tiny_data_root,
         progress_fn=reports.append,
         should_stop=stop_after_epoch(2, reports),
         resume_every_s=1e9,
     )
-    point = resume.latest(out)
+    point = run_state.latest(out)
     assert point is not None and point.epoch == 1
-    resumed = train(BASE, out, data_root=tiny_data_root, resume_from=point.stem, resume_every_s=1e9)
-    straight = train(BASE, tmp_path / "straight", data_root=tiny_data_root)
+    resumed = train(config, out, data_root=tiny_data_root, resume_from=point.stem, resume_every_s=1e9)
+    straight = train(config, tmp_path / "straight", data_root=tiny_data_root)
     assert resumed.losses == straight.losses
-    last = resume.latest(out)
+    last = run_state.latest(out)
     assert last is not None and last.epoch == 3  # the last epoch's state is always written
+
+
+def test_kept_checkpoints_stay_and_stand_ins_go(tiny_data_root: Path, tmp_path: Path) -> None:
+    """Every epoch's state is written (the default `resume_every_s`), but only the kept epochs' checkpoints stay:
+    each stand-in is removed once a newer checkpoint is complete. The kept ones are whole run states, so any of
+    them can be resumed from, and the last is what is published."""
+    config = BASE.model_copy(update={"epochs": 5, "sample_every": 2})
+    reports: list[TrainProgress] = []
+    result = train(config, tmp_path, data_root=tiny_data_root, progress_fn=reports.append)
+    files = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert files == [f"epoch-{e:04d}.{ext}" for e in (2, 4, 5) for ext in ("json", "safetensors")]
+    assert [r.checkpoint for r in reports if r.checkpoint] == [run_state.stem_for(tmp_path, e) for e in (2, 4, 5)]
+    assert result.final_checkpoint == run_state.stem_for(tmp_path, 5)
+    point = run_state.latest(tmp_path)
+    assert point is not None and point.epoch == 5 and point.last_checkpoint == result.final_checkpoint
+    _, meta = checkpoint.load(run_state.stem_for(tmp_path, 2))
+    assert meta["kept"] and meta["epoch"] == 2 and set(meta["optimizers"]) == {"opt_g", "opt_d"}
+    version = checkpoint.publish(tmp_path / "models", "kept", result.final_checkpoint)
+    published = checkpoint.load_metadata(checkpoint.model_stem(tmp_path / "models", "kept", version))
+    assert not {"optimizers", "kept", "device_type", "last_checkpoint", "discriminator"} & published.keys()
+    assert published["generator"] == meta["generator"] and published["epoch"] == 5

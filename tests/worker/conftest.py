@@ -65,6 +65,6 @@ def store(settings: Settings) -> JobStore:
 @pytest.fixture
 def submit(store: JobStore) -> Callable[..., JobRecord]:
     def make(**overrides: object) -> JobRecord:
-        return store.create(TrainConfig.model_validate({"model_name": "worker-test", **TINY, **overrides}))
+        return store.create(config=TrainConfig.model_validate({"model_name": "worker-test", **TINY, **overrides}))
 
     return make

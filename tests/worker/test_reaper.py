@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from core.jobs import JobRecord, JobStatus, JobStore, now
+from core.jobs import JobRecord, JobStore
+from core.records import JobStatus, now
 from core.settings import Settings
 from service.background.reaper import Reaper
 from service.main import create_app

@@ -15,8 +15,9 @@ import torch
 import training.checkpoint
 import training.data
 import training.loop
-import training.resume
-from core.jobs import JobRecord, JobStatus, JobStore, now
+import training.run_state
+from core.jobs import JobRecord, JobStore
+from core.records import JobStatus, now
 from core.settings import Settings
 from worker import tasks
 
@@ -34,18 +35,18 @@ def run_task(job_id: str, worker: str = "host:1", monkeypatch: pytest.MonkeyPatc
 
 
 def kill_at_resume_save(monkeypatch: pytest.MonkeyPatch, epoch: int, *, after_saving: bool) -> None:
-    """The worker dies at the end of `epoch`: just after its resume checkpoint is written, or just before."""
-    real_save = training.resume.save
+    """The worker dies at the end of `epoch`: just after its checkpoint is written, or just before."""
+    real_save = training.run_state.save
 
-    def save(out_dir, s, e, *args, **kwargs):
-        if e == epoch and not after_saving:
+    def save(out_dir, s, **kwargs):
+        if kwargs["epoch"] == epoch and not after_saving:
             raise WorkerKilled
-        stem = real_save(out_dir, s, e, *args, **kwargs)
-        if e == epoch:
+        stem = real_save(out_dir, s, **kwargs)
+        if kwargs["epoch"] == epoch:
             raise WorkerKilled
         return stem
 
-    monkeypatch.setattr(training.resume, "save", save)
+    monkeypatch.setattr(training.run_state, "save", save)
 
 
 def heartbeat_threads() -> list[threading.Thread]:
@@ -61,7 +62,7 @@ def history_epochs(record: JobRecord) -> list[int]:
     return [e.epoch for e in record.history]
 
 
-@pytest.mark.parametrize("after_saving", [True, False], ids=["killed-after-resume-save", "killed-before-it"])
+@pytest.mark.parametrize("after_saving", [True, False], ids=["killed-after-its-checkpoint", "killed-before-it"])
 def test_a_killed_job_resumes_from_its_last_epoch(
     after_saving: bool, submit, store: JobStore, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -75,7 +76,7 @@ def test_a_killed_job_resumes_from_its_last_epoch(
             run_task(job.id, "host:1", m)
     died = store.get(job.id)
     assert died.status == JobStatus.running and died.attempts == 1 and died.worker == "host:1"
-    assert history_epochs(died) == [1, 2]  # epoch 2 was reported before its resume checkpoint
+    assert history_epochs(died) == [1, 2]  # epoch 2 was reported before its checkpoint
     assert not heartbeat_threads()
 
     requeue(store, job.id)
@@ -88,7 +89,6 @@ def test_a_killed_job_resumes_from_its_last_epoch(
     # the same numbers as a job that never stopped
     assert [e.losses for e in done.history] == [e.losses for e in store.get(straight.id).history]
     assert done.metrics == store.get(straight.id).metrics
-    assert not training.resume.resume_dir(settings.jobs_dir / job.id).exists()  # gone once published
     assert (settings.jobs_dir / job.id / "attempt-1").exists() and (settings.jobs_dir / job.id / "attempt-2").exists()
 
 
@@ -232,14 +232,14 @@ def test_a_job_cancelled_while_running_keeps_its_last_checkpoint(
     submit, store: JobStore, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     job = submit(epochs=50)
-    real_save = training.resume.save
+    real_save = training.run_state.save
 
-    def save_then_cancel(out_dir, s, epoch, *args, **kwargs):
-        if epoch == 2:
+    def save_then_cancel(out_dir, s, **kwargs):
+        if kwargs["epoch"] == 2:
             store.request_cancel(job.id)
-        return real_save(out_dir, s, epoch, *args, **kwargs)
+        return real_save(out_dir, s, **kwargs)
 
-    monkeypatch.setattr(training.resume, "save", save_then_cancel)
+    monkeypatch.setattr(training.run_state, "save", save_then_cancel)
     assert run_task(job.id, "host:1", monkeypatch)["status"] == "cancelled"
     record = store.get(job.id)
     assert record.status == JobStatus.cancelled and record.progress is not None

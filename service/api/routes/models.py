@@ -6,7 +6,7 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Depends, Path, Response, status
 
 from core.evaluations import EvaluateRequest, EvaluationRecord
-from core.jobs import JobStatus, now
+from core.records import JobStatus, now
 from core.tasks import EVALUATE_TASK
 from service.api.errors import APIError, broker_unavailable, error_responses
 from service.api.schemas import ModelDetail, ModelList, ModelSummary

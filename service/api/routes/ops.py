@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from core.jobs import JobStatus
+from core.records import JobStatus
 from service.api.schemas import RouteStats, RunningJob, Stats
 from service.state import StateDep
 from service.telemetry import Metrics

@@ -14,7 +14,8 @@ from fastapi import APIRouter, Depends, Header, Path, Request, Response, status
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from core.jobs import FINISHED, JobRecord, JobStatus, JobStore, now
+from core.jobs import JobRecord, JobStore
+from core.records import FINISHED, JobStatus, now
 from core.settings import Settings
 from core.submissions import IDEMPOTENCY_TTL
 from core.tasks import TRAIN_TASK
@@ -150,7 +151,7 @@ def start_training(
                 "to finish, or cancel one with DELETE /train/{id}.",
                 detail={"active": active, "limit": settings.max_queued_per_key},
             )
-        record = store.create(config, webhook)
+        record = store.create(config=config, webhook=webhook)
         submissions.add_job(principal.name, record.id)
         if idempotency_key is not None:
             # Before sending: a crash after the send must not let a retry make a second job.
