@@ -17,17 +17,9 @@ Families (chosen in `build_models` from a `TrainConfig`):
   would couple across the batch (Gulrajani et al. 2017 §4 make the same choice).
 * `conditional` — D is a projection discriminator (Miyato & Koyama 2018): logit = ψ(φ(x)) +
   ⟨embed(y), φ(x)⟩. The mlp G takes z alone and every BatchNorm is class-conditional, γ_y ⊙ BN(h) + β_y
-  with a gain and bias per class (`ConditionalBatchNorm`; de Vries et al. 2017, Dumoulin et al. 2017),
-  the generator Miyato & Koyama pair with that D (`conditioning="batchnorm"`). It used to concatenate a
-  label embedding to z (`"concat"`; checkpoints written so still load): on MNIST (3120 G steps) that G
-  drew one image per class whatever the seed — over a labels × latents grid z explained 26 % of the first
-  hidden layer's variance, 4 % of the second's and 0.6 % of the output's, as every BatchNorm renormalised
-  z and the label together and the label's share grew layer by layer. Concatenation plus conditional
-  BatchNorm still collapsed; conditional BatchNorm with z as the only input did not (experiments/README.md,
-  "MNIST sample grids"). The dcgan G still concatenates (before its projection): in a 390-step MNIST check
-  its classes kept about half the real within-class spread (not one image each), while the same
-  conditional BatchNorm — per channel, so no per-class spatial template as the projected embedding
-  gives — had not learnt the classes (10 % right by a small classifier) and, with this D, diverged.
+  (`ConditionalBatchNorm`; de Vries et al. 2017, Dumoulin et al. 2017), the G Miyato & Koyama pair with that
+  D (`conditioning="batchnorm"`; why not concatenation: docs/training.md). The dcgan G concatenates a label
+  embedding to z before its projection (`"concat"`; older mlp checkpoints written so still load).
 * `mad-gan` — Ghosh et al. 2018: k independent generators sharing nothing (the paper shares all but the
   last layer for images; independent ones are simpler and let each mode-holder differ fully), and the
   MLP discriminator with a (k+1)-way head.

@@ -1,4 +1,4 @@
-"""Sample-quality metrics: the toy mixtures' mode metrics, and the image metrics of issue 4. Pure computation:
+"""Sample-quality metrics: the toy mixtures' mode metrics, and the image metrics. Pure computation:
 samples in (tensors, and for images the extractor whose feature space they are measured in), numbers out.
 Loading a model or a dataset to measure is training/evaluation.py's job.
 

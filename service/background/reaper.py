@@ -1,22 +1,11 @@
 """The reaper: finds training jobs whose worker vanished and queues them again.
 
-A worker that is SIGKILLed, OOM-killed or loses its machine never acknowledges its message, and with Redis that
-message comes back only after the visibility timeout (24 h, since jobs are long). So the API does not wait
-for it: a background task of its lifespan scans the `running` records every few seconds, and a record whose
-`heartbeat_at` (written by the worker every `GANSERVE_HEARTBEAT_S`, worker/tasks.py) has not changed for
-`GANSERVE_STALE_AFTER_S` — measured on this process's own clock from when it first saw that heartbeat, so the
-two machines' clocks never need to agree — has lost its worker. The job is then
-
-- `cancelled`, when a cancel was requested meanwhile;
-- `failed`, when it has already been started `GANSERVE_MAX_ATTEMPTS` times, with a reason saying so;
-- otherwise `queued` again and its task sent again through the broker (with the sender POST /train uses); the
-  next worker resumes it from its last resume checkpoint. If the broker cannot take it, the record goes back
-  to `running` as it was and the next scan tries again.
-
-Several API processes may each run a reaper: a job queued twice is still run once, because a worker drops a
-message for a job that another worker runs with a fresh heartbeat, and each attempt is claimed by exactly one
-worker (`JobStore.claim`). On shutdown the API lets a scan in progress finish, so a job it marked `queued` is
-also sent; only an API killed in the millisecond between the two leaves a job `queued` with no message.
+A worker that is SIGKILLed or loses its machine never acknowledges its message, and Redis hands it out again
+only after the visibility timeout (24 h). So the API's lifespan scans the `running` records every few seconds:
+one whose `heartbeat_at` has not changed for `GANSERVE_STALE_AFTER_S` (on this process's own clock) has lost
+its worker, and is cancelled (a cancel was asked), failed (`GANSERVE_MAX_ATTEMPTS` reached) or queued again
+and sent; the next worker resumes it from its newest checkpoint. Several API processes may each run one: a
+job queued twice still runs once (docs/architecture.md, "Faults").
 """
 
 import contextlib

@@ -1,25 +1,11 @@
 """Webhooks: a job may name a URL that is called (POST, HMAC-signed JSON) once it finishes.
 
-Owed through an outbox on the volume, delivered by the API. Whoever gives a job with a `webhook` its terminal
-status (the worker, DELETE of a queued job, a 503 on submission, the reaper) does so through `JobStore.update`,
-which creates `<jobs_dir>/<id>/webhook.pending` first (core/jobs.py: `owe_webhook`); no HTTP call is made
-there or in any request. A background task of the API's lifespan (like the reaper) scans for those files
-every second or so and, for each that is due and whose record says finished, claims it by renaming it to
-`webhook.sending` (one rename succeeds, so two API processes never make the same attempt), makes one call,
-records it in the job's `webhook_deliveries`, and renames the file to `webhook.delivered`, to
-`webhook.failed` (after `GANSERVE_WEBHOOK_MAX_ATTEMPTS`, or a refusal), or back to `webhook.pending` with the
-time of its next attempt (`GANSERVE_WEBHOOK_BACKOFF_S`, doubled after each failure). The outbox is on the
-volume, so an API restart loses nothing; a claim left by a deliverer that vanished mid-attempt is given back
-once it has not changed for `claim_stale_s` on this process's own clock (as the reaper judges heartbeats), so
-delivery is at least once: receivers dedupe on `X-Ganserve-Delivery`, the same for every retry.
-
-Outbound calls are the SSRF surface (ShellTorch's lesson: a server made to call internal addresses), so:
-http(s) only, no credentials in the URL, the host must be on `GANSERVE_WEBHOOK_ALLOWED_HOSTS` (checked at
-submission and again at delivery), it is resolved at delivery and refused when any address is loopback,
-private, link-local, multicast, unspecified or otherwise not public — unless the URL names an IP the
-allow-list lists, or `GANSERVE_WEBHOOK_ALLOW_PRIVATE=true` — and the connection goes to the very address
-that was checked (no second lookup to rebind). Redirects are never followed. Each attempt has a hard
-deadline of `timeout_s` for its answer's status line and headers.
+A finished job's call is owed through an outbox beside its record (core/jobs.py `owe_webhook`); the API's
+`Deliverer`, a background task of its lifespan, claims each due entry by rename (so two API processes never
+make the same attempt), makes one call, records it, and retries with back-off: delivery is at least once,
+and receivers dedupe on `X-Ganserve-Delivery`. Outbound calls are the SSRF surface, so only allow-listed
+hosts, resolved at delivery to public addresses (unless allowed), connected to by the address checked, never
+redirected (docs/operations.md, "Webhooks").
 """
 
 import contextlib
