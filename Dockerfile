@@ -30,15 +30,17 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
     && rm /tmp/requirements.txt
 
 COPY README.md ./
-COPY service ./service
-COPY worker ./worker
+COPY core ./core
 COPY training ./training
+COPY worker ./worker
+COPY service ./service
+COPY ganserve ./ganserve
 RUN pip install --no-cache-dir --no-deps .
 
 USER 10001:10001
 EXPOSE 8000
 VOLUME ["/data/ganserve"]
 
-# asyncio's event loop, not uvloop: under saturation uvloop served some connections hundreds of ms late
-# (benchmarks/README.md, serve_load); service/__main__.py says the same.
-CMD ["uvicorn", "--factory", "service.main:create_app", "--host", "0.0.0.0", "--port", "8000", "--loop", "asyncio"]
+# The API alone (uvicorn on asyncio's event loop, ganserve/cli/processes.py); docker-compose.yml's workers run
+# `ganserve worker` from the same image.
+CMD ["ganserve", "api", "--host", "0.0.0.0", "--port", "8000"]

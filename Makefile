@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 run: install
-	GANSERVE_DATA_ROOT="$${GANSERVE_DATA_ROOT:-$(DATA_ROOT_DEFAULT)}" $(BIN)/python -m service
+	GANSERVE_DATA_ROOT="$${GANSERVE_DATA_ROOT:-$(DATA_ROOT_DEFAULT)}" $(BIN)/ganserve serve
 
 # redis-server is needed (the e2e tests start their own), and chromium for the web page's browser test (driven
 # by Playwright, which never downloads a browser of its own); docker-compose is wanted (the compose file

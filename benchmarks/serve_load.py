@@ -53,7 +53,7 @@ from benchmarks.common import machine
 from benchmarks.soak import Stack, free_port
 from core.train_config import TrainConfig
 from experiments.common import update_readme
-from service.__main__ import UVICORN_LOOP
+from ganserve.cli.processes import UVICORN_LOOP
 from training import checkpoint
 from training.architectures import build_models
 from training.latents import MAX_SEED

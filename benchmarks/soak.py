@@ -140,15 +140,12 @@ def start_stack(data_root: Path, workdir: Path) -> Stack:
         )
     }
     time.sleep(0.5)
-    procs["worker"] = start(
-        "worker",
-        [sys.executable, "-m", "celery", "-A", "worker.app:celery_app", "worker", "--pool", "solo",
-         "--concurrency", "1", "-Q", "training", "-n", "soak@%h", "-l", "warning"],
-    )  # fmt: skip
+    ganserve = [sys.executable, "-m", "ganserve"]
+    procs["worker"] = start("worker", [*ganserve, "worker", "--name", "soak@%h", "--log-level", "warning"])
     procs["api"] = start(
         "api",
-        [sys.executable, "-m", "uvicorn", "--factory", "service.main:create_app", "--host", "127.0.0.1",
-         "--port", str(api_port), "--log-level", "warning", "--no-access-log"],
+        [*ganserve, "api", "--host", "127.0.0.1", "--port", str(api_port), "--log-level", "warning",
+         "--no-access-log"],
     )  # fmt: skip
     stack = Stack(f"http://127.0.0.1:{api_port}", key, procs, workdir)
     if stack.answers("/readyz", 90):

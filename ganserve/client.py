@@ -302,7 +302,7 @@ class Client:
             response = self._http.request(method, path, headers={**self._auth, **(headers or {})}, **kw)
         except httpx.ConnectError as e:
             raise ServerUnreachable(
-                None, "unreachable", f"no ganserve at {self.base_url} ({e}): start it with `ganserve up`"
+                None, "unreachable", f"no ganserve at {self.base_url} ({e}): start it with `ganserve serve`"
             ) from None
         except httpx.TimeoutException:
             raise GanserveError(None, "timeout", f"{method} {url} got no answer within {self.timeout:g} s") from None

@@ -1,8 +1,9 @@
 """The deployment files agree with the code: the compose file is valid, the Dockerfile passes hadolint,
-every `GANSERVE_*` variable they (and the Makefile and README) name is a real setting, the commands name
-modules that exist, and the ports agree with the default port."""
+every `GANSERVE_*` variable they (and the Makefile and README) name is a real setting, their commands are
+`ganserve` commands that exist, and the ports agree with the default port."""
 
 import importlib
+import json
 import os
 import re
 import shutil
@@ -11,9 +12,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 from core.settings import Settings
+from ganserve.cli import app
+from ganserve.cli.processes import APP_FACTORY, UVICORN_LOOP, uvicorn_options, worker_argv
 from ganserve.client import API_KEY_ENV, SERVER_ENV
+from ganserve.launcher import child_command
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -119,17 +124,32 @@ def test_readme_table_defaults_match_settings():
         assert str(field.default) in default, f"README says GANSERVE_{name} defaults to {default.strip()!r}"
 
 
-def app_references() -> set[str]:
-    text = COMPOSE.read_text() + DOCKERFILE.read_text() + (ROOT / "service" / "__main__.py").read_text()
-    return set(re.findall(r"\b((?:service|worker|training)(?:\.[a-z_]+)+:[a-z_]+)\b", text))
+def ganserve_commands(text: str) -> list[list[str]]:
+    """Every exec-form command of a Dockerfile or compose file that runs `ganserve`."""
+    return [json.loads(found) for found in re.findall(r'\["ganserve",[^\]]*\]', text)]
+
+
+def test_the_image_and_compose_run_ganserve_commands_that_exist():
+    dockerfile, compose = DOCKERFILE.read_text(), COMPOSE.read_text()
+    assert ganserve_commands(dockerfile) == [["ganserve", "api", "--host", "0.0.0.0", "--port", str(DEFAULT_PORT)]]
+    commands = ganserve_commands(compose)
+    assert {c[1] for c in commands} == {"api", "worker"}
+    for command in commands + ganserve_commands(dockerfile):
+        result = CliRunner().invoke(app, [*command[1:], "--help"])  # an unknown option fails the parse
+        assert result.exit_code == 0, (command, result.output)
+    assert re.findall(r"^CMD \[", dockerfile, re.MULTILINE) == ["CMD ["]
+    assert "COPY ganserve ./ganserve" in dockerfile and "COPY core ./core" in dockerfile  # the CLI is in the image
+
+
+def test_the_launcher_starts_the_same_commands():
+    assert child_command("api")[1:] == ["-m", "ganserve", "api"]
+    assert child_command("worker")[1:] == ["-m", "ganserve", "worker"]
 
 
 def test_commands_reference_objects_that_exist():
-    refs = app_references()
-    assert {"service.main:create_app", "worker.app:celery_app"} <= refs
-    for ref in refs:
-        module, attr = ref.split(":")
-        assert hasattr(importlib.import_module(module), attr), ref
+    module, attr = APP_FACTORY.split(":")
+    assert hasattr(importlib.import_module(module), attr), APP_FACTORY
+    assert hasattr(importlib.import_module("worker.app"), "celery_app")
 
 
 def test_ports_agree_with_the_default_port():
@@ -155,21 +175,18 @@ def test_redis_is_not_published_and_persists_on_a_named_volume():
 
 
 def test_worker_runs_one_job_at_a_time():
-    from service.__main__ import worker_command
-
-    assert '"--pool", "solo", "--concurrency", "1"' in COMPOSE.read_text()
-    cmd = worker_command(Settings())
-    assert cmd[cmd.index("--pool") + 1] == "solo"
-    assert cmd[cmd.index("--concurrency") + 1] == "1"
+    argv = worker_argv(Settings())
+    assert argv[0] == "worker"
+    assert argv[argv.index("--pool") + 1] == "solo"
+    assert argv[argv.index("--concurrency") + 1] == "1"
+    yaml = pytest.importorskip("yaml")
+    compose = yaml.safe_load(COMPOSE.read_text())
+    for name in ("worker", "worker-cpu"):
+        assert compose["services"][name]["command"] == ["ganserve", "worker"], name
 
 
 def test_every_api_command_runs_the_same_event_loop():
-    from service.__main__ import UVICORN_LOOP, api_command
-
-    command = api_command(Settings())
-    assert command[command.index("--loop") + 1] == UVICORN_LOOP
+    """Every API server is `ganserve api`, whose uvicorn runs UVICORN_LOOP (benchmarks/serve_load.py uses it too)."""
+    assert uvicorn_options(Settings())["loop"] == UVICORN_LOOP
     for text in (COMPOSE.read_text(), DOCKERFILE.read_text()):
-        commands = re.findall(r'\["uvicorn",[^\]]*\]', text)
-        assert commands, "no uvicorn command"
-        for command in commands:
-            assert f'"--loop", "{UVICORN_LOOP}"' in command, command
+        assert not re.findall(r'\["uvicorn"', text), "an API started otherwise than by `ganserve api`"

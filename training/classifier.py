@@ -1,4 +1,4 @@
-"""Training the MNIST classifier behind the `mnist-cnn` extractor (`python -m training classifier`), and the
+"""Training the MNIST classifier behind the `mnist-cnn` extractor (`ganserve classifier`), and the
 fixed held-out split it trains on, which the real-data floor (training/evaluation.py) also measures.
 
 The network itself, `MnistCnn`, lives in training/features.py, which loads the committed weights; this module

@@ -1,5 +1,5 @@
 """Evaluating a generator: in the loop every `eval_every` epochs, so that a job's quality can be watched as it
-trains, and on demand for a published model (`python -m training evaluate`, the worker's evaluation jobs). This
+trains, and on demand for a published model (`ganserve evaluate`, the worker's evaluation jobs). This
 module loads what is measured (generated samples, real images, the extractor); training/metrics.py computes the
 numbers.
 

@@ -9,7 +9,7 @@ an FID in one feature space says nothing about an FID in another.
 
 `load_extractor` never falls back from one to the other: what cannot be loaded raises
 `ExtractorUnavailable`, saying how to fix it. This module only loads and runs the extractors; training the MNIST
-CNN (`python -m training classifier`) is training/classifier.py's job, on the network defined here.
+CNN (`ganserve classifier`) is training/classifier.py's job, on the network defined here.
 """
 
 import copy
@@ -153,7 +153,7 @@ def _load_mnist_cnn(path: Path) -> tuple[MnistCnn, dict[str, str]]:
     if not path.is_file():
         raise ExtractorUnavailable(
             f"the MNIST classifier's weights are missing ({path}); they ship with the package. Reinstall it, "
-            f"or train them again with `python -m training classifier --data-root <data root> --out {path}`"
+            f"or train them again with `ganserve classifier --data-root <data root> --out {path}`"
         )
     try:
         with safetensors.safe_open(str(path), framework="pt") as f:

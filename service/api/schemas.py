@@ -150,7 +150,9 @@ class GenerationInfo(BaseModel):
     value_range: list[float] | None = None
     training: TrainingSummary | None = None
     kind: Literal["image", "points"] | None = Field(
-        None, description="`image`, or `points` for toy models (sampled with `python -m training sample`)."
+        None,
+        description="`image`, or `points` for toy models (sampled with "
+        "`ganserve sample NAME --seeds 0-999 --out points.npy`).",
     )
     sample_shape: list[int] | None = Field(None, description="Shape of one sample: C×H×W, or D for points.")
     architecture: str | None = Field(None, description="`mlp`, `dcgan` or `mad-gan`.")

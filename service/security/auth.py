@@ -2,7 +2,7 @@
 
 A client sends its key as `Authorization: Bearer <key>` (or `X-API-Key: <key>`). The server holds only
 SHA-256 hashes (core/keys.py), from `GANSERVE_API_KEYS` and the keys file; the file is read again
-whenever it changes, so `python -m service keys create` and `… revoke` take effect without a restart, and
+whenever it changes, so `ganserve keys create` and `… revoke` take effect without a restart, and
 on a name in both the file's entry wins. The presented key is hashed and compared with every stored hash
 in constant time (`hmac.compare_digest`, no early exit).
 
@@ -126,7 +126,7 @@ class Authorize:
                     "insufficient_scope",
                     f"Key {principal.name!r} has scope(s) {', '.join(sorted(principal.scopes))}; "
                     f"{request.method} {request.url.path} needs `{self.scope}` (or `admin`). Ask the operator "
-                    f"for a key with it: `python -m service keys create --name NAME --scopes {self.scope}`.",
+                    f"for a key with it: `ganserve keys create --name NAME --scopes {self.scope}`.",
                     detail={"required_scope": self.scope.value, "key": principal.name},
                 )
         who = principal.name if principal else None

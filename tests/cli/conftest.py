@@ -1,12 +1,16 @@
 """Fixtures for the client and CLI tests: the real app in-process on a tmp volume with a tiny published model
 and fake broker dependencies (no Redis, no worker), built as tests/service builds it, from its svc_support
 helpers; the ganserve `Client` wraps FastAPI's TestClient (an httpx.Client) so the same code that talks to a
-real server talks to it. Jobs and evaluations never run: tests move their records on the volume themselves."""
+real server talks to it. Jobs and evaluations never run on it: tests move their records on the volume
+themselves. Local training reads a tiny fake MNIST (`tiny_data_root`)."""
 
+import gzip
+import struct
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -23,7 +27,7 @@ from svc_support import (
 )
 
 from core.settings import Settings
-from ganserve import cli
+from ganserve.cli import common
 from ganserve.client import Client
 from service.main import create_app
 
@@ -88,5 +92,18 @@ def use_api(api: Client, monkeypatch: pytest.MonkeyPatch) -> Callable[[], list[t
         calls.append((server, api_key))
         return api
 
-    monkeypatch.setattr(cli, "connect", connect)
+    monkeypatch.setattr(common, "connect", connect)
     return lambda: calls
+
+
+@pytest.fixture(scope="session")
+def tiny_data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`mnist/` with 64 t10k images in the official IDX format: bright bars at varying columns, on black."""
+    root = tmp_path_factory.mktemp("data")
+    (root / "mnist").mkdir()
+    images = np.zeros((64, 28, 28), dtype=np.uint8)
+    for i, col in enumerate(np.random.default_rng(0).integers(4, 22, size=64)):
+        images[i, 4:24, col : col + 3] = 255
+    header = struct.pack(">IIII", 0x00000803, *images.shape)
+    (root / "mnist" / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(header + images.tobytes()))
+    return root

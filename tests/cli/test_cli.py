@@ -1,5 +1,5 @@
-"""The `ganserve` command: seeds, local and remote generation (the API's bytes), training jobs submitted and
-followed, tables, and errors as one readable line with exit code 1."""
+"""The `ganserve` command's server verbs: images from a server (the API's bytes), training jobs submitted and
+followed, tables, evaluations, errors as one readable line with exit code 1; and every verb's --help."""
 
 import json
 import socket
@@ -13,10 +13,10 @@ from fastapi.testclient import TestClient
 from svc_support import ADMIN_KEY, DEFAULT_MODEL
 from typer.testing import CliRunner
 
-import service.__main__
 from core.jobs import JobStore, PublishedModel
 from core.records import JobStatus, now
-from ganserve.cli import app, parse_seeds
+from ganserve.cli import app, common
+from ganserve.cli.common import parse_seeds
 from ganserve.client import Client, Progress
 from training.metrics import ImageMetrics
 
@@ -69,7 +69,7 @@ def test_bad_seeds_are_refused(text: str) -> None:
 
 
 def test_bad_seeds_are_a_usage_error(tmp_path: Path) -> None:
-    result = run("generate", "--seeds", "5-3", "--out", str(tmp_path / "out"))
+    result = run("generate", "--seeds", "5-3", "--out", str(tmp_path / "out"), "--server", SERVER)
     assert result.exit_code == 2 and "runs backwards" in result.output
     assert not (tmp_path / "out").exists()
 
@@ -77,24 +77,11 @@ def test_bad_seeds_are_a_usage_error(tmp_path: Path) -> None:
 # --- generate -----------------------------------------------------------------------------------------
 
 
-def test_local_generate_writes_the_apis_bytes(http: TestClient, tmp_path: Path) -> None:
+def test_generate_without_a_server_points_to_sample(tmp_path: Path) -> None:
     result = run("generate", "--seeds", "0-2", "--out", str(tmp_path / "out"))
-    assert result.exit_code == 0, result.output
-    written = sorted(p.name for p in (tmp_path / "out").iterdir())
-    assert written == ["seed0000.png", "seed0001.png", "seed0002.png"]
-    for seed in range(3):
-        api_png = http.get("/generate", params={"seed": seed}).content
-        assert (tmp_path / "out" / f"seed{seed:04d}.png").read_bytes() == api_png
-    assert f"wrote 3 PNGs of {DEFAULT_MODEL} version 1" in result.stderr
-
-
-def test_local_generate_past_one_forward(http: TestClient, tmp_path: Path) -> None:
-    # 20 seeds with a gap: two forwards of 16 rows locally, other groupings on the server; same bytes.
-    result = run("generate", "--seeds", "0-17,40,41", "--out", str(tmp_path), "--model", DEFAULT_MODEL)
-    assert result.exit_code == 0, result.output
-    for seed in (0, 15, 16, 17, 40, 41):
-        api_png = http.get("/generate", params={"seed": seed}).content
-        assert (tmp_path / f"seed{seed:04d}.png").read_bytes() == api_png
+    assert failed_readably(result, 2)
+    assert "--server" in result.stderr and "ganserve sample" in result.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_remote_generate_writes_the_apis_bytes(http: TestClient, use_api, tmp_path: Path) -> None:
@@ -112,17 +99,6 @@ def test_server_and_key_come_from_the_environment(use_api, tmp_path: Path, monke
     assert use_api() == [(SERVER, "from-env")]
 
 
-def test_local_unknown_model_is_one_red_line(app, tmp_path: Path) -> None:
-    result = run("generate", "--seeds", "0", "--out", str(tmp_path), "--model", "nope")
-    assert failed_readably(result)
-    assert "error: model 'nope' does not exist; available models: tiny" in result.stderr
-
-
-def test_local_label_for_an_unconditional_model_is_refused(app, tmp_path: Path) -> None:
-    result = run("generate", "--seeds", "0", "--out", str(tmp_path), "--label", "1")
-    assert failed_readably(result) and "not class-conditional" in result.stderr
-
-
 def test_remote_errors_print_the_servers_message(use_api, tmp_path: Path) -> None:
     result = run("generate", "--seeds", "0", "--out", str(tmp_path), "--server", SERVER, "--model", "nope")
     assert failed_readably(result)
@@ -136,7 +112,7 @@ def test_connection_refused_is_exit_1_with_a_readable_message(how: str, monkeypa
         monkeypatch.setenv("GANSERVE_SERVER", url)
     result = run("jobs", *(["--server", url] if how == "option" else []))
     assert failed_readably(result)
-    assert f"error: no ganserve at {url}" in result.stderr and "start it with `ganserve up`" in result.stderr
+    assert f"error: no ganserve at {url}" in result.stderr and "start it with `ganserve serve`" in result.stderr
     assert "Traceback" not in result.output
 
 
@@ -214,21 +190,9 @@ def test_jobs_job_and_cancel(api: Client, use_api) -> None:
 
 
 def test_jobs_without_a_key_is_the_servers_401(http: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
-    import ganserve.cli
-
-    monkeypatch.setattr(ganserve.cli, "connect", lambda server, api_key: Client(api_key=api_key, http=http))
+    monkeypatch.setattr(common, "connect", lambda server, api_key: Client(api_key=api_key, http=http))
     result = run("jobs", "--server", SERVER)
     assert failed_readably(result) and "needs an API key with scope `train`" in result.stderr
-
-
-def test_local_train_publishes_a_servable_model(app, tmp_path: Path) -> None:
-    body = {"model_name": "toy", "dataset": "gaussian-1d", "max_samples": 256, "batch_size": 128, "epochs": 1}
-    result = run("train", write_config(tmp_path, {**body, "eval_extractor": "none"}))
-    assert result.exit_code == 0, result.output
-    assert result.stdout.strip() == "1"  # the version published, as `python -m training train` prints it
-    assert (tmp_path / "volume" / "models" / "toy" / "1").is_dir() and (tmp_path / "runs" / "toy").is_dir()
-    listed = run("models")
-    assert listed.exit_code == 0 and "toy" in listed.stdout and "points" in listed.stdout
 
 
 # --- models, evaluate -------------------------------------------------------------------------------------
@@ -279,17 +243,32 @@ def test_evaluate_refused_by_the_server(use_api) -> None:
     assert failed_readably(result) and "body.n" in result.stderr
 
 
-# --- delegation -------------------------------------------------------------------------------------------
-
-
-def test_up_is_python_m_service(monkeypatch: pytest.MonkeyPatch) -> None:
-    calls: list[str] = []
-    monkeypatch.setattr(service.__main__, "main", lambda: calls.append("main") or 3)
-    assert run("up").exit_code == 3 and calls == ["main"]
-
-
-def test_keys_are_python_m_service_keys(tmp_path: Path) -> None:
-    keys = tmp_path / "keys.json"
-    result = run("keys", "create", "--name", "me", "--scopes", "admin", "--file", str(keys))
+def test_evaluate_takes_name_colon_version_for_a_server(api: Client, use_api) -> None:
+    result = run("evaluate", f"{DEFAULT_MODEL}:1", "--n", "500", "--server", SERVER, "--no-follow")
     assert result.exit_code == 0, result.output
-    assert result.stdout.strip().startswith("gsk_") and '"me"' in keys.read_text()
+    assert f"of {DEFAULT_MODEL} version 1" in result.stderr and len(result.stdout.strip()) == 32
+    refused = run("evaluate", "runs/some-run", "--server", SERVER)
+    assert failed_readably(refused, 2) and "NAME or NAME:VERSION" in refused.stderr
+
+
+# --- every verb ---------------------------------------------------------------------------------------------
+
+
+def verbs() -> list[list[str]]:
+    group = typer.main.get_group(app)
+    found = []
+    for name, command in group.commands.items():
+        found.append([name])
+        found += [[name, sub] for sub in getattr(command, "commands", {})]
+    return found
+
+
+def test_every_verb_has_help() -> None:
+    found = verbs()
+    assert {" ".join(v) for v in found} >= {
+        "serve", "api", "worker", "train", "sample", "evaluate", "classifier", "generate", "interpolate",
+        "jobs", "job", "cancel", "models", "keys", "keys create", "keys list", "keys revoke",
+    }  # fmt: skip
+    for verb in found:
+        result = run(*verb, "--help")
+        assert result.exit_code == 0 and "Usage: ganserve " + " ".join(verb) in result.output, verb

@@ -123,7 +123,7 @@ def test_connection_refused_says_how_to_start_a_server() -> None:
     with Client(url) as api, pytest.raises(ServerUnreachable) as e:
         api.health()
     assert e.value.status is None
-    assert f"no ganserve at {url}" in str(e.value) and "ganserve up" in str(e.value)
+    assert f"no ganserve at {url}" in str(e.value) and "ganserve serve" in str(e.value)
 
 
 def test_an_error_page_that_is_not_json_is_still_readable() -> None:

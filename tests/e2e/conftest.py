@@ -28,9 +28,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 N_IMAGES = 256
 STARTUP_TIMEOUT_S = 90.0
-# As docker-compose.yml and `python -m service` run it: one job at a time, in the worker's own process.
-WORKER_ARGS = ["--pool", "solo", "--concurrency", "1", "-Q", "training", "--without-gossip", "--without-mingle"]
-API_ARGS = ["--host", "127.0.0.1", "--port"]
+# What docker-compose.yml and `ganserve serve` run, each started with this interpreter.
+GANSERVE = [sys.executable, "-m", "ganserve"]
 E2E_KEY = "e2e-only-key-for-the-tests-own-stacks"
 
 
@@ -96,14 +95,10 @@ class Stack:
         return proc
 
     def start_worker(self, name: str = "worker") -> Proc:
-        cmd = [sys.executable, "-m", "celery", "-A", "worker.app:celery_app", "worker", *WORKER_ARGS]
-        return self.start(name, [*cmd, "-n", f"{name}@%h", "-l", "info"])
+        return self.start(name, [*GANSERVE, "worker", "--name", f"{name}@%h"])
 
     def start_api(self, name: str = "api") -> Proc:
-        port = self.base_url.rsplit(":", 1)[1]
-        return self.start(
-            name, [sys.executable, "-m", "uvicorn", "--factory", "service.main:create_app", *API_ARGS, port]
-        )
+        return self.start(name, [*GANSERVE, "api"])  # on GANSERVE_HOST and GANSERVE_PORT of `env`
 
     def client(self, **kwargs) -> httpx.Client:
         return httpx.Client(
@@ -312,7 +307,7 @@ def stack(redis_url, data_root, bundled_models_dir, tmp_path_factory) -> Iterato
 
 
 def start_launcher(data_root: Path, bundled_models_dir: Path, tmp_path: Path, *, keys: bool = True) -> Stack:
-    """`python -m service` (what `make run` runs) with no Redis listening where it is told to look; `keys=False`:
+    """`ganserve serve` (what `make run` runs) with no Redis listening where it is told to look; `keys=False`:
     no API key configured anywhere, as on a first `make run`."""
     port = free_port()
     env = clean_env(
@@ -327,7 +322,7 @@ def start_launcher(data_root: Path, bundled_models_dir: Path, tmp_path: Path, *,
         env.pop("GANSERVE_API_KEYS", None)
     s = Stack(base_url=f"http://127.0.0.1:{port}", volume=tmp_path / "volume", env=env, log_dir=tmp_path)
     try:
-        s.start("launcher", [sys.executable, "-m", "service"])
+        s.start("launcher", [*GANSERVE, "serve"])
         s.wait_healthy()
     except BaseException:
         s.stop()
@@ -337,7 +332,7 @@ def start_launcher(data_root: Path, bundled_models_dir: Path, tmp_path: Path, *,
 
 @pytest.fixture
 def launcher(data_root, bundled_models_dir, tmp_path) -> Iterator[Stack]:
-    """`python -m service` with the tests' key."""
+    """`ganserve serve` with the tests' key."""
     s = start_launcher(data_root, bundled_models_dir, tmp_path)
     try:
         yield s
@@ -347,7 +342,7 @@ def launcher(data_root, bundled_models_dir, tmp_path) -> Iterator[Stack]:
 
 @pytest.fixture
 def first_run(data_root, bundled_models_dir, tmp_path) -> Iterator[tuple[Stack, str]]:
-    """`python -m service` exactly as a first `make run` starts it: no Redis where it looks (so the embedded
+    """`ganserve serve` exactly as a first `make run` starts it: no Redis where it looks (so the embedded
     broker), and no API key configured anywhere; returns the stack and the admin key it printed."""
     s = start_launcher(data_root, bundled_models_dir, tmp_path, keys=False)
     try:

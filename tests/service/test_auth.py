@@ -1,13 +1,9 @@
-"""API keys (service/security/auth.py, core/keys.py): who may call what, the 401/403 answers, the keys file and
-the `python -m service keys` commands."""
+"""API keys (service/security/auth.py, core/keys.py): who may call what, the 401/403 answers and the keys file
+(`ganserve keys`: tests/cli/test_keys.py)."""
 
 import hmac
 import json
 import logging
-import os
-import stat
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -25,12 +21,9 @@ from svc_support import (
     bearer,
 )
 
-from core.keys import ApiKeyEntry, Scope, hash_key, read_key_file
-from core.keys import main as keys_main
+from core.keys import ApiKeyEntry, Scope, hash_key
 from core.settings import Settings
-from service.__main__ import cli
 
-ROOT = Path(__file__).resolve().parents[2]
 TRAIN_BODY = {"model_name": "my-digits", "epochs": 1, "max_samples": 256}
 PATH_VALUES = {"job_id": "0" * 32, "plot": "losses", "epoch": "1", "name": DEFAULT_MODEL, "eval_id": "0" * 32}
 
@@ -57,7 +50,7 @@ def test_every_train_route_needs_a_key(app: FastAPI, anon: TestClient) -> None:
         assert r.headers["www-authenticate"] == "Bearer"
         body = r.json()
         assert body["error"] == "api_key_required" and body["detail"] == {"required_scope": "train"}
-        assert "Authorization: Bearer <key>" in body["message"] and "python -m service keys create" in body["message"]
+        assert "Authorization: Bearer <key>" in body["message"] and "ganserve keys create" in body["message"]
 
 
 def test_every_route_that_changes_something_needs_a_key(app: FastAPI, anon: TestClient, sender: FakeSender) -> None:
@@ -77,7 +70,7 @@ def test_first_run_without_any_key_says_how_to_make_one(make_app, publish_model)
         body = r.json()
         assert body["error"] == "api_key_required"
         assert "has none yet" in body["message"]
-        assert "python -m service keys create --name NAME --scopes train,generate" in body["message"]
+        assert "ganserve keys create --name NAME --scopes train,generate" in body["message"]
         assert c.get("/train").status_code == 401  # nothing is silently open
         assert c.get("/generate?seed=1").status_code == 200  # public routes stay public
 
@@ -238,7 +231,7 @@ def test_keys_file_changes_apply_without_a_restart(make_app, publish_model, tmp_
         assert c.get("/train", headers=bearer("gsk_new")).status_code == 401
         write_keys(keys_file, ("new", "gsk_new", ["train"]))
         assert c.get("/train", headers=bearer("gsk_new")).status_code == 200
-        assert keys_main(["revoke", "--name", "new", "--file", str(keys_file)]) == 0
+        write_keys(keys_file)  # revoked
         assert c.get("/train", headers=bearer("gsk_new")).status_code == 401
 
 
@@ -254,91 +247,8 @@ def test_a_malformed_keys_file_fails_closed(make_app, publish_model, tmp_path: P
     assert "is not a JSON list" in caplog.text and "gsk_from-file" not in caplog.text
 
 
-# --- python -m service keys ---------------------------------------------------------------------------
-
-
-def test_keys_create_prints_the_key_once_and_stores_its_hash(make_app, publish_model, tmp_path: Path, capsys) -> None:
-    keys_file = tmp_path / "secrets" / "keys.json"
-    assert keys_main(["create", "--name", "ci", "--scopes", "train,generate", "--file", str(keys_file)]) == 0
-    out = capsys.readouterr()
-    key = out.out.strip()
-    assert key.startswith("gsk_") and len(key) > 40 and key not in out.err
-    assert "only time" in out.err
-    assert key not in keys_file.read_text()
-    assert read_key_file(keys_file) == [
-        ApiKeyEntry(name="ci", sha256=hash_key(key), scopes=[Scope.train, Scope.generate])
-    ]
-    assert stat.S_IMODE(keys_file.stat().st_mode) == 0o600
-    assert keys_main(["create", "--name", "ops", "--scopes", "admin", "--file", str(keys_file)]) == 0  # appends
-    assert [e.name for e in read_key_file(keys_file)] == ["ci", "ops"]
-    publish_model(DEFAULT_MODEL)
-    with TestClient(make_app(api_keys=[], api_keys_file=keys_file)) as c:
-        assert c.post("/train", json=TRAIN_BODY, headers=bearer(key)).status_code == 202
-
-
-@pytest.mark.parametrize(
-    "args, complaint",
-    [
-        (["--name", "ci", "--scopes", "train,root"], "unknown scope(s) root"),
-        (["--name", "Not A Name", "--scopes", "train"], "--name 'Not A Name'"),
-        (["--name", "ci", "--scopes", ","], "at least one scope"),
-        (["--name", "taken", "--scopes", "train"], "already has a key named 'taken'"),
-    ],
-)
-def test_keys_create_refuses_bad_arguments(tmp_path: Path, capsys, args: list[str], complaint: str) -> None:
-    keys_file = tmp_path / "keys.json"
-    write_keys(keys_file, ("taken", "gsk_x", ["train"]))
-    before = keys_file.read_text()
-    assert keys_main(["create", *args, "--file", str(keys_file)]) == 2
-    out = capsys.readouterr()
-    assert complaint in out.err and out.out == ""
-    assert keys_file.read_text() == before
-
-
-def test_keys_list_and_revoke(tmp_path: Path, capsys, monkeypatch) -> None:
-    keys_file = tmp_path / "keys.json"
-    write_keys(keys_file, ("a", "gsk_a", ["train"]), ("b", "gsk_b", ["admin"]))
-    monkeypatch.setenv("GANSERVE_API_KEYS", json.dumps([{"name": "env", "sha256": "0" * 64, "scopes": ["generate"]}]))
-    assert keys_main(["list", "--file", str(keys_file)]) == 0
-    listed = capsys.readouterr().out
-    assert "a\ttrain" in listed and "b\tadmin" in listed and "env\tgenerate\tGANSERVE_API_KEYS" in listed
-    assert hash_key("gsk_a") not in listed
-    assert keys_main(["revoke", "--name", "a", "--file", str(keys_file)]) == 0
-    assert [e.name for e in read_key_file(keys_file)] == ["b"]
-    assert keys_main(["revoke", "--name", "a", "--file", str(keys_file)]) == 2
-
-
-def test_keys_create_writes_the_file_the_server_reads_by_default(tmp_path: Path) -> None:
-    """`python -m service keys create` (a real process) with no --file: <GANSERVE_CHECKPOINT_DIR>/api-keys.json."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GANSERVE_")}
-    env["GANSERVE_CHECKPOINT_DIR"] = str(tmp_path / "volume")
-    proc = subprocess.run(
-        [sys.executable, "-m", "service", "keys", "create", "--name", "me", "--scopes", "admin"],
-        cwd=tmp_path,
-        env={**env, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert proc.returncode == 0, proc.stderr
-    key = proc.stdout.strip()
-    settings = Settings(_env_file=None, checkpoint_dir=tmp_path / "volume")  # type: ignore[call-arg]
-    assert settings.effective_api_keys_file == tmp_path / "volume" / "api-keys.json"
-    assert read_key_file(settings.effective_api_keys_file)[0].sha256 == hash_key(key)
-
-
-def test_python_m_service_without_arguments_still_starts_the_service(monkeypatch, capsys) -> None:
-    import service.__main__ as launcher
-
-    started: list[bool] = []
-    monkeypatch.setattr(launcher, "main", lambda: started.append(True) or 0)
-    assert cli([]) == 0 and started == [True]
-    assert cli(["--help"]) == 0 and "keys create" in capsys.readouterr().out
-    assert cli(["bogus"]) == 2 and started == [True]
-
-
 def test_no_keys_configured_is_logged_at_startup(make_app, publish_model, caplog) -> None:
     publish_model(DEFAULT_MODEL)
     with TestClient(make_app(api_keys=[])):
         pass
-    assert "no API keys configured" in caplog.text and "python -m service keys create" in caplog.text
+    assert "no API keys configured" in caplog.text and "ganserve keys create" in caplog.text

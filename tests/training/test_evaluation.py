@@ -1,14 +1,12 @@
 """Evaluating a generator (training/evaluation.py): the loop's evaluation every `eval_every` epochs, on the tiny
-fake MNIST, and a published model's on demand, through `python -m training evaluate` and `evaluate_model`."""
+fake MNIST, and a published model's on demand through `evaluate_model` (`ganserve evaluate`: tests/cli)."""
 
-import json
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
 from core.train_config import TrainConfig
-from training.classifier import HoldoutSplit
+from training import checkpoint
 from training.evaluation import evaluate_model
 from training.loop import TrainProgress, train
 
@@ -94,59 +92,15 @@ def test_measuring_does_not_change_what_is_trained(tiny_data_root: Path, tmp_pat
 # --- a published model, on demand -----------------------------------------------------------------------------
 
 
-def _flat(text: str) -> str:
-    return " ".join(text.split())
-
-
-def test_evaluate_cli_on_the_bundled_model(mnist_split: HoldoutSplit, tmp_path: Path) -> None:
-    from training.__main__ import app
-
-    data_root = str(Path(__file__).resolve().parents[2].parent / "shared" / "data")
-    png = tmp_path / "nn.png"
-    args = ["evaluate", "--model", "mnist-mlp:1", "--n", "500", "--data-root", data_root, "--nn-png", str(png)]
-    args += ["--models-dir", str(tmp_path / "no-models")]
-    result = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
-    assert result.exit_code == 0, result.output
-    output = _flat(result.output)
-    assert "mnist-cnn-v1" in output and "FID" in output and "500 vs 500 images" in output
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-    result = CliRunner().invoke(app, ["evaluate", "--real", "mnist", "--n", "300", "--data-root", data_root, "--json"])
-    assert result.exit_code == 0, result.output
-    floor = json.loads(result.stdout[result.stdout.index("{") :])
-    assert floor["extractor"] == "mnist-cnn-v1" and floor["n_fake"] == floor["n_real"] == 300
-    # IS is lower on small sets (10 splits of 30 here: each split's class marginal is a noisy estimate).
-    assert floor["classes_covered"] == 10 and floor["inception_score"] > 8
-
-
-def test_evaluate_cli_refuses_bad_arguments(tmp_path: Path) -> None:
-    from training.__main__ import app
-
-    runner = CliRunner()
-    for args, message in (
-        (["evaluate"], "exactly one of --model"),
-        (["evaluate", "--model", "mnist-mlp", "--real", "mnist"], "exactly one of --model"),
-        (["evaluate", "--model", "mnist-mlp", "--extractor", "vgg"], "unknown extractor"),
-        (["evaluate", "--model", "mnist-mlp:7", "--models-dir", str(tmp_path)], "no version 7"),
-        (["evaluate", "--model", "no-such-model", "--models-dir", str(tmp_path)], "no checkpoint"),
-        (["evaluate", "--real", "ring-2d", "--data-root", str(tmp_path)], "not an image dataset"),
-    ):
-        result = runner.invoke(app, args, env={"COLUMNS": "200"})
-        assert result.exit_code == 2, (args, result.output)
-        assert message in _flat(result.output), (args, result.output)
-
-
 def test_evaluate_model_on_a_published_mad_gan(tiny_data_root: Path, tmp_path: Path) -> None:
-    from training.__main__ import app
-
-    job = {"model_name": "eval-tiny", "epochs": 1, "batch_size": 16, "latent_dim": 8, "max_samples": 30}
-    job |= {"architecture": "mad-gan", "generators": 2, "eval_extractor": "none"}
-    (tmp_path / "job.json").write_text(json.dumps(job))
-    args = ["train", "--config", str(tmp_path / "job.json"), "--out", str(tmp_path / "run")]
-    args += ["--data-root", str(tiny_data_root), "--device", "cpu", "--publish-to", str(tmp_path / "models")]
-    assert CliRunner().invoke(app, args).exit_code == 0
-
-    stem = tmp_path / "models" / "eval-tiny" / "1" / "model"
+    job = TrainConfig(
+        model_name="eval-tiny", epochs=1, batch_size=16, latent_dim=8, max_samples=30,
+        architecture="mad-gan", generators=2, eval_extractor="none",
+    )  # fmt: skip
+    result = train(job, tmp_path / "run", data_root=tiny_data_root, device="cpu")
+    assert result.final_checkpoint is not None
+    models = tmp_path / "models"
+    stem = checkpoint.model_stem(models, "eval-tiny", checkpoint.publish(models, "eval-tiny", result.final_checkpoint))
     stages: list[str] = []
     m = evaluate_model(stem, n=50, data_root=tiny_data_root, nn_png=tmp_path / "nn.png", progress_fn=stages.append)
     assert (m.extractor, m.n_fake, m.n_real) == ("mnist-cnn-v1", 50, 30)  # the model saw 30 images: 30 to compare

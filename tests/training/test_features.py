@@ -87,7 +87,7 @@ def test_unknown_extractor_or_toy_dataset_is_a_value_error() -> None:
 
 
 def test_missing_classifier_weights_say_how_to_get_them(tmp_path: Path) -> None:
-    with pytest.raises(ExtractorUnavailable, match="python -m training classifier"):
+    with pytest.raises(ExtractorUnavailable, match="ganserve classifier"):
         mnist_cnn_extractor(tmp_path / "nothing.safetensors")
 
 

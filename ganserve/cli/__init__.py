@@ -1,0 +1,40 @@
+"""`ganserve`: run the service, make images, train and evaluate GANs, on this machine or through a server
+(`--server URL` or GANSERVE_SERVER, on the Python client ganserve/client.py).
+
+Work done here runs the code the server runs (the API's model registry and encoders for images, the training
+loop and evaluation for jobs), so a local answer is the server's answer for the same settings. Heavy modules
+(torch, the service) are imported inside the commands that need them: talking to a server stays quick.
+"""
+
+import typer
+
+from ganserve.cli import evaluation, images, jobs, keys, models, processes
+
+HELP = """Train GANs and serve their generators: run the service, make images, train and evaluate.
+
+Commands work on this machine or, with `--server URL` (or GANSERVE_SERVER), through a ganserve server.
+Every command has `--help`."""
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="markdown", help=HELP)
+
+RUN, IMAGES, TRAINING, MODELS = "Run the service", "Images", "Training and evaluation", "Models and keys"
+for name, command, panel in (
+    ("serve", processes.serve, RUN),
+    ("api", processes.api, RUN),
+    ("worker", processes.worker, RUN),
+    ("sample", images.sample, IMAGES),
+    ("generate", images.generate, IMAGES),
+    ("interpolate", images.interpolate, IMAGES),
+    ("train", jobs.train, TRAINING),
+    ("jobs", jobs.jobs, TRAINING),
+    ("job", jobs.job, TRAINING),
+    ("cancel", jobs.cancel, TRAINING),
+    ("evaluate", evaluation.evaluate, TRAINING),
+    ("classifier", evaluation.classifier, TRAINING),
+    ("models", models.models, MODELS),
+):
+    app.command(name, rich_help_panel=panel)(command)
+app.add_typer(keys.app, name="keys", rich_help_panel=MODELS)
+
+
+def main() -> None:
+    app(prog_name="ganserve")

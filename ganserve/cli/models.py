@@ -1,0 +1,175 @@
+"""Models: `ganserve models`, and what a MODEL argument of the local commands names — a model by name (as the
+API finds it: the volume's models, then the bundled ones), a published version or model directory, a
+checkpoint, or a run directory of `ganserve train --out DIR` — loaded as the API loads it."""
+
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from core.settings import Settings
+from core.train_config import NAME_PATTERN
+from ganserve.cli import common
+from ganserve.cli.common import ApiKey, LocalOrServer, fail, reported
+from ganserve.client import ModelSummary
+
+if TYPE_CHECKING:
+    from service.serving.registry import LoadedModel
+
+NAME_VERSION = re.compile(rf"^(?P<name>{NAME_PATTERN.strip('^$')}):(?P<version>[0-9]+)$")
+MODEL_HELP = (
+    "A model name (NAME or NAME:VERSION; the volume's models, then the bundled ones), a published version or "
+    "model directory, a checkpoint (stem, .json or .safetensors), or a run directory of `ganserve train --out`."
+)
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """Where a MODEL argument points: a checkpoint `stem`, published as `version` of model `name` (in the layout
+    `<root>/<name>/<version>/model`), or a run's checkpoint (`version` None, `name` the run's model name)."""
+
+    stem: Path
+    name: str
+    version: int | None
+    root: Path | None = None
+
+
+def find_checkpoint(spec: str, settings: Settings) -> Checkpoint:
+    """The checkpoint a MODEL argument names; exit code 2 when it names none."""
+    from training import checkpoint, run_state
+
+    path = Path(spec)
+    if path.is_dir() and (path / run_state.CHECKPOINTS_DIR).is_dir():  # a run directory: its newest checkpoint
+        point = run_state.latest(path)
+        if point is None:
+            raise fail(f"the run directory {path} has no intact checkpoint", 2)
+        return _checkpoint(point.stem)
+    if path.is_dir() and (path / f"{checkpoint.MODEL_STEM}.json").is_file():
+        return _checkpoint(path / checkpoint.MODEL_STEM)
+    if path.is_dir() and (versions := checkpoint.list_versions(path.parent, path.name)):
+        return _checkpoint(checkpoint.model_stem(path.parent, path.name, versions[-1]))  # a model: its newest
+    if path.suffix in {".safetensors", ".json"} and path.is_file():
+        return _checkpoint(path.with_suffix(""))
+    if path.with_suffix(".json").is_file():
+        return _checkpoint(path)
+    named = parse_name(spec)
+    found = None if named is None else _published(*named, settings)
+    if found is None:
+        raise fail(f"no checkpoint, model directory, run directory or model named {spec!r}", 2)
+    return found
+
+
+def _published(name: str, version: int | None, settings: Settings) -> Checkpoint | None:
+    """Model `name` (its newest version when `version` is None) in the first place that has it, as the API
+    looks: the volume's models, then the bundled ones."""
+    from training.checkpoint import list_versions, model_stem
+
+    for root in (settings.models_dir, settings.bundled_models_dir):
+        versions = list_versions(root, name)
+        if not versions:
+            continue
+        if version is not None and version not in versions:
+            raise fail(f"model {name!r} has no version {version} in {root}; it has {versions}", 2)
+        chosen = versions[-1] if version is None else version
+        return Checkpoint(model_stem(root, name, chosen), name, chosen, root)
+    return None
+
+
+def parse_name(spec: str) -> tuple[str, int | None] | None:
+    """`NAME` → (NAME, None), `NAME:VERSION` → (NAME, VERSION); None when `spec` is neither."""
+    match = NAME_VERSION.match(spec)
+    if match:
+        return match["name"], int(match["version"])
+    return (spec, None) if re.fullmatch(NAME_PATTERN, spec) else None
+
+
+def _checkpoint(stem: Path) -> Checkpoint:
+    """A stem in the published layout is that version of its model; any other is a run's checkpoint."""
+    from training.checkpoint import MODEL_STEM
+
+    version_dir = stem.parent
+    model_dir = version_dir.parent
+    if stem.name == MODEL_STEM and version_dir.name.isdigit() and re.fullmatch(NAME_PATTERN, model_dir.name):
+        return Checkpoint(stem, model_dir.name, int(version_dir.name), model_dir.parent)
+    return Checkpoint(stem, _run_name(stem), None)
+
+
+def _run_name(stem: Path) -> str:
+    from training.checkpoint import CheckpointError, load_metadata
+
+    try:
+        name = str(load_metadata(stem).get("model_name") or "")
+    except CheckpointError as e:
+        raise fail(str(e), 1) from None
+    return name if re.fullmatch(NAME_PATTERN, name) else "run"
+
+
+def load_model(spec: str, settings: Settings) -> "LoadedModel":
+    """The model a MODEL argument names, loaded by the API's registry (service/serving/registry.py), so that it
+    renders what /generate renders: by name exactly as the API finds it; a run's checkpoint as the model that
+    publishing it makes (its served generator, in a temporary folder)."""
+    from service.serving.registry import ModelNotFound, ModelRegistry
+    from training.checkpoint import CheckpointError, publish
+
+    named = parse_name(spec)
+    if named is not None and not Path(spec).exists():
+        return served_model(*named, settings)
+    try:
+        found = find_checkpoint(spec, settings)
+        if found.version is not None and found.root is not None:
+            registry = ModelRegistry([(found.root, "volume")], batch_rows=settings.batch_max)
+            return registry.get(found.name, found.version)
+        with tempfile.TemporaryDirectory(prefix="ganserve-sample-") as tmp:
+            version = publish(Path(tmp), found.name, found.stem)
+            return ModelRegistry([(Path(tmp), "volume")], batch_rows=settings.batch_max).get(found.name, version)
+    except ModelNotFound as e:
+        raise fail(str(e), 2) from None
+    except CheckpointError as e:
+        raise fail(str(e), 1) from None
+
+
+def served_model(name: str, version: int | None, settings: Settings) -> "LoadedModel":
+    """Model `name` at `version` (the newest when None), found and loaded exactly as the API does."""
+    from service.serving.registry import ModelNotFound, ModelRegistry
+
+    try:
+        return ModelRegistry.from_settings(settings).get(name, version)
+    except ModelNotFound as e:
+        raise fail(str(e), 2) from None
+
+
+def models(server: LocalOrServer = None, api_key: ApiKey = None) -> None:
+    """The models that can be served, here or by a server.
+
+    A server's (GET /models), or without --server those this machine's settings point at (the volume's, then
+    the bundled ones), read as the API reads them."""
+    with reported():
+        found = _local_models() if server is None else common.connect(server, api_key).models()
+    table = Table(title=f"{len(found)} model(s)")
+    table.add_column("name", no_wrap=True, min_width=max((len(m.name) for m in found), default=4))
+    for column in ("source", "versions", "kind", "arch", "latent", "shape", "trained on"):
+        table.add_column(column)
+    for m in found:
+        t = m.training
+        trained = f"{t.dataset}, {t.epoch} ep." if t and t.dataset else "–"
+        if m.conditional:
+            trained += f", {m.num_classes} classes"
+        shape = "×".join(map(str, m.sample_shape or m.image_shape or [])) or "–"
+        versions = ", ".join(map(str, m.versions))
+        table.add_row(
+            m.name, m.source, versions, m.kind or "–", m.architecture or "–", str(m.latent_dim), shape, trained
+        )
+        if m.error:
+            table.add_row("", "", "", f"[red]{escape(m.error)}[/red]")
+    Console().print(table)
+
+
+def _local_models() -> list[ModelSummary]:
+    from service.serving.registry import ModelRegistry
+
+    return [ModelSummary.model_validate(m) for m in ModelRegistry.from_settings(Settings()).list_models()]

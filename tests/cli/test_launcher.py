@@ -1,0 +1,98 @@
+"""The service's processes: `ganserve api` and `ganserve worker` start uvicorn and Celery as the deployment
+needs them, and `ganserve serve` (ganserve/launcher.py, what `make run` runs) makes one admin key on a first
+start with no key at all (core/keys.py)."""
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+from click.testing import Result
+from typer.testing import CliRunner
+
+from core.keys import FIRST_KEY_NAME, ApiKeyEntry, Scope, ensure_first_key, hash_key, read_key_file
+from core.settings import Settings
+from ganserve import launcher
+from ganserve.cli import app
+from ganserve.cli.processes import APP_FACTORY, UVICORN_LOOP
+from ganserve.launcher import announce_first_key
+
+
+def run(*args: str) -> Result:
+    return CliRunner().invoke(app, list(args), prog_name="ganserve")
+
+
+@pytest.fixture(autouse=True)
+def flags_stay_in_the_test(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`api` and `worker` write their flags to the environment: set here first, so that they are undone after."""
+    for name, value in {"HOST": "127.0.0.1", "PORT": "8000", "WORKERS": "1", "LOG_LEVEL": "info"}.items():
+        monkeypatch.setenv(f"GANSERVE_{name}", value)
+
+
+def test_api_is_uvicorn_with_the_app_factory_on_asyncio(monkeypatch: pytest.MonkeyPatch) -> None:
+    started: list[tuple[str, dict[str, Any]]] = []
+    monkeypatch.setattr(uvicorn, "run", lambda target, **options: started.append((target, options)))
+    monkeypatch.setenv("GANSERVE_WORKERS", "3")
+    assert run("api").exit_code == 0
+    assert run("api", "--host", "0.0.0.0", "--port", "8311", "--workers", "2", "--no-access-log").exit_code == 0
+    (target, defaults), (_, flagged) = started
+    assert target == APP_FACTORY and defaults["factory"] is True
+    assert (defaults["host"], defaults["port"], defaults["workers"]) == ("127.0.0.1", 8000, 3)
+    assert defaults["loop"] == flagged["loop"] == UVICORN_LOOP and defaults["access_log"] is True
+    assert (flagged["host"], flagged["port"], flagged["workers"], flagged["access_log"]) == ("0.0.0.0", 8311, 2, False)
+
+
+def test_a_flag_is_the_setting_the_app_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The app (in every uvicorn worker process) builds its settings from the environment: a flag lands there."""
+    monkeypatch.setattr(uvicorn, "run", lambda target, **options: None)
+    assert run("api", "--port", "8311", "--log-level", "warning").exit_code == 0
+    assert (Settings().port, Settings().log_level) == (8311, "warning")
+
+
+def test_worker_is_one_solo_celery_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    from worker.app import celery_app
+
+    argvs: list[list[str]] = []
+    monkeypatch.setattr(celery_app, "worker_main", lambda argv: argvs.append(argv) or 0)
+    assert run("worker", "--name", "w1@%h", "--log-level", "warning").exit_code == 0
+    [argv] = argvs
+    assert argv[0] == "worker" and argv[argv.index("--pool") + 1] == "solo"
+    assert argv[argv.index("--concurrency") + 1] == "1" and argv[argv.index("-Q") + 1] == "training"
+    assert argv[argv.index("-n") + 1] == "w1@%h" and argv[argv.index("-l") + 1] == "warning"
+
+
+def test_serve_exits_with_the_launchers_code(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(launcher, "serve", lambda settings: 3)
+    assert run("serve").exit_code == 3
+
+
+def test_first_key_is_made_once_and_only_its_hash_is_stored(tmp_path: Path) -> None:
+    path = tmp_path / "api-keys.json"
+    key = ensure_first_key([], path)
+    assert key is not None and key.startswith("gsk_")
+    assert read_key_file(path) == [ApiKeyEntry(name=FIRST_KEY_NAME, sha256=hash_key(key), scopes=[Scope.admin])]
+    assert key not in path.read_text()
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert ensure_first_key([], path) is None  # a key exists now: nothing more is made
+    assert len(read_key_file(path)) == 1
+
+
+def test_no_first_key_when_keys_are_configured_or_the_file_is_broken(tmp_path: Path) -> None:
+    configured = [ApiKeyEntry(name="ops", sha256=hash_key("k"), scopes=[Scope.train])]
+    assert ensure_first_key(configured, tmp_path / "a.json") is None
+    assert not (tmp_path / "a.json").exists()
+    broken = tmp_path / "b.json"
+    broken.write_text("{not json")
+    assert ensure_first_key([], broken) is None
+    assert broken.read_text() == "{not json"  # never overwritten: the operator fixes it
+
+
+def test_the_launcher_prints_the_key_once_and_can_be_told_not_to(tmp_path: Path, capsys) -> None:
+    settings = Settings(checkpoint_dir=tmp_path / "var", api_keys=[])
+    key = announce_first_key(settings)
+    err = capsys.readouterr().err
+    assert key is not None and f"    {key}\n" in err and "ganserve keys revoke --name local-admin" in err
+    assert announce_first_key(settings) is None and capsys.readouterr().err == ""
+    off = Settings(checkpoint_dir=tmp_path / "other", api_keys=[], first_key=False)
+    assert announce_first_key(off) is None
+    assert not off.effective_api_keys_file.exists()
