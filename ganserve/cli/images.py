@@ -5,9 +5,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
+import numpy as np
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from core.settings import Settings
 from ganserve.cli import common
@@ -25,7 +34,7 @@ ModelName = Annotated[str | None, typer.Option(help="Model name; default the ser
 Version = Annotated[int | None, typer.Option(min=1, help="Model version; default the newest.")]
 
 
-def _bar(total: int, first_seed: int) -> tuple[Progress, Any]:
+def _bar(total: int, first_seed: int) -> tuple[Progress, TaskID]:
     columns = (TextColumn("seed {task.fields[seed]}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     bar = Progress(*columns, TimeRemainingColumn(), console=err())
     return bar, bar.add_task("seeds", total=total, seed=first_seed)
@@ -41,11 +50,6 @@ def _runs(seeds: list[int], longest: int) -> Iterator[list[int]]:
         run.append(seed)
     if run:
         yield run
-
-
-def _chunks(seeds: list[int], size: int) -> Iterator[list[int]]:
-    for start in range(0, len(seeds), size):
-        yield seeds[start : start + size]
 
 
 def sample(
@@ -70,23 +74,22 @@ def sample(
         loaded.labels_for(seed_list, label)
     except ValueError as e:  # a label the model does not take
         raise fail(str(e), 2) from None
-    chunks: list[Any] = []
+    floats: list[np.ndarray] = []
     if not to_npy:
         out.mkdir(parents=True, exist_ok=True)
+    rows = loaded.batch_rows  # a forward's rows: one chunk is one forward
     bar, task = _bar(len(seed_list), seed_list[0])
     with bar:
-        for chunk in _chunks(seed_list, loaded.batch_rows):
+        for chunk in (seed_list[i : i + rows] for i in range(0, len(seed_list), rows)):
             if to_npy:
-                chunks.append(_floats(loaded, chunk, label))
+                floats.append(_floats(loaded, chunk, label))
             else:
                 for seed, png in zip(chunk, _pngs(loaded, chunk, label), strict=True):
                     (out / f"seed{seed:04d}.png").write_bytes(png)
             bar.update(task, advance=len(chunk), seed=chunk[-1])
     what = f"{loaded.name} version {loaded.version}"
     if to_npy:
-        import numpy as np
-
-        array = np.concatenate(chunks)
+        array = np.concatenate(floats)
         out.parent.mkdir(parents=True, exist_ok=True)
         np.save(out, array)
         err().print(f"wrote {len(seed_list)} samples {tuple(array.shape)} of {escape(what)} to {out}")
@@ -104,7 +107,8 @@ def _pngs(loaded: "LoadedModel", seeds: list[int], label: int | None) -> list[by
     return pngs
 
 
-def _floats(loaded: "LoadedModel", seeds: list[int], label: int | None) -> Any:
+def _floats(loaded: "LoadedModel", seeds: list[int], label: int | None) -> np.ndarray:
+    """The samples `_pngs` quantises: images mapped from the model's value range to [0, 1], points as they are."""
     samples = loaded.sample_seeds(seeds, label)
     if loaded.kind == "image":
         lo, hi = loaded.value_range
