@@ -51,13 +51,13 @@ class Settings(BaseSettings):
         description="The API's log lines: `text` (human-readable) or `json` (one object a line, with the request id, "
         "and an access line per request).",
     )
-    # --- serving /generate (service/serving/batcher.py, service/api/caching.py; README "Configuration") ---
+    # --- serving /generate (service/serving/render_process.py, service/api/caching.py; README "Configuration") ---
     workers: int = Field(
         1,
         ge=1,
         le=64,
         description="API server processes `python -m service` starts (uvicorn `--workers`); each loads its own "
-        "models and runs its own batchers.",
+        "models and runs its own render process.",
     )
     batch_max: int = Field(
         BATCH_MAX,
@@ -75,12 +75,6 @@ class Settings(BaseSettings):
         "(from the arrival of the oldest request in it), like Triton's `max_queue_delay`. 0: none; under load "
         "batches still fill with the requests that arrive while a forward runs, and a lone request is not "
         "delayed (measured: benchmarks/README.md).",
-    )
-    render_process: bool = Field(
-        True,
-        description="Run /generate's forwards and PNG encoding in a render process beside each API process "
-        "(service/serving/render_process.py), so that the event loop never competes with them for the GIL; `false`: "
-        "in threads of the API process (less memory: the weights are loaded once, not twice).",
     )
     render_threads: int = Field(
         1,

@@ -77,7 +77,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         log.info("default model %s version %d ready (%s)", model.name, model.version, model.source)
     except ModelNotFound as e:
         log.warning("default model not loaded, /generate without `model` will answer 404 until it exists: %s", e)
-    # After the default model: the render process preloads what the API has loaded (service/serving/).
+    # After the default model: the render process preloads what the API has loaded. Started, not waited for:
+    # a request sent before it is ready is answered once it is (service/serving/render_process.py).
     await state.renderer.start()
     settle_garbage_collector()
     # The reaper re-queues jobs whose worker vanished; the deliverer calls finished jobs' webhooks from the
@@ -86,10 +87,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with reaper.running(state), webhooks.running(state):
             yield
     finally:
-        # No request left waiting (the render process answers all it was sent; the in-process batcher fails
-        # what it still queues with a 503), no thread or render process left running.
+        # No request left waiting (the render process answers all it was sent), no render process left running.
         await state.renderer.close()
-        await run_in_threadpool(state.cpu_pool.close)
 
 
 def settle_garbage_collector() -> None:

@@ -18,10 +18,8 @@ from core.tasks import TaskQueue
 from service.api.caching import AnswerCache
 from service.security.keyring import KeyRing
 from service.security.limits import RateLimiter, make_rate_limiter
-from service.serving.cpu_pool import CpuPool
 from service.serving.registry import ModelRegistry
 from service.serving.render_process import ChildConfig, ProcessRenderer
-from service.serving.rendering import InProcessRenderer, Renderer
 from service.telemetry import Metrics
 
 
@@ -37,8 +35,7 @@ class Tasks(Protocol):
 class AppState:
     settings: Settings
     registry: ModelRegistry  # the models that can be served, loaded on first use (service/serving/registry.py)
-    renderer: Renderer  # where /generate's forwards run (service/serving/)
-    cpu_pool: CpuPool
+    renderer: ProcessRenderer  # the render process: /generate's and /interpolate's forwards and encoding
     answers: AnswerCache  # encoded /generate answers of explicit seeds (service/api/caching.py)
     jobs: JobStore  # the records of truth, on the volume (core/)
     evaluations: EvaluationStore
@@ -57,13 +54,11 @@ def build_state(settings: Settings, tasks: Tasks | None = None) -> AppState:
     jobs = JobStore(settings.jobs_dir)
     evaluations = EvaluationStore(settings.evaluations_dir)
     metrics = Metrics(jobs, evaluations)
-    cpu_pool = CpuPool()  # the API's own CPU work off the loop (large seed lists, /interpolate's GIFs)
-    renderer = _renderer(settings, registry, cpu_pool, metrics)
+    renderer = _renderer(settings, registry, metrics)
     return AppState(
         settings=settings,
         registry=registry,
         renderer=renderer,
-        cpu_pool=cpu_pool,
         answers=AnswerCache(settings.png_cache_size),
         jobs=jobs,
         evaluations=evaluations,
@@ -75,11 +70,9 @@ def build_state(settings: Settings, tasks: Tasks | None = None) -> AppState:
     )
 
 
-def _renderer(settings: Settings, registry: ModelRegistry, cpu_pool: CpuPool, metrics: Metrics) -> Renderer:
-    """Where /generate's forwards run (service/serving/rendering.py): a render process, or the API's own threads."""
+def _renderer(settings: Settings, registry: ModelRegistry, metrics: Metrics) -> ProcessRenderer:
+    """The render process's side in the API (service/serving/render_process.py), started by the lifespan."""
     max_wait_s = settings.batch_wait_ms / 1000
-    if not settings.render_process:
-        return InProcessRenderer(cpu_pool, max_wait_s, on_forward=metrics.batch_rows.observe)
     roots = [(str(root), source) for root, source in registry.roots]
     config = ChildConfig(
         roots, settings.batch_max, max_wait_s, settings.render_threads, settings.log_level, settings.log_format

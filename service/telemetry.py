@@ -10,7 +10,7 @@
   `GANSERVE_LOG_FORMAT=json` it also writes one access line per request.
 - `JsonFormatter`: one JSON object per log line, with the request id while a request is being handled.
 
-`/generate`'s batcher threads do not carry the request's context: their lines have no request id.
+The render process's log lines carry no request id: it serves many requests in one forward.
 """
 
 import contextvars
@@ -212,7 +212,7 @@ class Metrics:
         return int(sum(s.value for s in self.generated_images.collect()[0].samples if s.name.endswith("_total")))
 
     def batch_summary(self) -> tuple[int, float]:
-        """(forwards, rows) observed by the batchers."""
+        """(forwards, real rows) the render process reported."""
         forwards = rows = 0.0
         for sample in self.batch_rows.collect()[0].samples:
             if sample.name.endswith("_count"):

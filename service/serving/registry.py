@@ -27,7 +27,6 @@ from torch import nn
 from core.evaluations import EvaluationStore
 from core.settings import BATCH_MAX, Settings
 from core.train_config import NAME_PATTERN
-from service.serving.traced import Forward, trace_render
 from training.checkpoint import CheckpointError, list_versions, load_generator, load_metadata, model_stem
 from training.images import to_uint8
 from training.latents import latents_from_seeds, seed_generators, seed_labels
@@ -79,8 +78,6 @@ class LoadedModel:
     num_classes: int | None = None
     num_generators: int | None = None
     batch_rows: int = BATCH_MAX
-    # Generator and quantisation traced for GIL-free renders (service/serving/traced.py); None: eager.
-    traced: Forward | None = field(default=None, compare=False, repr=False)
 
     @property
     def conditional(self) -> bool:
@@ -99,9 +96,9 @@ class LoadedModel:
 
         Every forward has exactly `batch_rows` rows: the latents are cut into chunks of that many and the last
         one is padded with zero latents (label 0, generator 0), whose outputs are dropped. A matmul's rounding
-        changes with the number of rows (by ~1e-6 between 1 and 16 rows on AVX2), but for one shape a row's
-        output depends on that row only, whatever its position and the other rows: so a sample depends on its
-        own latent and not on what it was rendered with (service/serving/batcher.py batches requests together)."""
+        changes with the number of rows, but for one shape a row's output depends on that row only, whatever its
+        position and the other rows: so a sample depends on its own latent and not on what it was rendered with
+        (service/serving/batching.py renders requests together)."""
         with torch.inference_mode():
             return torch.cat(
                 [
@@ -113,14 +110,8 @@ class LoadedModel:
     def render(
         self, latents: torch.Tensor, labels: list[int] | None = None, generators: list[int] | None = None
     ) -> torch.Tensor:
-        """N latents → N×C×H×W uint8 images: `to_uint8(sample(…))`, through the traced render when there is one
-        (service/serving/traced.py: the same bits, without the GIL)."""
-        if self.traced is None:
-            return to_uint8(self.sample(latents, labels, generators), self.value_range)
-        with torch.inference_mode():
-            return torch.cat(
-                [self.traced(z, label, gen)[:k] for z, label, gen, k in self._chunks(latents, labels, generators)]
-            )
+        """N latents → N×C×H×W uint8 images: `to_uint8(sample(…))`, what /generate encodes."""
+        return to_uint8(self.sample(latents, labels, generators), self.value_range)
 
     def _chunks(
         self, latents: torch.Tensor, labels: list[int] | None, generators: list[int] | None
@@ -184,8 +175,8 @@ class ModelRegistry:
     clock: Callable[[], float] = time.monotonic
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
     _cache: dict[tuple[str, int], LoadedModel] = field(default_factory=dict, repr=False)
-    # The root each cached model was loaded from, the very object of `roots` (compared by identity: a Path
-    # comparison cost ~10 µs of every /generate, on the event loop).
+    # The root each cached model was loaded from, the very object of `roots` (compared by identity: cheaper
+    # than comparing paths, on the event loop of every /generate).
     _loaded_from: dict[tuple[str, int], Path] = field(default_factory=dict, repr=False)
     _rescan_claims: dict[str, float] = field(default_factory=dict, repr=False)  # see get_if_ready
     _listings: dict[str, _Listing] = field(default_factory=dict, repr=False)
@@ -393,11 +384,6 @@ def _loaded(
         num_classes=num_classes,
         num_generators=num_generators,
         batch_rows=batch_rows,
-        traced=trace_render(
-            generator, batch_rows, latent_dim, num_classes, num_generators, (lo, hi), f"{name} v{version}"
-        )
-        if kind == "image"
-        else None,
     )
 
 

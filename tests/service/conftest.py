@@ -1,6 +1,10 @@
 """Fixtures for the API tests: a tmp volume with tiny published models, and an app whose broker-facing
 dependencies are fakes (no Redis, no worker). The settings hold three API keys (svc_support.TEST_KEYS);
-`client` sends the admin key on every request, `anon` sends none."""
+`client` sends the admin key on every request, `anon` sends none.
+
+Every app renders through its own render process, as deployed; starting one costs seconds (torch's import), and
+an app starts it without waiting for it, so an app that never renders costs little. Tests that render and
+need no volume or settings of their own share one app for the whole run: `served`."""
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -9,28 +13,72 @@ from typing import Any
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from svc_support import AUTH, DEFAULT_MODEL, TEST_KEYS, FakeBrokerCheck, FakeSender, FakeTasks, publish_tiny_model
+from svc_support import (
+    AUTH,
+    DEFAULT_MODEL,
+    TEST_KEYS,
+    FakeBrokerCheck,
+    FakeSender,
+    FakeTasks,
+    client_on,
+    publish_conditional_model,
+    publish_madgan_model,
+    publish_points_model,
+    publish_tiny_model,
+)
 
 from core.settings import Settings
 from service.main import create_app
 
 
-@pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    bundled = tmp_path / "bundled"
+def make_settings(root: Path, **overrides: Any) -> Settings:
+    bundled = root / "bundled"
     bundled.mkdir()
     return Settings(
         _env_file=None,  # type: ignore[call-arg]
-        checkpoint_dir=tmp_path / "volume",
+        checkpoint_dir=root / "volume",
         bundled_models_dir=bundled,
         default_model=DEFAULT_MODEL,
         broker_url="filesystem://",  # also: the rate limiter counts in the process, not in a Redis
         max_count=64,
         api_keys=TEST_KEYS,
-        # The routes' tests render in threads of the app's own process; tests/service/test_render_process.py
-        # and the end-to-end tests run the render process (the default).
-        render_process=False,
+        **overrides,
     )
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return make_settings(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def served_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """The shared app's: `tiny` version 1 (the default model), `cond`, `mad` and `ring`; no rate limit."""
+    settings = make_settings(tmp_path_factory.mktemp("served"), rate_limit_per_min=0)
+    publish_tiny_model(settings.models_dir, DEFAULT_MODEL)
+    publish_conditional_model(settings.models_dir)
+    publish_madgan_model(settings.models_dir)
+    publish_points_model(settings.models_dir)
+    return settings
+
+
+@pytest.fixture(scope="session")
+def served(served_settings: Settings) -> Iterator[TestClient]:
+    """One app and render process for the tests that only render (with the admin key): their assertions hold
+    whatever other tests asked before (counters are compared before and after), and a test that publishes a
+    model gives it a name of its own (`publish_served`)."""
+    with TestClient(create_app(served_settings, FakeTasks()), headers=AUTH) as c:
+        yield c
+
+
+@pytest.fixture
+def publish_served(served_settings: Settings) -> Callable[..., int]:
+    """`publish_served(name, **kwargs)`: the next version of a tiny model `name` in the shared app's volume."""
+
+    def _publish(name: str, **kwargs: int) -> int:
+        return publish_tiny_model(served_settings.models_dir, name, **kwargs)
+
+    return _publish
 
 
 @pytest.fixture
@@ -71,13 +119,30 @@ def app(make_app: Callable[..., FastAPI], publish_model: Callable[..., int]) -> 
 
 
 @pytest.fixture
-def client(app: FastAPI) -> Iterator[TestClient]:
-    with TestClient(app, headers=AUTH) as c:  # `with`: runs the lifespan (loads the default model)
-        yield c
+def running(app: FastAPI) -> Iterator[TestClient]:
+    """`app` started: its lifespan run (the default model loaded, the render process started), and stopped after."""
+    with TestClient(app) as started:
+        yield started
 
 
 @pytest.fixture
-def anon(app: FastAPI) -> Iterator[TestClient]:
+def client(running: TestClient) -> Iterator[TestClient]:
+    c = client_on(running, headers=AUTH)
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def anon(running: TestClient) -> Iterator[TestClient]:
     """A client that sends no API key."""
-    with TestClient(app) as c:
-        yield c
+    c = client_on(running)
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def served_anon(served: TestClient) -> Iterator[TestClient]:
+    """The shared app, without an API key."""
+    c = client_on(served)
+    yield c
+    c.close()

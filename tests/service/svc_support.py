@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from fastapi.testclient import TestClient
 from torch import nn
 
 from core.keys import ApiKeyEntry, Scope, hash_key
@@ -30,6 +31,15 @@ def bearer(key: str) -> dict[str, str]:
 
 
 AUTH = bearer(ADMIN_KEY)
+
+
+def client_on(started: TestClient, **kwargs: Any) -> TestClient:
+    """Another client (other headers, another address) of `started`'s app, on its event loop: an app runs one
+    lifespan, as under a server, however many clients a test uses (a second `with TestClient(app)` would start
+    it again, render process included, on another loop). Not for `with`, which would do just that."""
+    client = TestClient(started.app, **kwargs)
+    client.portal = started.portal
+    return client
 
 
 def publish_tiny_model(

@@ -1,30 +1,20 @@
-"""/generate through the batcher: concurrent requests share forwards and still get the bytes that single
-requests get; shutdown leaves no thread and no request hanging.
+"""/generate's concurrent requests share the render process's forwards and still get the bytes each would get
+alone; a request refused with a 4xx runs no forward.
 
-Deterministic batching without timing: the batching app waits up to 30 s for a full forward, and every group
-of concurrent requests adds up to whole forwards, so each forward runs exactly when its last row arrives."""
+Deterministic batching without timing: the app waits up to 30 s for a full forward, and each group of
+concurrent requests adds up to exactly one forward's rows, each request less than that: so no forward can run
+before the group's last request has arrived, and then exactly one runs."""
 
 import base64
-import threading
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-import pytest
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from svc_support import AUTH, publish_conditional_model, publish_madgan_model
+from svc_support import AUTH, DEFAULT_MODEL, publish_conditional_model, publish_madgan_model
 
-from core.settings import BUNDLED_MODELS_DIR, Settings
-from service.__main__ import api_command
+from service.serving.batching import Answer, Batching, Request, Seeds
 
 JSON = {"accept": "application/json"}
 LONG_WAIT_MS = 30_000.0  # longer than any test: a forward never runs short
-
-
-def bundled_app(make_app: Callable[..., FastAPI], wait_ms: float) -> FastAPI:
-    return make_app(
-        bundled_models_dir=BUNDLED_MODELS_DIR, default_model="mnist-mlp", batch_wait_ms=wait_ms, png_cache_size=0
-    )
 
 
 def concurrently(client: TestClient, asks: list[dict]) -> list[list[bytes]]:
@@ -39,90 +29,54 @@ def concurrently(client: TestClient, asks: list[dict]) -> list[list[bytes]]:
         return list(pool.map(get, asks))
 
 
-def singles(client: TestClient, ask: dict) -> list[bytes]:
-    """The same images, one request per seed."""
-    out = []
-    for seed in range(ask["seed"], ask["seed"] + ask.get("count", 1)):
-        r = client.get("/generate", params={**ask, "seed": seed, "count": 1})
-        assert r.status_code == 200, r.text
-        out.append(r.content)
-    return out
+def alone(client: TestClient, ask: dict) -> list[bytes]:
+    """The PNGs of the ask's seeds, each rendered by itself (service/serving/batching.py, in this process)."""
+    registry = client.app.state.ganserve.registry  # type: ignore[attr-defined]
+    model = registry.get(ask["model"])
+    pngs = []
+    for seed in range(ask["seed"], ask["seed"] + ask["count"]):
+        b = Batching(registry.get, model.batch_rows, 0.0)
+        labels = model.labels_for([seed], ask.get("label"))
+        b.add(Request(0, model.name, model.version, Seeds([seed]), labels, model.generators_for([seed]), "pngs"))
+        (outcome,) = b.render().outcomes
+        assert isinstance(outcome, Answer) and isinstance(outcome.output, list)
+        pngs += outcome.output
+    return pngs
 
 
-def test_concurrent_requests_share_forwards_and_get_the_bytes_of_single_requests(make_app) -> None:
-    asks = [{"seed": s, "count": c} for s, c in ((0, 1), (1000, 15), (2000, 16), (3000, 17), (4000, 15))]  # 64 rows
-    app = bundled_app(make_app, LONG_WAIT_MS)
-    with TestClient(app) as c, TestClient(bundled_app(make_app, 0.0)) as one_by_one:
-        got = concurrently(c, asks)
-        model = app.state.ganserve.registry.get("mnist-mlp")
-        assert (
-            app.state.ganserve.renderer.batchers.get(model).forwards == 4
-        )  # 5 requests, 64 rows: 4 full forwards of 16
-        for ask, images in zip(asks, got, strict=True):
-            assert images == singles(one_by_one, ask), ask
+def forwards(client: TestClient) -> tuple[int, float | None]:
+    stats = client.get("/stats").json()
+    return stats["forwards"], stats["mean_batch_rows"]
 
 
-def test_mixed_labels_and_generators_in_one_forward(settings, make_app) -> None:
+def test_concurrent_requests_share_a_forward_and_get_the_bytes_of_single_requests(
+    settings, make_app, publish_model
+) -> None:
+    publish_model()
     publish_conditional_model(settings.models_dir)
     publish_madgan_model(settings.models_dir)
-    groups = {
-        "cond": [{"seed": 10, "count": 5, "label": 2}, {"seed": 20, "count": 6, "label": 0}, {"seed": 30, "count": 5}],
-        "mad": [{"seed": 40, "count": 7}, {"seed": 50, "count": 9}],
-    }
-    app = make_app(batch_wait_ms=LONG_WAIT_MS, png_cache_size=0)
-    with TestClient(app, headers=AUTH) as c, TestClient(make_app(batch_wait_ms=0.0), headers=AUTH) as one_by_one:
-        for name, asks in groups.items():
+    groups = [  # 16 rows each: one forward
+        [{"seed": 0, "count": 1}, {"seed": 1000, "count": 7}, {"seed": 2000, "count": 8}],
+        [{"seed": 10, "count": 5, "label": 2}, {"seed": 20, "count": 6, "label": 0}, {"seed": 30, "count": 5}],
+        [{"seed": 40, "count": 7}, {"seed": 50, "count": 9}],
+    ]
+    with TestClient(make_app(batch_wait_ms=LONG_WAIT_MS, png_cache_size=0), headers=AUTH) as c:
+        for name, asks in zip((DEFAULT_MODEL, "cond", "mad"), groups, strict=True):
             asks = [{**a, "model": name} for a in asks]
-            got = concurrently(c, asks)  # 16 rows: one forward
-            assert app.state.ganserve.renderer.batchers.get(app.state.ganserve.registry.get(name)).forwards == 1
+            got = concurrently(c, asks)
             for ask, images in zip(asks, got, strict=True):
-                assert images == singles(one_by_one, ask), ask
+                assert images == alone(c, ask), ask
+        assert forwards(c) == (3, 16.0)
 
 
-def test_a_rejected_request_queues_nothing(client: TestClient) -> None:
-    assert client.get("/generate", params={"seed": 1}).status_code == 200
-    batcher = client.app.state.ganserve.renderer.batchers.get(client.app.state.ganserve.registry.get("tiny"))  # type: ignore[attr-defined]
+def test_a_rejected_request_runs_no_forward(served: TestClient) -> None:
+    before, _ = forwards(served)
     for r in (
-        client.post("/generate", json={"latent": [0.0] * 3}),
-        client.get("/generate", params={"seed": 1, "label": 0}),
-        client.get("/generate", params={"seed": 1, "count": 65}),
+        served.post("/generate", json={"latent": [0.0] * 3}),
+        served.get("/generate", params={"seed": 1, "label": 0}),
+        served.get("/generate", params={"seed": 1, "count": 65}),
+        served.get("/interpolate", params={"from": 1, "to": 2, "label": 0}),
+        served.get("/generate", params={"model": "ring", "seed": 1}),
     ):
         assert r.status_code == 422
-    assert batcher.forwards == 1
-
-
-def test_shutdown_stops_every_thread(app: FastAPI) -> None:
-    before = set(threading.enumerate())
-    with TestClient(app) as c:
-        assert c.get("/generate", params={"seed": 3, "count": 4}).status_code == 200
-        started = [t for t in threading.enumerate() if t not in before and t.name.startswith("ganserve-")]
-        assert {t.name.split()[0].rstrip("_0123456789") for t in started} >= {"ganserve-batcher", "ganserve-cpu"}
-    assert [t for t in started if t.is_alive()] == []
-
-
-def test_a_request_queued_at_shutdown_gets_a_503(make_app, publish_model) -> None:
-    publish_model()
-    app = make_app(batch_wait_ms=LONG_WAIT_MS)  # the request waits for rows that never come
-    batchers = app.state.ganserve.renderer.batchers
-    submitted = threading.Event()
-    submit = batchers.submit
-
-    def spy(*args, **kwargs):
-        future = submit(*args, **kwargs)
-        submitted.set()
-        return future
-
-    batchers.submit = spy
-    with TestClient(app) as c, ThreadPoolExecutor(1) as pool:
-        pending = pool.submit(c.get, "/generate", params={"seed": 1})
-        assert submitted.wait(10)
-        batchers.close()
-        r = pending.result(10)
-    assert r.status_code == 503
-    assert r.json()["error"] == "shutting_down" and r.headers["retry-after"] == "1"
-
-
-@pytest.mark.parametrize("workers", [1, 4])
-def test_workers_setting_is_uvicorns_workers(workers: int) -> None:
-    cmd = api_command(Settings(_env_file=None, workers=workers))  # type: ignore[call-arg]
-    assert cmd[cmd.index("--workers") + 1] == str(workers)
+    assert forwards(served)[0] == before

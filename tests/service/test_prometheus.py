@@ -37,34 +37,44 @@ def value(text: str, name: str, **labels: str) -> float | None:
     return samples(text).get((name, frozenset(labels.items())))
 
 
-def test_requests_are_counted_by_route_template_never_by_raw_path(client: TestClient) -> None:
-    assert client.get("/generate", params={"seed": 1}).status_code == 200
-    assert client.get("/train/no-such-job").status_code == 404
-    assert client.get("/no/such/path").status_code == 404
-    assert client.request("BREW", "/generate").status_code == 405
+def counts(client: TestClient, *names: tuple[str, dict[str, str]]) -> list[float]:
+    text = client.get("/metrics").text
+    return [value(text, name, **labels) or 0.0 for name, labels in names]
 
-    scrape = client.get("/metrics")
-    assert scrape.status_code == 200 and scrape.headers["content-type"].startswith("text/plain")
-    text = scrape.text
+
+def test_requests_are_counted_by_route_template_never_by_raw_path(served: TestClient) -> None:
     counter = "ganserve_http_requests_total"
-    assert value(text, counter, route="/generate", method="GET", status="200") == 1
-    assert value(text, counter, route="/train/{job_id}", method="GET", status="404") == 1
-    assert value(text, counter, route="unmatched", method="GET", status="404") == 1
-    assert value(text, counter, route="/generate", method="other", status="405") == 1
-    assert value(text, "ganserve_http_request_duration_seconds_count", route="/generate", method="GET") == 1
-    assert "no-such-job" not in text and "/no/such/path" not in text
+    names = [
+        (counter, {"route": "/generate", "method": "GET", "status": "200"}),
+        (counter, {"route": "/train/{job_id}", "method": "GET", "status": "404"}),
+        (counter, {"route": "unmatched", "method": "GET", "status": "404"}),
+        (counter, {"route": "/generate", "method": "other", "status": "405"}),
+        ("ganserve_http_request_duration_seconds_count", {"route": "/generate", "method": "GET"}),
+    ]
+    before = counts(served, *names)
+    assert served.get("/generate", params={"seed": 1}).status_code == 200
+    assert served.get("/train/no-such-job").status_code == 404
+    assert served.get("/no/such/path").status_code == 404
+    assert served.request("BREW", "/generate").status_code == 405
+
+    scrape = served.get("/metrics")
+    assert scrape.status_code == 200 and scrape.headers["content-type"].startswith("text/plain")
+    assert [a - b for a, b in zip(counts(served, *names), before, strict=True)] == [1, 1, 1, 1, 1]
+    assert "no-such-job" not in scrape.text and "/no/such/path" not in scrape.text
 
 
-def test_the_batch_rows_histogram_counts_each_forward(client: TestClient) -> None:
-    before = client.get("/metrics").text
-    assert value(before, "ganserve_generator_batch_rows_count") == 0
-    assert client.get("/generate", params={"seed": 7, "count": 3}).status_code == 200
-    after = client.get("/metrics").text
-    assert value(after, "ganserve_generator_batch_rows_count") == 1  # one forward …
-    assert value(after, "ganserve_generator_batch_rows_sum") == 3  # … of the request's 3 rows, padding not counted
-    assert value(after, "ganserve_generator_batch_rows_bucket", le="2.0") == 0
-    assert value(after, "ganserve_generator_batch_rows_bucket", le="4.0") == 1
-    assert value(after, "ganserve_generate_images_total") == 3
+def test_the_batch_rows_histogram_counts_each_forward(served: TestClient) -> None:
+    names = [
+        ("ganserve_generator_batch_rows_count", {}),
+        ("ganserve_generator_batch_rows_sum", {}),
+        ("ganserve_generator_batch_rows_bucket", {"le": "2.0"}),
+        ("ganserve_generator_batch_rows_bucket", {"le": "4.0"}),
+        ("ganserve_generate_images_total", {}),
+    ]
+    before = counts(served, *names)
+    assert served.get("/generate", params={"seed": 7007, "count": 3}).status_code == 200
+    # One forward of the request's 3 rows (padding not counted), 3 images.
+    assert [a - b for a, b in zip(counts(served, *names), before, strict=True)] == [1, 3, 0, 1, 3]
 
 
 def _job(store: JobStore, status: JobStatus, images_per_sec: float | None = None) -> str:

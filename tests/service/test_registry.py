@@ -7,7 +7,6 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 from svc_support import (
-    DEFAULT_MODEL,
     LATENT_DIM,
     NUM_CLASSES,
     NUM_GENERATORS,
@@ -33,42 +32,52 @@ class Clock:
 
 
 @pytest.fixture
-def clock(client: TestClient) -> Clock:
+def clock(served: TestClient, monkeypatch: pytest.MonkeyPatch) -> Clock:
+    """The shared app's registry on a clock the test moves (its own again after the test)."""
     c = Clock()
-    client.app.state.ganserve.registry.clock = c  # type: ignore[attr-defined]
+    monkeypatch.setattr(served.app.state.ganserve.registry, "clock", c)  # type: ignore[attr-defined]
     return c
 
 
-def test_new_model_published_after_startup_is_servable(client: TestClient, clock: Clock, publish_model) -> None:
-    assert client.get("/generate", params={"model": "later"}).status_code == 404
-    publish_model("later", weights_seed=5)
-    r = client.get("/generate", params={"model": "later", "seed": 1})
+def test_new_model_published_after_startup_is_servable(served: TestClient, clock: Clock, publish_served) -> None:
+    assert served.get("/generate", params={"model": "later"}).status_code == 404
+    publish_served("later", weights_seed=5)
+    r = served.get("/generate", params={"model": "later", "seed": 1})
     assert r.status_code == 200
     assert r.headers["x-model"] == "later" and r.headers["x-model-version"] == "1"
 
 
-def test_new_version_becomes_latest_within_the_rescan_interval(client: TestClient, clock: Clock, publish_model) -> None:
-    v1 = client.get("/generate", params={"seed": 1})
+def test_new_version_becomes_latest_within_the_rescan_interval(
+    served: TestClient, clock: Clock, publish_served
+) -> None:
+    publish_served("hot")
+    ask = {"model": "hot", "seed": 1}
+    v1 = served.get("/generate", params=ask)
     assert v1.headers["x-model-version"] == "1"
-    assert publish_model(DEFAULT_MODEL, weights_seed=99) == 2
+    assert publish_served("hot", weights_seed=99) == 2
     clock.now += 0.5  # still within the interval: the cached listing is trusted
-    assert client.get("/generate", params={"seed": 1}).headers["x-model-version"] == "1"
+    assert served.get("/generate", params=ask).headers["x-model-version"] == "1"
     clock.now += 0.6
-    v2 = client.get("/generate", params={"seed": 1})
+    v2 = served.get("/generate", params=ask)
     assert v2.headers["x-model-version"] == "2"
     assert v2.content != v1.content
     # An explicit version is always honoured, and a new one is found at once.
-    assert client.get("/generate", params={"seed": 1, "version": 1}).content == v1.content
-    assert publish_model(DEFAULT_MODEL, weights_seed=7) == 3
-    assert client.get("/generate", params={"seed": 1, "version": 3}).headers["x-model-version"] == "3"
+    assert served.get("/generate", params={**ask, "version": 1}).content == v1.content
+    assert publish_served("hot", weights_seed=7) == 3
+    assert served.get("/generate", params={**ask, "version": 3}).headers["x-model-version"] == "3"
 
 
-def test_new_version_is_picked_up_in_real_time(client: TestClient, publish_model) -> None:
-    assert client.get("/generate", params={"seed": 1}).headers["x-model-version"] == "1"
-    publish_model(DEFAULT_MODEL, weights_seed=99)
-    client.app.state.ganserve.registry.rescan_interval_s = 0.2  # type: ignore[attr-defined]  # keep the test fast
+def test_new_version_is_picked_up_in_real_time(
+    served: TestClient, publish_served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    publish_served("realtime")
+    ask = {"model": "realtime", "seed": 1}
+    assert served.get("/generate", params=ask).headers["x-model-version"] == "1"
+    publish_served("realtime", weights_seed=99)
+    registry = served.app.state.ganserve.registry  # type: ignore[attr-defined]
+    monkeypatch.setattr(registry, "rescan_interval_s", 0.2)  # keep the test fast
     time.sleep(0.25)
-    assert client.get("/generate", params={"seed": 1}).headers["x-model-version"] == "2"
+    assert served.get("/generate", params=ask).headers["x-model-version"] == "2"
 
 
 def corrupt(settings: Settings, name: str, version: int) -> None:
@@ -77,16 +86,18 @@ def corrupt(settings: Settings, name: str, version: int) -> None:
 
 
 def test_corrupt_new_version_keeps_the_previous_one(
-    client: TestClient, clock: Clock, publish_model, settings: Settings, caplog: pytest.LogCaptureFixture
+    served: TestClient, clock: Clock, publish_served, served_settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
-    good = client.get("/generate", params={"seed": 1}).content
-    assert publish_model(DEFAULT_MODEL, weights_seed=99) == 2
-    corrupt(settings, DEFAULT_MODEL, 2)
+    publish_served("spoilt")
+    ask = {"model": "spoilt", "seed": 1}
+    good = served.get("/generate", params=ask).content
+    assert publish_served("spoilt", weights_seed=99) == 2
+    corrupt(served_settings, "spoilt", 2)
     clock.now += 2
-    r = client.get("/generate", params={"seed": 1})
+    r = served.get("/generate", params=ask)
     assert r.status_code == 200 and r.headers["x-model-version"] == "1" and r.content == good
     assert any("cannot be loaded" in rec.getMessage() and "SHA-256" in rec.getMessage() for rec in caplog.records)
-    explicit = client.get("/generate", params={"seed": 1, "version": 2})
+    explicit = served.get("/generate", params={**ask, "version": 2})
     assert explicit.status_code == 404
     assert explicit.json()["error"] == "model_unavailable"
     assert "SHA-256" in explicit.json()["message"]

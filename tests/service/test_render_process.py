@@ -1,5 +1,6 @@
-"""The render process (service/serving/render_process.py): a real child process, rendering what the in-process
-renderer renders, byte for byte; one that dies fails only what it held and is replaced; closing ends it."""
+"""The render process (service/serving/render_process.py) as a real child process: it answers what `Batching`
+answers in-process, byte for byte; one that dies fails only what it held and is replaced; a version it cannot
+load is a retry; closing answers everything sent and ends it; its socket may be numbered past FD_SETSIZE."""
 
 import asyncio
 import os
@@ -14,21 +15,14 @@ from pathlib import Path
 import pytest
 import torch
 from fastapi.testclient import TestClient
-from svc_support import publish_conditional_model, publish_madgan_model
+from svc_support import AUTH, publish_conditional_model, publish_madgan_model
 
 from core.settings import BUNDLED_MODELS_DIR
+from service.serving import wire
+from service.serving.batching import Answer, Batching, Failure, Request, Seeds
+from service.serving.encoding import Form
 from service.serving.registry import LoadedModel, ModelRegistry
-from service.serving.render_process import (
-    ChildConfig,
-    ModelGone,
-    ProcessRenderer,
-    RendererLost,
-    decode_blobs,
-    decode_request,
-    encode_answer,
-    encode_request,
-)
-from service.serving.rendering import Form, RendererClosed, Seeds, finish, latents_of
+from service.serving.render_process import ChildConfig, ModelGone, ProcessRenderer, RendererClosed, RendererLost
 
 WAIT_S = 60.0
 
@@ -50,40 +44,55 @@ def renderer(roots: list[tuple[str, str]], **config: object) -> ProcessRenderer:
     return ProcessRenderer(ChildConfig(roots, batch_rows=16, max_wait_s=0.0, log_level="warning", **config))  # type: ignore[arg-type]
 
 
-def expected(model: LoadedModel, seeds: list[int], form: Form) -> object:
-    """What the API process would make of these seeds by itself."""
-    images = model.render(
-        latents_of(Seeds(seeds), model.latent_dim), model.labels_for(seeds), model.generators_for(seeds)
+def expected(registry: ModelRegistry, model: LoadedModel, seeds: list[int], form: Form) -> list[bytes] | bytes:
+    """What `Batching` answers for these seeds in this process."""
+    b = Batching(registry.get, 16, 0.0)
+    request = Request(
+        0, model.name, model.version, Seeds(seeds), model.labels_for(seeds), model.generators_for(seeds), form
     )
-    return finish(form, images)
+    assert b.add(request) is None
+    (outcome,) = b.render().outcomes
+    assert isinstance(outcome, Answer)
+    return outcome.output
 
 
 def test_the_wire_round_trips() -> None:
     latents = torch.randn(3, 5)
-    frame = encode_request(7, "cond", 2, latents, 5, [0, 2, 1], None, "pixels")
-    request = decode_request(frame[4:])
-    assert (request.rid, request.name, request.version, request.form, request.n) == (7, "cond", 2, "pixels", 3)
-    assert torch.equal(request.rows, latents) and request.labels == [0, 2, 1] and request.generators is None
+    request = Request(7, "cond", 2, latents, [0, 2, 1], None, "apng", 250)
+    back = wire.decode_request(wire.encode_request(request)[4:])
+    assert (back.rid, back.name, back.version, back.labels, back.generators, back.form, back.duration_ms) == (
+        7,
+        "cond",
+        2,
+        [0, 2, 1],
+        None,
+        "apng",
+        250,
+    )
+    assert isinstance(back.rows, torch.Tensor) and torch.equal(back.rows, latents)
+    request = Request(8, "mad", 1, Seeds([0, 2**32 - 1]), None, [0, 1], "grid")
+    assert wire.decode_request(wire.encode_request(request)[4:]) == request
 
-    frame = encode_request(8, "mad", 1, Seeds([0, 2**32 - 1]), 100, None, [0, 1], "grid")
-    request = decode_request(frame[4:])
-    assert request.rows == Seeds([0, 2**32 - 1]) and request.generators == [0, 1] and request.form == "grid"
+    assert wire.decode_answer(wire.encode_outcome(Answer(9, [b"a", b"", b"png"]))[4:]) == (9, [b"a", b"", b"png"])
+    assert wire.decode_answer(wire.encode_outcome(Answer(10, b"gif"))[4:]) == (10, [b"gif"])
+    failure = Failure(11, "model", "model x version 3 cannot be served")
+    assert wire.decode_failure(wire.encode_outcome(failure)[4:]) == failure
+    assert wire.decode_count(wire.encode_forward(13)[4:]) == 13
 
-    assert decode_blobs(encode_answer(9, [b"a", b"", b"png"])[4:]) == (9, [b"a", b"", b"png"])
-    pixels = torch.arange(24, dtype=torch.uint8).reshape(2, 1, 3, 4)
-    assert decode_blobs(encode_answer(10, pixels)[4:]) == (10, [pixels.numpy().tobytes()])
+    buffer = bytearray(wire.encode_forward(1) + wire.encode_ready(42) + wire.encode_forward(3)[:5])
+    assert [wire.decode_count(b) for b in wire.split_frames(buffer)] == [1, 42]
+    assert len(buffer) == 5  # the partial frame stays
 
 
 @pytest.mark.slow
-def test_it_renders_the_bytes_the_api_process_would(roots, registry) -> None:
-    """Mixed models, seeds, grids and pixels, all at once (so batched together): each equals rendering alone."""
+def test_it_answers_what_batching_answers_in_process(roots, registry) -> None:
+    """Mixed models and forms, sent together (so batched together) before it is even ready."""
     mnist, cond, mad = (registry.get(name) for name in ("mnist-mlp", "cond", "mad"))
     asks: list[tuple[LoadedModel, list[int], Form]] = [
         (mnist, [1], "grid"),
         (mnist, list(range(100, 120)), "pngs"),  # more than a forward
-        (mnist, list(range(5, 14)), "grid"),
         (cond, [4, 5, 6], "pngs"),
-        (mad, [7, 8, 9, 10], "pixels"),
+        (mad, [7, 8, 9, 10], "gif"),
         *((mnist, [1000 + i], "grid") for i in range(20)),
     ]
 
@@ -98,14 +107,10 @@ def test_it_renders_the_bytes_the_api_process_would(roots, registry) -> None:
             await r.close()
 
     for (model, seeds, form), got in zip(asks, asyncio.run(run()), strict=True):
-        want = expected(model, seeds, form)
-        if form == "pixels":
-            assert isinstance(got, torch.Tensor) and torch.equal(got, want), (model.name, seeds)  # type: ignore[arg-type]
-        else:
-            assert got == want, (model.name, seeds, form)
+        assert got == expected(registry, model, seeds, form), (model.name, seeds, form)
 
 
-def test_explicit_latents_render_as_in_process(roots, registry) -> None:
+def test_explicit_latents_are_sent_as_they_are(roots, registry) -> None:
     model = registry.get("mnist-mlp")
     latents = torch.randn(2, model.latent_dim)
 
@@ -117,7 +122,9 @@ def test_explicit_latents_render_as_in_process(roots, registry) -> None:
         finally:
             await r.close()
 
-    assert asyncio.run(run()) == finish("pngs", model.render(latents))
+    b = Batching(registry.get, 16, 0.0)
+    b.add(Request(0, model.name, model.version, latents, form="pngs"))
+    assert [Answer(0, asyncio.run(run()))] == b.render().outcomes  # type: ignore[arg-type]
 
 
 def _alive(pid: int) -> bool:
@@ -136,17 +143,17 @@ def test_a_dead_render_process_fails_what_it_held_and_is_replaced(roots, registr
         r = renderer(roots)
         await r.start()
         try:
-            first = r.pid
-            assert first is not None
+            first = await r.ready()
             os.kill(first, signal.SIGSTOP)  # held: the request below is sent, and not answered
             held = asyncio.ensure_future(r.render(model, Seeds([1]), None, None, "grid"))
             await asyncio.sleep(0.2)
-            assert not held.done()
+            assert not held.done() and r.in_flight == 1
             os.kill(first, signal.SIGKILL)
             with pytest.raises(RendererLost, match="render process stopped"):
                 await asyncio.wait_for(held, WAIT_S)
+            assert r.in_flight == 0
             png = await asyncio.wait_for(r.render(model, Seeds([1]), None, None, "grid"), WAIT_S)  # a new one
-            assert png == expected(model, [1], "grid")
+            assert png == expected(registry, model, [1], "grid")
             assert r.pid is not None
             return first, r.pid
         finally:
@@ -159,19 +166,17 @@ def test_a_dead_render_process_fails_what_it_held_and_is_replaced(roots, registr
 def test_a_version_it_cannot_load_is_a_retry_not_a_crash(roots, registry) -> None:
     model = registry.get("mnist-mlp")
 
-    async def run() -> bytes:
+    async def run() -> object:
         r = renderer(roots)
         await r.start()
         try:
             with pytest.raises(ModelGone, match="version 99"):
                 await r.render(replace(model, version=99), Seeds([1]), None, None, "grid")
-            out = await r.render(model, Seeds([1]), None, None, "grid")  # still serving
-            assert isinstance(out, bytes)
-            return out
+            return await r.render(model, Seeds([1]), None, None, "grid")  # still serving
         finally:
             await r.close()
 
-    assert asyncio.run(run()) == expected(model, [1], "grid")
+    assert asyncio.run(run()) == expected(registry, model, [1], "grid")
 
 
 def test_closing_answers_what_was_sent_and_ends_the_process(roots, registry) -> None:
@@ -180,12 +185,11 @@ def test_closing_answers_what_was_sent_and_ends_the_process(roots, registry) -> 
     async def run() -> int:
         r = renderer(roots)
         await r.start()
-        pid = r.pid
-        assert pid is not None
+        pid = await r.ready()
         sent = [asyncio.ensure_future(r.render(model, Seeds([s]), None, None, "grid")) for s in range(40)]
         await asyncio.sleep(0)  # the requests are written
         await r.close()
-        assert [await f for f in sent] == [expected(model, [s], "grid") for s in range(40)]
+        assert [await f for f in sent] == [expected(registry, model, [s], "grid") for s in range(40)]
         with pytest.raises(RendererClosed):
             await r.render(model, Seeds([1]), None, None, "grid")
         return pid
@@ -193,48 +197,17 @@ def test_closing_answers_what_was_sent_and_ends_the_process(roots, registry) -> 
     assert not _alive(asyncio.run(run()))
 
 
-@pytest.fixture
-def apps(make_app) -> Iterator[tuple[TestClient, TestClient]]:
-    common = {"bundled_models_dir": BUNDLED_MODELS_DIR, "default_model": "mnist-mlp", "png_cache_size": 0}
-    with TestClient(make_app(render_process=True, **common)) as process, TestClient(make_app(**common)) as threads:
-        yield process, threads
+def test_closing_before_it_is_ready_with_nothing_sent_stops_it(roots) -> None:
+    """An app that never rendered does not wait for its render process's start-up to end."""
 
+    async def run() -> int:
+        r = renderer(roots)
+        await r.start()
+        assert r.pid is not None and r.in_flight == 0
+        await r.close()
+        return r.pid
 
-@pytest.mark.slow
-def test_the_app_serves_through_it(apps) -> None:
-    process, threads = apps
-    renderer = process.app.state.ganserve.renderer  # type: ignore[attr-defined]
-    assert isinstance(renderer, ProcessRenderer) and renderer.pid is not None and _alive(renderer.pid)
-    for params in ({"seed": 3}, {"seed": 40, "count": 6}):
-        a, b = process.get("/generate", params=params), threads.get("/generate", params=params)
-        assert a.status_code == b.status_code == 200 and a.content == b.content, params
-    strip = process.get("/interpolate", params={"from": 1, "to": 2, "steps": 4})
-    assert (
-        strip.status_code == 200
-        and strip.content == threads.get("/interpolate", params={"from": 1, "to": 2, "steps": 4}).content
-    )
-    assert "ganserve_render_in_flight 0.0" in process.get("/metrics").text
-    stats = process.get("/stats").json()
-    assert stats["forwards"] >= 3 and stats["images_generated"] == 7  # the forwards reported back by the process
-
-
-@pytest.mark.slow
-def test_the_app_answers_503_for_what_a_dying_process_held_then_serves_again(apps) -> None:
-    process, _ = apps
-    renderer = process.app.state.ganserve.renderer  # type: ignore[attr-defined]
-    first = renderer.pid
-    os.kill(first, signal.SIGSTOP)  # the next request is sent to it and held
-    with ThreadPoolExecutor(1) as pool:
-        held = pool.submit(process.get, "/generate", params={"seed": 11})
-        deadline = time.monotonic() + WAIT_S
-        while not renderer.in_flight and time.monotonic() < deadline:  # sent, not answered
-            time.sleep(0.01)
-        os.kill(first, signal.SIGKILL)
-        r = held.result(WAIT_S)
-    assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
-    assert r.json()["error"] == "render_process_restarting"
-    again = process.get("/generate", params={"seed": 11})  # a new render process
-    assert again.status_code == 200 and renderer.pid != first
+    assert not _alive(asyncio.run(run()))
 
 
 def test_a_descriptor_number_past_fd_setsize_is_served(roots, registry) -> None:
@@ -254,7 +227,49 @@ def test_a_descriptor_number_past_fd_setsize_is_served(roots, registry) -> None:
             await r.close()
 
     try:
-        assert asyncio.run(run()) == expected(model, [3], "grid")
+        assert asyncio.run(run()) == expected(registry, model, [3], "grid")
     finally:
         for fd in filler:
             os.close(fd)
+
+
+# --- in the app -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def bundled(make_app) -> Iterator[TestClient]:
+    app = make_app(bundled_models_dir=BUNDLED_MODELS_DIR, default_model="mnist-mlp", png_cache_size=0)
+    with TestClient(app, headers=AUTH) as client:
+        yield client
+
+
+@pytest.mark.slow
+def test_the_app_answers_503_for_what_a_dying_process_held_then_serves_again(bundled: TestClient) -> None:
+    renderer = bundled.app.state.ganserve.renderer  # type: ignore[attr-defined]
+    assert bundled.get("/generate", params={"seed": 10}).status_code == 200
+    assert "ganserve_render_in_flight 0.0" in bundled.get("/metrics").text
+    first = renderer.pid
+    os.kill(first, signal.SIGSTOP)  # the next request is sent to it and held
+    with ThreadPoolExecutor(1) as pool:
+        held = pool.submit(bundled.get, "/generate", params={"seed": 11})
+        deadline = time.monotonic() + WAIT_S
+        while not renderer.in_flight and time.monotonic() < deadline:  # sent, not answered
+            time.sleep(0.01)
+        assert "ganserve_render_in_flight 1.0" in bundled.get("/metrics").text
+        os.kill(first, signal.SIGKILL)
+        r = held.result(WAIT_S)
+    assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
+    assert r.json()["error"] == "render_process_restarting"
+    again = bundled.get("/generate", params={"seed": 11})  # a new render process
+    assert again.status_code == 200 and renderer.pid != first
+    stats = bundled.get("/stats").json()
+    assert stats["forwards"] == 2 and stats["images_generated"] == 2  # the forwards reported back by the process
+
+
+def test_the_app_stops_its_render_process_with_it(make_app, publish_model) -> None:
+    publish_model()
+    with TestClient(make_app()) as client:
+        assert client.get("/generate", params={"seed": 1}).status_code == 200
+        pid = client.app.state.ganserve.renderer.pid  # type: ignore[attr-defined]
+        assert pid is not None and _alive(pid)
+    assert not _alive(pid)

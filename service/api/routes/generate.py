@@ -1,12 +1,11 @@
 """`/generate`: images from a served generator, as PNG (or base64 PNGs in JSON).
 
-A request is checked and its model resolved first (every 4xx before anything is queued). An answer for an
-explicit seed may then come from its ETag (304) or the in-process cache (service/api/caching.py); otherwise its
-seeds (or latent) go to the app's renderer (service/serving/rendering.py): by default a render process that batches
-them with other requests' rows, draws the latents, runs the forward and encodes the PNG, while the event loop
-awaits one future per request (service/serving/render_process.py). Nothing on this path is a thread hop of
-FastAPI's own pool (each cost more than a forward): the route and its dependencies are `async`, and only a
-model not yet loaded is looked up in a thread.
+A request is checked and its model resolved first (service/api/generation.py: every 4xx before anything is
+sent). An answer for an explicit seed may then come from its ETag (304) or the in-process cache
+(service/api/caching.py); otherwise its seeds (or latent) go to the render process, which batches them with
+other requests' rows, draws the latents, runs the forward and encodes the PNGs, while the event loop awaits
+the answer (service/serving/render_process.py). The route and its dependencies are `async`: no hop through
+FastAPI's thread pool, except to look up a model not yet loaded.
 """
 
 import base64
@@ -17,16 +16,17 @@ from typing import Annotated
 import torch
 from fastapi import APIRouter, Body, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
-from starlette.concurrency import run_in_threadpool
 
 from core.settings import Settings
 from core.train_config import NAME_PATTERN
 from service.api.caching import Answer, cache_control, etag, etag_matches
-from service.api.errors import APIError, error_responses, validation_error
+from service.api.errors import error_responses
+from service.api.generation import check_count, check_image_model, check_label, check_latent, render, resolve
 from service.api.schemas import GeneratedImages, GenerateRequest
 from service.security.auth import public_generate
-from service.serving.registry import LoadedModel, ModelNotFound, ModelRegistry
-from service.serving.rendering import PNG_LEVEL, Form, Output, RendererClosed, Rows, Seeds
+from service.serving.batching import Seeds
+from service.serving.encoding import PNG_LEVEL, Form
+from service.serving.registry import LoadedModel
 from service.state import AppState, StateDep
 from training.latents import MAX_SEED
 
@@ -65,7 +65,7 @@ drawn by generator `s mod k` (seeds `s` and `s`+k use the same one; an explicit 
 The generators used are returned in `X-Generators` and in the JSON's `generators`.
 
 **Toy models** (`kind: points`) make points, not images: `/generate` answers 422 `not_an_image_model`;
-sample them with `python -m training sample`.
+sample them with `ganserve sample`.
 
 **Caching.** `GET` with a `seed` answers with a strong `ETag`; with a `version` too the answer never changes
 (`Cache-Control: public, max-age=31536000, immutable`), without one it may (`no-cache`: the latest version
@@ -96,78 +96,6 @@ PNG_RESPONSES = {
 def _wants_json(request: Request) -> bool:
     accept = request.headers.get("accept", "").lower()
     return "application/json" in accept and "image/png" not in accept
-
-
-def _resolve(registry: ModelRegistry, settings: Settings, name: str | None, version: int | None) -> LoadedModel:
-    try:
-        return registry.get(name or settings.default_model, version)
-    except ModelNotFound as e:
-        if e.reason:
-            raise APIError(404, "model_unavailable", str(e), detail={"available": e.available}) from None
-        raise APIError(
-            404, "model_not_found", f"{e} (GET /models lists them)", detail={"available": e.available}
-        ) from None
-
-
-def _check_count(settings: Settings, count: int, seed: int | None, where: str) -> None:
-    if count > settings.max_count:
-        raise validation_error(
-            (where, "count"), f"Input should be less than or equal to {settings.max_count}", count, "less_than_equal"
-        )
-    if seed is not None and seed + count - 1 > MAX_SEED:
-        raise validation_error(
-            (where, "count"),
-            f"seed + count − 1 = {seed + count - 1} exceeds the largest seed {MAX_SEED}; lower the seed or the count",
-            count,
-        )
-
-
-def _check_image_model(model: LoadedModel) -> None:
-    if model.kind != "image":
-        raise APIError(
-            422,
-            "not_an_image_model",
-            f"model {model.name} version {model.version} makes {model.kind} of shape "
-            f"{list(model.image_shape)}, not images; sample it with "
-            f"`python -m training sample --model {model.name} --n N --out points.npy`",
-        )
-
-
-def _check_label(model: LoadedModel, label: int | None, where: str, explicit_latent: bool) -> None:
-    if label is not None and model.num_classes is None:
-        raise validation_error(
-            (where, "label"),
-            f"model {model.name} version {model.version} is not class-conditional and takes no label",
-            label,
-            "label_not_accepted",
-        )
-    if label is not None and model.num_classes is not None and label >= model.num_classes:
-        raise validation_error(
-            (where, "label"),
-            f"model {model.name} version {model.version} has classes 0 … {model.num_classes - 1}, got {label}",
-            label,
-            "label_out_of_range",
-        )
-    if explicit_latent and label is None and model.num_classes is not None:
-        # With a seed the class defaults to seed mod num_classes; a bare latent has nothing to derive it from.
-        raise validation_error(
-            (where, "label"),
-            f"model {model.name} version {model.version} is class-conditional: give a `label` "
-            f"(0 … {model.num_classes - 1}) with a `latent`",
-            None,
-            "missing",
-        )
-
-
-def _check_latent(model: LoadedModel, latent: list[float], where: str) -> None:
-    if len(latent) != model.latent_dim:
-        raise validation_error(
-            (where, "latent"),
-            f"model {model.name} version {model.version} takes a latent of exactly {model.latent_dim} numbers, "
-            f"got {len(latent)}",
-            None,
-            "latent_size",
-        )
 
 
 def _joined(values: list[int]) -> str:
@@ -221,10 +149,10 @@ def _plan(
     if latent is None and seed is None:
         # Drawn so that the whole run seed … seed+count−1 stays in range.
         seed = secrets.randbelow(MAX_SEED + 2 - max(count, 1))
-    _check_image_model(model)
-    _check_label(model, label, where, explicit_latent=latent is not None)
+    check_image_model(model)
+    check_label(model, label, where, explicit_latent=latent is not None)
     if latent is not None:
-        _check_latent(model, latent, where)
+        check_latent(model, latent, where)
         labels = [label] if label is not None else None
         generators = [0] if model.num_generators is not None else None
         return _Plan(model, None, latent, labels, generators, seeded=False, as_json=as_json)
@@ -234,8 +162,8 @@ def _plan(
     return _Plan(model, seeds, None, labels, model.generators_for(seeds), seeded=seeded, as_json=as_json)
 
 
-def _answer(plan: _Plan, output: Output) -> Answer:
-    """The renderer's output (one PNG, or one per image for JSON) as the answer's body."""
+def _answer(plan: _Plan, output: list[bytes] | bytes) -> Answer:
+    """The render process's output (one PNG, or one per image for JSON) as the answer's body."""
     if not plan.as_json:
         assert isinstance(output, bytes)
         return Answer(output, "image/png")
@@ -253,16 +181,6 @@ def _answer(plan: _Plan, output: Output) -> Answer:
     return Answer(bytes(JSONResponse(body.model_dump(mode="json", exclude=absent)).body), "application/json")
 
 
-async def render(
-    state: AppState, model: LoadedModel, rows: Rows, labels: list[int] | None, generators: list[int] | None, form: Form
-) -> Output:
-    """Rendered by the app's renderer (service/serving/rendering.py); 503 when it is stopping or restarting."""
-    try:
-        return await state.renderer.render(model, rows, labels, generators, form)
-    except RendererClosed as e:
-        raise APIError(503, e.code, f"{e}; try again.", headers={"Retry-After": "1"}) from None
-
-
 async def _generate(
     request: Request,
     state: AppState,
@@ -276,12 +194,8 @@ async def _generate(
     label: int | None = None,
 ) -> Response:
     settings: Settings = state.settings
-    registry: ModelRegistry = state.registry
-    _check_count(settings, count, seed, where)  # first: a random seed needs a count within bounds
-    # A loaded model is looked up on the loop; one to find or load from disk, in a thread.
-    model = registry.get_if_ready(model_name or settings.default_model, version)
-    if model is None:
-        model = await run_in_threadpool(_resolve, registry, settings, model_name, version)
+    check_count(settings, count, seed, where)  # first: a random seed needs a count within bounds
+    model = await resolve(state, model_name, version)
     plan = _plan(model, where=where, seed=seed, latent=latent, count=count, label=label, as_json=_wants_json(request))
     headers = plan.headers()
     key = plan.etag(label) if plan.seeded else None
@@ -300,7 +214,7 @@ async def _generate(
                 return Response(status_code=304, headers=headers)
     answer = state.answers.get(key) if key is not None else None
     if answer is None:
-        # Batched, rendered and encoded by the renderer (a render process by default): the loop only awaits.
+        # Batched, rendered and encoded by the render process: the loop only awaits.
         form: Form = "pngs" if plan.as_json else "grid"
         inputs = Seeds(plan.seeds) if plan.seeds is not None else torch.tensor([plan.latent], dtype=torch.float32)
         answer = _answer(plan, await render(state, plan.model, inputs, plan.labels, plan.generators, form))
@@ -310,8 +224,7 @@ async def _generate(
     return Response(answer.body, media_type=answer.media_type, headers=headers)
 
 
-# `async` endpoints: they await the batcher and the CPU pool rather than hold a thread of FastAPI's pool for the
-# whole request.
+# `async` endpoints: they await the render process rather than hold a thread of FastAPI's pool for the request.
 @router.get(
     "/generate",
     summary="Generate images from a seed",

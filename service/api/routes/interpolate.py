@@ -1,35 +1,30 @@
 """`/interpolate`: the walk from one seed's image to another's, as a PNG strip or an animation (APNG, GIF).
 
 The frames are the images of latents on the slerp between the two seeds' latents (training/latents.py). They
-take /generate's path (service/api/routes/generate.py): the request is checked and its model resolved first,
-then an ETag may answer 304 or the in-process cache answer at once; otherwise the rows go to the app's
-renderer, batched with /generate's, and come back as pixels that the CPU pool encodes. So a frame is the
-very pixels /generate renders for its latent, and both ends are /generate's images of `from` and `to`.
+take /generate's path (service/api/generation.py): the request is checked and its model resolved first, then
+an ETag may answer 304 or the in-process cache answer at once; otherwise the latents go to the render
+process, batched with /generate's rows, which renders them and encodes the strip or animation
+(service/serving/encoding.py). So a frame is the very pixels /generate renders for its latent, and both ends
+are /generate's images of `from` and `to`.
 """
 
-import io
-from functools import partial
 from typing import Annotated, Literal
 
-import PIL
-import torch
 from fastapi import APIRouter, Depends, Query, Request, Response
-from PIL import Image
-from starlette.concurrency import run_in_threadpool
 
 from core.settings import Settings
 from core.train_config import NAME_PATTERN
 from service.api.caching import Answer, cache_control, etag, etag_matches
 from service.api.errors import error_responses, validation_error
-from service.api.routes.generate import _check_image_model, _check_label, _resolve, render
+from service.api.generation import check_image_model, check_label, render, resolve
 from service.security.auth import public_generate
-from service.serving.registry import LoadedModel, ModelRegistry
-from service.serving.rendering import PNG_LEVEL
+from service.serving.encoding import PNG_LEVEL, Form, encoder
+from service.serving.registry import LoadedModel
 from service.state import StateDep
-from training.images import grid, png_bytes
 from training.latents import MAX_SEED, interpolation_latents
 
 Format = Literal["png", "apng", "gif"]
+FORMS: dict[Format, Form] = {"png": "strip", "apng": "apng", "gif": "gif"}  # what the render process makes
 
 MIN_STEPS, MAX_STEPS = 2, 64
 # Browsers show GIF frames shorter than 20 ms for 100 ms (an old convention), and GIF counts in centiseconds.
@@ -94,30 +89,6 @@ RESPONSES = {
 }
 
 
-def encode(images: torch.Tensor, fmt: Format, duration_ms: int) -> Answer:
-    """N×C×H×W uint8 frames → the answer's bytes: a 1 × N strip PNG, or an N-frame APNG or GIF."""
-    if fmt == "png":
-        return Answer(png_bytes(grid(images, nrow=images.shape[0]), PNG_LEVEL), MEDIA_TYPES["png"])
-    frames = [_pil(img) for img in images]
-    buffer = io.BytesIO()
-    options = {"compress_level": PNG_LEVEL} if fmt == "apng" else {}
-    frames[0].save(
-        buffer,
-        format="PNG" if fmt == "apng" else "GIF",
-        save_all=True,
-        append_images=frames[1:],
-        duration=duration_ms,
-        loop=0,
-        **options,
-    )
-    return Answer(buffer.getvalue(), MEDIA_TYPES[fmt])
-
-
-def _pil(image: torch.Tensor) -> Image.Image:
-    array = image.permute(1, 2, 0).contiguous().numpy()
-    return Image.fromarray(array[:, :, 0], "L") if array.shape[2] == 1 else Image.fromarray(array, "RGB")
-
-
 def _check_steps(settings: Settings, steps: int) -> None:
     if steps > settings.max_count:
         raise validation_error(
@@ -127,10 +98,20 @@ def _check_steps(settings: Settings, steps: int) -> None:
 
 def _tag(model: LoadedModel, seeds: tuple[int, int], steps: int, label: int | None, fmt: Format, ms: int) -> str:
     # Everything the bytes depend on; the animations are Pillow's encoding, so its version too.
-    encoder = "torchvision" if fmt == "png" else f"pillow-{PIL.__version__}"
     duration = None if fmt == "png" else ms
     m = model
-    parts = (m.name, m.version, m.weights_sha256, *seeds, steps, label, fmt, duration, encoder, m.batch_rows)
+    parts = (
+        m.name,
+        m.version,
+        m.weights_sha256,
+        *seeds,
+        steps,
+        label,
+        fmt,
+        duration,
+        encoder(FORMS[fmt]),
+        m.batch_rows,
+    )
     return etag("interpolate/1", *parts, PNG_LEVEL)
 
 
@@ -171,13 +152,10 @@ async def interpolate(
     ] = 100,
 ) -> Response:
     settings: Settings = state.settings
-    registry: ModelRegistry = state.registry
     _check_steps(settings, steps)
-    loaded = registry.get_if_ready(model or settings.default_model, version)
-    if loaded is None:
-        loaded = await run_in_threadpool(_resolve, registry, settings, model, version)
-    _check_image_model(loaded)
-    _check_label(loaded, label, "query", explicit_latent=False)
+    loaded = await resolve(state, model, version)
+    check_image_model(loaded)
+    check_label(loaded, label, "query", explicit_latent=False)
     # Every frame: the class and the generator /generate gives seed `from` (or the explicit label).
     labels = loaded.labels_for([seed_from] * steps, label)
     generators = loaded.generators_for([seed_from] * steps)
@@ -196,8 +174,8 @@ async def interpolate(
     answer = state.answers.get(key)
     if answer is None:
         latents = interpolation_latents(seed_from, seed_to, steps, loaded.latent_dim)
-        frames = await render(state, loaded, latents, labels, generators, "pixels")
-        assert isinstance(frames, torch.Tensor)
-        answer = await state.cpu_pool.run(partial(encode, frames, fmt=format, duration_ms=duration_ms))
+        body = await render(state, loaded, latents, labels, generators, FORMS[format], duration_ms)
+        assert isinstance(body, bytes)
+        answer = Answer(body, MEDIA_TYPES[format])
         state.answers.put(key, answer)
     return Response(answer.body, media_type=answer.media_type, headers=headers)
