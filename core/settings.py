@@ -56,7 +56,7 @@ class Settings(BaseSettings):
         1,
         ge=1,
         le=64,
-        description="API server processes `python -m service` starts (uvicorn `--workers`); each loads its own "
+        description="API server processes `ganserve api` starts (uvicorn `--workers`); each loads its own "
         "models and runs its own render process.",
     )
     batch_max: int = Field(
@@ -108,13 +108,13 @@ class Settings(BaseSettings):
     )
     api_keys_file: Path | None = Field(
         None,
-        description="The keys file (same JSON) that `python -m service keys create` writes; default "
+        description="The keys file (same JSON) that `ganserve keys create` writes; default "
         "`<checkpoint_dir>/api-keys.json`. Read again whenever it changes.",
     )
     first_key: bool = Field(
         True,
-        description="`python -m service` (`make run`) makes an admin key on a first start with no key at all and "
-        "prints it once; `false`: never. The Docker image runs uvicorn itself and never does.",
+        description="`ganserve serve` (`make run`) makes an admin key on a first start with no key at all and "
+        "prints it once; `false`: never. `ganserve api` (the Docker image) never does.",
     )
     public_generate: bool = Field(
         True, description="`false`: /generate and GET /models also need a key (scope `generate`)."

@@ -1,6 +1,6 @@
 """The FastAPI application: `create_app(settings)` builds it, `lifespan` loads the default model.
 
-`uvicorn --factory service.main:create_app` (what `python -m service` runs) or `uvicorn service.main:app`;
+`uvicorn --factory service.main:create_app` (what `ganserve api` runs) or `uvicorn service.main:app`;
 neither loads anything at import: the model is loaded (and warmed up) when the server starts.
 """
 
@@ -45,7 +45,7 @@ Every error is JSON: `{"error": "<code>", "message": "<what is wrong and how to 
 **Keys.** `/train` (scope `train`) and model administration such as `POST /models/{name}/evaluate` (scope
 `admin`, which implies every scope) need an API key, sent as `Authorization: Bearer <key>` or `X-API-Key`;
 `/generate` and `GET /models` are public unless the server sets `GANSERVE_PUBLIC_GENERATE=false`. The
-server's operator makes keys with `python -m service keys create --name NAME --scopes train,generate`.
+server's operator makes keys with `ganserve keys create --name NAME --scopes train,generate`.
 """
 
 
