@@ -1,4 +1,6 @@
-"""The models the API can serve, loaded lazily, cached, and picked up without a restart.
+"""The models that can be served, loaded lazily, cached, and picked up without a restart; `LoadedModel.render`
+is the forward every image served goes through. The API process holds a registry (to check requests against
+a model, and for GET /models), its render process another (to run them), and `ganserve sample` a third.
 
 Two places are searched, in order: `settings.models_dir` (models trained by the worker, on the shared
 volume) and `settings.bundled_models_dir` (read-only, shipped with the code). A name is served from the
@@ -228,8 +230,8 @@ class ModelRegistry:
         now = self.clock()
         if not 0 <= now - listing.checked_at < self.rescan_interval_s:
             # Stale. One caller is sent to `get` to rescan; until it has, the others are served what was listed
-            # a moment ago. (Sending them all made every request of that moment queue for the registry's lock
-            # in FastAPI's threads, once a second under load.) A claim not honoured in a few intervals lapses.
+            # a moment ago, rather than all queueing for the registry's lock in threads. A claim not honoured in
+            # a few intervals lapses.
             claimed = self._rescan_claims.get(name)
             if claimed is None or not 0 <= now - claimed < 5 * self.rescan_interval_s:
                 self._rescan_claims[name] = now

@@ -22,7 +22,6 @@ import json
 import logging
 import os
 import select
-import signal
 import socket
 import subprocess
 import sys
@@ -195,16 +194,10 @@ class ProcessRenderer:
 
     async def start(self) -> None:
         """At app startup (again after a `close()`: a test client may run the lifespan more than once). Starts
-        the render process without waiting for it to load: see `ready()`."""
+        the render process without waiting for it to load its models: what is sent before, it answers after."""
         self._closed = False
         self._starting = asyncio.Lock()  # of this event loop
         await self._ensure()
-
-    async def ready(self) -> int:
-        """Wait until the render process has loaded its models and reads requests; its pid."""
-        await self._ensure()
-        assert self._link is not None
-        return await asyncio.shield(self._link.ready)
 
     async def _ensure(self) -> None:
         assert self._starting is not None, "start() first"
@@ -290,7 +283,7 @@ class ProcessRenderer:
         link, proc, watch = self._link, self._proc, self._watch
         if link is not None and link.transport is not None and not link.lost:
             if not link.ready.done() and not link.pending and proc is not None:
-                proc.send_signal(signal.SIGKILL)  # nothing to answer: not worth its start-up
+                proc.kill()  # nothing to answer: not worth the rest of its start-up
                 link.transport.close()
             else:
                 link.end()

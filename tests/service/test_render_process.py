@@ -110,7 +110,10 @@ def test_it_answers_what_batching_answers_in_process(roots, registry) -> None:
         assert got == expected(registry, model, seeds, form), (model.name, seeds, form)
 
 
-def test_explicit_latents_are_sent_as_they_are(roots, registry) -> None:
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_explicit_latents_are_sent_as_they_are(roots, registry, loop: str) -> None:
+    """Under either event loop the API may run (uvicorn's `--loop`)."""
+    run_loop = asyncio.run if loop == "asyncio" else pytest.importorskip("uvloop").run
     model = registry.get("mnist-mlp")
     latents = torch.randn(2, model.latent_dim)
 
@@ -124,7 +127,7 @@ def test_explicit_latents_are_sent_as_they_are(roots, registry) -> None:
 
     b = Batching(registry.get, 16, 0.0)
     b.add(Request(0, model.name, model.version, latents, form="pngs"))
-    assert [Answer(0, asyncio.run(run()))] == b.render().outcomes  # type: ignore[arg-type]
+    assert [Answer(0, run_loop(run()))] == b.render().outcomes  # type: ignore[arg-type]
 
 
 def _alive(pid: int) -> bool:
@@ -143,7 +146,8 @@ def test_a_dead_render_process_fails_what_it_held_and_is_replaced(roots, registr
         r = renderer(roots)
         await r.start()
         try:
-            first = await r.ready()
+            first = r.pid
+            assert first is not None
             os.kill(first, signal.SIGSTOP)  # held: the request below is sent, and not answered
             held = asyncio.ensure_future(r.render(model, Seeds([1]), None, None, "grid"))
             await asyncio.sleep(0.2)
@@ -185,7 +189,8 @@ def test_closing_answers_what_was_sent_and_ends_the_process(roots, registry) -> 
     async def run() -> int:
         r = renderer(roots)
         await r.start()
-        pid = await r.ready()
+        pid = r.pid
+        assert pid is not None
         sent = [asyncio.ensure_future(r.render(model, Seeds([s]), None, None, "grid")) for s in range(40)]
         await asyncio.sleep(0)  # the requests are written
         await r.close()
