@@ -7,7 +7,6 @@ import os
 import resource
 import signal
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -95,39 +94,41 @@ def test_it_answers_what_batching_answers_in_process(roots, registry) -> None:
         (mad, [7, 8, 9, 10], "gif"),
         *((mnist, [1000 + i], "grid") for i in range(20)),
     ]
+    latents = torch.randn(2, mnist.latent_dim)
 
     async def run() -> list[object]:
         r = renderer(roots)
         await r.start()
         try:
             return await asyncio.gather(
-                *(r.render(m, Seeds(s), m.labels_for(s), m.generators_for(s), form) for m, s, form in asks)
+                *(r.render(m, Seeds(s), m.labels_for(s), m.generators_for(s), form) for m, s, form in asks),
+                r.render(mnist, latents, None, None, "strip"),  # explicit latents, sent as they are
             )
         finally:
             await r.close()
 
-    for (model, seeds, form), got in zip(asks, asyncio.run(run()), strict=True):
-        assert got == expected(registry, model, seeds, form), (model.name, seeds, form)
+    *got, strip = asyncio.run(run())
+    for (model, seeds, form), answer in zip(asks, got, strict=True):
+        assert answer == expected(registry, model, seeds, form), (model.name, seeds, form)
+    b = Batching(registry.get, 16, 0.0)
+    b.add(Request(0, mnist.name, mnist.version, latents, form="strip"))
+    assert b.render().outcomes == [Answer(0, strip)]  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
-def test_explicit_latents_are_sent_as_they_are(roots, registry, loop: str) -> None:
-    """Under either event loop the API may run (uvicorn's `--loop`)."""
-    run_loop = asyncio.run if loop == "asyncio" else pytest.importorskip("uvloop").run
+def test_it_serves_an_api_under_uvloop(roots, registry) -> None:
+    """uvicorn's other event loop (`--loop uvloop`): its transports are no subclass of asyncio's."""
+    uvloop = pytest.importorskip("uvloop")
     model = registry.get("mnist-mlp")
-    latents = torch.randn(2, model.latent_dim)
 
     async def run() -> object:
         r = renderer(roots)
         await r.start()
         try:
-            return await r.render(model, latents, None, None, "pngs")
+            return await r.render(model, Seeds([5, 6]), None, None, "pngs")
         finally:
             await r.close()
 
-    b = Batching(registry.get, 16, 0.0)
-    b.add(Request(0, model.name, model.version, latents, form="pngs"))
-    assert [Answer(0, run_loop(run()))] == b.render().outcomes  # type: ignore[arg-type]
+    assert uvloop.run(run()) == expected(registry, model, [5, 6], "pngs")
 
 
 def _alive(pid: int) -> bool:
@@ -241,40 +242,28 @@ def test_a_descriptor_number_past_fd_setsize_is_served(roots, registry) -> None:
 # --- in the app -------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def bundled(make_app) -> Iterator[TestClient]:
+@pytest.mark.slow
+def test_the_app_answers_503_for_what_a_dying_process_held_then_serves_again(make_app) -> None:
     app = make_app(bundled_models_dir=BUNDLED_MODELS_DIR, default_model="mnist-mlp", png_cache_size=0)
     with TestClient(app, headers=AUTH) as client:
-        yield client
-
-
-@pytest.mark.slow
-def test_the_app_answers_503_for_what_a_dying_process_held_then_serves_again(bundled: TestClient) -> None:
-    renderer = bundled.app.state.ganserve.renderer  # type: ignore[attr-defined]
-    assert bundled.get("/generate", params={"seed": 10}).status_code == 200
-    assert "ganserve_render_in_flight 0.0" in bundled.get("/metrics").text
-    first = renderer.pid
-    os.kill(first, signal.SIGSTOP)  # the next request is sent to it and held
-    with ThreadPoolExecutor(1) as pool:
-        held = pool.submit(bundled.get, "/generate", params={"seed": 11})
-        deadline = time.monotonic() + WAIT_S
-        while not renderer.in_flight and time.monotonic() < deadline:  # sent, not answered
-            time.sleep(0.01)
-        assert "ganserve_render_in_flight 1.0" in bundled.get("/metrics").text
-        os.kill(first, signal.SIGKILL)
-        r = held.result(WAIT_S)
-    assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
-    assert r.json()["error"] == "render_process_restarting"
-    again = bundled.get("/generate", params={"seed": 11})  # a new render process
-    assert again.status_code == 200 and renderer.pid != first
-    stats = bundled.get("/stats").json()
-    assert stats["forwards"] == 2 and stats["images_generated"] == 2  # the forwards reported back by the process
-
-
-def test_the_app_stops_its_render_process_with_it(make_app, publish_model) -> None:
-    publish_model()
-    with TestClient(make_app()) as client:
-        assert client.get("/generate", params={"seed": 1}).status_code == 200
-        pid = client.app.state.ganserve.renderer.pid  # type: ignore[attr-defined]
-        assert pid is not None and _alive(pid)
-    assert not _alive(pid)
+        renderer = app.state.ganserve.renderer
+        assert client.get("/generate", params={"seed": 10}).status_code == 200
+        assert "ganserve_render_in_flight 0.0" in client.get("/metrics").text
+        first = renderer.pid
+        os.kill(first, signal.SIGSTOP)  # the next request is sent to it and held
+        with ThreadPoolExecutor(1) as pool:
+            held = pool.submit(client.get, "/generate", params={"seed": 11})
+            deadline = time.monotonic() + WAIT_S
+            while not renderer.in_flight and time.monotonic() < deadline:  # sent, not answered
+                time.sleep(0.01)
+            assert "ganserve_render_in_flight 1.0" in client.get("/metrics").text
+            os.kill(first, signal.SIGKILL)
+            r = held.result(WAIT_S)
+        assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
+        assert r.json()["error"] == "render_process_restarting"
+        again = client.get("/generate", params={"seed": 11})  # a new render process
+        assert again.status_code == 200 and renderer.pid != first
+        stats = client.get("/stats").json()
+        assert stats["forwards"] == 2 and stats["images_generated"] == 2  # the forwards the process reported
+        second = renderer.pid
+    assert not _alive(second)  # stopped with the app

@@ -26,7 +26,7 @@ def evaluation(fid: float | None) -> dict:
 def job_with_history(client: TestClient, *, epochs: int = 3, evaluate: bool = True, **config: object) -> str:
     """A running job that has finished `epochs` epochs, with a sample grid written for each."""
     s = store(client)
-    record = s.create(TrainConfig(model_name="watched", epochs=10, **config))
+    record = s.create(config=TrainConfig(model_name="watched", epochs=10, **config))
     volume = client.app.state.ganserve.settings.checkpoint_dir  # type: ignore[attr-defined]
     history, samples = [], []
     for epoch in range(1, epochs + 1):
@@ -78,7 +78,7 @@ def test_plot_errors_say_why(client: TestClient) -> None:
     assert r.status_code == 404 and r.json()["error"] == "no_fid" and "epoch 5" in r.json()["message"]
     r = client.get(f"/train/{job}/plots/accuracy.png")
     assert r.status_code == 404 and r.json()["detail"] == {"plots": ["losses", "fid"]}
-    fresh = store(client).create(TrainConfig(model_name="fresh")).id
+    fresh = store(client).create(config=TrainConfig(model_name="fresh")).id
     r = client.get(f"/train/{fresh}/plots/losses.png")
     assert r.status_code == 404 and r.json()["error"] == "no_history_yet"
     assert client.get("/train/nope/plots/losses.png").status_code == 404
