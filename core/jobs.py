@@ -90,7 +90,7 @@ class JobRecord(Record):
         None, description="When that worker last said it is alive (every few seconds while the job runs)."
     )
     webhook: str | None = Field(
-        None, description="The URL called (POST, HMAC-signed) when the job finishes: see README, Webhooks."
+        None, description="The URL called (POST, HMAC-signed) when the job finishes: docs/operations.md, Webhooks."
     )
     webhook_status: WebhookStatus | None = Field(
         None,

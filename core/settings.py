@@ -51,7 +51,7 @@ class Settings(BaseSettings):
         description="The API's log lines: `text` (human-readable) or `json` (one object a line, with the request id, "
         "and an access line per request).",
     )
-    # --- serving /generate (service/serving/render_process.py, service/api/caching.py; README "Configuration") ---
+    # --- serving /generate (service/serving/render_process.py, service/api/caching.py; docs/operations.md) ---
     workers: int = Field(
         1,
         ge=1,
@@ -87,7 +87,7 @@ class Settings(BaseSettings):
     png_cache_size: int = Field(
         1024, ge=0, description="Encoded /generate answers (by seed) kept in each API process's memory; 0 = off."
     )
-    # --- faults: heartbeats and the reaper (worker/tasks.py, service/background/reaper.py; README "Architecture") ---
+    # --- faults: heartbeats and the reaper (worker/tasks.py, service/background/reaper.py; docs/architecture.md) ---
     heartbeat_s: float = Field(
         5.0, gt=0, description="How often the worker writes the running job's `heartbeat_at`, in seconds."
     )
@@ -100,7 +100,7 @@ class Settings(BaseSettings):
     max_attempts: int = Field(
         3, ge=1, description="Most times a job is started; a job whose worker vanishes on the last one fails."
     )
-    # --- security and limits (service/security/auth.py, service/security/limits.py; README "Security") ---
+    # --- security and limits (service/security/auth.py, service/security/limits.py; docs/operations.md) ---
     api_keys: list[ApiKeyEntry] = Field(
         [],
         description='API keys as a JSON list of {"name", "sha256", "scopes"} (the SHA-256 of the key, never the '
@@ -128,7 +128,7 @@ class Settings(BaseSettings):
     )
     max_epochs: int = Field(10_000, ge=1, description="Most `epochs` a training job may ask for.")
     max_steps: int = Field(10_000_000, ge=1, description="Most `steps` a training job may ask for.")
-    # --- webhooks (service/background/webhooks.py; README "Webhooks") ---
+    # --- webhooks (service/background/webhooks.py; docs/operations.md) ---
     webhook_allowed_hosts: str = Field(
         "",
         description="Hosts a job's `webhook` may call, comma-separated: a name (`hooks.example.com`), `*.suffix` "

@@ -1,5 +1,5 @@
-"""The training job's configuration: one pydantic model for the body of `POST /train`, the CLI's
-`--config job.json` and the worker's task, validated once at the edge.
+"""The training job's configuration: one pydantic model for the body of `POST /train`, the job file of
+`ganserve train JOB.json` and the worker's task, validated once at the edge.
 
 Fields left out (or null) that depend on the objective are filled in from the objective's paper at
 validation time — e.g. `"loss": "wasserstein"` alone means RMSprop 5e-5, 5 critic steps, clipping at

@@ -1,4 +1,4 @@
-"""Operations: Prometheus metrics, request ids and JSON logs (README "Operations").
+"""Operations: Prometheus metrics, request ids and JSON logs (docs/operations.md).
 
 - `Metrics` holds one `CollectorRegistry` per app (never prometheus_client's global one, so that several apps
   in one process — the tests — do not collide): HTTP requests by route template, method and status, their

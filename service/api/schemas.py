@@ -91,7 +91,7 @@ class TrainRequest(TrainConfig):
         None,
         description="An http(s) URL called (POST, JSON, HMAC-signed) once the job succeeds, fails or is cancelled, "
         "retried with back-off until it answers 2xx. Its host must be one the server allows "
-        "(GANSERVE_WEBHOOK_ALLOWED_HOSTS); see README, Webhooks.",
+        "(GANSERVE_WEBHOOK_ALLOWED_HOSTS); see docs/operations.md, Webhooks.",
         examples=["https://hooks.example.com/ganserve"],
     )
 
@@ -230,7 +230,7 @@ class Stats(BaseModel):
     uptime_s: float
     requests: list[RouteStats] = Field(description="This process's requests, by route and method.")
     images_generated: int = Field(description="Images /generate answered with, cached ones included.")
-    forwards: int = Field(description="Generator forwards run by /generate's batchers.")
+    forwards: int = Field(description="Generator forwards run by this API process's render process.")
     mean_batch_rows: float | None = Field(description="Real rows per forward (before padding); null before any.")
     models_loaded: list[str] = Field(description="`name:version` of every model in this process's memory.")
     jobs: dict[str, int] = Field(description="Training jobs on the volume, by status.")

@@ -157,7 +157,7 @@ def wait_until(condition: Callable[[], object], timeout_s: float = 15.0) -> None
 
 
 def expected_signature(secret: str, received: Received) -> str:
-    """A receiver's own check, as README "Webhooks" shows it (written here independently of the server's)."""
+    """A receiver's own check, as docs/operations.md shows it (written here independently of the server's)."""
     signed = received.headers["x-ganserve-timestamp"].encode() + b"." + received.body
     return "sha256=" + hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
 
