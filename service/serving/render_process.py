@@ -187,6 +187,18 @@ class ProcessRenderer:
         self._ids = itertools.count()
 
     @property
+    def ready(self) -> bool:
+        """The render process has loaded its models and takes requests (for /readyz)."""
+        link = self._link
+        return link is not None and not link.lost and link.ready.done()
+
+    async def ensure_running(self) -> None:
+        """Start a render process when none runs (the last one died and no request has come since): /readyz
+        calls it, so that an orchestrator that holds traffic back until ready never waits forever."""
+        if not self._closed and (self._link is None or self._link.lost):
+            await self._ensure()
+
+    @property
     def in_flight(self) -> int:
         """Requests sent to the render process and not answered yet (a Prometheus gauge)."""
         link = self._link

@@ -1,5 +1,9 @@
 """Models listing, probes, the error shape and the OpenAPI document."""
 
+import os
+import signal
+import time
+
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from svc_support import DEFAULT_MODEL, LATENT_DIM, FakeBrokerCheck
@@ -35,13 +39,37 @@ def test_healthz(client: TestClient) -> None:
     assert r.status_code == 200 and r.json() == {"status": "ok"}
 
 
+def ready(client: TestClient, timeout_s: float = 60.0) -> dict:
+    """/readyz once the render process has loaded its models (it starts with the app, unwaited for)."""
+    deadline = time.monotonic() + timeout_s
+    while (r := client.get("/readyz")).status_code != 200:
+        assert time.monotonic() < deadline, r.json()
+        assert r.json()["detail"]["render"]["ok"] is False, r.json()  # only the render process may lag
+        time.sleep(0.1)
+    return r.json()
+
+
 def test_readyz_ok(client: TestClient) -> None:
-    r = client.get("/readyz")
-    assert r.status_code == 200
-    assert r.json()["checks"]["broker"]["ok"] and r.json()["checks"]["model"]["ok"]
+    checks = ready(client)["checks"]
+    assert checks["broker"]["ok"] and checks["model"]["ok"] and checks["render"]["ok"]
+
+
+def test_readyz_starts_a_render_process_that_died(client: TestClient) -> None:
+    """A dead render process is started again by the readiness probe, not only by the next /generate: an
+    orchestrator that holds traffic back until /readyz says 200 would otherwise wait forever."""
+    ready(client)
+    renderer = client.app.state.ganserve.renderer  # type: ignore[attr-defined]
+    first = renderer.pid
+    os.kill(first, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while (r := client.get("/readyz")).status_code != 200 or renderer.pid == first:
+        assert time.monotonic() < deadline, f"no new render process: {r.json()}"
+        time.sleep(0.1)
+    assert ready(client)["checks"]["render"]["detail"] == f"render process {renderer.pid} ready"
 
 
 def test_readyz_broker_down(client: TestClient, broker_check: FakeBrokerCheck) -> None:
+    ready(client)
     broker_check.error = ConnectionError("Error 111 connecting to redis")
     r = client.get("/readyz")
     assert r.status_code == 503

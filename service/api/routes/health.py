@@ -3,11 +3,13 @@
 import logging
 
 from fastapi import APIRouter
+from starlette.concurrency import run_in_threadpool
 
 from service.api.errors import APIError, error_responses
 from service.api.schemas import Check, Health, Readiness
 from service.serving.registry import ModelNotFound
-from service.state import StateDep
+from service.serving.render_process import RendererClosed
+from service.state import AppState, StateDep
 
 log = logging.getLogger(__name__)
 
@@ -19,14 +21,35 @@ async def healthz() -> Health:
     return Health()
 
 
-# `def`: both checks block (a Redis ping, perhaps a model load).
 @router.get(
     "/readyz",
     response_model=Readiness,
-    summary="Readiness: the broker answers and the default model loads",
+    summary="Readiness: the render process, the broker and the default model",
     responses=error_responses(503),
 )
-def readyz(state: StateDep) -> Readiness:
+async def readyz(state: StateDep) -> Readiness:
+    checks = {"render": await _render_check(state)}
+    checks |= await run_in_threadpool(_blocking_checks, state)  # a Redis ping, perhaps a model load
+    failed = [name for name, check in checks.items() if not check.ok]
+    if failed:
+        message = "Not ready: " + "; ".join(f"{name}: {checks[name].detail}" for name in failed)
+        log.warning(message)
+        raise APIError(503, "not_ready", message, detail={n: c.model_dump() for n, c in checks.items()})
+    return Readiness(checks=checks)
+
+
+async def _render_check(state: AppState) -> Check:
+    renderer = state.renderer
+    try:
+        await renderer.ensure_running()  # one that died is started again here, not only by the next request
+    except (OSError, RendererClosed) as e:
+        return Check(ok=False, detail=f"the render process cannot be started: {e}")
+    if renderer.ready:
+        return Check(ok=True, detail=f"render process {renderer.pid} ready")
+    return Check(ok=False, detail=f"render process {renderer.pid} is starting (loading its models)")
+
+
+def _blocking_checks(state: AppState) -> dict[str, Check]:
     checks: dict[str, Check] = {}
     try:
         checks["broker"] = Check(ok=True, detail=state.tasks.check())
@@ -37,9 +60,4 @@ def readyz(state: StateDep) -> Readiness:
         checks["model"] = Check(ok=True, detail=f"{model.name} version {model.version} ({model.source})")
     except ModelNotFound as e:
         checks["model"] = Check(ok=False, detail=str(e))
-    failed = [name for name, check in checks.items() if not check.ok]
-    if failed:
-        message = "Not ready: " + "; ".join(f"{name}: {checks[name].detail}" for name in failed)
-        log.warning(message)
-        raise APIError(503, "not_ready", message, detail={n: c.model_dump() for n, c in checks.items()})
-    return Readiness(checks=checks)
+    return checks
