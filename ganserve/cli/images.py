@@ -21,7 +21,7 @@ from rich.progress import (
 from core.settings import Settings
 from ganserve.cli import common
 from ganserve.cli.common import ApiKey, LocalOrServer, SeedsOption, Server, err, fail, parse_seeds, reported
-from ganserve.cli.models import MODEL_HELP, load_model, served_model
+from ganserve.cli.models import MODEL_HELP, described, load_model, served_model
 from ganserve.client import MAX_SEED
 
 if TYPE_CHECKING:
@@ -87,7 +87,7 @@ def sample(
                 for seed, png in zip(chunk, _pngs(loaded, chunk, label), strict=True):
                     (out / f"seed{seed:04d}.png").write_bytes(png)
             bar.update(task, advance=len(chunk), seed=chunk[-1])
-    what = f"{loaded.name} version {loaded.version}"
+    what = described(loaded)
     if to_npy:
         array = np.concatenate(floats)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -177,7 +177,7 @@ def interpolate(
             settings = Settings()
             loaded = served_model(model or settings.default_model, version, settings)
             data = _interpolation(loaded, (seed_from, seed_to), steps, label, format, duration_ms)
-            maker = f"{loaded.name} version {loaded.version}"
+            maker = described(loaded)
         else:
             client = common.connect(server, api_key)
             fmt: Any = format  # one of the formats, checked above
@@ -191,20 +191,16 @@ def interpolate(
 def _interpolation(
     loaded: "LoadedModel", seeds: tuple[int, int], steps: int, label: int | None, fmt: Any, duration_ms: int
 ) -> bytes:
-    # What /interpolate has the render process do: every frame with seed `from`'s class and generator, the
-    # same latents, the registry's render and the same encoding of the route's format.
-    from service.api.routes.interpolate import FORMS
-    from service.serving.encoding import finish
-    from training.latents import interpolation_latents
+    # What /interpolate has the render process do: the same rows and the same encoding of the route's format.
+    from service.serving.encoding import FILE_FORMS, finish
 
     if loaded.kind != "image":
         raise fail(f"model {loaded.name} makes points, not images: interpolation needs an image model", 2)
     try:
-        labels = loaded.labels_for([seeds[0]] * steps, label)
+        latents, labels, generators = loaded.walk(seeds[0], seeds[1], steps, label)
     except ValueError as e:  # a label the model does not take
         raise fail(str(e), 2) from None
-    latents = interpolation_latents(seeds[0], seeds[1], steps, loaded.latent_dim)
-    images = loaded.render(latents, labels, loaded.generators_for([seeds[0]] * steps))
-    data = finish(FORMS[fmt], images, duration_ms)
+    images = loaded.render(latents, labels, generators)
+    data = finish(FILE_FORMS[fmt], images, duration_ms)
     assert isinstance(data, bytes)
     return data

@@ -3,7 +3,6 @@ API finds it: the volume's models, then the bundled ones), a published version o
 checkpoint, or a run directory of `ganserve train --out DIR` — loaded as the API loads it."""
 
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -110,27 +109,28 @@ def _run_name(stem: Path) -> str:
 
 
 def load_model(spec: str, settings: Settings) -> "LoadedModel":
-    """The model a MODEL argument names, loaded by the API's registry (service/serving/registry.py), so that it
+    """The model a MODEL argument names, loaded as the API loads it (service/serving/registry.py), so that it
     renders what /generate renders: by name exactly as the API finds it; a run's checkpoint as the model that
-    publishing it makes (its served generator, in a temporary folder)."""
-    from service.serving.registry import ModelNotFound, ModelRegistry
-    from training.checkpoint import CheckpointError, publish
+    publishing it would serve."""
+    from service.serving import registry
+    from training.checkpoint import CheckpointError
 
     named = parse_name(spec)
     if named is not None and not Path(spec).exists():
         return served_model(*named, settings)
+    found = find_checkpoint(spec, settings)
+    published = found.version is not None
     try:
-        found = find_checkpoint(spec, settings)
-        if found.version is not None and found.root is not None:
-            registry = ModelRegistry([(found.root, "volume")], batch_rows=settings.batch_max)
-            return registry.get(found.name, found.version)
-        with tempfile.TemporaryDirectory(prefix="ganserve-sample-") as tmp:
-            version = publish(Path(tmp), found.name, found.stem)
-            return ModelRegistry([(Path(tmp), "volume")], batch_rows=settings.batch_max).get(found.name, version)
-    except ModelNotFound as e:
-        raise fail(str(e), 2) from None
+        return registry.load_model(
+            found.stem, found.name, found.version or 0, "volume" if published else "run", settings.batch_max
+        )
     except CheckpointError as e:
         raise fail(str(e), 1) from None
+
+
+def described(model: "LoadedModel") -> str:
+    """How the local commands name what they rendered."""
+    return str(model.stem) if model.source == "run" else f"{model.name} version {model.version}"
 
 
 def served_model(name: str, version: int | None, settings: Settings) -> "LoadedModel":

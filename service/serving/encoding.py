@@ -23,6 +23,11 @@ one animation showing the images in turn for `duration_ms` each, looping forever
 
 FORMS: tuple[Form, ...] = ("pngs", "grid", "strip", "apng", "gif")
 
+FileFormat = Literal["png", "apng", "gif"]
+FILE_FORMS: dict[FileFormat, Form] = {"png": "strip", "apng": "apng", "gif": "gif"}
+"""An /interpolate `format` → the form that makes it (a strip PNG, or an animation)."""
+MEDIA_TYPES: dict[FileFormat, str] = {"png": "image/png", "apng": "image/apng", "gif": "image/gif"}
+
 
 def encoder(form: Form) -> str:
     """Who makes the bytes of `form` (for an ETag): torchvision's PNG encoder, or Pillow (with its version)."""

@@ -31,11 +31,11 @@ from core.settings import BATCH_MAX, Settings
 from core.train_config import NAME_PATTERN
 from training.checkpoint import CheckpointError, list_versions, load_generator, load_metadata, model_stem
 from training.images import to_uint8
-from training.latents import latents_from_seeds, seed_generators, seed_labels
+from training.latents import interpolation_latents, latents_from_seeds, seed_generators, seed_labels
 
 log = logging.getLogger(__name__)
 
-Source = Literal["volume", "bundled"]
+Source = Literal["volume", "bundled", "run"]  # run: a training run's checkpoint, not published (ganserve sample)
 RESCAN_INTERVAL_S = 1.0
 
 
@@ -150,6 +150,15 @@ class LoadedModel:
     def sample_seeds(self, seeds: list[int], label: int | None = None) -> torch.Tensor:
         latents = latents_from_seeds(seeds, self.latent_dim)
         return self.sample(latents, self.labels_for(seeds, label), self.generators_for(seeds))
+
+    def walk(
+        self, seed_from: int, seed_to: int, steps: int, label: int | None = None
+    ) -> tuple[torch.Tensor, list[int] | None, list[int] | None]:
+        """The rows of the interpolation from seed `seed_from`'s image to `seed_to`'s (/interpolate): latents on
+        the slerp between theirs, every frame with the class (or `label`) and generator /generate gives
+        `seed_from`, so that the walk stays in one class and one generator's latent space."""
+        latents = interpolation_latents(seed_from, seed_to, steps, self.latent_dim)
+        return latents, self.labels_for([seed_from] * steps, label), self.generators_for([seed_from] * steps)
 
 
 def _padded(values: list[int], rows: int) -> torch.Tensor:
@@ -278,11 +287,9 @@ class ModelRegistry:
             return failure  # already logged; retried only when the files change
         started = time.perf_counter()
         try:
-            generator, meta = load_generator(stem, "cpu")
-            model = _loaded(name, version, generator, meta, source, stem, self.batch_rows)
-            _warm_up(model)
-        except (CheckpointError, KeyError, TypeError, ValueError, RuntimeError) as e:
-            reason = str(e) if isinstance(e, CheckpointError) else f"{stem}: unusable checkpoint: {e!r}"
+            model = load_model(stem, name, version, source, self.batch_rows)
+        except CheckpointError as e:
+            reason = str(e)
             self._failures[stem] = _Failure(signature, reason)
             log.error("model %s version %d (%s) cannot be loaded and is skipped: %s", name, version, source, reason)
             return self._failures[stem]
@@ -349,6 +356,18 @@ def _signature(stem: Path) -> tuple[int, ...]:
         except OSError:
             sig += [-1, -1, -1]
     return tuple(sig)
+
+
+def load_model(stem: Path, name: str, version: int, source: Source, batch_rows: int = BATCH_MAX) -> LoadedModel:
+    """The served generator of checkpoint `stem` (its EMA weights when it has them), ready to render and warmed
+    up; a run's checkpoint gives what publishing it would serve. Raises CheckpointError, saying why not."""
+    try:
+        generator, meta = load_generator(stem, "cpu")
+        model = _loaded(name, version, generator, meta, source, stem, batch_rows)
+        _warm_up(model)
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{stem}: unusable checkpoint: {e!r}") from None
+    return model
 
 
 def _loaded(

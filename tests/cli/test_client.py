@@ -2,6 +2,7 @@
 errors as GanserveError, and the polling of jobs and evaluations."""
 
 import socket
+import time
 from typing import Any
 
 import httpx
@@ -174,8 +175,15 @@ def test_models_and_model_are_typed(api: Client) -> None:
 
 def test_health_and_readiness(api: Client) -> None:
     assert api.health().status == "ok"
-    ready = api.ready()
-    assert ready.status == "ready" and ready.checks["model"].ok
+    deadline = time.monotonic() + 60
+    while True:  # the render process starts with the app, unwaited for: not ready until it has loaded
+        try:
+            ready = api.ready()
+            break
+        except GanserveError as e:
+            assert "render" in str(e) and time.monotonic() < deadline, e
+            time.sleep(0.1)
+    assert ready.status == "ready" and ready.checks["model"].ok and ready.checks["render"].ok
 
 
 # --- training jobs ----------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ process, batched with /generate's rows, which renders them and encodes the strip
 are /generate's images of `from` and `to`.
 """
 
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 
@@ -18,19 +18,15 @@ from service.api.caching import Answer, cache_control, etag, etag_matches
 from service.api.errors import error_responses, validation_error
 from service.api.generation import check_image_model, check_label, render, resolve
 from service.security.auth import public_generate
-from service.serving.encoding import PNG_LEVEL, Form, encoder
+from service.serving.encoding import FILE_FORMS, MEDIA_TYPES, PNG_LEVEL, FileFormat, encoder
 from service.serving.registry import LoadedModel
 from service.state import StateDep
-from training.latents import MAX_SEED, interpolation_latents
-
-Format = Literal["png", "apng", "gif"]
-FORMS: dict[Format, Form] = {"png": "strip", "apng": "apng", "gif": "gif"}  # what the render process makes
+from training.latents import MAX_SEED
 
 MIN_STEPS, MAX_STEPS = 2, 64
 # Browsers show GIF frames shorter than 20 ms for 100 ms (an old convention), and GIF counts in centiseconds.
 MIN_DURATION_MS, MAX_DURATION_MS = 20, 2000
 
-MEDIA_TYPES: dict[str, str] = {"png": "image/png", "apng": "image/apng", "gif": "image/gif"}
 
 # Same access as /generate: open to anonymous callers (rate-limited) unless GANSERVE_PUBLIC_GENERATE=false.
 router = APIRouter(tags=["generate"], dependencies=[Depends(public_generate)], responses=error_responses(401, 403, 429))
@@ -96,7 +92,7 @@ def _check_steps(settings: Settings, steps: int) -> None:
         )
 
 
-def _tag(model: LoadedModel, seeds: tuple[int, int], steps: int, label: int | None, fmt: Format, ms: int) -> str:
+def _tag(model: LoadedModel, seeds: tuple[int, int], steps: int, label: int | None, fmt: FileFormat, ms: int) -> str:
     # Everything the bytes depend on; the animations are Pillow's encoding, so its version too.
     duration = None if fmt == "png" else ms
     m = model
@@ -109,7 +105,7 @@ def _tag(model: LoadedModel, seeds: tuple[int, int], steps: int, label: int | No
         label,
         fmt,
         duration,
-        encoder(FORMS[fmt]),
+        encoder(FILE_FORMS[fmt]),
         m.batch_rows,
     )
     return etag("interpolate/1", *parts, PNG_LEVEL)
@@ -144,7 +140,7 @@ async def interpolate(
         Query(ge=0, description="Conditional models: the class of every frame; `from` mod num_classes when omitted."),
     ] = None,
     format: Annotated[
-        Format, Query(description="`png`: a strip of the frames in one row; `apng`, `gif`: an animation.")
+        FileFormat, Query(description="`png`: a strip of the frames in one row; `apng`, `gif`: an animation.")
     ] = "png",
     duration_ms: Annotated[
         int,
@@ -156,9 +152,7 @@ async def interpolate(
     loaded = await resolve(state, model, version)
     check_image_model(loaded)
     check_label(loaded, label, "query", explicit_latent=False)
-    # Every frame: the class and the generator /generate gives seed `from` (or the explicit label).
-    labels = loaded.labels_for([seed_from] * steps, label)
-    generators = loaded.generators_for([seed_from] * steps)
+    latents, labels, generators = loaded.walk(seed_from, seed_to, steps, label)
 
     headers = {"X-Model": loaded.name, "X-Model-Version": str(loaded.version), "X-Seeds": f"{seed_from},{seed_to}"}
     if labels is not None:
@@ -173,8 +167,7 @@ async def interpolate(
 
     answer = state.answers.get(key)
     if answer is None:
-        latents = interpolation_latents(seed_from, seed_to, steps, loaded.latent_dim)
-        body = await render(state, loaded, latents, labels, generators, FORMS[format], duration_ms)
+        body = await render(state, loaded, latents, labels, generators, FILE_FORMS[format], duration_ms)
         assert isinstance(body, bytes)
         answer = Answer(body, MEDIA_TYPES[format])
         state.answers.put(key, answer)
