@@ -5,8 +5,8 @@ typed as full-stack-fastapi-template's `Annotated` dependencies are).
 Everything with a side effect outside the process — the broker — sits behind `AppState.tasks`, which tests
 replace with a fake (`create_app(settings, tasks=…)`); nothing else is faked."""
 
-from dataclasses import dataclass, field
-from typing import Annotated, Any, Protocol
+from dataclasses import dataclass
+from typing import Annotated, Protocol
 
 from fastapi import Depends, FastAPI, Request
 
@@ -44,8 +44,6 @@ class AppState:
     rate_limiter: RateLimiter
     metrics: Metrics  # GET /metrics and /stats (service/telemetry.py)
     tasks: Tasks  # the broker: sends training and evaluation tasks (core/tasks.py)
-    # Set by the lifespan while the app runs (service/background/): for tests and GET /stats to look at.
-    background: dict[str, Any] = field(default_factory=dict)
 
 
 def build_state(settings: Settings, tasks: Tasks | None = None) -> AppState:

@@ -105,7 +105,6 @@ async def running(state: "AppState") -> AsyncIterator[Reaper]:
     settings = state.settings
     send = functools.partial(state.tasks.send, TRAIN_TASK)  # what POST /train sends
     reaper = Reaper(state.jobs, send, settings.stale_after_s, settings.max_attempts)
-    state.background["reaper"] = reaper
     every = scan_every_s(settings.stale_after_s)
     log.info(
         "reaper: a running job silent for %.0f s is queued again (checked every %.1f s)", reaper.stale_after_s, every

@@ -419,7 +419,6 @@ async def running(state: "AppState") -> AsyncIterator[Deliverer]:
     """Run the app's webhook deliverer for the duration of the block (the API's lifespan)."""
     settings = state.settings
     deliverer = Deliverer(state.jobs, settings)
-    state.background["webhooks"] = deliverer
     every = scan_every_s(settings.webhook_backoff_s)
     secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else ""
     unset = [
