@@ -224,14 +224,7 @@ def train(
         # identically, so the caller's per-epoch history never has a gap.
         if kept or time.monotonic() - last_saved >= resume_every_s:
             run_state.save(
-                out_dir,
-                s,
-                epoch=epoch,
-                step=step,
-                losses=epoch_losses,
-                kept=kept,
-                last_checkpoint=last_stem,
-                last_samples=last_samples,
+                out_dir, s, epoch=epoch, step=step, losses=epoch_losses, kept=kept, last=(last_stem, last_samples)
             )
             last_saved = time.monotonic()
 

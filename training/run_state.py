@@ -121,12 +121,12 @@ def save(
     step: int,
     losses: dict[str, float],
     kept: bool,
-    last_checkpoint: Path | None,
-    last_samples: Path | None,
+    last: tuple[Path | None, Path | None],
 ) -> Path:
     """Write the run's state after `epoch` epochs (`step` G steps) as `epoch-NNNN`; returns its stem. `kept`:
     the run keeps it; otherwise it only stands in for the epochs since the last kept one, and the previous such
-    stand-in is removed once this one is complete."""
+    stand-in is removed once this one is complete. `last`: the newest kept checkpoint and sample grid."""
+    last_checkpoint, last_samples = last
     out_dir = Path(out_dir)
     nets = s.nets
     tensors = {**checkpoint.prefixed(nets.g, "generator"), **checkpoint.prefixed(nets.d, "discriminator")}

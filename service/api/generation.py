@@ -1,12 +1,13 @@
 """What /generate and /interpolate share: finding the model a request names (404s), checking the request
-against it (422s), and handing the rows to the render process (503 when it is stopping or restarting)."""
+against it (422s), and what a request the render process did not render is (a 503)."""
+
+import contextlib
+from collections.abc import Iterator
 
 from starlette.concurrency import run_in_threadpool
 
 from core.settings import Settings
 from service.api.errors import APIError, validation_error
-from service.serving.batching import Rows
-from service.serving.encoding import Form
 from service.serving.registry import LoadedModel, ModelNotFound, ModelRegistry
 from service.serving.render_process import RendererClosed
 from service.state import AppState
@@ -95,17 +96,10 @@ def check_latent(model: LoadedModel, latent: list[float], where: str) -> None:
         )
 
 
-async def render(
-    state: AppState,
-    model: LoadedModel,
-    rows: Rows,
-    labels: list[int] | None,
-    generators: list[int] | None,
-    form: Form,
-    duration_ms: int = 100,
-) -> list[bytes] | bytes:
-    """Rendered and encoded by the render process; 503 with Retry-After when it is stopping or restarting."""
+@contextlib.contextmanager
+def unrendered_is_503() -> Iterator[None]:
+    """A request the render process did not render (it is stopping, or restarting) is a 503 with Retry-After."""
     try:
-        return await state.renderer.render(model, rows, labels, generators, form, duration_ms)
+        yield
     except RendererClosed as e:
         raise APIError(503, e.code, f"{e}; try again.", headers={"Retry-After": "1"}) from None

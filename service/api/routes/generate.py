@@ -21,7 +21,14 @@ from core.settings import Settings
 from core.train_config import NAME_PATTERN
 from service.api.caching import Answer, cache_control, etag, etag_matches
 from service.api.errors import error_responses
-from service.api.generation import check_count, check_image_model, check_label, check_latent, render, resolve
+from service.api.generation import (
+    check_count,
+    check_image_model,
+    check_label,
+    check_latent,
+    resolve,
+    unrendered_is_503,
+)
 from service.api.schemas import GeneratedImages, GenerateRequest
 from service.security.auth import public_generate
 from service.serving.batching import Seeds
@@ -217,7 +224,9 @@ async def _generate(
         # Batched, rendered and encoded by the render process: the loop only awaits.
         form: Form = "pngs" if plan.as_json else "grid"
         inputs = Seeds(plan.seeds) if plan.seeds is not None else torch.tensor([plan.latent], dtype=torch.float32)
-        answer = _answer(plan, await render(state, plan.model, inputs, plan.labels, plan.generators, form))
+        with unrendered_is_503():
+            output = await state.renderer.render(plan.model, inputs, plan.labels, plan.generators, form)
+        answer = _answer(plan, output)
         if key is not None:
             state.answers.put(key, answer)
     state.metrics.generated_images.inc(1 if plan.seeds is None else len(plan.seeds))

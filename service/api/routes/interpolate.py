@@ -16,7 +16,7 @@ from core.settings import Settings
 from core.train_config import NAME_PATTERN
 from service.api.caching import Answer, cache_control, etag, etag_matches
 from service.api.errors import error_responses, validation_error
-from service.api.generation import check_image_model, check_label, render, resolve
+from service.api.generation import check_image_model, check_label, resolve, unrendered_is_503
 from service.security.auth import public_generate
 from service.serving.encoding import FILE_FORMS, MEDIA_TYPES, PNG_LEVEL, FileFormat, encoder
 from service.serving.registry import LoadedModel
@@ -167,7 +167,8 @@ async def interpolate(
 
     answer = state.answers.get(key)
     if answer is None:
-        body = await render(state, loaded, latents, labels, generators, FILE_FORMS[format], duration_ms)
+        with unrendered_is_503():
+            body = await state.renderer.render(loaded, latents, labels, generators, FILE_FORMS[format], duration_ms)
         assert isinstance(body, bytes)
         answer = Answer(body, MEDIA_TYPES[format])
         state.answers.put(key, answer)
