@@ -373,17 +373,18 @@ REPO_PATH = re.compile(rf"^(?:{'|'.join(REPO_PATH_ROOTS)})/[\w./-]*(?:::\w+)?$")
 
 
 def path_problems(page: Page) -> list[str]:
-    problems = []
-    for snippet in page.spans:
-        if not REPO_PATH.match(snippet.text):
-            continue
-        file_part, _, test = snippet.text.partition("::")
-        path = ROOT / file_part
-        if not path.exists():
-            problems.append(page.at(snippet.line, f"`{snippet.text}`: {file_part} does not exist"))
-        elif test and not re.search(rf"^\s*(?:async )?def {re.escape(test)}\(", path.read_text(), re.MULTILINE):
-            problems.append(page.at(snippet.line, f"`{snippet.text}`: {file_part} has no function {test}"))
-    return problems
+    spans = [snippet for snippet in page.spans if REPO_PATH.match(snippet.text)]
+    return [page.at(s.line, f"`{s.text}`: {problem}") for s in spans if (problem := missing(*s.text.partition("::")))]
+
+
+def missing(file_part: str, _sep: str, test: str) -> str | None:
+    """What a repository path (with `::test_name`) names that is not there."""
+    path = ROOT / file_part
+    if not path.exists():
+        return f"{file_part} does not exist"
+    if test and not re.search(rf"^\s*(?:async )?def {re.escape(test)}\(", path.read_text(), re.MULTILINE):
+        return f"{file_part} has no function {test}"
+    return None
 
 
 # --- (g) the README's size --------------------------------------------------------------------------------

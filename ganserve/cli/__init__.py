@@ -16,24 +16,24 @@ Commands work on this machine or, with `--server URL` (or GANSERVE_SERVER), thro
 Every command has `--help`."""
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="markdown", help=HELP)
 
-RUN, IMAGES, TRAINING, MODELS = "Run the service", "Images", "Training and evaluation", "Models and keys"
-for name, command, panel in (
-    ("serve", processes.serve, RUN),
-    ("api", processes.api, RUN),
-    ("worker", processes.worker, RUN),
-    ("sample", images.sample, IMAGES),
-    ("generate", images.generate, IMAGES),
-    ("interpolate", images.interpolate, IMAGES),
-    ("train", jobs.train, TRAINING),
-    ("jobs", jobs.jobs, TRAINING),
-    ("job", jobs.job, TRAINING),
-    ("cancel", jobs.cancel, TRAINING),
-    ("evaluate", evaluation.evaluate, TRAINING),
-    ("classifier", evaluation.classifier, TRAINING),
-    ("models", models.models, MODELS),
-):
-    app.command(name, rich_help_panel=panel)(command)
-app.add_typer(keys.app, name="keys", rich_help_panel=MODELS)
+# Typer names each command after its function.
+PANELS = {
+    "Run the service": [processes.serve, processes.api, processes.worker],
+    "Images": [images.sample, images.generate, images.interpolate],
+    "Training and evaluation": [
+        jobs.train,
+        jobs.jobs,
+        jobs.job,
+        jobs.cancel,
+        evaluation.evaluate,
+        evaluation.classifier,
+    ],
+    "Models and keys": [models.models],
+}
+for panel, commands in PANELS.items():
+    for command in commands:
+        app.command(rich_help_panel=panel)(command)
+app.add_typer(keys.app, name="keys", rich_help_panel="Models and keys")
 
 
 def main() -> None:
