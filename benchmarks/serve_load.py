@@ -2,7 +2,7 @@
 
     .venv/bin/python -m benchmarks.serve_load [--duration 10] [--warmup 2] [--clients 1,16,64]
         [--cases ceiling,naive,ganserve | a model name | a case id] [--workers 1] [--repeat 1]
-        [--set GANSERVE_NAME=VALUE]
+        [--set GANSERVE_NAME=VALUE] [--baseline REV]
 
 Starts the API (`benchmarks/serve_app.py`: the service's own app plus two benchmark-only routes) under
 uvicorn on a free port of 127.0.0.1, on a temporary volume, with the rate limit off (every client here is
@@ -22,8 +22,11 @@ with a seed never used before in the run. The cases:
 for `mnist-mlp` (the bundled default model) and `dcgan64` (the heavier case). Any non-2xx answer or
 socket error (connect, read, write, timeout) fails the run (exit 1).
 
-Writes benchmarks/results/serve_load.json and the `serve_load` block of benchmarks/README.md (with `--set`,
-a file and a block of their own, named after the settings): the command,
+`--baseline REV` serves the same cases from git revision REV too (a worktree), starting each checkout's API
+in turn within every round, and reports both and their ratio: the check that a change costs no speed.
+
+Writes benchmarks/results/serve_load.json and the `serve_load` block of benchmarks/README.md (with `--set` or
+`--baseline`, a file and a block of their own, named after them): the command,
 the machine, the table, and at 64 clients the ratios ganserve/ceiling and ganserve/naive for each model and
 whether the targets are met (bundled model, 64 clients: ≥ 0.70 of the ceiling's requests/s, ≥ 3× the naive
 handler's, p99 ≤ 50 ms).
@@ -245,7 +248,8 @@ def publish_dcgan(models_dir: Path, scratch: Path) -> int:
     return checkpoint.publish(models_dir, DCGAN, stem)
 
 
-def start_api(workdir: Path, workers: int, overrides: dict[str, str] | None = None) -> Stack:
+def start_api(workdir: Path, workers: int, overrides: dict[str, str] | None = None, tree: Path = ROOT) -> Stack:
+    """The API of the checkout at `tree` (this one, or a baseline's: its own code first on the path)."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("GANSERVE_")}
     env.update(
@@ -254,12 +258,14 @@ def start_api(workdir: Path, workers: int, overrides: dict[str, str] | None = No
         GANSERVE_LOG_LEVEL="warning",
         GANSERVE_RATE_LIMIT_PER_MIN="0",
     )
+    if tree != ROOT:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tree), env.get("PYTHONPATH")]))
     env.update(overrides or {})
     cmd = [sys.executable, "-m", "uvicorn", "--factory", "benchmarks.serve_app:create_bench_app",
            "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log",
            "--workers", str(workers), "--loop", UVICORN_LOOP]  # fmt: skip
     log = (workdir / "api.log").open("ab")
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(cmd, cwd=tree, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     stack = Stack(f"http://127.0.0.1:{port}", "", {"api": proc}, workdir)
     # No /readyz: it also wants the broker, which serving does not need. The default model is loaded (and the
     # ceiling's PNG made) before the server answers anything.
@@ -386,6 +392,43 @@ def readme_block(r: dict[str, Any]) -> str:
     )
 
 
+def short_hash(rev: str) -> str:
+    """`rev`'s abbreviated commit hash in this repository ("" when it names none)."""
+    git = subprocess.run(["git", "rev-parse", "--short", rev], cwd=ROOT, capture_output=True, text=True, check=False)
+    return git.stdout.strip()
+
+
+def checkout(rev: str, into: Path) -> Path:
+    """A worktree of revision `rev` of this repository at `into`."""
+    if not short_hash(rev):
+        sys.exit(f"--baseline {rev}: not a revision of this repository")
+    subprocess.run(["git", "worktree", "add", "--detach", "--quiet", str(into), rev], cwd=ROOT, check=True)
+    if not (into / "benchmarks" / "serve_app.py").is_file():
+        sys.exit(f"--baseline {rev}: that revision has no benchmarks/serve_app.py to serve")
+    return into
+
+
+def comparison_block(r: dict[str, Any]) -> str:
+    """The medians of this checkout beside the baseline's, case by case, with their ratio."""
+    base = {(m["case"], m["clients"]): m for m in r["baseline"]["measures"]}
+    rows = ["| case | clients | baseline req/s | this req/s | this / baseline | baseline p99 ms | this p99 ms |"]
+    rows.append("|---|---|---|---|---|---|---|")
+    for m in r["measures"]:
+        b = base[(m["case"], m["clients"])]
+        ratio = f"{m['rps'] / b['rps']:.3f}" if b["rps"] else "—"
+        rows.append(
+            f"| {m['case']} | {m['clients']} | {b['rps']:.1f} | {m['rps']:.1f} | {ratio} | {b['p99_ms']:.1f} | "
+            f"{m['p99_ms']:.1f} |"
+        )
+    m = r["machine"]
+    return (
+        f"`{r['command']}` — this checkout ({r['head']}) against `{r['baseline']['rev']}` "
+        f"({r['baseline']['head']}), each started in turn on the same volume, {r['repeat']} alternating round(s), "
+        f"medians; {m['cpu']}, {m['cores']} cores; {r['warmup_s']} s warm-up then {r['duration_s']} s per row; "
+        f"wall {r['wall_s']:.0f} s.\n\n" + "\n".join(rows) + "\n"
+    )
+
+
 def select_cases(spec: str) -> list[str]:
     wanted = [s.strip() for s in spec.split(",") if s.strip()]
     unknown = [w for w in wanted if w not in {*CASES, *KINDS, BUNDLED, DCGAN}]
@@ -405,6 +448,11 @@ def main() -> None:
     parser.add_argument(
         "--set", action="append", default=[], metavar="GANSERVE_NAME=VALUE", help="a setting of the API (repeatable)"
     )
+    parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also serve the same cases from git revision REV (a worktree), in alternating rounds, and compare",
+    )
     parser.add_argument("--no-readme", action="store_true", help="print the results only")
     args = parser.parse_args()
     if args.duration < 1 or args.warmup < 0 or args.workers < 1 or args.repeat < 1:
@@ -417,7 +465,8 @@ def main() -> None:
         parser.error("--clients: positive integers, e.g. 1,16,64")
     cases = select_cases(args.cases)
     models = sorted({c.partition("/")[2] or BUNDLED for c in cases})
-    if 2 * len(cases) * len(clients) * args.repeat > MAX_RUNS:
+    trees = 2 if args.baseline else 1
+    if 2 * len(cases) * len(clients) * args.repeat * trees > MAX_RUNS:
         parser.error(f"{len(cases)} cases × {len(clients)} client counts: too many runs for distinct seeds")
     wrk = ensure_wrk()
 
@@ -427,23 +476,33 @@ def main() -> None:
     script.write_text(WRK_SCRIPT)
     if DCGAN in models:
         publish_dcgan(workdir / "volume" / "models", workdir)
-    stack = start_api(workdir, args.workers, overrides)
-    measures: list[Measure] = []
+    sources = [("this", ROOT)]
+    if args.baseline:
+        sources.insert(0, ("baseline", checkout(args.baseline, workdir / "baseline")))
+    measured: dict[str, list[Measure]] = {name: [] for name, _ in sources}
+    run = 0
     try:
-        shapes = check_service(stack.base_url, models)
-        run = 0
-        # Rounds: every case once per round, so that a drift of the machine's speed (this one's ceiling moved
-        # between 1,500 and 2,050 requests/s from one run to the next) reaches all cases alike.
+        # Rounds: every case once per round (and each source in turn), so that a drift of the machine's speed
+        # (one's ceiling moved between 1,500 and 2,050 requests/s from one run to the next) reaches all alike.
         for _ in range(args.repeat):
-            for case in cases:
-                for c in clients:
-                    m = measure(wrk, script, stack.base_url, case, c, args, run)
-                    run += 1
-                    measures.append(m)
-                    print(f"{m.case:20} {m.clients:3} clients  {m.rps:8.1f} req/s  p50 {m.p50_ms:7.1f} ms  "
-                          f"p99 {m.p99_ms:7.1f} ms  errors {m.errors}", flush=True)  # fmt: skip
+            for name, tree in sources:
+                stack = start_api(workdir, args.workers, overrides, tree)
+                try:
+                    shapes = check_service(stack.base_url, models)
+                    for case in cases:
+                        for c in clients:
+                            m = measure(wrk, script, stack.base_url, case, c, args, run)
+                            run += 1
+                            measured[name].append(m)
+                            print(f"{name:8} {m.case:20} {m.clients:3} clients  {m.rps:8.1f} req/s  "
+                                  f"p50 {m.p50_ms:7.1f} ms  p99 {m.p99_ms:7.1f} ms  errors {m.errors}",
+                                  flush=True)  # fmt: skip
+                finally:
+                    stack.stop()
     finally:
-        stack.stop()
+        if args.baseline:
+            subprocess.run(["git", "worktree", "remove", "--force", str(workdir / "baseline")], cwd=ROOT, check=False)
+    measures = measured["this"]
     rounds = measures
     measures = medians(rounds)
     result = {
@@ -461,16 +520,30 @@ def main() -> None:
         "ratios": ratios(measures, clients),
         "wall_s": round(time.monotonic() - start, 1),
     }
+    if args.baseline:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+        base_head = subprocess.run(
+            ["git", "rev-parse", "--short", args.baseline], cwd=ROOT, capture_output=True, text=True
+        )
+        result["head"] = head.stdout.strip()
+        result["baseline"] = {
+            "rev": args.baseline,
+            "head": base_head.stdout.strip(),
+            "measures": [asdict(m) for m in medians(measured["baseline"])],
+            "rounds": [asdict(m) for m in measured["baseline"]],
+        }
     print()
-    print(table(measures))
+    print(comparison_block(result) if args.baseline else table(measures))
     print(json.dumps(result["ratios"], indent=2, ensure_ascii=False))
     if not args.no_readme:
         RESULTS.mkdir(parents=True, exist_ok=True)
-        # A run with other settings has a block (and a results file) of its own beside the defaults'.
+        # A run with other settings, or against a baseline, has a block (and a results file) of its own.
         suffix = "".join(f"-{k.removeprefix('GANSERVE_').lower()}={v}" for k, v in sorted(overrides.items()))
+        suffix += f"-vs-{args.baseline}" if args.baseline else ""
         (RESULTS / f"serve_load{suffix}.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
-        update_readme(f"serve_load{suffix}", readme_block(result), README)
-    errors = sum(m.errors for m in measures)
+        block = comparison_block(result) if args.baseline else readme_block(result)
+        update_readme(f"serve_load{suffix}", block, README)
+    errors = sum(m.errors for bucket in measured.values() for m in bucket)
     if errors:
         print(f"FAILED: {errors} non-2xx answers or socket errors; log in {workdir / 'api.log'}")
         sys.exit(1)
