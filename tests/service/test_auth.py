@@ -4,6 +4,7 @@
 import hmac
 import json
 import logging
+import time
 from pathlib import Path
 
 import pytest
@@ -126,7 +127,10 @@ def test_generate_and_model_reads_are_public_by_default(served_anon: TestClient,
 def test_health_and_docs_are_always_public(make_app, publish_model, path: str) -> None:
     publish_model(DEFAULT_MODEL)
     with TestClient(make_app(public_generate=False, api_keys=[])) as c:
-        assert c.get(path).status_code == 200
+        deadline = time.monotonic() + 60
+        while (r := c.get(path)).status_code == 503 and path == "/readyz" and time.monotonic() < deadline:
+            time.sleep(0.1)  # the render process is still loading its models: not ready yet, and public
+        assert r.status_code == 200
 
 
 def test_private_generate_needs_scope_generate(make_app, publish_model) -> None:
