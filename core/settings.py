@@ -104,12 +104,7 @@ class Settings(BaseSettings):
     api_keys: list[ApiKeyEntry] = Field(
         [],
         description='API keys as a JSON list of {"name", "sha256", "scopes"} (the SHA-256 of the key, never the '
-        "key). Merged with the keys file; on a name in both, the file's entry wins.",
-    )
-    api_keys_file: Path | None = Field(
-        None,
-        description="The keys file (same JSON) that `ganserve keys create` writes; default "
-        "`<checkpoint_dir>/api-keys.json`. Read again whenever it changes.",
+        "key). Merged with the keys in the database (`ganserve keys`); on a name in both, the database's wins.",
     )
     first_key: bool = Field(
         True,
@@ -154,10 +149,6 @@ class Settings(BaseSettings):
     @property
     def webhook_allowed_host_list(self) -> list[str]:
         return [h.strip().lower() for h in self.webhook_allowed_hosts.split(",") if h.strip()]
-
-    @property
-    def effective_api_keys_file(self) -> Path:
-        return self.api_keys_file or self.checkpoint_dir / "api-keys.json"
 
     @property
     def submissions_dir(self) -> Path:

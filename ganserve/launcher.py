@@ -17,7 +17,10 @@ import sys
 import time
 from types import FrameType
 
-from core.keys import FIRST_KEY_NAME, ensure_first_key
+from sqlalchemy.exc import SQLAlchemyError
+
+from core.db import DatabaseUnavailable, connect, describe
+from core.keys import FIRST_KEY_NAME, KeyFileError, ensure_first_key, import_key_file, old_key_file
 from core.settings import Settings
 
 log = logging.getLogger("ganserve.serve")
@@ -62,15 +65,24 @@ def child_command(verb: str) -> list[str]:
 
 
 def announce_first_key(settings: Settings) -> str | None:
-    """Make the first admin key when there is none (core/keys.py `ensure_first_key`) and show it, once."""
+    """Make the first admin key when there is none (core/keys.py `ensure_first_key`) and show it, once. An older
+    version's keys file is imported first: a first key stored before it would stop the import for good. Raises
+    DatabaseUnavailable (naming GANSERVE_DATABASE_URL) when the database cannot be opened."""
     if not settings.first_key:
         return None
-    path = settings.effective_api_keys_file
-    key = ensure_first_key(settings.api_keys, path)
+    db = connect(settings.effective_database_url)
+    try:
+        imported = import_key_file(db, old_key_file(settings.checkpoint_dir))
+    except KeyFileError as e:
+        log.error("%s; none of its keys is imported until it is fixed", e)
+        return None  # no first key either: the operator fixes the file, whose keys would be refused otherwise
+    if imported is not None:
+        log.warning("%s", imported.message)
+    key = ensure_first_key(settings.api_keys, db)
     if key is not None:
         print(
-            f"\nFirst start: there was no API key, so this admin key was made (only its SHA-256 is kept, in {path}).\n"
-            f"It is shown this once:\n\n    {key}\n\n"
+            "\nFirst start: there was no API key, so this admin key was made (only its SHA-256 is kept, in the "
+            f"database: {describe(db.url)}).\nIt is shown this once:\n\n    {key}\n\n"
             f"Paste it into the web page's Training tab (http://{settings.host}:{settings.port}/), or "
             f"`export GANSERVE_API_KEY=<key>` for the `ganserve` CLI. Revoke it with "
             f"`ganserve keys revoke --name {FIRST_KEY_NAME}`; GANSERVE_FIRST_KEY=false turns this off.\n",
@@ -100,7 +112,14 @@ def serve(settings: Settings) -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
-    announce_first_key(settings)
+    try:
+        announce_first_key(settings)
+    except DatabaseUnavailable as e:
+        log.error("%s", e)
+        return 1
+    except SQLAlchemyError as e:  # it answered the migration, then failed
+        log.error("%s failed: %s", describe(settings.effective_database_url), e)
+        return 1
     env = {**os.environ, "GANSERVE_BROKER_URL": choose_broker(settings)}
     log.info(
         "volume %s, data %s, API on http://%s:%d",

@@ -1,10 +1,10 @@
 """Who may call what: API keys with scopes, checked by FastAPI dependencies.
 
 A client sends its key as `Authorization: Bearer <key>` (or `X-API-Key: <key>`). The server holds only
-SHA-256 hashes (core/keys.py), from `GANSERVE_API_KEYS` and the keys file; the file is read again
-whenever it changes, so `ganserve keys create` and `… revoke` take effect without a restart, and
-on a name in both the file's entry wins. The presented key is hashed and compared with every stored hash
-in constant time (`hmac.compare_digest`, no early exit).
+SHA-256 hashes (core/keys.py), from `GANSERVE_API_KEYS` and the database; the database is read again at most
+once a second (service/security/keyring.py), so `ganserve keys create` and `… revoke` take effect on every API
+process without a restart, and on a name in both the database's entry wins. The presented key is hashed and
+compared with every stored hash in constant time (`hmac.compare_digest`, no early exit).
 
 Routes declare what they need with `Depends(require_train)`, `Depends(require_admin)` or
 `Depends(public_generate)` (public unless `GANSERVE_PUBLIC_GENERATE=false`, then scope `generate`). The
@@ -96,8 +96,8 @@ class Authorize:
         self.public = public
 
     # `async`: FastAPI runs a plain `def` dependency in its thread pool, a thread hop that cost /generate more than
-    # its forward. Everything here is in memory (the keys file is stat'ed, and re-read only when it changed),
-    # except a Redis rate limiter's round trip, which goes to the pool.
+    # its forward. Everything here is in memory (the key ring reads the database in a thread of its own), except
+    # a Redis rate limiter's round trip, which goes to the pool.
     async def __call__(
         self,
         request: Request,

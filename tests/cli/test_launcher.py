@@ -2,6 +2,7 @@
 needs them, and `ganserve serve` (ganserve/launcher.py, what `make run` runs) makes one admin key on a first
 start with no key at all (core/keys.py)."""
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,8 @@ import uvicorn
 from click.testing import Result
 from typer.testing import CliRunner
 
-from core.keys import FIRST_KEY_NAME, ApiKeyEntry, Scope, ensure_first_key, hash_key, read_key_file
+from core.db import Database, connect
+from core.keys import FIRST_KEY_NAME, ApiKeyEntry, Scope, ensure_first_key, hash_key, stored_keys
 from core.settings import Settings
 from ganserve import launcher
 from ganserve.cli import app
@@ -66,25 +68,18 @@ def test_serve_exits_with_the_launchers_code(monkeypatch: pytest.MonkeyPatch) ->
     assert run("serve").exit_code == 3
 
 
-def test_first_key_is_made_once_and_only_its_hash_is_stored(tmp_path: Path) -> None:
-    path = tmp_path / "api-keys.json"
-    key = ensure_first_key([], path)
+def test_first_key_is_made_once_and_only_its_hash_is_stored(sqlite_db: Database) -> None:
+    key = ensure_first_key([], sqlite_db)
     assert key is not None and key.startswith("gsk_")
-    assert read_key_file(path) == [ApiKeyEntry(name=FIRST_KEY_NAME, sha256=hash_key(key), scopes=[Scope.admin])]
-    assert key not in path.read_text()
-    assert path.stat().st_mode & 0o777 == 0o600
-    assert ensure_first_key([], path) is None  # a key exists now: nothing more is made
-    assert len(read_key_file(path)) == 1
+    assert stored_keys(sqlite_db) == [ApiKeyEntry(name=FIRST_KEY_NAME, sha256=hash_key(key), scopes=[Scope.admin])]
+    assert ensure_first_key([], sqlite_db) is None  # a key exists now: nothing more is made
+    assert len(stored_keys(sqlite_db)) == 1
 
 
-def test_no_first_key_when_keys_are_configured_or_the_file_is_broken(tmp_path: Path) -> None:
+def test_no_first_key_when_keys_are_configured(sqlite_db: Database) -> None:
     configured = [ApiKeyEntry(name="ops", sha256=hash_key("k"), scopes=[Scope.train])]
-    assert ensure_first_key(configured, tmp_path / "a.json") is None
-    assert not (tmp_path / "a.json").exists()
-    broken = tmp_path / "b.json"
-    broken.write_text("{not json")
-    assert ensure_first_key([], broken) is None
-    assert broken.read_text() == "{not json"  # never overwritten: the operator fixes it
+    assert ensure_first_key(configured, sqlite_db) is None
+    assert stored_keys(sqlite_db) == []
 
 
 def test_the_launcher_prints_the_key_once_and_can_be_told_not_to(tmp_path: Path, capsys) -> None:
@@ -92,7 +87,31 @@ def test_the_launcher_prints_the_key_once_and_can_be_told_not_to(tmp_path: Path,
     key = announce_first_key(settings)
     err = capsys.readouterr().err
     assert key is not None and f"    {key}\n" in err and "ganserve keys revoke --name local-admin" in err
+    assert f"kept, in the database: GANSERVE_DATABASE_URL=sqlite:///{tmp_path / 'var' / 'ganserve.db'})" in err
+    assert [e.sha256 for e in stored_keys(connect(settings.effective_database_url))] == [hash_key(key)]
     assert announce_first_key(settings) is None and capsys.readouterr().err == ""
     off = Settings(checkpoint_dir=tmp_path / "other", api_keys=[], first_key=False)
     assert announce_first_key(off) is None
-    assert not off.effective_api_keys_file.exists()
+    assert not (tmp_path / "other").exists()  # not even a database
+
+
+def test_the_launcher_imports_an_old_keys_file_instead_of_making_a_key(tmp_path: Path, capsys, caplog) -> None:
+    """An older version's volume: its keys file is imported before the first key would be made, so there is
+    none to make, and the file's keys are not lost."""
+    settings = Settings(checkpoint_dir=tmp_path / "var", api_keys=[])
+    settings.checkpoint_dir.mkdir()
+    old = settings.checkpoint_dir / "api-keys.json"
+    old.write_text(json.dumps([{"name": "ops", "sha256": hash_key("gsk_ops"), "scopes": ["admin"]}]))
+    assert announce_first_key(settings) is None and capsys.readouterr().err == ""
+    assert "imported 1 API key(s) [ops (admin)]" in caplog.text
+    assert [e.name for e in stored_keys(connect(settings.effective_database_url))] == ["ops"]
+
+
+def test_serve_stops_at_once_when_the_database_cannot_be_opened(tmp_path: Path, caplog) -> None:
+    url = "postgresql+psycopg://postgres:s3cret@127.0.0.1:1/ganserve"
+    settings = Settings(checkpoint_dir=tmp_path / "var", api_keys=[], database_url=url)
+    assert launcher.serve(settings) == 1
+    assert (
+        "GANSERVE_DATABASE_URL=postgresql+psycopg://postgres:***@127.0.0.1:1/ganserve cannot be opened" in caplog.text
+    )
+    assert "s3cret" not in caplog.text

@@ -1,11 +1,12 @@
-"""API keys (service/security/auth.py, core/keys.py): who may call what, the 401/403 answers and the keys file
-(`ganserve keys`: tests/cli/test_keys.py)."""
+"""API keys (service/security/auth.py, service/security/keyring.py): who may call what, the 401/403 answers,
+and the key ring over the database's keys (`ganserve keys`: tests/cli/test_keys.py; the database functions:
+tests/core/test_key_store.py)."""
 
 import hmac
 import json
 import logging
+import sqlite3
 import time
-from pathlib import Path
 
 import pytest
 from fastapi import FastAPI
@@ -22,8 +23,11 @@ from svc_support import (
     bearer,
 )
 
-from core.keys import ApiKeyEntry, Scope, hash_key
+from core.db import Database, connect
+from core.keys import ApiKeyEntry, Scope, create_key, hash_key, revoke_key, stored_keys
 from core.settings import Settings
+from service.security.keyring import KeyRing
+from service.state import app_state
 
 TRAIN_BODY = {"model_name": "my-digits", "epochs": 1, "max_samples": 256}
 PATH_VALUES = {"job_id": "0" * 32, "plot": "losses", "epoch": "1", "name": DEFAULT_MODEL, "eval_id": "0" * 32}
@@ -210,46 +214,111 @@ def test_malformed_key_entries_are_refused(entry: dict) -> None:
         ApiKeyEntry.model_validate(entry)
 
 
-# --- the keys file ----------------------------------------------------------------------------------
+# --- the keys in the database ------------------------------------------------------------------------------
 
 
-def write_keys(path: Path, *entries: tuple[str, str, list[str]]) -> None:
-    path.write_text(json.dumps([{"name": n, "sha256": hash_key(k), "scopes": s} for n, k, s in entries]))
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
-def test_keys_file_is_merged_and_wins_on_a_name(make_app, publish_model, tmp_path: Path) -> None:
+DOWN = "postgresql+psycopg://postgres@127.0.0.1:1/ganserve"  # nothing listens on port 1: refused at once
+
+
+def test_database_keys_are_merged_and_win_on_a_name(make_app, publish_model, settings: Settings) -> None:
     publish_model(DEFAULT_MODEL)
-    keys_file = tmp_path / "keys.json"
-    # `test-train` in the file too, with another key: the file's entry replaces the setting's.
-    write_keys(keys_file, ("file-key", "gsk_from-file", ["train"]), ("test-train", "gsk_rotated", ["train"]))
-    with TestClient(make_app(api_keys_file=keys_file)) as c:
-        assert c.get("/train", headers=bearer("gsk_from-file")).status_code == 200
-        assert c.get("/train", headers=bearer("gsk_rotated")).status_code == 200
+    db = connect(settings.effective_database_url)
+    stored = create_key(db, "stored", [Scope.train])
+    # `test-train` in the database too, with another key: the database's entry replaces the setting's.
+    rotated = create_key(db, "test-train", [Scope.train])
+    with TestClient(make_app()) as c:
+        assert c.get("/train", headers=bearer(stored)).status_code == 200
+        assert c.get("/train", headers=bearer(rotated)).status_code == 200
         assert c.get("/train", headers=bearer(TRAIN_KEY)).status_code == 401
-        assert c.get("/train", headers=AUTH).status_code == 200  # a setting's key the file does not name
+        assert c.get("/train", headers=AUTH).status_code == 200  # a setting's key the database does not name
 
 
-def test_keys_file_changes_apply_without_a_restart(make_app, publish_model, tmp_path: Path) -> None:
+def test_a_key_created_or_revoked_applies_within_the_refresh_interval(any_db: Database) -> None:
+    clock = Clock()
+    ring = KeyRing(TEST_KEYS, any_db, interval_s=1.0, clock=clock)
+    assert ring.load()
+    key = create_key(any_db, "late", [Scope.train])
+    clock.now = 0.9
+    assert ring.refresh() is None and ring.lookup(key) is None  # read 0.9 s ago: not yet again
+    clock.now = 1.0
+    reader = ring.refresh()
+    assert reader is not None
+    reader.join()
+    assert ring.lookup(key) == ApiKeyEntry(name="late", sha256=hash_key(key), scopes=[Scope.train])
+    revoke_key(any_db, "late")
+    clock.now = 2.0
+    ring.refresh().join()
+    assert ring.lookup(key) is None and ring.lookup(ADMIN_KEY) is not None
+
+
+def test_a_slow_database_gets_one_read_at_a_time(sqlite_db: Database) -> None:
+    ring = KeyRing([], sqlite_db, interval_s=0.0, clock=Clock())
+    other = sqlite3.connect(sqlite_db.engine.url.database)
+    other.execute("BEGIN IMMEDIATE")  # another process's transaction: the ring's read waits for it
+    reader = ring.refresh()
+    assert reader is not None and reader.is_alive()
+    assert ring.refresh() is None  # due, but a read is under way: no second one
+    other.rollback()
+    reader.join()
+    ring.refresh().join()  # the next one starts once it is done
+
+
+def test_while_the_database_does_not_answer_the_keys_last_read_stay(
+    any_db: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = Clock()
+    ring = KeyRing([], any_db, clock=clock)
+    key = create_key(any_db, "ci", [Scope.train])
+    assert ring.load()
+    ring.db = Database(DOWN)  # the database stops answering
+    caplog.set_level(logging.INFO, logger="service.security.keyring")
+    for second in (1.0, 2.0, 3.0):
+        clock.now = second
+        ring.refresh().join()
+        assert ring.lookup(key) is not None  # still accepted
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1  # logged once, not at every read
+    assert "GANSERVE_DATABASE_URL=postgresql+psycopg://postgres@127.0.0.1:1/ganserve did not answer" in caplog.text
+    ring.db = any_db  # back: a read applies the database's keys again
+    revoke_key(any_db, "ci")
+    clock.now = 4.0
+    ring.refresh().join()
+    assert ring.lookup(key) is None and "answers again" in caplog.text
+
+
+def test_requests_never_wait_for_the_database(make_app, publish_model, settings: Settings) -> None:
     publish_model(DEFAULT_MODEL)
-    keys_file = tmp_path / "keys.json"
-    with TestClient(make_app(api_keys=[], api_keys_file=keys_file)) as c:
-        assert c.get("/train", headers=bearer("gsk_new")).status_code == 401
-        write_keys(keys_file, ("new", "gsk_new", ["train"]))
-        assert c.get("/train", headers=bearer("gsk_new")).status_code == 200
-        write_keys(keys_file)  # revoked
-        assert c.get("/train", headers=bearer("gsk_new")).status_code == 401
+    key = create_key(connect(settings.effective_database_url), "ci", [Scope.train])
+    app = make_app()
+    with TestClient(app) as c:
+        ring = app_state(app).keyring
+        ring.db, ring.interval_s = Database(DOWN), 0.0  # every request starts a read, and each fails
+        for _ in range(3):
+            assert c.get("/train", headers=bearer(key)).status_code == 200
+            assert c.get("/generate?seed=1", headers={"if-none-match": "*"}).status_code == 304
 
 
-def test_a_malformed_keys_file_fails_closed(make_app, publish_model, tmp_path: Path, caplog) -> None:
+def test_an_old_keys_file_is_imported_at_start(make_app, publish_model, settings: Settings, caplog) -> None:
+    """A volume from a version that kept the keys in `<GANSERVE_CHECKPOINT_DIR>/api-keys.json`: the API's first
+    read finds no key in the database and imports the file's, once."""
     publish_model(DEFAULT_MODEL)
-    keys_file = tmp_path / "keys.json"
-    write_keys(keys_file, ("file-key", "gsk_from-file", ["train"]))
-    with TestClient(make_app(api_keys_file=keys_file)) as c:
-        assert c.get("/train", headers=bearer("gsk_from-file")).status_code == 200
-        keys_file.write_text('[{"name": "file-key", "key": "gsk_from-file", "scopes": ["train"]}]')
-        assert c.get("/train", headers=bearer("gsk_from-file")).status_code == 401  # its keys: refused
-        assert c.get("/train", headers=AUTH).status_code == 200  # the settings' keys still work
-    assert "is not a JSON list" in caplog.text and "gsk_from-file" not in caplog.text
+    settings.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    old = settings.checkpoint_dir / "api-keys.json"
+    old.write_text(json.dumps([{"name": "old-ci", "sha256": hash_key("gsk_old"), "scopes": ["train"]}]))
+    caplog.set_level(logging.INFO, logger="service.security.keyring")
+    with TestClient(make_app()) as c:
+        assert c.get("/train", headers=bearer("gsk_old")).status_code == 200
+    assert not old.exists() and old.with_name("api-keys.json.imported").exists()
+    assert "imported 1 API key(s) [old-ci (train)]" in caplog.text and "gsk_old" not in caplog.text
+    assert [e.name for e in stored_keys(connect(settings.effective_database_url))] == ["old-ci"]
 
 
 def test_no_keys_configured_is_logged_at_startup(make_app, publish_model, caplog) -> None:
