@@ -1,25 +1,25 @@
 """Evaluation jobs (POST /models/{name}/evaluate) and the results they leave for GET /models/{name}.
 
-An evaluation's record (core/records.py) is `<checkpoint_dir>/evaluations/jobs/<id>.json`. Its result is also
-filed under the model version it measured, `<checkpoint_dir>/evaluations/models/<name>/<version>.json` (a list,
-newest last), with the SHA-256 of the weights it measured: a result is shown only while the version's weights
-are still those, so a model re-published under a name and version once used never inherits another's figures.
-One place for every model, bundled ones included, since the bundled folder is read-only.
+An evaluation's record (core/records.py) is a row of the `evaluations` table; its nearest-neighbour PNG is a
+file on the volume. A succeeded evaluation is also the result shown under the model version it measured, while
+the version's weights are still the ones it measured (their SHA-256): a model re-published under a name and
+version once used never inherits another's figures. Bundled models' results are kept the same way.
 """
 
-import json
 import logging
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, Field
+from sqlalchemy import select
 
-from core.files import atomic_write_json
-from core.records import Record, RecordStore, finite_json
+from core import db as db_tables
+from core.db import Database
+from core.records import JobStatus, Record, RecordStore, finite_json
 
 log = logging.getLogger(__name__)
 
-MAX_RESULTS_PER_VERSION = 20  # a version's file keeps its newest results; older ones only in their job record
+MAX_RESULTS_PER_VERSION = 20  # shown under a version: its newest results
 
 
 class EvaluateRequest(BaseModel):
@@ -59,42 +59,35 @@ class EvaluationRecord(Record):
 
 
 class EvaluationStore(RecordStore[EvaluationRecord]):
-    def __init__(self, root: Path):
-        super().__init__(root, EvaluationRecord, "jobs/{id}.json")
+    def __init__(self, db: Database, evaluations_dir: Path):
+        super().__init__(
+            db, db_tables.evaluations, EvaluationRecord, lambda r: {"model": r.model, "version": r.version}
+        )
+        self.evaluations_dir = evaluations_dir  # the nearest-neighbour PNGs
 
     def nn_png(self, eval_id: str) -> Path:
-        return self.path(eval_id).with_name(f"{eval_id}-nearest.png")
-
-    # --- results filed under the model version ---------------------------------------------------------
-
-    def _results_path(self, name: str, version: int) -> Path:
-        return self.root / "models" / name / f"{version}.json"
-
-    def file_result(self, record: EvaluationRecord) -> None:
-        """Append a finished evaluation to its model version's list (newest last, bounded)."""
-        path = self._results_path(record.model, record.version)
-        results = self._read_results(path)
-        entry = {
-            "evaluation_id": record.id,
-            "finished_at": record.finished_at.isoformat() if record.finished_at else None,
-            "weights_sha256": record.weights_sha256,
-            "n": record.request.n,
-            **(record.result or {}),
-        }
-        atomic_write_json(path, [*results, entry][-MAX_RESULTS_PER_VERSION:])
+        return self.evaluations_dir / "jobs" / f"{eval_id}-nearest.png"
 
     def results(self, name: str, version: int, weights_sha256: str | None) -> list[dict[str, Any]]:
-        """The results filed for this version whose weights are the ones there now, newest first."""
-        found = self._read_results(self._results_path(name, version))
-        return [r for r in reversed(found) if r.get("weights_sha256") == weights_sha256]
+        """The succeeded evaluations of this version whose weights are the ones there now, newest first (the
+        newest MAX_RESULTS_PER_VERSION)."""
+        table = db_tables.evaluations
+        query = (
+            select(table.c.id, table.c.record)
+            .where(table.c.model == name, table.c.version == version, table.c.status == JobStatus.succeeded.value)
+            .order_by(table.c.created_at.desc())
+        )
+        with self.db.begin() as c:
+            rows = c.execute(query).all()
+        found = [r for record_id, data in rows if (r := self._parse(record_id, data)) is not None]
+        return [_result(r) for r in found if r.weights_sha256 == weights_sha256][:MAX_RESULTS_PER_VERSION]
 
-    @staticmethod
-    def _read_results(path: Path) -> list[dict[str, Any]]:
-        try:
-            data = json.loads(path.read_bytes())
-        except FileNotFoundError:
-            return []
-        except (OSError, ValueError) as e:
-            log.warning("unreadable evaluation results %s: %s", path, e)
-            return []
-        return [r for r in data if isinstance(r, dict)] if isinstance(data, list) else []
+
+def _result(record: EvaluationRecord) -> dict[str, Any]:
+    return {
+        "evaluation_id": record.id,
+        "finished_at": record.finished_at.isoformat() if record.finished_at else None,
+        "weights_sha256": record.weights_sha256,
+        "n": record.request.n,
+        **(record.result or {}),
+    }

@@ -1,24 +1,22 @@
-"""Training jobs' records (core/records.py), and the files beside each record that other parties own.
-
-`<jobs_dir>/<id>/job.json` is the record; beside it `cancel` is the cancel request (a separate file, so that the
-API never races the worker over the record), `attempt-<n>` is created exclusively by the worker that starts
-the job's n-th attempt (so two workers handed the same job never both run it), and `webhook.*` is the outbox of
-the job's webhook (`owe_webhook`, delivered by service/background/webhooks.py). The run's own files
-(checkpoints, samples) live in the same folder.
+"""Training jobs' records (core/records.py) and what belongs to each job in the database besides: the cancel
+request (a column the worker polls, so the API never writes the worker's record to ask), the claims of its
+attempts (a row per attempt: one insert succeeds, so two workers handed the same job never both run it), and
+the outbox entry of its webhook (delivered by service/background/webhooks.py). The run's own files
+(checkpoints, samples) live on the volume, in `<GANSERVE_CHECKPOINT_DIR>/jobs/<id>/`.
 """
 
-import json
-import os
-import tempfile
-import uuid
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, Field
+from sqlalchemy import Connection, insert, select, update
+from sqlalchemy.exc import IntegrityError
 
-from core.records import FINISHED, FiniteFloat, Record, RecordStore, finite_json
+from core import db as db_tables
+from core.db import Database
+from core.records import FINISHED, FiniteFloat, Record, RecordStore, finite_json, new_id, now
 from core.train_config import TrainConfig
 
 
@@ -102,64 +100,128 @@ class JobRecord(Record):
     )
 
 
-# A finished job's webhook is owed through an outbox file beside its record, delivered by the API
-# (service/background/webhooks.py): `webhook.pending` → `webhook.sending` (claimed by one deliverer, by rename) →
-# `webhook.delivered` | `webhook.failed`, or back to `webhook.pending` to wait for its next attempt. Only ever
-# renamed, so at most one of them exists for a job.
-WEBHOOK_PENDING = "webhook.pending"
-WEBHOOK_SENDING = "webhook.sending"
-WEBHOOK_DELIVERED = "webhook.delivered"
-WEBHOOK_FAILED = "webhook.failed"
+class OutboxState(StrEnum):
+    pending = "pending"  # owed: waiting for its (next) attempt
+    sending = "sending"  # claimed by one deliverer, which is calling the webhook
+    delivered = "delivered"
+    failed = "failed"
 
 
-def owe_webhook(job_dir: Path) -> bool:
-    """Create a job's outbox entry, whole (written aside, then linked into place) and once: True when this call
-    created it, False when it already existed."""
-    state = {"delivery": str(uuid.uuid4()), "attempts": 0, "next_attempt_at": 0.0}
-    fd, tmp = tempfile.mkstemp(dir=job_dir, prefix=".webhook.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o644)  # API and worker may run as different users on the shared volume
-        with os.fdopen(fd, "w") as f:
-            json.dump(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.link(tmp, job_dir / WEBHOOK_PENDING)  # fails if it exists: never two entries, never a half-written one
-        return True
-    except FileExistsError:
-        return False
-    finally:
-        os.unlink(tmp)
+@dataclass(frozen=True)
+class OutboxEntry:
+    """A job's webhook as the outbox holds it."""
+
+    job_id: str
+    delivery: str  # X-Ganserve-Delivery
+    state: OutboxState
+    attempts: int
+    next_attempt_at: float  # Unix time
+    claimed_at: float | None = None  # Unix time of the claim of a `sending` entry: which claim it is
+
+
+def _entry(row: Any) -> OutboxEntry:
+    return OutboxEntry(
+        row.job_id, row.delivery, OutboxState(row.state), row.attempts, row.next_attempt_at, row.claimed_at
+    )
 
 
 class JobStore(RecordStore[JobRecord]):
-    def __init__(self, jobs_dir: Path):
-        super().__init__(jobs_dir, JobRecord, "{id}/job.json")
+    def __init__(self, db: Database):
+        super().__init__(db, db_tables.jobs, JobRecord)
 
-    def job_dir(self, job_id: str) -> Path:
-        return self.path(job_id).parent
+    def _updating(self, conn: Connection, before: JobRecord, after: JobRecord) -> JobRecord:
+        if after.webhook and after.status in FINISHED and before.status not in FINISHED:
+            # Its webhook is owed, in the same transaction as the status: whoever finishes a job (the worker, a
+            # cancel, a failed submission, the reaper) owes the call; the API's deliverer makes it. Once per job:
+            # one that finishes again (a worker that started it as it was being cancelled) owes nothing more, and
+            # its status is written all the same. The job's row is locked, so no other transaction inserts meanwhile.
+            box = db_tables.webhook_outbox
+            if conn.execute(select(box.c.job_id).where(box.c.job_id == after.id)).first() is None:
+                entry = {"job_id": after.id, "delivery": new_id(), "state": OutboxState.pending.value, "attempts": 0}
+                conn.execute(insert(box).values(next_attempt_at=0.0, **entry))
+                after = after.model_copy(update={"webhook_status": WebhookStatus.pending})
+        return after
 
-    def update(self, job_id: str, **changes: Any) -> JobRecord:
-        before = self.get(job_id)
-        record = JobRecord.model_validate({**dict(before), **changes})
-        if record.webhook and record.status in FINISHED and before.status not in FINISHED:
-            # Its webhook is owed: the outbox entry first, so a crash between the two writes loses no call (the
-            # deliverer waits until the record says finished). No HTTP here: the API's deliverer makes the call.
-            owe_webhook(self.job_dir(job_id))
-            record = record.model_copy(update={"webhook_status": WebhookStatus.pending})
-        self.save(record)
-        return record
+    # --- cancel requests and attempts ----------------------------------------------------------------
 
     def request_cancel(self, job_id: str) -> None:
-        (self.job_dir(job_id) / "cancel").touch()
+        with self.db.begin() as c:
+            c.execute(update(db_tables.jobs).where(db_tables.jobs.c.id == job_id).values(cancel_requested=True))
 
     def cancel_requested(self, job_id: str) -> bool:
-        return (self.job_dir(job_id) / "cancel").exists()
+        with self.db.begin() as c:
+            query = select(db_tables.jobs.c.cancel_requested).where(db_tables.jobs.c.id == job_id)
+            return bool(c.execute(query).scalar())
 
-    def claim(self, job_id: str, attempt: int) -> bool:
-        """Take attempt number `attempt` of a job: True for exactly one caller (an exclusive create)."""
+    def claim(self, job_id: str, attempt: int, worker: str) -> bool:
+        """Take attempt number `attempt` of a job: True for exactly one caller (the row's primary key)."""
         try:
-            fd = os.open(self.job_dir(job_id) / f"attempt-{attempt}", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
+            with self.db.begin() as c:
+                row = {"job_id": job_id, "attempt": attempt, "worker": worker, "claimed_at": now()}
+                c.execute(insert(db_tables.job_attempts).values(**row))
+        except IntegrityError:
             return False
-        os.close(fd)
         return True
+
+    # --- the webhook outbox --------------------------------------------------------------------------
+
+    def webhooks_due(self, wall: float) -> list[str]:
+        """The jobs whose webhook is owed and due at Unix time `wall`, oldest first."""
+        box = db_tables.webhook_outbox
+        query = select(box.c.job_id).where(box.c.state == OutboxState.pending.value, box.c.next_attempt_at <= wall)
+        with self.db.begin() as c:
+            return list(c.execute(query.order_by(box.c.next_attempt_at)).scalars())
+
+    def claim_webhook(self, job_id: str, wall: float) -> OutboxEntry | None:
+        """Take a due webhook for one attempt: the entry for exactly one caller (a conditional update), else None."""
+        box = db_tables.webhook_outbox
+        due = (box.c.job_id == job_id, box.c.state == OutboxState.pending.value, box.c.next_attempt_at <= wall)
+        with self.db.begin() as c:
+            claimed = c.execute(update(box).where(*due).values(state=OutboxState.sending.value, claimed_at=wall))
+            if claimed.rowcount != 1:
+                return None
+            row = c.execute(select(box).where(box.c.job_id == job_id)).one()
+        return _entry(row)
+
+    def settle_webhook(
+        self,
+        job_id: str,
+        state: OutboxState,
+        attempts: int,
+        next_attempt_at: float,
+        *,
+        claim: OutboxEntry | None = None,
+        delivery: WebhookDelivery | None = None,
+    ) -> bool:
+        """An attempt's outcome: delivered, failed for good, or pending again until `next_attempt_at`. With
+        `claim` (what `claim_webhook` returned), only while that claim holds; with `delivery`, the attempt is
+        appended to the job's `webhook_deliveries` in the same transaction, and its `webhook_status` follows
+        `state`. False when the claim was given back as abandoned meanwhile: the attempt is logged in the record,
+        and the entry (and the status) are left to whoever claimed it since."""
+        box = db_tables.webhook_outbox
+        held = [box.c.job_id == job_id]
+        if claim is not None:
+            held += [box.c.state == OutboxState.sending.value, box.c.claimed_at == claim.claimed_at]
+        values = {"state": state.value, "attempts": attempts, "next_attempt_at": next_attempt_at, "claimed_at": None}
+        with self.db.begin() as c:
+            settled = c.execute(update(box).where(*held).values(**values)).rowcount == 1
+            if delivery is not None:
+                status = {"webhook_status": WebhookStatus(state.value)} if settled else {}
+                self.update(
+                    job_id, c, apply=lambda r: {"webhook_deliveries": [*r.webhook_deliveries, delivery]}, **status
+                )
+        return settled
+
+    def release_abandoned_webhooks(self, wall: float, stale_s: float) -> list[str]:
+        """Claims older than `stale_s` (their deliverer vanished mid-attempt) owed again; returns their jobs."""
+        box = db_tables.webhook_outbox
+        stale = (box.c.state == OutboxState.sending.value, box.c.claimed_at < wall - stale_s)
+        owed = update(box).where(*stale).values(state=OutboxState.pending.value, claimed_at=None)
+        with self.db.begin() as c:  # RETURNING: only those this call gave back, whoever else runs it at once
+            return list(c.execute(owed.returning(box.c.job_id)).scalars())
+
+    def webhook(self, job_id: str) -> OutboxEntry | None:
+        box = db_tables.webhook_outbox
+        with self.db.begin() as c:
+            row = c.execute(select(box).where(box.c.job_id == job_id)).one_or_none()
+        return None if row is None else _entry(row)

@@ -1,24 +1,27 @@
-"""Records of truth on the volume shared by the API and the workers, one generic store for every kind of job
-(training jobs, core/jobs.py; evaluations, core/evaluations.py).
+"""Records of truth, one generic store for every kind of job (training jobs, core/jobs.py; evaluations,
+core/evaluations.py), in the database (core/db.py).
 
-A record is one JSON file, replaced atomically (core/files.py) so readers never see half of one, and validated
-by its pydantic model on every read and write. A record the running version cannot read (written by an
-incompatible version, or damaged) is unknown to it rather than an error. Files, not Redis: a record must
-outlive a Redis or API restart and work with the embedded broker too.
+A record is its pydantic model, stored as JSON in its table's `record` column beside the columns that queries
+need (status, owner, creation time); it is validated on every read and write. `update` reads and writes in one
+transaction with the row locked, so two processes updating one record (a worker's progress, the API's webhook
+log) never lose each other's changes. A record the running version cannot read is unknown to it rather than an
+error. Every method takes an optional connection, so that several steps share one transaction.
 """
 
 import logging
 import math
 import re
 import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from enum import StrEnum
-from pathlib import Path
 from typing import Annotated, Any, Generic, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ValidationError
+from sqlalchemy import Connection, Table, func, insert, select, update
 
-from core.files import atomic_write_json
+from core.db import Database
 from core.train_config import NAME_PATTERN
 
 log = logging.getLogger(__name__)
@@ -78,50 +81,107 @@ R = TypeVar("R", bound=Record)
 
 
 class RecordStore(Generic[R]):
-    """The records of one kind, each at `root / layout.format(id=…)` (e.g. `"{id}/job.json"`)."""
+    """The records of one kind in `table` (columns `id`, `status`, `owner`, `created_at`, `record`, and those
+    `columns(record)` gives)."""
 
-    def __init__(self, root: Path, model: type[R], layout: str):
-        self.root = root
+    def __init__(
+        self,
+        db: Database,
+        table: Table,
+        model: type[R],
+        columns: Callable[[R], dict[str, Any]] = lambda _: {},
+    ):
+        self.db = db
+        self.table = table
         self.model = model
-        self.layout = layout
+        self.columns = columns
 
-    def path(self, record_id: str) -> Path:
-        """Raises KeyError for a malformed id (never a path outside the root)."""
+    @contextmanager
+    def _conn(self, conn: Connection | None) -> Iterator[Connection]:
+        if conn is not None:
+            yield conn
+        else:
+            with self.db.begin() as own:
+                yield own
+
+    def _row(self, record: R) -> dict[str, Any]:
+        return {
+            "status": record.status.value,
+            "created_at": record.created_at,
+            "record": record.model_dump(mode="json"),
+            **self.columns(record),
+        }
+
+    def _parse(self, record_id: str, data: Any) -> R | None:
+        try:
+            return self.model.model_validate(data)
+        except ValidationError as e:
+            log.warning("%s %s: unreadable record: %s", self.model.__name__, record_id, e)
+            return None
+
+    def create(self, *, owner: str | None = None, conn: Connection | None = None, **fields: Any) -> R:
+        """A new record (status `queued`), submitted by the API key named `owner` (None: not over HTTP)."""
+        record = self.model(id=new_id(), status=JobStatus.queued, created_at=now(), **fields)
+        with self._conn(conn) as c:
+            c.execute(insert(self.table).values(id=record.id, owner=owner, **self._row(record)))
+        return record
+
+    def get(self, record_id: str, conn: Connection | None = None) -> R:
+        """Raises KeyError for an unknown, malformed or unreadable id."""
         if not re.fullmatch(NAME_PATTERN, record_id):
             raise KeyError(record_id)
-        return self.root / self.layout.format(id=record_id)
-
-    def create(self, **fields: Any) -> R:
-        record = self.model(id=new_id(), status=JobStatus.queued, created_at=now(), **fields)
-        self.save(record)
+        with self._conn(conn) as c:
+            data = c.execute(select(self.table.c.record).where(self.table.c.id == record_id)).scalar()
+        record = None if data is None else self._parse(record_id, data)
+        if record is None:
+            raise KeyError(record_id)
         return record
 
-    def save(self, record: R) -> None:
-        atomic_write_json(self.path(record.id), record.model_dump(mode="json"))
-
-    def get(self, record_id: str) -> R:
-        """Raises KeyError for an unknown, malformed or unreadable id."""
-        path = self.path(record_id)
-        try:
-            return self.model.model_validate_json(path.read_bytes())
-        except FileNotFoundError:
-            raise KeyError(record_id) from None
-        except ValidationError as e:
-            log.warning("%s %s: unreadable record %s: %s", self.model.__name__, record_id, path, e)
-            raise KeyError(record_id) from None
-
-    def update(self, record_id: str, **changes: Any) -> R:
-        # Validated, not model_copy'd: the changes go through the same checks as a record read from disk.
-        record = self.model.model_validate({**dict(self.get(record_id)), **changes})
-        self.save(record)
+    def update(
+        self,
+        record_id: str,
+        conn: Connection | None = None,
+        apply: Callable[[R], dict[str, Any]] | None = None,
+        **changes: Any,
+    ) -> R:
+        """Apply `changes`, and what `apply(record as it is now)` returns (to append to a list, say), to the record,
+        read and written with its row locked, so no other writer's change is lost. Raises KeyError."""
+        if not re.fullmatch(NAME_PATTERN, record_id):
+            raise KeyError(record_id)
+        with self._conn(conn) as c:
+            query = select(self.table.c.record).where(self.table.c.id == record_id).with_for_update()
+            data = c.execute(query).scalar()
+            before = None if data is None else self._parse(record_id, data)
+            if before is None:
+                raise KeyError(record_id)
+            if apply is not None:
+                changes = {**changes, **apply(before)}
+            # Validated, not model_copy'd: the changes go through the same checks as a record read back.
+            record = self.model.model_validate({**dict(before), **changes})
+            record = self._updating(c, before, record)
+            c.execute(update(self.table).where(self.table.c.id == record_id).values(**self._row(record)))
         return record
 
-    def list(self) -> list[R]:
-        """Every readable record, newest first."""
-        records = []
-        for path in self.root.glob(self.layout.format(id="*")):
-            try:
-                records.append(self.model.model_validate_json(path.read_bytes()))
-            except (OSError, ValidationError):
-                continue  # a record from an incompatible version, or being replaced right now
-        return sorted(records, key=lambda r: r.created_at, reverse=True)
+    def _updating(self, conn: Connection, before: R, after: R) -> R:
+        """What a kind of record does, in the update's transaction, when it changes (core/jobs.py: a webhook)."""
+        return after
+
+    def list(self, *, status: JobStatus | None = None, owner: str | None = None) -> list[R]:
+        """The readable records (of that status, of that owner), newest first."""
+        query = select(self.table.c.id, self.table.c.record).order_by(self.table.c.created_at.desc())
+        if status is not None:
+            query = query.where(self.table.c.status == status.value)
+        if owner is not None:
+            query = query.where(self.table.c.owner == owner)
+        with self.db.begin() as c:
+            rows = c.execute(query).all()
+        return [r for record_id, data in rows if (r := self._parse(record_id, data)) is not None]
+
+    def count(self, statuses: set[JobStatus], owner: str | None = None, conn: Connection | None = None) -> int:
+        """How many records have one of `statuses` (and that owner)."""
+        query = select(func.count()).select_from(self.table)
+        query = query.where(self.table.c.status.in_([s.value for s in statuses]))
+        if owner is not None:
+            query = query.where(self.table.c.owner == owner)
+        with self._conn(conn) as c:
+            return int(c.execute(query).scalar_one())

@@ -30,6 +30,12 @@ class Settings(BaseSettings):
         None,
         description="Overrides the broker (e.g. `filesystem://`); `make run` sets it when no Redis answers.",
     )
+    database_url: str | None = Field(
+        None,
+        description="The database of record (jobs, evaluations, keys, webhooks' outbox): a SQLAlchemy URL such as "
+        "`postgresql+psycopg://user:pass@host/ganserve`; default an embedded SQLite file, "
+        "`<GANSERVE_CHECKPOINT_DIR>/ganserve.db`.",
+    )
     checkpoint_dir: Path = Field(
         Path("var"), description="The volume shared by API and worker: jobs, checkpoints, published models."
     )
@@ -149,6 +155,10 @@ class Settings(BaseSettings):
     @property
     def webhook_allowed_host_list(self) -> list[str]:
         return [h.strip().lower() for h in self.webhook_allowed_hosts.split(",") if h.strip()]
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.checkpoint_dir / 'ganserve.db').resolve()}"
 
     @property
     def submissions_dir(self) -> Path:

@@ -1,35 +1,33 @@
-"""What each API key submitted, on the volume: which jobs (for `GANSERVE_MAX_QUEUED_PER_KEY` and to know who
-asked for what) and its `Idempotency-Key`s (so a retried POST /train never makes a second job).
+"""What each API key submitted: its training jobs (the `jobs` rows it owns: the queue limit
+`GANSERVE_MAX_QUEUED_PER_KEY` counts those still queued or running) and its `Idempotency-Key`s (so a retried
+POST /train never makes a second job), stored by the key's name, never the key, and the Idempotency-Key by its
+SHA-256.
 
-    <checkpoint_dir>/submissions/<key name>/jobs/<job id>           every job the key submitted (empty file)
-    <checkpoint_dir>/submissions/<key name>/active/<job id>         those not yet seen finished
-    <checkpoint_dir>/submissions/<key name>/idempotency/<sha256>.json  {job_id, request_sha256, created_at}
-    <checkpoint_dir>/submissions/<key name>/.lock                   flock: one submission of a key at a time
-
-Files on the volume, like the job records they point to, so they outlive a Redis or API restart and work
-with the embedded broker. Keyed by the key's name, never by the key.
+`lock(key)` is one transaction that holds the key's row of `submission_locks` (FOR UPDATE on PostgreSQL;
+SQLite's transactions are serialised already): everything a submission checks and writes happens inside it,
+so two submissions of one key, on any API process, never interleave.
 """
 
-import contextlib
-import fcntl
 import hashlib
 import logging
 import re
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
+from sqlalchemy import Connection, delete, insert, select
+from sqlalchemy.dialects import postgresql, sqlite
 
-from core.files import atomic_write_json
-from core.jobs import JobStore
-from core.records import FINISHED
+from core import db as db_tables
+from core.db import Database
+from core.records import FINISHED, JobStatus
 from core.train_config import NAME_PATTERN
 
 log = logging.getLogger(__name__)
 
 IDEMPOTENCY_TTL = timedelta(hours=24)
-PRUNE_EVERY = timedelta(hours=1)
+ACTIVE = {s for s in JobStatus if s not in FINISHED}
 
 
 class IdempotencyRecord(BaseModel):
@@ -37,103 +35,71 @@ class IdempotencyRecord(BaseModel):
     request_sha256: str
     created_at: datetime
 
-    def expired(self, now: datetime) -> bool:
-        return now - self.created_at > IDEMPOTENCY_TTL
-
 
 def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def _digest(idempotency_key: str) -> str:
+    return hashlib.sha256(idempotency_key.encode("utf-8")).hexdigest()
+
+
 class Submissions:
-    def __init__(self, root: Path, clock=_now):
-        self.root = root
+    def __init__(self, db: Database, clock=_now):
+        self.db = db
         self.clock = clock
-        self._last_prune: dict[str, datetime] = {}
 
-    def _dir(self, key_name: str) -> Path:
-        if not re.fullmatch(NAME_PATTERN, key_name):  # validated when the key was loaded; a directory name
+    @contextmanager
+    def lock(self, key_name: str) -> Iterator[Connection]:
+        """A transaction in which no other submission of `key_name` runs; the connection to use inside it."""
+        if not re.fullmatch(NAME_PATTERN, key_name):  # validated when the key was loaded
             raise ValueError(f"not a key name: {key_name!r}")
-        return self.root / key_name
+        table = db_tables.submission_locks
+        dialect = postgresql if self.db.dialect == "postgresql" else sqlite
+        with self.db.begin() as conn:
+            conn.execute(dialect.insert(table).values(key_name=key_name).on_conflict_do_nothing())
+            conn.execute(select(table.c.key_name).where(table.c.key_name == key_name).with_for_update())
+            yield conn
 
-    @contextlib.contextmanager
-    def lock(self, key_name: str) -> Iterator[None]:
-        """One submission of a key at a time, across threads and API processes sharing the volume."""
-        path = self._dir(key_name) / ".lock"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("a") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
-
-    # --- jobs ------------------------------------------------------------------------------------------
-
-    def add_job(self, key_name: str, job_id: str) -> None:
-        for sub in ("jobs", "active"):
-            folder = self._dir(key_name) / sub
-            folder.mkdir(parents=True, exist_ok=True)
-            (folder / job_id).touch()
+    def active_jobs(self, conn: Connection, key_name: str) -> list[str]:
+        """The key's jobs still queued or running."""
+        jobs = db_tables.jobs
+        query = select(jobs.c.id).where(jobs.c.owner == key_name, jobs.c.status.in_([s.value for s in ACTIVE]))
+        return sorted(conn.execute(query).scalars())
 
     def jobs_of(self, key_name: str) -> set[str]:
-        folder = self._dir(key_name) / "jobs"
-        return {p.name for p in folder.iterdir()} if folder.is_dir() else set()
+        """Every job the key submitted."""
+        with self.db.begin() as conn:
+            return set(conn.execute(select(db_tables.jobs.c.id).where(db_tables.jobs.c.owner == key_name)).scalars())
 
-    def active_jobs(self, key_name: str, store: JobStore) -> list[str]:
-        """The key's jobs still queued or running; finished (or vanished) ones leave the active list."""
-        folder = self._dir(key_name) / "active"
-        active = []
-        for path in sorted(folder.iterdir()) if folder.is_dir() else ():
-            try:
-                finished = store.get(path.name).status in FINISHED
-            except KeyError:
-                finished = True
-            if finished:
-                path.unlink(missing_ok=True)
-            else:
-                active.append(path.name)
-        return active
-
-    # --- Idempotency-Key -------------------------------------------------------------------------------
-
-    def _idempotency_path(self, key_name: str, idempotency_key: str) -> Path:
-        digest = hashlib.sha256(idempotency_key.encode("utf-8")).hexdigest()
-        return self._dir(key_name) / "idempotency" / f"{digest}.json"
-
-    def recall(self, key_name: str, idempotency_key: str) -> IdempotencyRecord | None:
+    def recall(self, conn: Connection, key_name: str, idempotency_key: str) -> IdempotencyRecord | None:
         """The job this key submitted under `idempotency_key` in the last 24 h, if any."""
-        path = self._idempotency_path(key_name, idempotency_key)
-        try:
-            record = IdempotencyRecord.model_validate_json(path.read_bytes())
-        except FileNotFoundError:
+        table = db_tables.idempotency_keys
+        mine = (table.c.key_name == key_name, table.c.key_sha256 == _digest(idempotency_key))
+        row = conn.execute(select(table).where(*mine)).one_or_none()
+        if row is None:
             return None
-        except (OSError, ValidationError) as e:
-            log.warning("unreadable idempotency record %s (%s); treating it as absent", path, type(e).__name__)
-            return None
-        if record.expired(self.clock()):
-            path.unlink(missing_ok=True)
+        record = IdempotencyRecord(job_id=row.job_id, request_sha256=row.request_sha256, created_at=row.created_at)
+        if self.clock() - _aware(record.created_at) > IDEMPOTENCY_TTL:
+            conn.execute(delete(table).where(*mine))
             return None
         return record
 
-    def remember(self, key_name: str, idempotency_key: str, job_id: str, request_sha256: str) -> None:
-        record = IdempotencyRecord(job_id=job_id, request_sha256=request_sha256, created_at=self.clock())
-        atomic_write_json(self._idempotency_path(key_name, idempotency_key), record.model_dump(mode="json"))
-        self._prune(key_name)
+    def remember(self, conn: Connection, key_name: str, idempotency_key: str, job_id: str, request_sha256: str) -> None:
+        table = db_tables.idempotency_keys
+        now = self.clock()
+        conn.execute(delete(table).where(table.c.created_at < now - IDEMPOTENCY_TTL))  # the expired, of every key
+        row = {"key_name": key_name, "key_sha256": _digest(idempotency_key), "job_id": job_id}
+        conn.execute(insert(table).values(request_sha256=request_sha256, created_at=now, **row))
 
     def forget(self, key_name: str, idempotency_key: str) -> None:
-        self._idempotency_path(key_name, idempotency_key).unlink(missing_ok=True)
+        table = db_tables.idempotency_keys
+        with self.db.begin() as conn:
+            conn.execute(
+                delete(table).where(table.c.key_name == key_name, table.c.key_sha256 == _digest(idempotency_key))
+            )
 
-    def _prune(self, key_name: str) -> None:
-        """Delete the key's expired records, at most once an hour per process."""
-        now = self.clock()
-        last = self._last_prune.get(key_name)
-        if last is not None and now - last < PRUNE_EVERY:
-            return
-        self._last_prune[key_name] = now
-        for path in (self._dir(key_name) / "idempotency").glob("*.json"):
-            try:
-                if IdempotencyRecord.model_validate_json(path.read_bytes()).expired(now):
-                    path.unlink(missing_ok=True)
-            except (OSError, ValidationError):
-                continue
+
+def _aware(when: datetime) -> datetime:
+    """SQLite gives back the UTC times it was given without their zone."""
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)

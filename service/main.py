@@ -15,6 +15,7 @@ from importlib.metadata import PackageNotFoundError, version
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
+from core.legacy import import_volume
 from core.settings import Settings, get_settings
 from service.api.errors import install_error_handlers
 from service.api.routes import generate, health, interpolate, models, ops, train
@@ -70,6 +71,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state = app_state(app)
     settings, registry = state.settings, state.registry
     log.info("ganserve %s: volume %s, default model %s", __version__, settings.checkpoint_dir, settings.default_model)
+    # The newest tables before the first request; DatabaseUnavailable (naming GANSERVE_DATABASE_URL) makes
+    # uvicorn say the application's start-up failed and exit non-zero.
+    await run_in_threadpool(state.db.upgrade)
+    await run_in_threadpool(import_volume, state.db, settings.checkpoint_dir)  # records of a pre-database version
     state.keyring.log_status()
     try:
         # Loading runs a warm-up forward; off the event loop like every other forward.

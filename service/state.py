@@ -10,8 +10,10 @@ from typing import Annotated, Protocol
 
 from fastapi import Depends, FastAPI, Request
 
+from core.db import Database, database
 from core.evaluations import EvaluationStore
 from core.jobs import JobStore
+from core.keys import old_key_file
 from core.settings import Settings
 from core.submissions import Submissions
 from core.tasks import TaskQueue
@@ -34,10 +36,11 @@ class Tasks(Protocol):
 @dataclass
 class AppState:
     settings: Settings
+    db: Database  # the records of truth (core/db.py)
     registry: ModelRegistry  # the models that can be served, loaded on first use (service/serving/registry.py)
     renderer: ProcessRenderer  # the render process: /generate's and /interpolate's forwards and encoding
     answers: AnswerCache  # encoded /generate answers of explicit seeds (service/api/caching.py)
-    jobs: JobStore  # the records of truth, on the volume (core/)
+    jobs: JobStore  # training jobs' records (core/jobs.py)
     evaluations: EvaluationStore
     submissions: Submissions  # what each key submitted: queue limits, Idempotency-Key
     keyring: KeyRing  # the API keys (service/security/auth.py)
@@ -48,20 +51,22 @@ class AppState:
 
 def build_state(settings: Settings, tasks: Tasks | None = None) -> AppState:
     """The app's state from its settings; nothing is loaded or connected yet (the lifespan starts what runs)."""
-    registry = ModelRegistry.from_settings(settings)
-    jobs = JobStore(settings.jobs_dir)
-    evaluations = EvaluationStore(settings.evaluations_dir)
+    db = database(settings.effective_database_url)  # migrated by the lifespan, before the first request
+    jobs = JobStore(db)
+    evaluations = EvaluationStore(db, settings.evaluations_dir)
+    registry = ModelRegistry.from_settings(settings, evaluations=evaluations)
     metrics = Metrics(jobs, evaluations)
     renderer = _renderer(settings, registry, metrics)
     return AppState(
         settings=settings,
+        db=db,
         registry=registry,
         renderer=renderer,
         answers=AnswerCache(settings.png_cache_size),
         jobs=jobs,
         evaluations=evaluations,
-        submissions=Submissions(settings.submissions_dir),
-        keyring=KeyRing(settings.api_keys, settings.effective_api_keys_file),
+        submissions=Submissions(db),
+        keyring=KeyRing(settings.api_keys, db, old_key_file=old_key_file(settings.checkpoint_dir)),
         rate_limiter=make_rate_limiter(settings),
         metrics=metrics,
         tasks=tasks if tasks is not None else TaskQueue(settings),

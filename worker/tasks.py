@@ -22,13 +22,16 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from celery.exceptions import Reject
 from celery.worker import state as worker_state
+from sqlalchemy.exc import OperationalError
 
+from core.db import DatabaseUnavailable, connect
 from core.evaluations import EvaluationStore
 from core.jobs import EpochRecord, JobRecord, JobStore, Progress, PublishedModel
 from core.records import FINISHED, JobStatus, now
@@ -87,26 +90,30 @@ class Heartbeat:
         self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{job_id}", daemon=True)
 
     def update(self, changes: Callable[[JobRecord], dict[str, Any]] | None = None) -> None:
+        """Write `changes(record as it is)` and the heartbeat, in one transaction with the row locked, if the job
+        is still this worker's. While the database does not answer, the training waits here (nothing it reports
+        is lost), unless the worker is shutting down."""
         with self._lock:
-            if self.lost:
-                return
-            current = self.store.get(self.job_id)
+            if not self.lost:
+                patiently(f"job {self.job_id}: its record", self._write, changes)
+
+    def _write(self, changes: Callable[[JobRecord], dict[str, Any]] | None) -> None:
+        def ours(current: JobRecord) -> dict[str, Any]:
             if current.status != JobStatus.running or current.worker != self.worker:
-                self.lost = True
-                log.warning(
-                    "job %s is no longer this worker's (%s, worker %s); it stops without writing",
-                    self.job_id,
-                    current.status.value,
-                    current.worker,
-                )
-                return
-            self.store.update(self.job_id, heartbeat_at=now(), **(changes(current) if changes else {}))
+                raise _NotOurs(f"{current.status.value}, worker {current.worker}")
+            return {"heartbeat_at": now(), **(changes(current) if changes else {})}
+
+        try:
+            self.store.update(self.job_id, apply=ours)
+        except _NotOurs as e:
+            self.lost = True
+            log.warning("job %s is no longer this worker's (%s); it stops without writing", self.job_id, e)
 
     def _beat(self) -> None:
         while not self._stop.wait(self.interval_s):
             try:
                 self.update()
-            except Exception:  # a full or flaky volume: keep trying; the reaper judges silence, not us
+            except Exception:  # keep trying; the reaper judges silence, not us
                 log.exception("job %s: heartbeat not written", self.job_id)
 
     def __enter__(self) -> "Heartbeat":
@@ -116,6 +123,38 @@ class Heartbeat:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+
+
+class _NotOurs(Exception):
+    """Raised inside an update (so nothing is written) when the job has gone to another worker or state."""
+
+
+DATABASE_DOWN = (OperationalError, DatabaseUnavailable)
+PATIENCE_MAX_S = 30.0
+
+
+def patiently(what: str, write: Callable[..., None], *args: Any) -> None:
+    """`write(*args)`, retried with growing waits (1, 2, 4 … 30 s) while the database does not answer: a running
+    job pauses rather than fails or forgets what it did. Gives up (raises) when the worker is shutting down."""
+    wait = 1.0
+    while True:
+        try:
+            write(*args)
+            return
+        except DATABASE_DOWN as e:
+            if worker_stopping():
+                raise
+            log.warning("%s not written, the database does not answer (%s); trying again in %.0f s", what, e, wait)
+            time.sleep(wait)
+            wait = min(PATIENCE_MAX_S, 2 * wait)
+
+
+def cancel_asked(store: JobStore, job_id: str) -> bool:
+    """Whether the job's cancel was requested; False while the database does not answer (the job goes on)."""
+    try:
+        return store.cancel_requested(job_id)
+    except DATABASE_DOWN:
+        return False
 
 
 def running_elsewhere(record: JobRecord, settings: Settings, me: str) -> bool:
@@ -128,11 +167,11 @@ def running_elsewhere(record: JobRecord, settings: Settings, me: str) -> bool:
 @celery_app.task(name=TRAIN_TASK, bind=True)
 def train(self, job_id: str) -> dict[str, object]:
     settings = get_settings()
-    store = JobStore(settings.jobs_dir)
+    store = JobStore(connect(settings.effective_database_url))
     try:
         record = store.get(job_id)
     except KeyError:
-        log.error("job %s: no record under %s; nothing to do", job_id, settings.jobs_dir)
+        log.error("job %s: no record of it in the database; nothing to do", job_id)
         return {"job": job_id, "status": "missing"}
 
     # Idempotent start: a redelivered message for a finished job does nothing, one for a job that another
@@ -149,7 +188,7 @@ def train(self, job_id: str) -> dict[str, object]:
         log.info("job %s was cancelled before it started", job_id)
         return {"job": job_id, "status": JobStatus.cancelled.value}
     attempt = record.attempts + 1
-    if not store.claim(job_id, attempt):
+    if not store.claim(job_id, attempt, me):
         log.warning(
             "job %s: attempt %d was already taken by another worker; this duplicate is dropped", job_id, attempt
         )
@@ -237,7 +276,7 @@ def _run(store: JobStore, job_id: str, attempt: int, me: str) -> dict[str, objec
             data_root=settings.data_root,
             device=settings.device,
             progress_fn=lambda p: heartbeat.update(lambda current: changes_for(p, current)),
-            should_stop=lambda: heartbeat.lost or store.cancel_requested(job_id) or worker_stopping(),
+            should_stop=lambda: heartbeat.lost or cancel_asked(store, job_id) or worker_stopping(),
             resume_from=None if point is None else point.stem,
         )
         version = None
@@ -277,11 +316,11 @@ def _run(store: JobStore, job_id: str, attempt: int, me: str) -> dict[str, objec
 @celery_app.task(name=EVALUATE_TASK)
 def evaluate(eval_id: str) -> dict[str, object]:
     settings = get_settings()
-    store = EvaluationStore(settings.evaluations_dir)
+    store = EvaluationStore(connect(settings.effective_database_url), settings.evaluations_dir)
     try:
         record = store.get(eval_id)
     except KeyError:
-        log.error("evaluation %s: no record under %s; nothing to do", eval_id, settings.evaluations_dir)
+        log.error("evaluation %s: no record of it in the database; nothing to do", eval_id)
         return {"evaluation": eval_id, "status": "missing"}
     if record.status in FINISHED:
         log.info("evaluation %s is already %s; not running it again", eval_id, record.status)
@@ -322,6 +361,5 @@ def _evaluate(store: EvaluationStore, eval_id: str) -> dict[str, object]:
         nearest_neighbours_png=_relative(png, settings.checkpoint_dir),
         finished_at=now(),
     )
-    store.file_result(record)
     log.info("evaluation %s succeeded: %s", eval_id, record.result)
     return {"evaluation": eval_id, "status": JobStatus.succeeded.value}

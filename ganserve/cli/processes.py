@@ -8,6 +8,7 @@ import typer
 
 from core.settings import Settings
 from core.tasks import QUEUE
+from ganserve.cli.common import fail
 
 APP_FACTORY = "service.main:create_app"
 # asyncio's own event loop, not uvloop: saturated, uvloop answered about 1 % of requests hundreds of ms late
@@ -43,6 +44,16 @@ def _settings(**flags: object) -> Settings:
     return Settings()
 
 
+def _open_database(settings: Settings) -> None:
+    """The database migrated before the process starts serving; one red line and exit 1 when it cannot be."""
+    from core.db import DatabaseUnavailable, connect
+
+    try:
+        connect(settings.effective_database_url)
+    except DatabaseUnavailable as e:
+        raise fail(str(e), 1) from None
+
+
 def uvicorn_options(settings: Settings) -> dict[str, Any]:
     """uvicorn.run's arguments for the API (after its app, APP_FACTORY)."""
     return {
@@ -73,6 +84,7 @@ def api(
     import uvicorn
 
     settings = _settings(host=host, port=port, workers=workers, log_level=log_level)
+    _open_database(settings)
     uvicorn.run(APP_FACTORY, access_log=access_log, **uvicorn_options(settings))
 
 
@@ -95,4 +107,5 @@ def worker(
     from worker.app import celery_app
 
     settings = _settings(log_level=log_level)
+    _open_database(settings)
     raise typer.Exit(celery_app.worker_main(worker_argv(settings, name)) or 0)

@@ -16,8 +16,10 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from core.db import DatabaseUnavailable
 from core.train_config import NAME_PATTERN
 
 log = logging.getLogger(__name__)
@@ -168,8 +170,22 @@ async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def _database_down(request: Request, exc: Exception) -> JSONResponse:
+    """The database does not answer: nothing was done, and the same request may be sent again (its details, which
+    name hosts, go to the log only)."""
+    log.error("%s %s: the database does not answer: %s", request.method, request.url.path, exc)
+    return error_response(
+        503,
+        "database_unavailable",
+        "The service's database does not answer right now; nothing was changed. Retry in a few seconds.",
+        headers={"Retry-After": str(DATABASE_RETRY_AFTER_S)},
+    )
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(APIError, _api_error)
+    app.add_exception_handler(OperationalError, _database_down)
+    app.add_exception_handler(DatabaseUnavailable, _database_down)
     app.add_exception_handler(RequestValidationError, _request_validation)
     app.add_exception_handler(StarletteHTTPException, _http_exception)
     app.add_exception_handler(Exception, _unhandled)
@@ -177,6 +193,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
 # For routes' `responses=`: the documented shape of their error answers.
 BROKER_RETRY_AFTER_S = 5
+DATABASE_RETRY_AFTER_S = 5
 
 
 def broker_unavailable(what: str, record_id: str, e: Exception) -> tuple[str, APIError]:

@@ -1,7 +1,7 @@
 """Webhooks: a job may name a URL that is called (POST, HMAC-signed JSON) once it finishes.
 
-A finished job's call is owed through an outbox beside its record (core/jobs.py `owe_webhook`); the API's
-`Deliverer`, a background task of its lifespan, claims each due entry by rename (so two API processes never
+A finished job's call is owed through the database's outbox (core/jobs.py); the API's `Deliverer`, a
+background task of its lifespan, claims each due entry by a conditional update (so two API processes never
 make the same attempt), makes one call, records it, and retries with back-off: delivery is at least once,
 and receivers dedupe on `X-Ganserve-Delivery`. Outbound calls are the SSRF surface, so only allow-listed
 hosts, resolved at delivery to public addresses (unless allowed), connected to by the address checked, never
@@ -15,30 +15,17 @@ import http.client
 import ipaddress
 import json
 import logging
-import os
 import socket
 import ssl
 import threading
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from core.files import atomic_write_json
-from core.jobs import (
-    WEBHOOK_DELIVERED,
-    WEBHOOK_FAILED,
-    WEBHOOK_PENDING,
-    WEBHOOK_SENDING,
-    JobRecord,
-    JobStore,
-    WebhookDelivery,
-    WebhookStatus,
-)
-from core.records import FINISHED, now
+from core.jobs import JobRecord, JobStore, OutboxState, WebhookDelivery
+from core.records import now
 from core.settings import Settings
 from service.background.periodic import periodic
 
@@ -74,6 +61,10 @@ def url_problem(url: str) -> str | None:
         return "must not carry credentials (user:password@); the call is signed instead"
     if not parts.hostname:
         return "has no host"
+    try:
+        parts.hostname.encode("idna")  # as the resolver will, which raises UnicodeError (not OSError) for a bad one
+    except UnicodeError:
+        return "has a host name that is not a DNS name (labels of 1 to 63 characters, separated by single dots)"
     return None
 
 
@@ -236,22 +227,6 @@ class Outcome:
 # --- the deliverer -------------------------------------------------------------------------------------------
 
 
-def _read_state(path: Path) -> dict[str, Any] | None:
-    """An outbox entry's state; None when it is gone. A damaged one starts afresh."""
-    try:
-        state = json.loads(path.read_bytes())
-        return {
-            "delivery": str(state["delivery"]),
-            "attempts": int(state["attempts"]),
-            "next_attempt_at": float(state["next_attempt_at"]),
-        }
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        log.warning("webhook outbox entry %s is unreadable (%s); starting it afresh", path, e)
-        return {"delivery": str(uuid.uuid4()), "attempts": 0, "next_attempt_at": 0.0}
-
-
 def scan_every_s(backoff_s: float) -> float:
     """How often to look: every second, or as often as the back-off is short (tests), at most 20 times a second."""
     return max(0.05, min(1.0, backoff_s))
@@ -262,105 +237,59 @@ class Deliverer:
     store: JobStore
     settings: Settings
     timeout_s: float = TIMEOUT_S
-    # A claim unchanged this long on this process's clock was left by a deliverer that vanished mid-attempt.
+    # A claim this old (by the database's records, in Unix time) was left by a deliverer that vanished
+    # mid-attempt: hosts' clocks must agree to within a fraction of it.
     claim_stale_s: float = 30.0
-    clock: Callable[[], float] = time.monotonic
-    wall: Callable[[], float] = time.time  # back-off deadlines in the outbox and the signed timestamps
+    wall: Callable[[], float] = time.time  # claims, back-off deadlines and the signed timestamps
     stopping: threading.Event = field(default_factory=threading.Event)
-    # claim's path → (its identity as last seen, when this process first saw that identity)
-    _seen: dict[Path, tuple[tuple[int, int], float]] = field(default_factory=dict)
 
     def scan(self) -> list[str]:
         """One pass: give back claims abandoned by a deliverer that vanished, then make every attempt that is due.
         Returns the ids of the jobs whose webhook it called."""
-        if not self.store.root.is_dir():
-            return []
-        self._reclaim_abandoned()
+        for job_id in self.store.release_abandoned_webhooks(self.wall(), self.claim_stale_s):
+            log.warning("webhook of job %s: its deliverer vanished mid-attempt; it is owed again", job_id)
         called = []
-        for pending in sorted(self.store.root.glob(f"*/{WEBHOOK_PENDING}")):
+        for job_id in self.store.webhooks_due(self.wall()):
             if self.stopping.is_set():
                 break
             try:
-                if self._due(pending) and self._claim_and_call(pending):
-                    called.append(pending.parent.name)
-            except Exception:  # one job's volume trouble must not stop the others'
-                log.exception("webhook of job %s: attempt failed; trying again later", pending.parent.name)
+                if self._claim_and_call(job_id):
+                    called.append(job_id)
+            except Exception:  # one job's trouble must not stop the others'
+                log.exception("webhook of job %s: attempt failed; trying again later", job_id)
         return called
 
-    def _reclaim_abandoned(self) -> None:
-        t = self.clock()
-        present = set()
-        for claim in self.store.root.glob(f"*/{WEBHOOK_SENDING}"):
-            try:
-                st = claim.stat()
-            except FileNotFoundError:
-                continue
-            present.add(claim)
-            identity = (st.st_ino, st.st_mtime_ns)
-            seen = self._seen.get(claim)
-            if seen is None or seen[0] != identity:
-                self._seen[claim] = (identity, t)
-            elif t - seen[1] >= self.claim_stale_s:
-                with contextlib.suppress(FileNotFoundError):
-                    os.rename(claim, claim.with_name(WEBHOOK_PENDING))
-                    log.warning(
-                        "webhook of job %s: a deliverer claimed it %.0f s ago and vanished; it is owed again",
-                        claim.parent.name,
-                        t - seen[1],
-                    )
-        self._seen = {path: seen for path, seen in self._seen.items() if path in present}
-
-    def _ready(self, job_id: str, state: dict[str, Any] | None) -> JobRecord | None:
-        """The job's record when an attempt is due now; None when not (or not yet: the record is saved just after
-        its outbox entry is made, and a job is owed a call only once its record says it finished)."""
-        if state is None or state["next_attempt_at"] > self.wall():
-            return None
-        try:
-            record = self.store.get(job_id)
-        except KeyError:
-            return None
-        return record if record.status in FINISHED else None
-
-    def _due(self, pending: Path) -> bool:
-        return self._ready(pending.parent.name, _read_state(pending)) is not None
-
-    def _claim_and_call(self, pending: Path) -> bool:
-        job_id = pending.parent.name
-        claim = pending.with_name(WEBHOOK_SENDING)
-        try:
-            os.rename(pending, claim)
-        except FileNotFoundError:
-            return False  # another deliverer took it first
-        # Read again, now that it is ours: another deliverer may have made an attempt since the listing.
-        state = _read_state(claim)
-        record = self._ready(job_id, state)
-        if state is None or record is None:
-            os.rename(claim, pending)
-            return False
-        attempt = state["attempts"] + 1
-        outcome = self.call(record, state["delivery"])
+    def _claim_and_call(self, job_id: str) -> bool:
+        entry = self.store.claim_webhook(job_id, self.wall())
+        if entry is None:
+            return False  # another deliverer took it first, or it is not due any more
+        record = self.store.get(job_id)
+        attempt = entry.attempts + 1
+        outcome = self.call(record, entry.delivery)
         final = outcome.ok or outcome.final or attempt >= self.settings.webhook_max_attempts
-        status = WebhookStatus.delivered if outcome.ok else WebhookStatus.failed if final else WebhookStatus.pending
-        entry = WebhookDelivery(
-            delivery=state["delivery"], attempt=attempt, at=now(), status_code=outcome.status_code, error=outcome.error
+        delivery = WebhookDelivery(
+            delivery=entry.delivery, attempt=attempt, at=now(), status_code=outcome.status_code, error=outcome.error
         )
-        deliveries = self.store.get(job_id).webhook_deliveries
-        self.store.update(job_id, webhook_status=status, webhook_deliveries=[*deliveries, entry])
         wait_s = backoff_s(self.settings.webhook_backoff_s, attempt)
-        atomic_write_json(
-            claim, {**state, "attempts": attempt, "next_attempt_at": 0.0 if final else self.wall() + wait_s}
-        )
+        state = OutboxState.delivered if outcome.ok else OutboxState.failed if final else OutboxState.pending
+        next_at = 0.0 if final else self.wall() + wait_s
         host = urlsplit(record.webhook or "").hostname
-        if outcome.ok:
-            os.rename(claim, claim.with_name(WEBHOOK_DELIVERED))
+        # The attempt (in the record) and the entry's next state in one transaction, and only while the claim holds.
+        if not self.store.settle_webhook(job_id, state, attempt, next_at, claim=entry, delivery=delivery):
+            log.warning(
+                "job %s: webhook to %s, attempt %d outlived its claim (%.0f s); whoever claimed it since settles it",
+                job_id,
+                host,
+                attempt,
+                self.claim_stale_s,
+            )
+        elif outcome.ok:
             log.info(
                 "job %s: webhook to %s delivered (attempt %d, HTTP %d)", job_id, host, attempt, outcome.status_code
             )
         elif final:
-            os.rename(claim, claim.with_name(WEBHOOK_FAILED))
             log.error("job %s: webhook to %s given up after attempt %d: %s", job_id, host, attempt, outcome.error)
         else:
-            os.rename(claim, pending)
             log.warning(
                 "job %s: webhook to %s, attempt %d: %s; next in %.1f s", job_id, host, attempt, outcome.error, wait_s
             )

@@ -199,7 +199,7 @@ class ModelRegistry:
     def from_settings(cls, settings: Settings, **kwargs: Any) -> "ModelRegistry":
         roots: list[tuple[Path, Source]] = [(settings.models_dir, "volume"), (settings.bundled_models_dir, "bundled")]
         kwargs.setdefault("batch_rows", settings.batch_max)
-        return cls(roots, evaluations=EvaluationStore(settings.evaluations_dir), **kwargs)
+        return cls(roots, **kwargs)
 
     # --- lookup ---------------------------------------------------------------------------------------
 

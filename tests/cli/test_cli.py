@@ -229,8 +229,8 @@ def test_evaluate_submits_follows_and_prints_the_metrics(http: TestClient, api: 
     store = http.app.state.ganserve.evaluations  # type: ignore[attr-defined]
 
     def worker(_s: float) -> None:
-        [path] = (store.root / "jobs").glob("*.json")
-        store.update(path.stem, status=JobStatus.succeeded, result=metrics.to_dict(), finished_at=now())
+        [record] = store.list()
+        store.update(record.id, status=JobStatus.succeeded, result=metrics.to_dict(), finished_at=now())
 
     api.sleep = worker
     result = run("evaluate", DEFAULT_MODEL, "--n", "500", "--server", SERVER, "--api-key", ADMIN_KEY)

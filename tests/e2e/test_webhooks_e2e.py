@@ -1,6 +1,7 @@
-"""A job's webhook, end to end: the Celery worker process finishes the job (and owes the call, on the volume),
-the API process calls a receiver of this test's own, which fails once and then answers 200; the call is
-signed with the secret the stack was given."""
+"""A job's webhook, end to end: the Celery worker process finishes the job (and owes the call, in the database's
+outbox, in the same transaction), the API process calls a receiver of this test's own, which fails once and then
+answers 200; the call is signed with the secret the stack was given. Once on the volume's SQLite, once on
+PostgreSQL."""
 
 import hashlib
 import hmac
@@ -13,6 +14,10 @@ from pathlib import Path
 
 import pytest
 from e2e_support import TINY, submit, wait_for
+
+from core.db import Database
+from core.jobs import JobStore, OutboxState
+from core.settings import Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -54,11 +59,22 @@ def receiver() -> Iterator[Receiver]:
     r.close()
 
 
-def test_a_finished_job_calls_its_webhook(redis_url, start_stack, tmp_path: Path, receiver: Receiver) -> None:
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_env(request: pytest.FixtureRequest) -> dict[str, str]:
+    """The stack's database: the default (SQLite on its volume), or the session's PostgreSQL database."""
+    if request.param == "sqlite":
+        return {}
+    return {"GANSERVE_DATABASE_URL": request.getfixturevalue("postgres_url")}
+
+
+def test_a_finished_job_calls_its_webhook(
+    redis_url, start_stack, tmp_path: Path, receiver: Receiver, database_env: dict[str, str]
+) -> None:
     env = {
         "GANSERVE_WEBHOOK_ALLOWED_HOSTS": "127.0.0.1",
         "GANSERVE_WEBHOOK_SECRET": SECRET,
         "GANSERVE_WEBHOOK_BACKOFF_S": "0.2",
+        **database_env,
     }
     s = start_stack(redis_url, tmp_path, **env)
     try:
@@ -82,3 +98,14 @@ def test_a_finished_job_calls_its_webhook(redis_url, start_stack, tmp_path: Path
     assert sent["event"] == "job.finished" and sent["job"]["id"] == job_id
     assert sent["job"]["status"] == "succeeded" and sent["job"]["model"] == job["model"]
     assert receiver.calls[0][0]["x-ganserve-delivery"] == headers["x-ganserve-delivery"]
+
+    # The stack's outbox entry, as the API left it: settled, after two attempts of the one delivery.
+    url = database_env.get("GANSERVE_DATABASE_URL")
+    stack = Settings(_env_file=None, checkpoint_dir=s.volume, database_url=url)  # type: ignore[call-arg]
+    db = Database(stack.effective_database_url)
+    try:
+        entry = JobStore(db).webhook(job_id)
+    finally:
+        db.dispose()
+    assert entry is not None and (entry.state, entry.attempts) == (OutboxState.delivered, 2)
+    assert entry.delivery == headers["x-ganserve-delivery"] and entry.claimed_at is None

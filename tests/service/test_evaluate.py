@@ -72,14 +72,12 @@ def test_an_evaluation_of_another_model_is_404(client: TestClient) -> None:
 
 
 def finish(client: TestClient, eval_id: str, fid: float) -> None:
-    s = store(client)
-    record = s.update(
+    store(client).update(
         eval_id,
         status=JobStatus.succeeded,
         result={"extractor": "mnist-cnn-v1", "fid": fid, "inception_score": float("nan")},
         finished_at=now(),
     )
-    s.file_result(record)
 
 
 def test_results_are_shown_under_their_version_newest_first(client: TestClient) -> None:

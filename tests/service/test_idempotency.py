@@ -1,16 +1,19 @@
 """`Idempotency-Key` on POST /train: a retry returns the job the first request made, never a second one;
-the same Idempotency-Key for another job is a 422; records live on the volume for 24 h."""
+the same Idempotency-Key for another job is a 422; they are kept in the database for 24 h."""
 
+import hashlib
 import json
 import threading
 import time
 from datetime import timedelta
-from pathlib import Path
 
 from fastapi.testclient import TestClient
 from kombu.exceptions import OperationalError
+from sqlalchemy import select
 from svc_support import AUTH, DEFAULT_MODEL, TRAIN_KEY, FakeSender, bearer
 
+from core import db as tables
+from core.db import connect
 from core.jobs import JobStore
 from core.submissions import IDEMPOTENCY_TTL
 
@@ -77,9 +80,10 @@ def test_a_retry_after_a_restart_returns_the_same_job(make_app, publish_model, s
     with TestClient(make_app(), headers=AUTH) as c:  # a new API process (and no Redis at all)
         r = post(c, "restart")
         assert r.status_code == 202 and r.json()["id"] == first
-    records = list((settings.submissions_dir / "test-admin" / "idempotency").glob("*.json"))
-    assert len(records) == 1 and json.loads(records[0].read_text())["job_id"] == first
-    assert "restart" not in records[0].name  # the file is named by a hash of the Idempotency-Key
+    with connect(settings.effective_database_url).begin() as conn:
+        rows = conn.execute(select(tables.idempotency_keys)).all()
+    assert [(r.key_name, r.job_id) for r in rows] == [("test-admin", first)]
+    assert rows[0].key_sha256 == hashlib.sha256(b"restart").hexdigest()  # stored by its hash, never itself
 
 
 def test_records_expire_after_24_hours(client: TestClient, monkeypatch) -> None:
@@ -96,12 +100,16 @@ def test_records_expire_after_24_hours(client: TestClient, monkeypatch) -> None:
 def test_expired_records_are_deleted(client: TestClient, settings, monkeypatch) -> None:
     submissions = client.app.state.ganserve.submissions  # type: ignore[attr-defined]
     post(client, "a")
-    folder: Path = settings.submissions_dir / "test-admin" / "idempotency"
-    assert len(list(folder.glob("*.json"))) == 1
+
+    def kept() -> list[str]:
+        with submissions.db.begin() as conn:
+            return [r.job_id for r in conn.execute(select(tables.idempotency_keys)).all()]
+
+    assert len(kept()) == 1
     real_clock = submissions.clock
     monkeypatch.setattr(submissions, "clock", lambda: real_clock() + IDEMPOTENCY_TTL + timedelta(hours=2))
-    post(client, "b")  # writing a record prunes the key's expired ones
-    assert len(list(folder.glob("*.json"))) == 1
+    newer = post(client, "b").json()["id"]  # remembering one deletes the expired ones
+    assert kept() == [newer]
 
 
 def test_a_submission_the_broker_refused_can_be_retried(client: TestClient, sender: FakeSender) -> None:

@@ -128,8 +128,6 @@ def test_the_submitting_key_is_recorded_by_name(client: TestClient, anon: TestCl
     submissions = client.app.state.ganserve.submissions  # type: ignore[attr-defined]
     assert submissions.jobs_of("test-admin") == {job}
     assert submissions.jobs_of("test-train") == {other}
-    volume = client.app.state.ganserve.settings.checkpoint_dir  # type: ignore[attr-defined]
-    assert (volume / "submissions" / "test-admin" / "jobs" / job).exists()
 
 
 # --- requests per minute -----------------------------------------------------------------------------

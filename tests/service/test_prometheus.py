@@ -84,8 +84,8 @@ def _job(store: JobStore, status: JobStatus, images_per_sec: float | None = None
     return record.id
 
 
-def test_jobs_and_evaluations_are_counted_from_the_volume_at_each_scrape(tmp_path: Path) -> None:
-    jobs, evaluations = JobStore(tmp_path / "jobs"), EvaluationStore(tmp_path / "evaluations")
+def test_jobs_and_evaluations_are_counted_from_the_database_at_each_scrape(sqlite_db, tmp_path: Path) -> None:
+    jobs, evaluations = JobStore(sqlite_db), EvaluationStore(sqlite_db, tmp_path / "evaluations")
     metrics = Metrics(jobs, evaluations)
     assert value(generate_latest(metrics.registry).decode(), "ganserve_jobs", status="queued") == 0
 

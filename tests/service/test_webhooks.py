@@ -1,7 +1,9 @@
-"""Webhooks (service/background/webhooks.py): a finished job's URL is called, signed, through the outbox on the volume.
+"""Webhooks (service/background/webhooks.py): a finished job's URL is called, signed, through the database's outbox.
 
 Every call goes to a real HTTP server of the test's own (`Receiver`: http.server in a thread on a free local
-port); nothing of the HTTP call is mocked. Back-off starts at 50 ms so retries take a fraction of a second.
+port); nothing of the HTTP call is mocked. Back-off starts at 50 ms so retries take a fraction of a second. The
+outbox is the volume's SQLite, as the API's settings make it; the claims that two deliverers race for also run on
+PostgreSQL (`db_store`).
 """
 
 import contextlib
@@ -16,16 +18,17 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from ipaddress import ip_address
-from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
+from sqlalchemy import select
 from svc_support import AUTH, DEFAULT_MODEL, FakeSender
 
-from core.jobs import JobStore, WebhookStatus, owe_webhook
+from core.db import Database, connect, webhook_outbox
+from core.jobs import JobStore, OutboxEntry, OutboxState, WebhookStatus
 from core.records import JobStatus, now
 from core.settings import Settings
 from core.train_config import TrainConfig
@@ -41,6 +44,7 @@ WEBHOOKS: dict[str, Any] = {
     "webhook_max_attempts": 4,
 }
 BODY = {"model_name": "hooked", "epochs": 1}
+TOO_LONG_LABEL = "a" * 64  # a DNS label has at most 63 characters
 
 
 @dataclass
@@ -58,10 +62,12 @@ class Received:
 
 @dataclass
 class Receiver:
-    """Answers each POST with the next of `answers` (a status, or a status and headers), then 200."""
+    """Answers each POST with the next of `answers` (a status, or a status and headers), then 200. With `hold`,
+    the first POST is answered only once `hold` is set (an attempt caught in flight)."""
 
     answers: list[int | tuple[int, dict[str, str]]] = field(default_factory=list)
     delay_s: float = 0.0
+    hold: threading.Event | None = None
     requests: list[Received] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -75,6 +81,9 @@ class Receiver:
                     status, headers = answer if isinstance(answer, tuple) else (answer, {})
                     headers_in = {k.lower(): v for k, v in self.headers.items()}
                     receiver.requests.append(Received(self.path, headers_in, body, time.monotonic(), status))
+                    first = len(receiver.requests) == 1
+                if first and receiver.hold is not None:
+                    assert receiver.hold.wait(30), "the test never let the first call be answered"
                 time.sleep(receiver.delay_s)
                 self.send_response(status)
                 for name, value in headers.items():
@@ -97,6 +106,8 @@ class Receiver:
         return [r for r in self.requests if r.job["id"] == job_id]
 
     def close(self) -> None:
+        if self.hold is not None:
+            self.hold.set()
         self.server.shutdown()
         self.server.server_close()
 
@@ -115,7 +126,14 @@ def hook_settings(settings: Settings) -> Settings:
 
 @pytest.fixture
 def store(hook_settings: Settings) -> JobStore:
-    return JobStore(hook_settings.jobs_dir)
+    """The jobs in the database the API of `hook_settings` uses (the volume's SQLite), migrated."""
+    return JobStore(connect(hook_settings.effective_database_url))
+
+
+@pytest.fixture
+def db_store(any_db: Database) -> JobStore:
+    """The jobs in a database of the test's own: once SQLite, once PostgreSQL."""
+    return JobStore(any_db)
 
 
 @pytest.fixture
@@ -131,12 +149,19 @@ def finished_job(store: JobStore, url: str, status: JobStatus = JobStatus.succee
     return job.id
 
 
-def outbox(store: JobStore, job_id: str) -> list[str]:
-    return sorted(p.name for p in store.job_dir(job_id).glob("webhook.*"))
+def outbox(store: JobStore, job_id: str) -> OutboxEntry:
+    entry = store.webhook(job_id)
+    assert entry is not None, f"job {job_id} owes no webhook"
+    return entry
 
 
 def owed(store: JobStore) -> bool:
-    return any(store.root.glob("*/webhook.pending")) or any(store.root.glob("*/webhook.sending"))
+    """Some job's webhook is still owed: waiting for an attempt, or in one."""
+    unsettled = select(webhook_outbox.c.job_id).where(
+        webhook_outbox.c.state.in_([OutboxState.pending.value, OutboxState.sending.value])
+    )
+    with store.db.begin() as conn:
+        return conn.execute(unsettled).first() is not None
 
 
 def deliver_all(*deliverers: Deliverer, timeout_s: float = 15.0) -> None:
@@ -169,7 +194,8 @@ def test_the_call_is_signed_and_a_tampered_body_does_not_verify(
     store: JobStore, deliverer: Deliverer, receiver: Receiver
 ) -> None:
     job_id = finished_job(store, receiver.url("/hook?team=gan"))
-    assert outbox(store, job_id) == ["webhook.pending"]
+    owing = outbox(store, job_id)
+    assert (owing.state, owing.attempts) == (OutboxState.pending, 0)
     assert store.get(job_id).webhook_status == WebhookStatus.pending
 
     deliver_all(deliverer)
@@ -193,8 +219,9 @@ def test_the_call_is_signed_and_a_tampered_body_does_not_verify(
     assert record.webhook_status == WebhookStatus.delivered
     [delivery] = record.webhook_deliveries
     assert (delivery.attempt, delivery.status_code, delivery.error) == (1, 200, None)
-    assert delivery.delivery == headers["x-ganserve-delivery"]
-    assert outbox(store, job_id) == ["webhook.delivered"]
+    assert delivery.delivery == headers["x-ganserve-delivery"] == owing.delivery
+    settled = outbox(store, job_id)
+    assert (settled.state, settled.attempts, settled.claimed_at) == (OutboxState.delivered, 1, None)
     deliverer.scan()
     assert len(receiver.requests) == 1
 
@@ -218,6 +245,25 @@ def test_retries_back_off_until_the_receiver_answers_2xx(
         (2, 503, "HTTP 503"),
         (3, 200, None),
     ]
+    assert (outbox(store, job_id).state, outbox(store, job_id).attempts) == (OutboxState.delivered, 3)
+
+
+def test_a_failed_attempt_is_due_again_after_the_back_off_doubled(
+    store: JobStore, hook_settings: Settings, receiver: Receiver
+) -> None:
+    """The outbox holds each retry's time in Unix seconds of the deliverer's clock: base, then twice that."""
+    receiver.answers = [500, 500]
+    job_id = finished_job(store, receiver.url())
+    clock = [1_000_000.0]
+    deliverer = Deliverer(store, hook_settings.model_copy(update={"webhook_backoff_s": 10.0}), wall=lambda: clock[0])
+    assert deliverer.scan() == [job_id]
+    assert (outbox(store, job_id).state, outbox(store, job_id).next_attempt_at) == (OutboxState.pending, 1_000_010.0)
+    clock[0] = 1_000_009.9
+    assert deliverer.scan() == [] and len(receiver.requests) == 1  # not due yet
+    clock[0] = 1_000_010.0
+    assert deliverer.scan() == [job_id]
+    assert outbox(store, job_id).next_attempt_at == 1_000_030.0  # 20 s after the second attempt
+    assert [r.headers["x-ganserve-timestamp"] for r in receiver.requests] == ["1000000", "1000010"]
 
 
 def test_after_the_last_attempt_it_is_given_up_and_marked_failed(
@@ -231,7 +277,7 @@ def test_after_the_last_attempt_it_is_given_up_and_marked_failed(
     record = store.get(job_id)
     assert record.webhook_status == WebhookStatus.failed
     assert [d.attempt for d in record.webhook_deliveries] == [1, 2, 3, 4]
-    assert outbox(store, job_id) == ["webhook.failed"]
+    assert (outbox(store, job_id).state, outbox(store, job_id).attempts) == (OutboxState.failed, 4)
     time.sleep(4 * BACKOFF_S)
     deliverer.scan()
     assert len(receiver.requests) == 4
@@ -262,6 +308,7 @@ def test_an_answer_past_the_deadline_is_a_failed_attempt(
     [delivery] = store.get(job_id).webhook_deliveries
     assert delivery.status_code is None and "no answer within 0.2 s" in (delivery.error or "")
     assert store.get(job_id).webhook_status == WebhookStatus.pending  # it is retried
+    assert (outbox(store, job_id).state, outbox(store, job_id).attempts) == (OutboxState.pending, 1)
 
 
 # --- where it may go ---------------------------------------------------------------------------------------
@@ -273,8 +320,9 @@ def test_an_answer_past_the_deadline_is_a_failed_attempt(
         ({"webhook_allowed_hosts": "localhost"}, "localhost", "a loopback address"),
         ({"webhook_allowed_hosts": "example.org"}, "127.0.0.1", "not one this server may call"),
         ({"webhook_secret": None}, "127.0.0.1", "GANSERVE_WEBHOOK_SECRET"),
+        ({"webhook_allowed_hosts": "*.example.com"}, f"{TOO_LONG_LABEL}.example.com", "not a DNS name"),
     ],
-    ids=["private-address", "host-no-longer-allowed", "secret-unset"],
+    ids=["private-address", "host-no-longer-allowed", "secret-unset", "not-a-dns-name"],
 )
 def test_a_call_refused_at_delivery_is_failed_at_once(
     store: JobStore,
@@ -293,7 +341,7 @@ def test_a_call_refused_at_delivery_is_failed_at_once(
     assert record.webhook_status == WebhookStatus.failed
     [delivery] = record.webhook_deliveries
     assert delivery.status_code is None and refused_because in (delivery.error or "")
-    assert outbox(store, job_id) == ["webhook.failed"]
+    assert (outbox(store, job_id).state, outbox(store, job_id).attempts) == (OutboxState.failed, 1)
 
 
 def test_a_private_address_is_called_when_allowed(store: JobStore, hook_settings: Settings, receiver: Receiver):
@@ -370,6 +418,8 @@ def hook_client(make_app: Callable[..., FastAPI], publish_model: Callable[..., i
         ({}, "http:///hook", "no host"),
         ({}, "http://127.0.0.1/a b", "spaces"),
         ({}, "http://127.0.0.1/" + "a" * 2000, "at most 2000"),
+        ({"webhook_allowed_hosts": "*.example.com"}, f"http://{TOO_LONG_LABEL}.example.com/", "not a DNS name"),
+        ({"webhook_allowed_hosts": "*.example.com"}, "http://hooks..example.com/", "not a DNS name"),
     ],
 )
 def test_a_webhook_the_server_will_not_call_is_refused_at_submission(
@@ -474,7 +524,7 @@ def test_each_way_a_job_ends_owes_exactly_one_delivery(
     status: str,
 ) -> None:
     """The app's own deliverer (its lifespan's) and a second one, as another API process would run, both
-    scan the volume while the job ends; once delivered, the finished record is written again: still one call."""
+    scan the outbox while the job ends; once delivered, the finished record is written again: still one call."""
     store: JobStore = hook_client.app.state.ganserve.jobs  # type: ignore[attr-defined]
     with scanning(Deliverer(store, hook_settings)):
         job_id = finish(hook_client, store, sender, receiver.url())
@@ -483,27 +533,74 @@ def test_each_way_a_job_ends_owes_exactly_one_delivery(
         time.sleep(10 * BACKOFF_S)  # several more scans of both
     [call] = receiver.for_job(job_id)
     assert call.job["status"] == status
-    assert len(store.get(job_id).webhook_deliveries) == 1 and outbox(store, job_id) == ["webhook.delivered"]
+    assert len(store.get(job_id).webhook_deliveries) == 1 and outbox(store, job_id).state == OutboxState.delivered
+    shown = hook_client.get(f"/train/{job_id}").json()
+    assert shown["webhook_status"] == "delivered" and len(shown["webhook_deliveries"]) == 1
+
+
+def test_a_job_that_finishes_twice_owes_one_call(store: JobStore, deliverer: Deliverer, receiver: Receiver) -> None:
+    """Nothing is owed before a job finishes. A job cancelled while queued that a worker starts all the same
+    (it read the record just before) and finishes: its status is written, and its webhook was owed once."""
+    job = store.create(config=TrainConfig(**BODY), webhook=receiver.url())
+    store.update(job.id, status=JobStatus.running, started_at=now())
+    assert store.webhook(job.id) is None and deliverer.scan() == [] and receiver.requests == []
+    store.update(job.id, status=JobStatus.cancelled, finished_at=now())
+    deliver_all(deliverer)
+    store.update(job.id, status=JobStatus.running, started_at=now())
+    assert store.update(job.id, status=JobStatus.succeeded, finished_at=now()).status == JobStatus.succeeded
+    assert store.get(job.id).webhook_status == WebhookStatus.delivered  # what the outbox says, not owed again
+    deliverer.scan()
+    assert [r.job["status"] for r in receiver.requests] == ["cancelled"]
+    assert (outbox(store, job.id).state, outbox(store, job.id).attempts) == (OutboxState.delivered, 1)
 
 
 def test_two_deliverers_scanning_at_once_never_call_twice(
-    store: JobStore, hook_settings: Settings, receiver: Receiver
+    db_store: JobStore, hook_settings: Settings, receiver: Receiver
 ) -> None:
     receiver.answers, receiver.delay_s = [500, 500, 503, 500], 0.01
-    jobs = [finished_job(store, receiver.url()) for _ in range(12)]
-    first, second = Deliverer(store, hook_settings), Deliverer(store, hook_settings)
+    jobs = [finished_job(db_store, receiver.url()) for _ in range(12)]
+    first, second = Deliverer(db_store, hook_settings), Deliverer(db_store, hook_settings)
     threads = [threading.Thread(target=deliver_all, args=(d,)) for d in (first, second)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
 
+    assert not owed(db_store)
     assert len(receiver.requests) == len(jobs) + 4  # one call each, plus the four that failed and were retried
     for job_id in jobs:
-        calls, record = receiver.for_job(job_id), store.get(job_id)
+        calls, record = receiver.for_job(job_id), db_store.get(job_id)
         assert [c.status for c in calls][-1] == 200 and sum(c.status == 200 for c in calls) == 1
         assert [d.attempt for d in record.webhook_deliveries] == list(range(1, len(calls) + 1))
         assert record.webhook_status == WebhookStatus.delivered
+        assert outbox(db_store, job_id).attempts == len(calls)
+
+
+def test_two_deliverers_scanning_the_same_due_entries_make_one_attempt_each(
+    db_store: JobStore, hook_settings: Settings, receiver: Receiver
+) -> None:
+    """Both list the same due entries at the same moment and race for each claim: every entry is called once,
+    by one of them."""
+    receiver.delay_s = 0.005
+    jobs = [finished_job(db_store, receiver.url()) for _ in range(16)]
+    deliverers = [Deliverer(db_store, hook_settings) for _ in range(2)]
+    start, called = threading.Barrier(2), [[], []]
+
+    def scan(i: int) -> None:
+        start.wait()
+        called[i] = deliverers[i].scan()
+
+    threads = [threading.Thread(target=scan, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    assert sorted(called[0] + called[1]) == sorted(jobs)  # each by exactly one of the two
+    assert sorted(r.job["id"] for r in receiver.requests) == sorted(jobs)
+    for job_id in jobs:
+        assert [d.attempt for d in db_store.get(job_id).webhook_deliveries] == [1]
+        assert (outbox(db_store, job_id).state, outbox(db_store, job_id).attempts) == (OutboxState.delivered, 1)
 
 
 # --- the outbox outlives its deliverer ---------------------------------------------------------------------
@@ -523,45 +620,84 @@ def test_a_new_deliverer_continues_where_the_last_one_stopped(
     assert [d.attempt for d in store.get(job_id).webhook_deliveries] == [1, 2]
 
 
-def test_a_claim_abandoned_mid_attempt_is_owed_again(
+def test_a_deliverer_told_to_stop_ends_its_scan_after_the_attempt_in_flight(
     store: JobStore, hook_settings: Settings, receiver: Receiver
 ) -> None:
-    job_id = finished_job(store, receiver.url())
-    job_dir = store.job_dir(job_id)
-    (job_dir / "webhook.pending").rename(job_dir / "webhook.sending")  # a deliverer claimed it, then was killed
-    clock = [0.0]
-    deliverer = Deliverer(store, hook_settings, claim_stale_s=30.0, clock=lambda: clock[0])
-    assert deliverer.scan() == [] and receiver.requests == []  # first sight of that claim
-    clock[0] += 29.0
-    assert deliverer.scan() == [] and receiver.requests == []
-    clock[0] += 1.0
-    assert deliverer.scan() == [job_id]
-    assert len(receiver.requests) == 1 and outbox(store, job_id) == ["webhook.delivered"]
+    """What it did not reach stays owed, unclaimed, for the next deliverer: nothing is lost by stopping."""
+    receiver.hold = threading.Event()
+    jobs = [finished_job(store, receiver.url()) for _ in range(3)]
+    stopping = Deliverer(store, hook_settings)
+    called: list[str] = []
+    thread = threading.Thread(target=lambda: called.extend(stopping.scan()))
+    thread.start()
+    wait_until(lambda: len(receiver.requests) == 1)  # its first attempt is in flight
+    stopping.stopping.set()
+    receiver.hold.set()
+    thread.join()
+
+    [first] = called
+    assert [r.job["id"] for r in receiver.requests] == [first]
+    assert outbox(store, first).state == OutboxState.delivered
+    rest = [j for j in jobs if j != first]
+    assert all((outbox(store, j).state, outbox(store, j).attempts) == (OutboxState.pending, 0) for j in rest)
+    assert sorted(Deliverer(store, hook_settings).scan()) == sorted(rest)
+    assert len(receiver.requests) == 3
 
 
-def test_an_entry_owed_before_its_record_was_saved_waits_for_the_record(
-    store: JobStore, deliverer: Deliverer, receiver: Receiver
+def test_a_claim_abandoned_mid_attempt_is_owed_again(
+    db_store: JobStore, hook_settings: Settings, receiver: Receiver
 ) -> None:
-    """A process killed between the outbox entry and the record's save: nothing is sent for a job that did not
-    finish; when it does finish (run again), the same entry is delivered, once."""
-    job = store.create(config=TrainConfig(**BODY), webhook=receiver.url())
-    store.update(job.id, status=JobStatus.running, started_at=now())
-    assert owe_webhook(store.job_dir(job.id))
+    job_id = finished_job(db_store, receiver.url())
+    t0 = time.time()
+    assert db_store.claim_webhook(job_id, wall=t0) is not None  # a deliverer claimed it, then was killed
+    clock = [t0]
+    deliverer = Deliverer(db_store, hook_settings, claim_stale_s=30.0, wall=lambda: clock[0])
     assert deliverer.scan() == [] and receiver.requests == []
-    store.update(job.id, status=JobStatus.succeeded, finished_at=now())
-    deliver_all(deliverer)
-    assert len(receiver.requests) == 1 and receiver.requests[0].job["status"] == "succeeded"
+    clock[0] = t0 + 30.0
+    assert deliverer.scan() == [] and receiver.requests == []  # not older than 30 s yet
+    clock[0] = t0 + 30.5
+    assert deliverer.scan() == [job_id]
+    assert len(receiver.requests) == 1
+    assert (outbox(db_store, job_id).state, outbox(db_store, job_id).attempts) == (OutboxState.delivered, 1)
+    assert [d.attempt for d in db_store.get(job_id).webhook_deliveries] == [1]
+
+
+def test_an_attempt_that_outlives_its_claim_changes_nothing_its_successor_settled(
+    db_store: JobStore, hook_settings: Settings, receiver: Receiver
+) -> None:
+    """A deliverer whose clock lags the others' by more than the stale claim (30 s) has its claim taken over
+    mid-attempt: the receiver gets the delivery twice (the same X-Ganserve-Delivery, as at-least-once allows),
+    and the late attempt's failure is logged but neither reopens the entry nor overwrites its status."""
+    receiver.answers, receiver.hold = [500], threading.Event()
+    job_id = finished_job(db_store, receiver.url())
+    lagging = Deliverer(db_store, hook_settings, wall=lambda: time.time() - 40.0)
+    called: list[str] = []
+    thread = threading.Thread(target=lambda: called.extend(lagging.scan()))
+    thread.start()
+    wait_until(lambda: len(receiver.requests) == 1)  # its attempt is in flight; its claim looks 40 s old
+    assert Deliverer(db_store, hook_settings).scan() == [job_id]  # given back as abandoned, claimed, delivered
+    receiver.hold.set()
+    thread.join()
+
+    assert called == [job_id]
+    assert [r.status for r in receiver.requests] == [500, 200]
+    assert len({r.headers["x-ganserve-delivery"] for r in receiver.requests}) == 1
+    record = db_store.get(job_id)
+    assert [(d.attempt, d.status_code) for d in record.webhook_deliveries] == [(1, 200), (1, 500)]
+    assert record.webhook_status == WebhookStatus.delivered
+    assert (outbox(db_store, job_id).state, outbox(db_store, job_id).attempts) == (OutboxState.delivered, 1)
+    time.sleep(2 * BACKOFF_S)
+    assert Deliverer(db_store, hook_settings).scan() == [] and len(receiver.requests) == 2
 
 
 def test_the_api_delivers_what_was_owed_while_it_was_down(
-    make_app: Callable[..., FastAPI], publish_model: Callable[..., int], settings: Path, receiver: Receiver
+    make_app: Callable[..., FastAPI], publish_model: Callable[..., int], store: JobStore, receiver: Receiver
 ) -> None:
     publish_model(DEFAULT_MODEL)
-    app = make_app(**WEBHOOKS)
-    job_id = finished_job(app.state.ganserve.jobs, receiver.url())  # by a worker, while no API runs
+    job_id = finished_job(store, receiver.url())  # by a worker, while no API runs
     time.sleep(0.2)
     assert receiver.requests == []
-    with TestClient(app, headers=AUTH) as client:
+    with TestClient(make_app(**WEBHOOKS), headers=AUTH) as client:
         wait_until(lambda: client.get(f"/train/{job_id}").json()["webhook_status"] == "delivered")
         [delivery] = client.get(f"/train/{job_id}").json()["webhook_deliveries"]
     assert delivery["status_code"] == 200 and len(receiver.requests) == 1

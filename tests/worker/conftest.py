@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from core.db import connect
 from core.jobs import JobRecord, JobStore
 from core.settings import Settings
 from core.train_config import TrainConfig
@@ -59,7 +60,7 @@ def settings(tmp_path: Path, data_root: Path, monkeypatch: pytest.MonkeyPatch) -
 
 @pytest.fixture
 def store(settings: Settings) -> JobStore:
-    return JobStore(settings.jobs_dir)
+    return JobStore(connect(settings.effective_database_url))
 
 
 @pytest.fixture

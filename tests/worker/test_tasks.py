@@ -11,11 +11,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from sqlalchemy import select
 
 import training.checkpoint
 import training.data
 import training.loop
 import training.run_state
+from core import db as tables
 from core.jobs import JobRecord, JobStore
 from core.records import JobStatus, now
 from core.settings import Settings
@@ -89,7 +91,9 @@ def test_a_killed_job_resumes_from_its_last_epoch(
     # the same numbers as a job that never stopped
     assert [e.losses for e in done.history] == [e.losses for e in store.get(straight.id).history]
     assert done.metrics == store.get(straight.id).metrics
-    assert (settings.jobs_dir / job.id / "attempt-1").exists() and (settings.jobs_dir / job.id / "attempt-2").exists()
+    with store.db.begin() as conn:
+        claims = conn.execute(select(tables.job_attempts).where(tables.job_attempts.c.job_id == job.id)).all()
+    assert [(c.attempt, c.worker) for c in claims] == [(1, "host:1"), (2, "host:2")]
 
 
 def test_heartbeats_continue_through_a_long_phase(
@@ -132,7 +136,7 @@ def test_a_duplicate_message_for_a_job_running_elsewhere_is_dropped(
 
 def test_each_attempt_is_claimed_once(submit, store: JobStore, monkeypatch: pytest.MonkeyPatch) -> None:
     job = submit(epochs=1)
-    assert store.claim(job.id, 1) and not store.claim(job.id, 1)
+    assert store.claim(job.id, 1, "host:0") and not store.claim(job.id, 1, "host:1")
     # Another worker claimed attempt 1 an instant ago and has not marked the job running yet.
     assert run_task(job.id, "host:1", monkeypatch)["status"] == "running-elsewhere"
     assert store.get(job.id).status == JobStatus.queued
@@ -251,3 +255,50 @@ def test_a_job_cancelled_while_running_keeps_its_last_checkpoint(
     ]
     for stem in record.checkpoints:
         training.checkpoint.load(settings.checkpoint_dir / stem)  # intact
+
+
+def test_a_database_outage_pauses_a_running_job_and_loses_nothing(
+    submit, store: JobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database stops answering for a while during a job (its writes and the cancel check fail): the job
+    waits, then goes on, and ends with every epoch in its history, as if nothing had happened."""
+    from sqlalchemy.exc import OperationalError
+
+    straight = submit(epochs=3)
+    assert run_task(straight.id, monkeypatch=monkeypatch)["status"] == "succeeded"
+
+    job = submit(epochs=3)
+    outage = {"left": 0, "failed": 0}
+    real_update, real_cancel = JobStore.update, JobStore.cancel_requested
+
+    def down_now() -> None:
+        if outage["left"] > 0:
+            outage["left"] -= 1
+            outage["failed"] += 1
+            raise OperationalError("UPDATE jobs …", {}, ConnectionRefusedError("the database is down"))
+
+    def update(self, record_id, conn=None, apply=None, **changes):
+        if apply is not None:  # the worker's writes while it runs
+            down_now()
+        return real_update(self, record_id, conn, apply, **changes)
+
+    def cancel_requested(self, job_id):
+        down_now()
+        return real_cancel(self, job_id)
+
+    def save(out_dir, s, **kwargs):
+        if kwargs["epoch"] == 1:
+            outage["left"] = 5  # from the end of epoch 1: five database calls fail
+        return training.run_state.save.__wrapped__(out_dir, s, **kwargs)
+
+    save.__wrapped__ = training.run_state.save  # type: ignore[attr-defined]
+    monkeypatch.setattr(JobStore, "update", update)
+    monkeypatch.setattr(JobStore, "cancel_requested", cancel_requested)
+    monkeypatch.setattr(training.run_state, "save", save)
+    monkeypatch.setattr(tasks, "PATIENCE_MAX_S", 0.01)
+    monkeypatch.setattr(tasks.time, "sleep", lambda s: None)
+    assert run_task(job.id, "host:1", monkeypatch)["status"] == "succeeded"
+    assert outage["failed"] == 5
+    done = store.get(job.id)
+    assert history_epochs(done) == [1, 2, 3]
+    assert [e.losses for e in done.history] == [e.losses for e in store.get(straight.id).history]

@@ -5,6 +5,7 @@ import logging
 from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 
+from core.db import DatabaseUnavailable
 from service.api.errors import APIError, error_responses
 from service.api.schemas import Check, Health, Readiness
 from service.serving.registry import ModelNotFound
@@ -24,7 +25,7 @@ async def healthz() -> Health:
 @router.get(
     "/readyz",
     response_model=Readiness,
-    summary="Readiness: the render process, the broker and the default model",
+    summary="Readiness: the render process, the database, the broker and the default model",
     responses=error_responses(503),
 )
 async def readyz(state: StateDep) -> Readiness:
@@ -51,6 +52,11 @@ async def _render_check(state: AppState) -> Check:
 
 def _blocking_checks(state: AppState) -> dict[str, Check]:
     checks: dict[str, Check] = {}
+    try:
+        checks["database"] = Check(ok=True, detail=f"{state.db.dialect}, at revision {state.db.revision()}")
+    except DatabaseUnavailable as e:  # the details name hosts: in the log, not in this public answer
+        log.error("%s", e)
+        checks["database"] = Check(ok=False, detail=f"{state.db.dialect} does not answer (GANSERVE_DATABASE_URL)")
     try:
         checks["broker"] = Check(ok=True, detail=state.tasks.check())
     except Exception as e:  # any failure of the probe means "not reachable"

@@ -76,6 +76,7 @@ def evaluate_model(
             detail={"kind": model.kind},
         )
     record = store.create(
+        owner=principal.name,
         model=name,
         version=model.version,
         source=model.source,

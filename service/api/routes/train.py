@@ -118,10 +118,11 @@ def start_training(
     if webhook is not None and (problem := webhooks.refusal(webhook, settings)):
         raise validation_error(("body", "webhook"), problem, webhook, "webhook_refused")
     request_sha256 = _request_sha256(config, webhook)
-    # One submission per key at a time: a retry racing its original waits for it, then replays it.
-    with submissions.lock(principal.name):
+    # One submission per key at a time, in one transaction: a retry racing its original waits for it, then
+    # replays it; two submissions never both pass the queue limit.
+    with submissions.lock(principal.name) as conn:
         if idempotency_key is not None:
-            prior = submissions.recall(principal.name, idempotency_key)
+            prior = submissions.recall(conn, principal.name, idempotency_key)
             if prior is not None:
                 if prior.request_sha256 != request_sha256:
                     raise APIError(
@@ -133,15 +134,15 @@ def start_training(
                         detail={"id": prior.job_id},
                     )
                 try:
-                    record = store.get(prior.job_id)
+                    record = store.get(prior.job_id, conn)
                 except KeyError:
-                    record = None  # its record is gone from the volume: submit afresh
+                    record = None  # its record is gone: submit afresh
                 if record is not None:
                     log.info("job %s: replayed for key %s (Idempotency-Key)", record.id, principal.name)
                     response.headers["Location"] = f"/train/{record.id}"
                     response.headers["Idempotent-Replayed"] = "true"
                     return record
-        active = submissions.active_jobs(principal.name, store)
+        active = submissions.active_jobs(conn, principal.name)
         if len(active) >= settings.max_queued_per_key:
             raise APIError(
                 429,
@@ -151,20 +152,20 @@ def start_training(
                 "to finish, or cancel one with DELETE /train/{id}.",
                 detail={"active": active, "limit": settings.max_queued_per_key},
             )
-        record = store.create(config=config, webhook=webhook)
-        submissions.add_job(principal.name, record.id)
+        record = store.create(owner=principal.name, conn=conn, config=config, webhook=webhook)
         if idempotency_key is not None:
-            # Before sending: a crash after the send must not let a retry make a second job.
-            submissions.remember(principal.name, idempotency_key, record.id, request_sha256)
-        try:
-            state.tasks.send(TRAIN_TASK, record.id)
-        except Exception as e:
-            reason, error = broker_unavailable("training job", record.id, e)
-            log.error("job %s: %s", record.id, reason)
-            store.update(record.id, status=JobStatus.failed, error=reason, finished_at=now())
-            if idempotency_key is not None:
-                submissions.forget(principal.name, idempotency_key)  # never queued: a retry may queue it anew
-            raise error from None
+            # With the record: a crash after the send must not let a retry make a second job.
+            submissions.remember(conn, principal.name, idempotency_key, record.id, request_sha256)
+    # Sent once committed, so that the worker the message reaches finds the record.
+    try:
+        state.tasks.send(TRAIN_TASK, record.id)
+    except Exception as e:
+        reason, error = broker_unavailable("training job", record.id, e)
+        log.error("job %s: %s", record.id, reason)
+        store.update(record.id, status=JobStatus.failed, error=reason, finished_at=now())
+        if idempotency_key is not None:
+            submissions.forget(principal.name, idempotency_key)  # never queued: a retry may queue it anew
+        raise error from None
     log.info(
         "job %s queued by key %s: model %s, %d epoch(s)", record.id, principal.name, config.model_name, config.epochs
     )
@@ -204,7 +205,7 @@ def cancel_job(job_id: JobId, state: StateDep) -> JobRecord:
             f"Job {job_id} already finished with status {record.status.value}; there is nothing to cancel.",
             detail={"id": job_id, "status": record.status.value},
         )
-    # The cancel file first: a worker picking the job up right now sees it and stops on its own.
+    # The cancel request first: a worker picking the job up right now sees it and stops on its own.
     store.request_cancel(job_id)
     if record.status == JobStatus.queued:
         record = store.update(job_id, status=JobStatus.cancelled, finished_at=now())
