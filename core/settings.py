@@ -36,6 +36,24 @@ class Settings(BaseSettings):
         "`postgresql+psycopg://user:pass@host/ganserve`; default an embedded SQLite file, "
         "`<GANSERVE_CHECKPOINT_DIR>/ganserve.db`.",
     )
+    storage_url: str | None = Field(
+        None,
+        description="Where blobs live (checkpoints, published models, sample grids, datasets): `file:///path` or "
+        "`s3://bucket/prefix`; default the volume, `file://<GANSERVE_CHECKPOINT_DIR>`.",
+    )
+    s3_endpoint_url: str | None = Field(
+        None,
+        description="The S3 API's address for `s3://` storage other than AWS (MinIO, Ceph …); credentials come "
+        "from the standard AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY variables.",
+    )
+    cache_dir: Path | None = Field(
+        None,
+        description="This process's cache of blobs fetched from remote storage (models it serves, datasets and "
+        "checkpoints it trains from); default `<GANSERVE_CHECKPOINT_DIR>/cache`.",
+    )
+    cache_max_bytes: int = Field(
+        10 * 2**30, ge=0, description="The most the blob cache holds; the least recently used go first."
+    )
     checkpoint_dir: Path = Field(
         Path("var"), description="The volume shared by API and worker: jobs, checkpoints, published models."
     )
@@ -155,6 +173,14 @@ class Settings(BaseSettings):
     @property
     def webhook_allowed_host_list(self) -> list[str]:
         return [h.strip().lower() for h in self.webhook_allowed_hosts.split(",") if h.strip()]
+
+    @property
+    def effective_storage_url(self) -> str:
+        return self.storage_url or self.checkpoint_dir.resolve().as_uri()
+
+    @property
+    def effective_cache_dir(self) -> Path:
+        return self.cache_dir or self.checkpoint_dir / "cache"
 
     @property
     def effective_database_url(self) -> str:

@@ -67,3 +67,54 @@ def any_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]
         db = emptied(request.getfixturevalue("postgres_url"))
     yield db
     db.dispose()
+
+
+# --- an S3 server ---------------------------------------------------------------------------------------------
+
+S3_ENV = {"AWS_ACCESS_KEY_ID": "ganserve-test", "AWS_SECRET_ACCESS_KEY": "ganserve-test-secret"}
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[str]:
+    """A real S3 API on 127.0.0.1 (moto's server mode, a process of its own), for the session; its URL."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            httpx.get(url, timeout=1)
+            break
+        except httpx.TransportError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"moto's S3 server did not start on {url}")
+            time.sleep(0.1)
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture
+def s3_bucket(s3_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A new, empty bucket on the S3 server, the AWS credentials set for this test; its `s3://` URL."""
+    import s3fs
+
+    for name, value in S3_ENV.items():
+        monkeypatch.setenv(name, value)
+    bucket = f"ganserve-{uuid.uuid4().hex[:12]}"
+    s3fs.S3FileSystem(endpoint_url=s3_server, skip_instance_cache=True).mkdir(bucket)
+    return f"s3://{bucket}/blobs"
