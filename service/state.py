@@ -15,6 +15,7 @@ from core.evaluations import EvaluationStore
 from core.jobs import JobStore
 from core.keys import old_key_file
 from core.settings import Settings
+from core.storage import Storage, open_storage
 from core.submissions import Submissions
 from core.tasks import TaskQueue
 from service.api.caching import AnswerCache
@@ -47,6 +48,7 @@ class AppState:
     rate_limiter: RateLimiter
     metrics: Metrics  # GET /metrics and /stats (service/telemetry.py)
     tasks: Tasks  # the broker: sends training and evaluation tasks (core/tasks.py)
+    storage: Storage  # blobs: jobs' sample grids, evaluations' images (core/storage.py)
 
 
 def build_state(settings: Settings, tasks: Tasks | None = None) -> AppState:
@@ -70,6 +72,7 @@ def build_state(settings: Settings, tasks: Tasks | None = None) -> AppState:
         rate_limiter=make_rate_limiter(settings),
         metrics=metrics,
         tasks=tasks if tasks is not None else TaskQueue(settings),
+        storage=open_storage(settings.effective_storage_url, settings.s3_endpoint_url),
     )
 
 

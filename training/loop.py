@@ -8,8 +8,9 @@ epochs it measures sample quality (`training.evaluation`). Between kept checkpoi
 (`training.run_state`). Losses are checked for NaN/inf every `FINITE_CHECK_EVERY` steps and at every report:
 a diverged run stops with `NonFiniteLossError` instead of checkpointing garbage.
 
-It knows nothing of Celery or HTTP: the caller passes `progress_fn` to hear about progress and `should_stop`
-to ask for cancellation, and gets a `TrainResult` back.
+It knows nothing of Celery, HTTP or object storage: the caller passes `progress_fn` to hear about progress,
+`should_stop` to ask for cancellation and `files_fn` to hear which run files were written and removed (to copy
+them elsewhere), and gets a `TrainResult` back.
 """
 
 import math
@@ -130,13 +131,16 @@ def train(
     report_every_s: float = 1.0,
     resume_from: Path | None = None,
     resume_every_s: float = 0.0,
+    files_fn: run_state.FilesFn | None = None,
 ) -> TrainResult:
     """Train `config`, writing into `out_dir`. `resume_from`: a checkpoint's stem (see
     `training.run_state.latest(out_dir)`) written by an earlier run of the same config into the same `out_dir`;
     the run continues after its epoch, with the numbers an uninterrupted run gives. `resume_every_s` > 0
     writes the state between kept checkpoints at most that often instead of after every epoch:
     for runs of many short epochs, where writing G, D and both optimisers' state each epoch would cost more
-    than the epoch (a killed run then redoes the epochs since the last one written)."""
+    than the epoch (a killed run then redoes the epochs since the last one written). `files_fn(written,
+    removed)` hears of every sample grid and checkpoint written into `out_dir` and every checkpoint removed,
+    once each is complete (`training.run_state.FilesFn`)."""
     check_supported(config)
     dev = resolve_device(device)
     _use_all_cores(dev)
@@ -215,6 +219,8 @@ def train(
             last_stem = run_state.stem_for(out_dir, epoch)
             last_samples = out_dir / "samples" / f"epoch-{epoch:04d}.png"
             write_samples(last_samples, served, fixed_z, config, s.data, s.num_generators, s.device)
+            if files_fn is not None:
+                files_fn([last_samples], [])
             extra |= {"checkpoint": last_stem, "samples": last_samples}
         if plan.evaluator is not None and due(config, epoch, epochs):
             extra["evaluation"] = {"extractor": plan.evaluator.extractor, **plan.evaluator.run(served)}
@@ -224,7 +230,14 @@ def train(
         # identically, so the caller's per-epoch history never has a gap.
         if kept or time.monotonic() - last_saved >= resume_every_s:
             run_state.save(
-                out_dir, s, epoch=epoch, step=step, losses=epoch_losses, kept=kept, last=(last_stem, last_samples)
+                out_dir,
+                s,
+                epoch=epoch,
+                step=step,
+                losses=epoch_losses,
+                kept=kept,
+                last=(last_stem, last_samples),
+                files_fn=files_fn,
             )
             last_saved = time.monotonic()
 

@@ -3,15 +3,18 @@ streams — and everything needed to rebuild and describe the networks, in one f
 
 `save` is the only writer of a run's checkpoints, `<out_dir>/checkpoints/epoch-NNNN.{safetensors,json}`. The
 loop calls it for the epochs it keeps (every `sample_every`, and the last) and, in between, for the latest
-state only (an older such checkpoint is removed once a newer one is complete). `latest` finds the newest intact
-checkpoint of a run, `restore` continues from it with exactly the numbers a run that never stopped gives (on
-the same machine and device), and `training.checkpoint.publish` turns the last one into a served model.
+state only (an older such checkpoint is removed once a newer one is complete); its `files_fn` tells the
+caller which files it wrote and removed, so a worker can copy the run folder into object storage. `latest` finds
+the newest intact checkpoint of a run, `restore` continues from it with exactly the numbers a run that never
+stopped gives (on the same machine and device), and `training.checkpoint.publish` turns the last one into a
+served model.
 
 Learning-rate schedules are not stored: `LambdaLR` is a function of the step alone, rebuilt at the resumed
 step. Nothing is unpickled: tensors are safetensors, the rest JSON (training/checkpoint.py).
 """
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +32,10 @@ log = logging.getLogger(__name__)
 CHECKPOINTS_DIR = "checkpoints"
 LEGACY_RESUME_DIR = "resume"  # where runs started before checkpoints and resume states were one format keep theirs
 OPTIMIZERS = ("opt_g", "opt_d")
+
+# Told which run files were written (in the order written: a checkpoint's JSON, its commit record, last) and
+# which removed; paths inside the run folder.
+FilesFn = Callable[[list[Path], list[Path]], None]
 
 
 @dataclass(frozen=True)
@@ -122,10 +129,12 @@ def save(
     losses: dict[str, float],
     kept: bool,
     last: tuple[Path | None, Path | None],
+    files_fn: FilesFn | None = None,
 ) -> Path:
     """Write the run's state after `epoch` epochs (`step` G steps) as `epoch-NNNN`; returns its stem. `kept`:
     the run keeps it; otherwise it only stands in for the epochs since the last kept one, and the previous such
-    stand-in is removed once this one is complete. `last`: the newest kept checkpoint and sample grid."""
+    stand-in is removed once this one is complete. `last`: the newest kept checkpoint and sample grid.
+    `files_fn(written, removed)`: called once both are done."""
     last_checkpoint, last_samples = last
     out_dir = Path(out_dir)
     nets = s.nets
@@ -153,7 +162,9 @@ def save(
     }
     stem = stem_for(out_dir, epoch)
     checkpoint.save(stem, tensors, meta)
-    _prune(stem)
+    removed = _prune(stem)
+    if files_fn is not None:
+        files_fn([stem.with_suffix(".safetensors"), stem.with_suffix(".json")], removed)
     return stem
 
 
@@ -161,10 +172,11 @@ def _epoch(stem: Path) -> int:
     return int(stem.name.removeprefix("epoch-"))
 
 
-def _prune(newest: Path) -> None:
+def _prune(newest: Path) -> list[Path]:
     """Stand-ins older than `newest` (a legacy resume folder's are all stand-ins), and temporary files a killed
-    writer left; `newest` is complete by now."""
+    writer left; `newest` is complete by now. Returns the checkpoint files removed."""
     run_dir = newest.parent.parent
+    removed: list[Path] = []
     for folder in (CHECKPOINTS_DIR, LEGACY_RESUME_DIR):
         for json_path in (run_dir / folder).glob("epoch-*.json"):
             stem = json_path.with_suffix("")
@@ -172,10 +184,13 @@ def _prune(newest: Path) -> None:
                 continue
             if folder == CHECKPOINTS_DIR and _is_kept(stem):
                 continue
-            json_path.unlink(missing_ok=True)
-            stem.with_suffix(".safetensors").unlink(missing_ok=True)
+            # The JSON first: without it the weights are no checkpoint, so a reader never sees half of one.
+            for path in (json_path, stem.with_suffix(".safetensors")):
+                path.unlink(missing_ok=True)
+                removed.append(path)
         for tmp in (run_dir / folder).glob(".*.tmp"):
             tmp.unlink(missing_ok=True)
+    return removed
 
 
 def _is_kept(stem: Path) -> bool:

@@ -5,6 +5,10 @@ honours cancel requests and publishes the result; `evaluate` measures a publishe
 (`training.evaluation`) and files the figures under it. The records (core/) are the results; Celery's result
 backend is not used.
 
+The run folder, `<GANSERVE_CHECKPOINT_DIR>/jobs/<id>/`, is this worker's copy of the run in object storage
+(worker/run_files.py): what the loop writes there is uploaded as it is written, and a job starting here fetches
+its newest checkpoint from storage first.
+
 Faults. A training job resumes from its run's newest checkpoint (`training.run_state`), its history cut back
 to that epoch, so a job restarted after its worker died loses at most the epochs since. While it runs, a
 thread writes `heartbeat_at` into its record every `GANSERVE_HEARTBEAT_S`, so the API's reaper
@@ -38,16 +42,9 @@ from core.records import FINISHED, JobStatus, now
 from core.settings import Settings, get_settings
 from core.tasks import EVALUATE_TASK, TRAIN_TASK
 from worker.app import celery_app
+from worker.run_files import RunFiles, store_file
 
 log = logging.getLogger(__name__)
-
-
-def _relative(path: Path, root: Path) -> str:
-    """A path as stored in the record: relative to the shared volume when it lies inside it."""
-    try:
-        return str(Path(path).resolve().relative_to(root.resolve()))
-    except ValueError:
-        return str(path)
 
 
 def worker_stopping() -> bool:
@@ -209,6 +206,20 @@ def train(self, job_id: str) -> dict[str, object]:
         except Exception:
             log.exception("job %s: could not record the failure", job_id)
         return {"job": job_id, "status": JobStatus.failed.value}
+    finally:
+        _drop_run_folder(store, job_id, me)
+
+
+def _drop_run_folder(store: JobStore, job_id: str, me: str) -> None:
+    """This worker's copy of the run, once the job ended here and storage holds the run elsewhere (a job that
+    goes on, here or on another worker, keeps it)."""
+    try:
+        record = store.get(job_id)
+    except Exception:  # the database does not answer: a folder left behind is only disk space
+        log.warning("job %s: its run folder is kept, the record cannot be read", job_id)
+        return
+    if record.status in FINISHED and record.worker == me:
+        RunFiles.of(get_settings(), job_id).discard()
 
 
 def _run(store: JobStore, job_id: str, attempt: int, me: str) -> dict[str, object]:
@@ -218,10 +229,12 @@ def _run(store: JobStore, job_id: str, attempt: int, me: str) -> dict[str, objec
     from training.loop import TrainProgress, train
 
     settings = get_settings()
-    volume = settings.checkpoint_dir
     out_dir = settings.jobs_dir / job_id
-    # A restarted job continues from its newest checkpoint; its history keeps the epochs up to that one
-    # (the loop reports them again from there, so there is neither a gap nor a duplicate).
+    # A restarted job continues from its newest checkpoint (in storage: fetched into the run folder first); its
+    # history keeps the epochs up to that one (the loop reports them again from there, so there is neither a gap
+    # nor a duplicate).
+    run = RunFiles.of(settings, job_id)
+    run.bring_back()
     point = run_state.latest(out_dir)
     history = [e for e in store.get(job_id).history if point is not None and e.epoch <= point.epoch]
     record = store.update(
@@ -259,10 +272,10 @@ def _run(store: JobStore, job_id: str, attempt: int, me: str) -> dict[str, objec
             ),
             "metrics": dict(p.losses),
         }
-        if p.checkpoint is not None and (rel := _relative(p.checkpoint, volume)) not in current.checkpoints:
-            changes["checkpoints"] = [*current.checkpoints, rel]
-        if p.samples is not None and (rel := _relative(p.samples, volume)) not in current.samples:
-            changes["samples"] = [*current.samples, rel]
+        if p.checkpoint is not None and (key := run.key(p.checkpoint)) not in current.checkpoints:
+            changes["checkpoints"] = [*current.checkpoints, key]
+        if p.samples is not None and (key := run.key(p.samples)) not in current.samples:
+            changes["samples"] = [*current.samples, key]
         if p.epoch_end:
             entry = EpochRecord(epoch=p.epoch, step=p.step, losses=dict(p.losses), evaluation=p.evaluation)
             changes["history"] = [*current.history, entry]
@@ -278,6 +291,7 @@ def _run(store: JobStore, job_id: str, attempt: int, me: str) -> dict[str, objec
             progress_fn=lambda p: heartbeat.update(lambda current: changes_for(p, current)),
             should_stop=lambda: heartbeat.lost or cancel_asked(store, job_id) or worker_stopping(),
             resume_from=None if point is None else point.stem,
+            files_fn=run.files_fn if run.copied else None,
         )
         version = None
         if result.status == "completed" and not heartbeat.lost:
@@ -358,7 +372,7 @@ def _evaluate(store: EvaluationStore, eval_id: str) -> dict[str, object]:
         status=JobStatus.succeeded,
         stage=None,
         result=metrics.to_dict(),
-        nearest_neighbours_png=_relative(png, settings.checkpoint_dir),
+        nearest_neighbours_png=store_file(settings, png),
         finished_at=now(),
     )
     log.info("evaluation %s succeeded: %s", eval_id, record.result)

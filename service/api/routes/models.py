@@ -8,6 +8,7 @@ from fastapi import APIRouter, Body, Depends, Path, Response, status
 from core.evaluations import EvaluateRequest, EvaluationRecord
 from core.records import JobStatus, now
 from core.tasks import EVALUATE_TASK
+from service.api.blobs import png_blob
 from service.api.errors import APIError, broker_unavailable, error_responses
 from service.api.schemas import ModelDetail, ModelList, ModelSummary
 from service.security.auth import AdminKey, public_generate
@@ -126,7 +127,7 @@ def get_evaluation(
     "/{name}/evaluations/{eval_id}/nearest-neighbours.png",
     response_class=Response,
     summary="The memorisation check: generated images, each followed by its nearest training images",
-    responses={200: {"content": {"image/png": {}}}, **error_responses(404)},
+    responses={200: {"content": {"image/png": {}}}, **error_responses(404, 503)},
     dependencies=READ,
 )
 def get_nearest_neighbours(name: str, eval_id: str, state: StateDep) -> Response:
@@ -138,8 +139,5 @@ def get_nearest_neighbours(name: str, eval_id: str, state: StateDep) -> Response
             f"Evaluation {eval_id} has no nearest-neighbour image yet (status {record.status.value}).",
             detail={"status": record.status.value},
         )
-    try:
-        png = (state.settings.checkpoint_dir / record.nearest_neighbours_png).read_bytes()
-    except OSError:
-        raise APIError(404, "png_missing", f"The image of evaluation {eval_id} is gone from the volume.") from None
+    png = png_blob(state.storage, record.nearest_neighbours_png, f"The image of evaluation {eval_id}", "png_missing")
     return Response(png, media_type="image/png")

@@ -21,6 +21,7 @@ from core.submissions import IDEMPOTENCY_TTL
 from core.tasks import TRAIN_TASK
 from core.train_config import TrainConfig
 from service.api import plots
+from service.api.blobs import png_blob
 from service.api.errors import APIError, broker_unavailable, error_responses, validation_error
 from service.api.schemas import JobList, JobMetrics, TrainRequest
 from service.background import webhooks
@@ -343,7 +344,7 @@ def get_plot(job_id: JobId, plot: str, state: StateDep) -> Response:
     "/{job_id}/samples/{epoch}.png",
     response_class=Response,
     summary="The sample grid a training job wrote at the end of an epoch (seeds 0–63, as /generate renders them)",
-    responses={200: {"content": {"image/png": {}}}, **error_responses(404)},
+    responses={200: {"content": {"image/png": {}}}, **error_responses(404, 503)},
 )
 def get_samples(
     job_id: JobId,
@@ -360,13 +361,5 @@ def get_samples(
             f"{record.config.sample_every} epoch(s) and after the last. Available: {sorted(written) or 'none yet'}.",
             detail={"epochs": sorted(written)},
         )
-    path = state.settings.checkpoint_dir / written[epoch]
-    try:
-        png = path.read_bytes()
-    except OSError:
-        raise APIError(
-            404,
-            "samples_missing",
-            f"The grid of epoch {epoch} is recorded but gone from the volume ({written[epoch]}).",
-        ) from None
+    png = png_blob(state.storage, written[epoch], f"The grid of epoch {epoch} of job {job_id}", "samples_missing")
     return Response(png, media_type="image/png", headers={"Cache-Control": "no-cache"})
