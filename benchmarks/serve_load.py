@@ -54,6 +54,10 @@ from PIL import Image
 
 from benchmarks.common import machine
 from benchmarks.soak import Stack, free_port
+from core.db import connect
+from core.model_versions import ModelVersions
+from core.settings import Settings
+from core.storage import open_storage
 from core.train_config import TrainConfig
 from experiments.common import update_readme
 from ganserve.cli.processes import UVICORN_LOOP
@@ -213,10 +217,12 @@ def measure(
 # --- the service under test ---------------------------------------------------------------------------------
 
 
-def publish_dcgan(models_dir: Path, scratch: Path) -> int:
-    """Publish a random-initialised 64×64 RGB DCGAN as model `dcgan64`, the way a finished training job is:
-    a training checkpoint written with `checkpoint.save` (the loop's metadata fields), then
-    `checkpoint.publish`. Returns its version."""
+def publish_dcgan(volume: Path, scratch: Path) -> int:
+    """Publish a random-initialised 64×64 RGB DCGAN as model `dcgan64` on `volume`, the way a finished training
+    job is: a training checkpoint written with `checkpoint.save` (the loop's metadata fields), then
+    `checkpoint.publish` into the volume's storage and database. It is also laid out as `models/dcgan64/1/`, the
+    folder a baseline from before the database reads (this tree imports nothing from it: version 1 exists).
+    Returns its version."""
     config = TrainConfig(model_name=DCGAN, dataset="cifar10", architecture="dcgan", image_size=64)
     shape = (3, 64, 64)
     with torch.random.fork_rng(devices=[]):
@@ -245,7 +251,11 @@ def publish_dcgan(models_dir: Path, scratch: Path) -> int:
     }
     stem = scratch / "dcgan64-final"
     checkpoint.save(stem, {**checkpoint.prefixed(g, "generator"), **checkpoint.prefixed(d, "discriminator")}, meta)
-    return checkpoint.publish(models_dir, DCGAN, stem)
+    settings = Settings(_env_file=None, checkpoint_dir=volume)
+    storage = open_storage(settings.effective_storage_url)
+    version = checkpoint.publish(storage, ModelVersions(connect(settings.effective_database_url)), DCGAN, stem)
+    checkpoint.write_model(stem, checkpoint.model_stem(volume / "models", DCGAN, version))
+    return version
 
 
 def start_api(workdir: Path, workers: int, overrides: dict[str, str] | None = None, tree: Path = ROOT) -> Stack:
@@ -475,7 +485,7 @@ def main() -> None:
     script = workdir / "seeds.lua"
     script.write_text(WRK_SCRIPT)
     if DCGAN in models:
-        publish_dcgan(workdir / "volume" / "models", workdir)
+        publish_dcgan(workdir / "volume", workdir)
     sources = [("this", ROOT)]
     if args.baseline:
         sources.insert(0, ("baseline", checkout(args.baseline, workdir / "baseline")))

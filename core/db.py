@@ -13,6 +13,7 @@ import functools
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +119,19 @@ submission_locks = Table(
     Column("key_name", String(64), primary_key=True),  # locked FOR UPDATE: one submission of a key at a time
 )
 
+model_versions = Table(
+    "model_versions",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("version", Integer, primary_key=True),  # the primary key is the claim of a version number
+    Column("owner", String(64)),  # the API key's name whose job published it; None: not over HTTP
+    Column("weights_sha256", String(64), nullable=False),
+    Column("metadata", JSON, nullable=False),  # the published model.json
+    Column("location", String(512), nullable=False),  # the storage key of its folder (model.*, samples.png)
+    Column("has_samples", Boolean, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
 api_keys = Table(
     "api_keys",
     metadata,
@@ -168,6 +182,11 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def aware(when: datetime) -> datetime:
+    """A time read back from the database, in UTC: SQLite gives back the UTC times it was given without their zone."""
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
 
 
 def alembic_config(url: str) -> Config:

@@ -195,10 +195,6 @@ class Settings(BaseSettings):
         return self.checkpoint_dir / "jobs"
 
     @property
-    def models_dir(self) -> Path:
-        return self.checkpoint_dir / "models"
-
-    @property
     def evaluations_dir(self) -> Path:
         return self.checkpoint_dir / "evaluations"
 

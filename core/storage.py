@@ -166,15 +166,15 @@ class BlobCache:
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
 
-    def fetch(self, storage: Storage, key: str, sha256: str) -> Path:
+    def fetch(self, storage: Storage, key: str, sha256: str, suffix: str = "") -> Path:
         """A local file holding blob `key` of that SHA-256: the blob itself for local storage (checked), else the
-        cached copy, fetched when absent. Raises BlobError."""
+        cached copy (named by the SHA-256 and `suffix`), fetched when absent. Raises BlobError."""
         local = storage.local_path(key)
         if local is not None:
             if not local.is_file():
                 raise BlobError(f"{storage.describe(key)} does not exist")
             return local
-        path = self.folder / sha256[:2] / sha256
+        path = self.folder / sha256[:2] / (sha256 + suffix)
         with self._lock:
             if path.is_file():
                 os.utime(path)  # recently used

@@ -20,7 +20,7 @@ from sqlalchemy import Connection, delete, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from core import db as db_tables
-from core.db import Database
+from core.db import Database, aware
 from core.records import FINISHED, JobStatus
 from core.train_config import NAME_PATTERN
 
@@ -80,7 +80,7 @@ class Submissions:
         if row is None:
             return None
         record = IdempotencyRecord(job_id=row.job_id, request_sha256=row.request_sha256, created_at=row.created_at)
-        if self.clock() - _aware(record.created_at) > IDEMPOTENCY_TTL:
+        if self.clock() - aware(record.created_at) > IDEMPOTENCY_TTL:
             conn.execute(delete(table).where(*mine))
             return None
         return record
@@ -98,8 +98,3 @@ class Submissions:
             conn.execute(
                 delete(table).where(table.c.key_name == key_name, table.c.key_sha256 == _digest(idempotency_key))
             )
-
-
-def _aware(when: datetime) -> datetime:
-    """SQLite gives back the UTC times it was given without their zone."""
-    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)

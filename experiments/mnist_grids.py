@@ -33,6 +33,7 @@ from PIL import Image
 
 from core.train_config import TrainConfig
 from experiments.common import DATA_ROOT, RESULTS, figure, single_thread, update_readme
+from service.serving.catalogues import FolderCatalogue
 from service.serving.registry import ModelRegistry
 from training import checkpoint, data, images
 from training.loop import TrainProgress, train
@@ -105,12 +106,12 @@ def real_diversity(data_root: Path, per_class: int) -> list[float]:
     return [mean_pairwise_l2(real[torch.from_numpy(y == k)][:per_class]) for k in range(10)]
 
 
-def digits_figure(stem: Path, samples_png: Path, path: Path) -> list[float]:
-    """Publish `stem`, load it as the API does and render labels 0..9 × DIGIT_SEEDS, one row per label.
+def digits_figure(stem: Path, path: Path) -> list[float]:
+    """Lay out `stem` as a version, load it as the API does and render labels 0..9 × DIGIT_SEEDS, one row per label.
     Returns each label's within-class diversity over DIVERSITY_SEEDS, from the same loaded model."""
     with tempfile.TemporaryDirectory(prefix="ganserve-models-") as models:
-        checkpoint.publish(Path(models), "mnist-conditional", stem, samples_png)
-        model = ModelRegistry([(Path(models), "volume")]).get("mnist-conditional")
+        checkpoint.write_model(stem, checkpoint.model_stem(Path(models), "mnist-conditional", 1))
+        model = ModelRegistry([FolderCatalogue(Path(models))]).get("mnist-conditional")
         rows = [model.render_seeds(DIGIT_SEEDS, label=label) for label in range(10)]
         diversity = [mean_pairwise_l2(model.sample_seeds(DIVERSITY_SEEDS, label=label)) for label in range(10)]
     tile = images.grid(torch.cat(rows), nrow=len(DIGIT_SEEDS))[0].numpy()
@@ -147,7 +148,7 @@ def run_one(run: Run, epochs: int, data_root: Path) -> Outcome:
         strip(out, samples, RESULTS / f"mnist_{run.key}_epochs.png")
         if config.conditional:
             out.digits_png = RESULTS / "mnist_conditional_digits.png"
-            generated = digits_figure(result.final_checkpoint, result.samples, out.digits_png)
+            generated = digits_figure(result.final_checkpoint, out.digits_png)
             out.diversity = {"generated": generated, "real": real_diversity(data_root, len(DIVERSITY_SEEDS))}
     print(f"{run.key}: {epochs} epochs, {result.steps_done} G steps, {wall:.0f} s", flush=True)
     return out

@@ -74,7 +74,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     # The newest tables before the first request; DatabaseUnavailable (naming GANSERVE_DATABASE_URL) makes
     # uvicorn say the application's start-up failed and exit non-zero.
     await run_in_threadpool(state.db.upgrade)
-    await run_in_threadpool(import_volume, state.db, settings.checkpoint_dir)  # records of a pre-database version
+    # The records and models of a version before the database, imported once.
+    await run_in_threadpool(import_volume, state.db, settings.checkpoint_dir, state.storage)
     state.keyring.log_status()
     try:
         # Loading runs a warm-up forward; off the event loop like every other forward.

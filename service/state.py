@@ -22,7 +22,7 @@ from service.api.caching import AnswerCache
 from service.security.keyring import KeyRing
 from service.security.limits import RateLimiter, make_rate_limiter
 from service.serving.registry import ModelRegistry
-from service.serving.render_process import ChildConfig, ProcessRenderer
+from service.serving.render_process import ChildConfig, ProcessRenderer, child_settings
 from service.telemetry import Metrics
 
 
@@ -79,9 +79,13 @@ def build_state(settings: Settings, tasks: Tasks | None = None) -> AppState:
 def _renderer(settings: Settings, registry: ModelRegistry, metrics: Metrics) -> ProcessRenderer:
     """The render process's side in the API (service/serving/render_process.py), started by the lifespan."""
     max_wait_s = settings.batch_wait_ms / 1000
-    roots = [(str(root), source) for root, source in registry.roots]
     config = ChildConfig(
-        roots, settings.batch_max, max_wait_s, settings.render_threads, settings.log_level, settings.log_format
+        child_settings(settings),
+        settings.batch_max,
+        max_wait_s,
+        settings.render_threads,
+        settings.log_level,
+        settings.log_format,
     )
     renderer = ProcessRenderer(config, preload=registry.loaded, on_forward=metrics.batch_rows.observe)
     metrics.watch_renderer(lambda: renderer.in_flight)

@@ -1,19 +1,18 @@
-"""Checkpoints and published models on disk: safetensors tensors + a JSON of everything needed to rebuild
-and describe them. Nothing is ever unpickled.
+"""Checkpoints and published models: safetensors tensors + a JSON of everything needed to rebuild and describe
+them. Nothing is ever unpickled.
 
-A checkpoint is a pair `<stem>.safetensors` + `<stem>.json`; the JSON carries the SHA-256 of the tensor
-file, so a truncated or swapped file is refused instead of served. Both files are written to a temporary
-name and renamed, so a reader sees the old pair or the new one, never half of one.
+A checkpoint is a pair `<stem>.safetensors` + `<stem>.json`; the JSON carries the SHA-256 of the tensor file, so
+a truncated or swapped file is refused instead of served. Both files are written to a temporary name and renamed,
+so a reader sees the old pair or the new one, never half of one.
 
-Published models live at `<models_dir>/<name>/<version>/model.{safetensors,json}` (+ `samples.png`), with
-versions 1, 2, 3 …; a version directory appears at once, by rename, or not at all.
+`publish` turns a run's checkpoint into the next version of a model: the generator's weights and JSON (and the
+sample grid) in object storage, then the version's database row (core/model_versions.py). A folder laid out as
+`<root>/<name>/<version>/model.*` — the bundled models — is read with `list_versions` and `model_stem`.
 """
 
 import hashlib
 import json
-import os
 import platform
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -25,10 +24,11 @@ from safetensors.torch import load as load_safetensors
 from torch import nn
 
 from core.files import atomic_write_bytes, atomic_write_json
+from core.model_versions import MODEL_STEM, ModelVersions
+from core.storage import Storage
 from training.architectures import build_generator
 
 FORMAT = "ganserve-checkpoint/1"
-MODEL_STEM = "model"
 GENERATOR_PREFIX = "generator"
 EMA_PREFIX = "generator_ema"  # an exponential moving average of G's weights: served instead of G when present
 
@@ -131,29 +131,44 @@ def load_generator(stem: Path, device: str | torch.device = "cpu") -> tuple[nn.M
     return generator.to(device).eval(), meta
 
 
-def publish(models_dir: Path, name: str, stem: Path, samples_png: Path | None = None) -> int:
-    """Publish a checkpoint's generator as the next version of model `name`; returns that version."""
+def write_model(stem: Path, target: Path) -> dict[str, Any]:
+    """Write checkpoint `stem`'s generator as the model pair `target` (what a version holds); its metadata."""
     tensors, meta = load(stem)
     # Both sets of generator weights travel: the EMA is what is served, the raw ones allow comparing them.
     gen_only = {k: v for k, v in tensors.items() if k.startswith((f"{GENERATOR_PREFIX}.", f"{EMA_PREFIX}."))}
     meta = {**meta, "served_weights": "ema" if served_prefix(tensors) == EMA_PREFIX else "raw"}
-    staging = Path(tempfile.mkdtemp(dir=_ensure(models_dir), prefix=f".{name}-staging-"))
-    staging.chmod(0o755)  # mkdtemp's 0700 would hide the published version from an API running as another user
-    try:
-        save(staging / MODEL_STEM, gen_only, _strip(meta))
-        if samples_png is not None and samples_png.exists():
-            shutil.copyfile(samples_png, staging / "samples.png")
-        model_dir = _ensure(models_dir / name)
-        while True:
-            version = max(list_versions(models_dir, name), default=0) + 1
-            try:
-                os.rename(staging, model_dir / str(version))  # fails if a concurrent publisher won
-                return version
-            except OSError:
-                if not (model_dir / str(version)).exists():
-                    raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    save(target, gen_only, _strip(meta))
+    return load_metadata(target)
+
+
+def publish(
+    storage: Storage,
+    versions: ModelVersions,
+    name: str,
+    stem: Path,
+    samples_png: Path | None = None,
+    owner: str | None = None,
+) -> int:
+    """Publish a checkpoint's generator as the next version of model `name`; returns that version. Its files go
+    to storage first, under a folder named by the weights' SHA-256 (the JSON, their commit record, last); then the
+    version's row is committed: until then the version does not exist (core/model_versions.py)."""
+    with tempfile.TemporaryDirectory(prefix="ganserve-publish-") as tmp:
+        staged = Path(tmp) / MODEL_STEM
+        published = write_model(stem, staged)
+        location = f"models/{name}/{published['sha256']}"
+        storage.put_file(f"{location}/{MODEL_STEM}.safetensors", staged.with_suffix(".safetensors"))
+        has_samples = samples_png is not None and samples_png.exists()
+        if has_samples:
+            storage.put_file(f"{location}/samples.png", samples_png)
+        storage.put_file(f"{location}/{MODEL_STEM}.json", staged.with_suffix(".json"))
+    return versions.add(
+        name,
+        owner=owner,
+        weights_sha256=published["sha256"],
+        metadata=published,
+        location=location,
+        has_samples=has_samples,
+    )
 
 
 # A run checkpoint's fields that describe the run's state or the file, not the published generator.
@@ -163,11 +178,6 @@ RUN_FIELDS |= {"last_checkpoint", "last_samples"}
 
 def _strip(meta: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in meta.items() if k not in RUN_FIELDS}
-
-
-def _ensure(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def list_versions(models_dir: Path, name: str) -> list[int]:

@@ -9,6 +9,7 @@ from celery import signals
 from core.db import DatabaseUnavailable, connect
 from core.legacy import import_volume
 from core.settings import get_settings
+from core.storage import open_storage
 from core.tasks import create_celery
 
 log = logging.getLogger(__name__)
@@ -26,4 +27,5 @@ def open_database(**_: object) -> None:
     except DatabaseUnavailable as e:
         log.critical("%s", e)
         raise SystemExit(f"ganserve worker: {e}") from None
-    import_volume(db, settings.checkpoint_dir)  # records of a pre-database version, before their messages come
+    # The records and models of a version before the database, imported before their messages come.
+    import_volume(db, settings.checkpoint_dir, open_storage(settings.effective_storage_url, settings.s3_endpoint_url))

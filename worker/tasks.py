@@ -33,16 +33,20 @@ from typing import Any
 
 from celery.exceptions import Reject
 from celery.worker import state as worker_state
+from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
+from core import db as tables
 from core.db import DatabaseUnavailable, connect
-from core.evaluations import EvaluationStore
+from core.evaluations import EvaluationRecord, EvaluationStore
 from core.jobs import EpochRecord, JobRecord, JobStore, Progress, PublishedModel
+from core.model_versions import ModelVersions, local_stem
 from core.records import FINISHED, JobStatus, now
 from core.settings import Settings, get_settings
+from core.storage import BlobCache
 from core.tasks import EVALUATE_TASK, TRAIN_TASK
 from worker.app import celery_app
-from worker.run_files import RunFiles, store_file
+from worker.run_files import RunFiles, storage_of, store_file
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +156,12 @@ def cancel_asked(store: JobStore, job_id: str) -> bool:
         return store.cancel_requested(job_id)
     except DATABASE_DOWN:
         return False
+
+
+def owner_of(store: JobStore, job_id: str) -> str | None:
+    """The API key's name that submitted the job (its published versions are that key's)."""
+    with store.db.begin() as conn:
+        return conn.execute(select(tables.jobs.c.owner).where(tables.jobs.c.id == job_id)).scalar()
 
 
 def running_elsewhere(record: JobRecord, settings: Settings, me: str) -> bool:
@@ -297,7 +307,9 @@ def _run(store: JobStore, job_id: str, attempt: int, me: str) -> dict[str, objec
         if result.status == "completed" and not heartbeat.lost:
             if result.final_checkpoint is None:
                 raise RuntimeError("training completed without writing a final checkpoint")
-            version = publish(settings.models_dir, config.model_name, result.final_checkpoint, result.samples)
+            owner = owner_of(store, job_id)
+            versions = ModelVersions(store.db)
+            version = publish(run.storage, versions, config.model_name, result.final_checkpoint, result.samples, owner)
 
     if heartbeat.lost:
         log.warning("job %s: left to whoever holds it now, after %d steps here", job_id, result.steps_done)
@@ -351,6 +363,19 @@ def evaluate(eval_id: str) -> dict[str, object]:
         return {"evaluation": eval_id, "status": JobStatus.failed.value}
 
 
+def _version_stem(store: EvaluationStore, record: EvaluationRecord, settings: Settings) -> Path:
+    """The files of the version to measure, on this machine: bundled with the code, or published (fetched from
+    storage into the cache when remote)."""
+    from training.checkpoint import model_stem
+
+    if record.source == "bundled":
+        return model_stem(settings.bundled_models_dir, record.model, record.version)
+    row = ModelVersions(store.db).get(record.model, record.version)
+    if row is None:
+        raise RuntimeError(f"model {record.model} has no version {record.version} any more")
+    return local_stem(row, storage_of(settings), BlobCache(settings.effective_cache_dir, settings.cache_max_bytes))
+
+
 def _evaluate(store: EvaluationStore, eval_id: str) -> dict[str, object]:
     from training.evaluation import evaluate_model  # torch: imported when a job runs
 
@@ -360,7 +385,7 @@ def _evaluate(store: EvaluationStore, eval_id: str) -> dict[str, object]:
     log.info("evaluation %s: %s v%d, n=%d, extractor %s", eval_id, record.model, record.version, req.n, req.extractor)
     png = store.nn_png(eval_id)
     metrics = evaluate_model(
-        Path(record.stem),
+        _version_stem(store, record, settings),
         n=req.n,
         data_root=settings.data_root,
         extractor=req.extractor,

@@ -4,13 +4,17 @@ the `--server`/`--api-key` options, and the `--seeds` syntax."""
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
 from ganserve.client import API_KEY_ENV, MAX_SEED, SERVER_ENV, Client, GanserveError
+
+if TYPE_CHECKING:
+    from core.db import Database
+    from core.settings import Settings
 
 MAX_SEEDS = 100_000  # one command's images or samples
 
@@ -88,3 +92,13 @@ def parse_seeds(text: str) -> list[int]:
 
 
 SeedsOption = Annotated[str, typer.Option("--seeds", help="Seeds: 0-15, 1,5,9 or 0-3,10.", show_default=False)]
+
+
+def open_database(settings: "Settings") -> "Database":
+    """The settings' database, migrated; one red line naming it and exit 1 when it cannot be opened."""
+    from core.db import DatabaseUnavailable, connect
+
+    try:
+        return connect(settings.effective_database_url)
+    except DatabaseUnavailable as e:
+        raise fail(str(e), 1) from None

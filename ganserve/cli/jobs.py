@@ -13,7 +13,7 @@ from rich.table import Table
 
 from core.settings import Settings
 from ganserve.cli import common
-from ganserve.cli.common import ApiKey, LocalOrServer, PollS, Server, err, fail, reported
+from ganserve.cli.common import ApiKey, LocalOrServer, PollS, Server, err, fail, open_database, reported
 from ganserve.client import Client, Job
 
 if TYPE_CHECKING:
@@ -90,9 +90,13 @@ def _train_here(config: Path, out: Path | None, data_root: Path | None, device: 
     console.print(f"{result.status}: {result.epochs_done} epochs, {result.steps_done} steps; {losses}")
     console.print(f"checkpoint {result.final_checkpoint}, samples {result.samples}")
     if publish and result.final_checkpoint is not None:
-        models_dir = settings.models_dir
-        version = checkpoint.publish(models_dir, cfg.model_name, result.final_checkpoint, result.samples)
-        console.print(f"published {cfg.model_name} version {version} to {models_dir}")
+        from core.model_versions import ModelVersions
+        from core.storage import open_storage
+
+        storage = open_storage(settings.effective_storage_url, settings.s3_endpoint_url)
+        versions = ModelVersions(open_database(settings))
+        version = checkpoint.publish(storage, versions, cfg.model_name, result.final_checkpoint, result.samples)
+        console.print(f"published {cfg.model_name} version {version} to {settings.effective_storage_url}")
         typer.echo(version)
 
 

@@ -14,7 +14,7 @@ from rich.table import Table
 from core.settings import Settings
 from core.train_config import NAME_PATTERN
 from ganserve.cli import common
-from ganserve.cli.common import ApiKey, LocalOrServer, fail, reported
+from ganserve.cli.common import ApiKey, LocalOrServer, fail, open_database, reported
 from ganserve.client import ModelSummary
 
 if TYPE_CHECKING:
@@ -35,7 +35,6 @@ class Checkpoint:
     stem: Path
     name: str
     version: int | None
-    root: Path | None = None
 
 
 def find_checkpoint(spec: str, settings: Settings) -> Checkpoint:
@@ -57,26 +56,16 @@ def find_checkpoint(spec: str, settings: Settings) -> Checkpoint:
     if path.with_suffix(".json").is_file():
         return _checkpoint(path)
     named = parse_name(spec)
-    found = None if named is None else _published(*named, settings)
-    if found is None:
+    if named is None:
         raise fail(f"no checkpoint, model directory, run directory or model named {spec!r}", 2)
-    return found
+    return _published(*named, settings)
 
 
-def _published(name: str, version: int | None, settings: Settings) -> Checkpoint | None:
-    """Model `name` (its newest version when `version` is None) in the first place that has it, as the API
-    looks: the volume's models, then the bundled ones."""
-    from training.checkpoint import list_versions, model_stem
-
-    for root in (settings.models_dir, settings.bundled_models_dir):
-        versions = list_versions(root, name)
-        if not versions:
-            continue
-        if version is not None and version not in versions:
-            raise fail(f"model {name!r} has no version {version} in {root}; it has {versions}", 2)
-        chosen = versions[-1] if version is None else version
-        return Checkpoint(model_stem(root, name, chosen), name, chosen, root)
-    return None
+def _published(name: str, version: int | None, settings: Settings) -> Checkpoint:
+    """Model `name` (its newest version when `version` is None) where the API finds it: the published versions,
+    then the bundled ones."""
+    model = served_model(name, version, settings)
+    return Checkpoint(model.stem, model.name, model.version)
 
 
 def parse_name(spec: str) -> tuple[str, int | None] | None:
@@ -94,7 +83,7 @@ def _checkpoint(stem: Path) -> Checkpoint:
     version_dir = stem.parent
     model_dir = version_dir.parent
     if stem.name == MODEL_STEM and version_dir.name.isdigit() and re.fullmatch(NAME_PATTERN, model_dir.name):
-        return Checkpoint(stem, model_dir.name, int(version_dir.name), model_dir.parent)
+        return Checkpoint(stem, model_dir.name, int(version_dir.name))
     return Checkpoint(stem, _run_name(stem), None)
 
 
@@ -137,6 +126,7 @@ def served_model(name: str, version: int | None, settings: Settings) -> "LoadedM
     """Model `name` at `version` (the newest when None), found and loaded exactly as the API does."""
     from service.serving.registry import ModelNotFound, ModelRegistry
 
+    open_database(settings)
     try:
         return ModelRegistry.from_settings(settings).get(name, version)
     except ModelNotFound as e:
@@ -172,4 +162,6 @@ def models(server: LocalOrServer = None, api_key: ApiKey = None) -> None:
 def _local_models() -> list[ModelSummary]:
     from service.serving.registry import ModelRegistry
 
-    return [ModelSummary.model_validate(m) for m in ModelRegistry.from_settings(Settings()).list_models()]
+    settings = Settings()
+    open_database(settings)
+    return [ModelSummary.model_validate(m) for m in ModelRegistry.from_settings(settings).list_models()]

@@ -2,15 +2,14 @@
 is the forward every image served goes through. The API process holds a registry (to check requests against
 a model, and for GET /models), its render process another (to run them), and `ganserve sample` a third.
 
-Two places are searched, in order: `settings.models_dir` (models trained by the worker, on the shared
-volume) and `settings.bundled_models_dir` (read-only, shipped with the code). A name is served from the
-first place that has any version of it, so training a model named like a bundled one shadows the bundled
-one rather than mixing their version numbers.
+Two catalogues are searched, in order (service/serving/catalogues.py): the published versions (database rows,
+files in object storage) and the bundled models shipped with the code. A name is served from the first that
+has any version of it, so training a model named like a bundled one shadows the bundled one rather than mixing
+their version numbers.
 
-Hot reload: a name never seen before is looked up on disk at once; the version list of a known name is
-re-read at most every `rescan_interval_s` (one `listdir`), so a version published by the worker becomes
-the latest within about a second. A version that fails to load is logged once and skipped: the newest
-loadable version keeps being served.
+Hot reload: a name never seen before is looked up at once; the version list of a known name is read again at
+most every `rescan_interval_s`, so a version published by a worker becomes the latest within about a second.
+A version that fails to load is logged once and skipped: the newest loadable version keeps being served.
 """
 
 import logging
@@ -19,23 +18,27 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from sqlalchemy.exc import OperationalError
 from torch import nn
 
+from core.db import DatabaseUnavailable, database
 from core.evaluations import EvaluationStore
+from core.model_versions import ModelVersions
 from core.settings import BATCH_MAX, Settings
+from core.storage import BlobCache, open_storage
 from core.train_config import NAME_PATTERN
-from training.checkpoint import CheckpointError, list_versions, load_generator, load_metadata, model_stem
+from service.serving.catalogues import Catalogue, Entry, FolderCatalogue, Source, StoreCatalogue
+from training.checkpoint import CheckpointError, load_generator
 from training.images import to_uint8
 from training.latents import interpolation_latents, latents_from_seeds, seed_generators, seed_labels
 
 log = logging.getLogger(__name__)
 
-Source = Literal["volume", "bundled", "run"]  # run: a training run's checkpoint, not published (ganserve sample)
 RESCAN_INTERVAL_S = 1.0
 
 
@@ -168,38 +171,37 @@ def _padded(values: list[int], rows: int) -> torch.Tensor:
 @dataclass
 class _Listing:
     checked_at: float
-    source: Source | None
-    root: Path | None
+    catalogue: Catalogue | None
     versions: list[int]
 
 
 @dataclass
 class _Failure:
-    signature: tuple[int, ...]
+    signature: tuple[Any, ...]
     reason: str
 
 
 @dataclass
 class ModelRegistry:
-    roots: list[tuple[Path, Source]]
+    catalogues: list[Catalogue]
     rescan_interval_s: float = RESCAN_INTERVAL_S
     clock: Callable[[], float] = time.monotonic
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
     _cache: dict[tuple[str, int], LoadedModel] = field(default_factory=dict, repr=False)
-    # The root each cached model was loaded from, the very object of `roots` (compared by identity: cheaper
-    # than comparing paths, on the event loop of every /generate).
-    _loaded_from: dict[tuple[str, int], Path] = field(default_factory=dict, repr=False)
+    # The catalogue each cached model was loaded from, the very object of `catalogues` (compared by identity:
+    # cheap, on the event loop of every /generate).
+    _loaded_from: dict[tuple[str, int], Catalogue] = field(default_factory=dict, repr=False)
     _rescan_claims: dict[str, float] = field(default_factory=dict, repr=False)  # see get_if_ready
     _listings: dict[str, _Listing] = field(default_factory=dict, repr=False)
-    _failures: dict[Path, _Failure] = field(default_factory=dict, repr=False)
+    _failures: dict[tuple[int, str, int], _Failure] = field(default_factory=dict, repr=False)
     evaluations: EvaluationStore | None = None  # where evaluation results are filed, shown by `describe`
     batch_rows: int = BATCH_MAX  # the rows of every forward of the models it loads (LoadedModel.sample)
 
     @classmethod
     def from_settings(cls, settings: Settings, **kwargs: Any) -> "ModelRegistry":
-        roots: list[tuple[Path, Source]] = [(settings.models_dir, "volume"), (settings.bundled_models_dir, "bundled")]
+        """The published versions (the settings' database and storage), then the bundled models."""
         kwargs.setdefault("batch_rows", settings.batch_max)
-        return cls(roots, **kwargs)
+        return cls([published(settings), FolderCatalogue(settings.bundled_models_dir, "bundled")], **kwargs)
 
     # --- lookup ---------------------------------------------------------------------------------------
 
@@ -209,18 +211,18 @@ class ModelRegistry:
             raise ModelNotFound(name, version, self.names())
         with self._lock:
             listing = self._listing(name, want=version)
-            if listing.root is None or listing.source is None or not listing.versions:
+            if listing.catalogue is None or not listing.versions:
                 raise ModelNotFound(name, version, self.names())
             if version is not None:
                 if version not in listing.versions:
                     raise ModelNotFound(name, version, self.names(), reason=f"it has versions {listing.versions} only")
-                model = self._load(name, version, listing.root, listing.source)
+                model = self._load(name, version, listing.catalogue)
                 if isinstance(model, _Failure):
                     raise ModelNotFound(name, version, self.names(), reason=model.reason)
                 return model
             reasons = []
             for v in sorted(listing.versions, reverse=True):
-                model = self._load(name, v, listing.root, listing.source)
+                model = self._load(name, v, listing.catalogue)
                 if isinstance(model, LoadedModel):
                     return model
                 reasons.append(f"version {v}: {model.reason}")
@@ -234,7 +236,7 @@ class ModelRegistry:
         stalls the event loop; at worst it sees the state of a moment ago, which `get` would have returned
         then."""
         listing = self._listings.get(name)
-        if listing is None or not listing.versions or listing.root is None:
+        if listing is None or not listing.versions or listing.catalogue is None:
             return None
         now = self.clock()
         if not 0 <= now - listing.checked_at < self.rescan_interval_s:
@@ -247,7 +249,7 @@ class ModelRegistry:
                 return None
         wanted = max(listing.versions) if version is None else version
         model = self._cache.get((name, wanted)) if wanted in listing.versions else None
-        if model is None or self._loaded_from.get((name, wanted)) is not listing.root:
+        if model is None or self._loaded_from.get((name, wanted)) is not listing.catalogue:
             return None
         return model
 
@@ -262,45 +264,53 @@ class ModelRegistry:
         # A version asked for by number and not yet known is a cache miss too: look now, not in a second.
         if fresh and listing is not None and (want is None or want in listing.versions):
             return listing
-        listing = _Listing(now, None, None, [])
-        for root, source in self.roots:
-            versions = list_versions(root, name)
-            if versions:
-                listing = _Listing(now, source, root, versions)
-                break
         previous = self._listings.get(name)
+        try:
+            listing = _Listing(now, None, [])
+            for catalogue in self.catalogues:
+                versions = catalogue.versions(name)
+                if versions:
+                    listing = _Listing(now, catalogue, versions)
+                    break
+        except (DatabaseUnavailable, OperationalError) as e:
+            if previous is None or not previous.versions:
+                raise
+            # The database does not answer: what was listed goes on being served, and is asked about again later.
+            log.warning("model %s: the database does not answer (%s); serving what was listed", name, e)
+            listing = _Listing(now, previous.catalogue, previous.versions)
         if previous and previous.versions and listing.versions and max(listing.versions) > max(previous.versions):
-            log.info("model %s: found version %d (%s)", name, max(listing.versions), listing.source)
+            log.info("model %s: found version %d", name, max(listing.versions))
         self._listings[name] = listing
         self._rescan_claims.pop(name, None)
         return listing
 
-    def _load(self, name: str, version: int, root: Path, source: Source) -> "LoadedModel | _Failure":
+    def _load(self, name: str, version: int, catalogue: Catalogue) -> "LoadedModel | _Failure":
         key = (name, version)
         cached = self._cache.get(key)
-        if cached is not None and self._loaded_from.get(key) is root:
+        if cached is not None and self._loaded_from.get(key) is catalogue:
             return cached
-        stem = model_stem(root, name, version)
-        signature = _signature(stem)
-        failure = self._failures.get(stem)
+        where = (id(catalogue), name, version)
+        signature = catalogue.signature(name, version)
+        failure = self._failures.get(where)
         if failure is not None and failure.signature == signature:
-            return failure  # already logged; retried only when the files change
+            return failure  # already logged; retried only when the version's files change
         started = time.perf_counter()
         try:
-            model = load_model(stem, name, version, source, self.batch_rows)
+            model = load_model(catalogue.stem(name, version), name, version, catalogue.source, self.batch_rows)
         except CheckpointError as e:
-            reason = str(e)
-            self._failures[stem] = _Failure(signature, reason)
-            log.error("model %s version %d (%s) cannot be loaded and is skipped: %s", name, version, source, reason)
-            return self._failures[stem]
-        self._failures.pop(stem, None)
-        self._loaded_from[key] = root
+            self._failures[where] = _Failure(signature, str(e))
+            log.error(
+                "model %s version %d (%s) cannot be loaded and is skipped: %s", name, version, catalogue.source, e
+            )
+            return self._failures[where]
+        self._failures.pop(where, None)
+        self._loaded_from[key] = catalogue
         self._cache[key] = model
         log.info(
-            "model %s version %d loaded from %s in %.2f s (latent %d, %s %s)",
+            "model %s version %d loaded (%s) in %.2f s (latent %d, %s %s)",
             name,
             version,
-            source,
+            catalogue.source,
             time.perf_counter() - started,
             model.latent_dim,
             model.kind,
@@ -311,51 +321,43 @@ class ModelRegistry:
     # --- listing --------------------------------------------------------------------------------------
 
     def names(self) -> list[str]:
-        """Every servable-looking name (has at least one version directory), volume first, de-duplicated."""
+        """Every name with at least one version, the first catalogue's first, de-duplicated."""
         return sorted(self._scan())
 
-    def _scan(self) -> dict[str, tuple[Path, Source, list[int]]]:
-        found: dict[str, tuple[Path, Source, list[int]]] = {}
-        for root, source in self.roots:
-            try:
-                children = sorted(p.name for p in root.iterdir() if p.is_dir())
-            except (FileNotFoundError, NotADirectoryError):
-                continue
-            for name in children:
-                if name in found or not re.fullmatch(NAME_PATTERN, name):
-                    continue
-                versions = list_versions(root, name)
-                if versions:
-                    found[name] = (root, source, versions)
+    def _scan(self) -> dict[str, tuple[Catalogue, list[int]]]:
+        found: dict[str, tuple[Catalogue, list[int]]] = {}
+        for catalogue in self.catalogues:
+            for name in catalogue.names():
+                if name not in found and (versions := catalogue.versions(name)):
+                    found[name] = (catalogue, versions)
         return found
 
     def list_models(self) -> list[dict[str, Any]]:
         """A summary per model, from metadata only (no weights are loaded)."""
-        return [_summary(name, root, source, versions) for name, (root, source, versions) in self._scan().items()]
+        return [_summary(name, catalogue, versions) for name, (catalogue, versions) in self._scan().items()]
 
     def describe(self, name: str) -> dict[str, Any]:
         """The summary of `name` plus one entry per version. Raises ModelNotFound."""
         found = self._scan().get(name) if re.fullmatch(NAME_PATTERN, name) else None
         if found is None:
             raise ModelNotFound(name, None, self.names())
-        root, source, versions = found
-        summary = _summary(name, root, source, versions)
-        summary["version_info"] = [_version_info(model_stem(root, name, v), v) for v in versions]
+        catalogue, versions = found
+        summary = _summary(name, catalogue, versions)
+        summary["version_info"] = [_version_info(catalogue.entry(name, v), v) for v in versions]
         if self.evaluations is not None:
             for info in summary["version_info"]:
                 info["evaluations"] = self.evaluations.results(name, info["version"], info.get("weights_sha256"))
         return summary
 
 
-def _signature(stem: Path) -> tuple[int, ...]:
-    sig: list[int] = []
-    for path in (stem.with_suffix(".json"), stem.with_suffix(".safetensors")):
-        try:
-            st = path.stat()
-            sig += [st.st_mtime_ns, st.st_size, st.st_ino]
-        except OSError:
-            sig += [-1, -1, -1]
-    return tuple(sig)
+def published(settings: Settings) -> StoreCatalogue:
+    """The published versions of the settings' database (not connected yet: its owner migrates it first) and
+    storage."""
+    return StoreCatalogue(
+        ModelVersions(database(settings.effective_database_url)),
+        open_storage(settings.effective_storage_url, settings.s3_endpoint_url),
+        BlobCache(settings.effective_cache_dir, settings.cache_max_bytes),
+    )
 
 
 def load_model(stem: Path, name: str, version: int, source: Source, batch_rows: int = BATCH_MAX) -> LoadedModel:
@@ -444,12 +446,8 @@ def _warm_up(model: LoadedModel) -> None:
         )
 
 
-def _training(meta: dict[str, Any], stem: Path) -> dict[str, Any]:
+def _training(meta: dict[str, Any], created: datetime | None) -> dict[str, Any]:
     config = meta.get("train_config") or {}
-    try:
-        created = datetime.fromtimestamp(stem.with_suffix(".json").stat().st_mtime, UTC)
-    except OSError:
-        created = None
     losses = meta.get("losses") or {}
     return {
         "dataset": meta.get("dataset", config.get("dataset")),
@@ -461,12 +459,11 @@ def _training(meta: dict[str, Any], stem: Path) -> dict[str, Any]:
     }
 
 
-def _version_info(stem: Path, version: int) -> dict[str, Any]:
-    info: dict[str, Any] = {"version": version, "has_samples": (stem.parent / "samples.png").exists()}
-    try:
-        meta = load_metadata(stem)
-    except CheckpointError as e:
-        return {**info, "error": str(e)}
+def _version_info(entry: Entry, version: int) -> dict[str, Any]:
+    info: dict[str, Any] = {"version": version, "has_samples": entry.has_samples}
+    meta = entry.meta
+    if meta is None:
+        return {**info, "error": entry.error}
     spec = meta.get("generator") or {}
     base = spec.get("base", spec)
     kind = meta.get("kind", "image")
@@ -477,7 +474,7 @@ def _version_info(stem: Path, version: int) -> dict[str, Any]:
         "latent_dim": meta.get("latent_dim", base.get("latent_dim")),
         "image_shape": meta.get("image_shape", base.get("image_shape")) if kind == "image" else None,
         "value_range": meta.get("value_range", [-1.0, 1.0]),
-        "training": _training(meta, stem),
+        "training": _training(meta, entry.created_at),
         **_generation_info(meta, spec, base, kind),
     }
 
@@ -502,12 +499,12 @@ def _generation_info(
 GENERATION_FIELDS = ("kind", "sample_shape", "architecture", "conditional", "num_classes", "num_generators")
 
 
-def _summary(name: str, root: Path, source: Source, versions: list[int]) -> dict[str, Any]:
+def _summary(name: str, catalogue: Catalogue, versions: list[int]) -> dict[str, Any]:
     latest = max(versions)
-    info = _version_info(model_stem(root, name, latest), latest)
+    info = _version_info(catalogue.entry(name, latest), latest)
     return {
         "name": name,
-        "source": source,
+        "source": catalogue.source,
         "latest_version": latest,
         "versions": versions,
         "latent_dim": info.get("latent_dim"),

@@ -27,11 +27,11 @@ import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import torch
 
+from core.settings import Settings
 from service.serving import wire
 from service.serving.batching import Batching, Request, Rows
 from service.serving.encoding import Form
@@ -70,7 +70,7 @@ class RenderFailed(RuntimeError):
 class ChildConfig:
     """What the render process needs, passed on its command line as JSON."""
 
-    roots: list[tuple[str, str]]  # (directory, source) searched in order, as the API's registry does
+    settings: dict[str, Any]  # where the API's registry finds models (REGISTRY_SETTINGS), so the child finds the same
     batch_rows: int
     max_wait_s: float
     threads: int = 1  # torch's intra-op threads
@@ -84,6 +84,22 @@ class ChildConfig:
     @classmethod
     def from_json(cls, text: str) -> "ChildConfig":
         return cls(**json.loads(text))  # pairs come back as lists: both are unpacked the same
+
+
+REGISTRY_SETTINGS = {
+    "checkpoint_dir",
+    "database_url",
+    "storage_url",
+    "s3_endpoint_url",
+    "cache_dir",
+    "cache_max_bytes",
+    "bundled_models_dir",
+}
+
+
+def child_settings(settings: Settings) -> dict[str, Any]:
+    """The settings the render process builds its registry from: the API's own (not the environment's)."""
+    return settings.model_dump(mode="json", include=REGISTRY_SETTINGS)
 
 
 # --- the API's side -----------------------------------------------------------------------------------------
@@ -369,8 +385,7 @@ def main(argv: list[str]) -> int:
     # One thread by default: OpenMP's workers spin between forwards, on cores the API and its clients need.
     torch.set_num_threads(config.threads)
     sock = socket.socket(fileno=fd)
-    roots = [(Path(p), s) for p, s in config.roots]
-    registry = ModelRegistry(roots, batch_rows=config.batch_rows)  # type: ignore[arg-type]
+    registry = ModelRegistry.from_settings(Settings(_env_file=None, **config.settings), batch_rows=config.batch_rows)
     batching = Batching(registry.get, config.batch_rows, config.max_wait_s)
     for name, version in config.preload:
         try:

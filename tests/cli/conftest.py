@@ -66,7 +66,7 @@ def sender() -> FakeSender:
 
 @pytest.fixture
 def app(settings: Settings, sender: FakeSender) -> FastAPI:
-    publish_tiny_model(settings.models_dir, DEFAULT_MODEL)
+    publish_tiny_model(settings, DEFAULT_MODEL)
     return create_app(settings, FakeTasks(sender))
 
 

@@ -19,6 +19,7 @@ from svc_support import (
     publish_madgan_model,
     publish_points_model,
     publish_tiny_model,
+    published_stem,
 )
 from typer.testing import CliRunner
 
@@ -70,12 +71,11 @@ def test_sample_writes_the_bytes_of_get_generate(http: TestClient, tmp_path: Pat
 
 
 def test_every_way_of_naming_a_published_model(http: TestClient, settings: Settings, tmp_path: Path) -> None:
-    publish_tiny_model(settings.models_dir, DEFAULT_MODEL, weights_seed=1)  # version 2, now the newest
-    version_dir = settings.models_dir / DEFAULT_MODEL / "1"
+    publish_tiny_model(settings, DEFAULT_MODEL, weights_seed=1)  # version 2, now the newest
+    version_dir = published_stem(settings, DEFAULT_MODEL, 1).parent  # where version 1's files lie in storage
     for spec, version in [
         (DEFAULT_MODEL, 2),
         (f"{DEFAULT_MODEL}:1", 1),
-        (str(settings.models_dir / DEFAULT_MODEL), 2),
         (str(version_dir), 1),
         (str(version_dir / "model.json"), 1),
         (str(version_dir / "model.safetensors"), 1),
@@ -98,8 +98,8 @@ def test_sample_as_floats_is_the_images_before_quantisation(http: TestClient, tm
 
 
 def test_conditional_and_mad_gan_models(http: TestClient, settings: Settings, tmp_path: Path) -> None:
-    publish_conditional_model(settings.models_dir, "cond")
-    publish_madgan_model(settings.models_dir, "mad")
+    publish_conditional_model(settings, "cond")
+    publish_madgan_model(settings, "mad")
     assert run("sample", "cond", "--seeds", "0-3", "--label", "2", "--out", str(tmp_path / "c")).exit_code == 0
     assert run("sample", "mad", "--seeds", "0-5", "--out", str(tmp_path / "m")).exit_code == 0
     for seed in range(4):
@@ -112,7 +112,7 @@ def test_conditional_and_mad_gan_models(http: TestClient, settings: Settings, tm
 
 
 def test_points_go_to_npy_and_never_to_png(settings: Settings, tmp_path: Path) -> None:
-    publish_points_model(settings.models_dir, "ring")
+    publish_points_model(settings, "ring")
     result = run("sample", "ring", "--seeds", "0-49", "--out", str(tmp_path / "points.npy"))
     assert result.exit_code == 0, result.output
     points = np.load(tmp_path / "points.npy")
@@ -144,7 +144,7 @@ def test_sample_refuses_what_it_cannot_do(app, tmp_path: Path, spec: str, args: 
 
 
 def test_train_then_sample_and_evaluate_its_run_directory(
-    http: TestClient, tiny_data_root: Path, tmp_path: Path
+    http: TestClient, settings: Settings, tiny_data_root: Path, tmp_path: Path
 ) -> None:
     run_dir = tmp_path / "run"
     args = ["train", write_job(tmp_path, IMAGE_JOB), "--out", str(run_dir), "--data-root", str(tiny_data_root)]
@@ -152,7 +152,7 @@ def test_train_then_sample_and_evaluate_its_run_directory(
     assert result.exit_code == 0, result.output
     assert result.stdout.strip() == "1"  # the version published
     assert (run_dir / "samples" / "epoch-0001.png").is_file()
-    assert (tmp_path / "volume" / "models" / "cli-tiny" / "1" / "model.safetensors").is_file()
+    assert published_stem(settings, "cli-tiny", 1).with_suffix(".safetensors").is_file()
 
     # The run directory renders what the API serves of the model published from it.
     sampled = run("sample", str(run_dir), "--seeds", "0-3", "--out", str(tmp_path / "out"))
@@ -166,12 +166,12 @@ def test_train_then_sample_and_evaluate_its_run_directory(
     assert (metrics["extractor"], metrics["n_fake"], metrics["n_real"]) == ("mnist-cnn-v1", 50, 50)
 
 
-def test_train_points_publishes_a_servable_model(app, tmp_path: Path) -> None:
+def test_train_points_publishes_a_servable_model(app, settings: Settings, tmp_path: Path) -> None:
     body = {"model_name": "toy", "dataset": "gaussian-1d", "max_samples": 256, "batch_size": 128, "epochs": 1}
     result = run("train", write_job(tmp_path, {**body, "eval_extractor": "none"}))
     assert result.exit_code == 0, result.output
     assert result.stdout.strip() == "1"
-    assert (tmp_path / "volume" / "models" / "toy" / "1").is_dir() and (tmp_path / "runs" / "toy").is_dir()
+    assert published_stem(settings, "toy", 1).parent.is_dir() and (tmp_path / "runs" / "toy").is_dir()
     listed = run("models")
     assert listed.exit_code == 0 and "toy" in listed.stdout and "points" in listed.stdout
 
@@ -212,13 +212,13 @@ def test_train_refuses_an_unknown_device(tmp_path: Path) -> None:
         ([], "exactly one of MODEL and --real"),
         ([DEFAULT_MODEL, "--real", "mnist"], "exactly one of MODEL and --real"),
         ([DEFAULT_MODEL, "--extractor", "vgg"], "unknown extractor"),
-        ([f"{DEFAULT_MODEL}:7"], "has no version 7"),
-        (["no-such-model"], "no checkpoint, model directory, run directory or model named"),
+        ([f"{DEFAULT_MODEL}:7"], "it has versions [1] only"),
+        (["no-such-model"], "model 'no-such-model' does not exist; available models: tiny"),
         (["--real", "ring-2d"], "not an image dataset"),
     ],
 )
 def test_evaluate_refuses_bad_arguments(settings: Settings, tmp_path: Path, args: list[str], complaint: str) -> None:
-    publish_tiny_model(settings.models_dir, DEFAULT_MODEL)
+    publish_tiny_model(settings, DEFAULT_MODEL)
     result = run("evaluate", *args, "--data-root", str(tmp_path))
     assert result.exit_code == 2, (args, result.output)
     assert complaint in flat(result.stderr), (args, result.output)

@@ -17,6 +17,9 @@ import httpx
 import pytest
 from e2e_support import PNG_MAGIC, TINY, model_names, submit, wait_for
 
+from core.db import Database
+from core.model_versions import ModelVersions
+
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 FAULT_ENV = {"GANSERVE_HEARTBEAT_S": "0.5", "GANSERVE_STALE_AFTER_S": "3", "GANSERVE_MAX_ATTEMPTS": "3"}
@@ -153,7 +156,9 @@ def test_api_restarted(fault_stack) -> None:
 
     api = next(p for p in s.procs if p.name == "api")
     assert s.kill(api, signal.SIGTERM) in {0, -signal.SIGTERM}  # uvicorn: orderly shutdown
-    weights = s.volume / "models" / "e2e-kept" / "2" / "model.safetensors"
+    row = ModelVersions(Database(f"sqlite:///{s.volume / 'ganserve.db'}")).get("e2e-kept", 2)
+    assert row is not None
+    weights = s.volume / row.location / "model.safetensors"  # the stack's storage: the volume (the default)
     weights.write_bytes(weights.read_bytes()[:1000])  # the newest version, truncated while no API runs
     new_api = s.start_api("api2")
     s.wait_healthy()

@@ -11,6 +11,9 @@ import httpx
 import pytest
 from e2e_support import FINISHED, PNG_MAGIC, TINY, model_names, submit, wait_for
 
+from core.db import Database
+from core.model_versions import ModelVersions
+
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
@@ -32,7 +35,8 @@ def test_train_then_generate(stack):
             assert not stem.startswith("/") and (stack.volume / f"{stem}.json").is_file(), stem
         for png in job["samples"]:
             assert not png.startswith("/") and (stack.volume / png).is_file(), png
-        assert (stack.volume / "models" / name / "1").is_dir()
+        row = ModelVersions(Database(f"sqlite:///{stack.volume / 'ganserve.db'}")).get(name, 1)
+        assert row is not None and (stack.volume / row.location / "model.safetensors").is_file()
 
         # Served at once, without restarting the API.
         assert name in model_names(client)

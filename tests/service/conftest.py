@@ -55,10 +55,10 @@ def settings(tmp_path: Path) -> Settings:
 def served_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     """The shared app's: `tiny` version 1 (the default model), `cond`, `mad` and `ring`; no rate limit."""
     settings = make_settings(tmp_path_factory.mktemp("served"), rate_limit_per_min=0)
-    publish_tiny_model(settings.models_dir, DEFAULT_MODEL)
-    publish_conditional_model(settings.models_dir)
-    publish_madgan_model(settings.models_dir)
-    publish_points_model(settings.models_dir)
+    publish_tiny_model(settings, DEFAULT_MODEL)
+    publish_conditional_model(settings)
+    publish_madgan_model(settings)
+    publish_points_model(settings)
     return settings
 
 
@@ -76,7 +76,7 @@ def publish_served(served_settings: Settings) -> Callable[..., int]:
     """`publish_served(name, **kwargs)`: the next version of a tiny model `name` in the shared app's volume."""
 
     def _publish(name: str, **kwargs: int) -> int:
-        return publish_tiny_model(served_settings.models_dir, name, **kwargs)
+        return publish_tiny_model(served_settings, name, **kwargs)
 
     return _publish
 
@@ -84,7 +84,7 @@ def publish_served(served_settings: Settings) -> Callable[..., int]:
 @pytest.fixture
 def publish_model(settings: Settings) -> Callable[..., int]:
     def _publish(name: str = DEFAULT_MODEL, **kwargs: int) -> int:
-        return publish_tiny_model(settings.models_dir, name, **kwargs)
+        return publish_tiny_model(settings, name, **kwargs)
 
     return _publish
 

@@ -8,9 +8,13 @@ import torch
 from fastapi.testclient import TestClient
 from torch import nn
 
+from core.db import connect
 from core.keys import ApiKeyEntry, Scope, hash_key
+from core.model_versions import ModelVersions
+from core.settings import Settings
+from core.storage import open_storage
 from training.architectures import MADGANGenerator, MLPGenerator, MLPGeneratorConfig, config_to_json
-from training.checkpoint import prefixed, publish, save
+from training.checkpoint import MODEL_STEM, list_versions, prefixed, publish, save, write_model
 
 LATENT_DIM = 8
 DEFAULT_MODEL = "tiny"
@@ -42,14 +46,17 @@ def client_on(started: TestClient, **kwargs: Any) -> TestClient:
     return client
 
 
+Target = Settings | Path  # published as the service does (settings' database and storage), or a bundled folder
+
+
 def publish_tiny_model(
-    models_dir: Path, name: str, *, weights_seed: int = 0, latent_dim: int = LATENT_DIM, epoch: int = 1
+    target: Target, name: str, *, weights_seed: int = 0, latent_dim: int = LATENT_DIM, epoch: int = 1
 ) -> int:
-    """Publish a tiny random MLP generator as the next version of `name`; returns its version."""
+    """Publish a tiny random MLP generator as the next version of `name` into `target`; returns its version."""
     torch.manual_seed(weights_seed)
     cfg = MLPGeneratorConfig(latent_dim=latent_dim, hidden=(16,), image_shape=(1, 28, 28))
     generator = MLPGenerator(cfg)
-    staging = models_dir.parent / "staging" / f"{name}-{weights_seed}-{epoch}"
+    staging = _scratch(target) / f"{name}-{weights_seed}-{epoch}"
     metadata = {
         "generator": config_to_json(cfg),
         "latent_dim": latent_dim,
@@ -63,19 +70,42 @@ def publish_tiny_model(
         "model_name": name,
     }
     save(staging / "ckpt", prefixed(generator, "generator"), metadata)
-    return publish(models_dir, name, staging / "ckpt")
+    return publish_to(target, name, staging / "ckpt")
+
+
+def _scratch(target: Target) -> Path:
+    return (target.checkpoint_dir if isinstance(target, Settings) else target.parent) / "staging"
+
+
+def publish_to(target: Target, name: str, stem: Path) -> int:
+    """Publish checkpoint `stem` as the next version of `name`: as the service does, into the database and storage
+    of settings; or into a folder laid out as the bundled models are. Returns its version."""
+    if isinstance(target, Settings):
+        storage = open_storage(target.effective_storage_url, target.s3_endpoint_url)
+        return publish(storage, ModelVersions(connect(target.effective_database_url)), name, stem)
+    version = max(list_versions(target, name), default=0) + 1
+    write_model(stem, target / name / str(version) / MODEL_STEM)
+    return version
+
+
+def published_stem(settings: Settings, name: str, version: int) -> Path:
+    """Where a published version's files lie on the volume (a test that damages them)."""
+    row = ModelVersions(connect(settings.effective_database_url)).get(name, version)
+    assert row is not None, f"{name} has no version {version}"
+    return settings.checkpoint_dir / row.location / MODEL_STEM
 
 
 NUM_CLASSES = 3
 NUM_GENERATORS = 3
 
 
-def publish_generator(models_dir: Path, name: str, generator: nn.Module, **metadata: Any) -> int:
+def publish_generator(target: Target, name: str, generator: nn.Module, **metadata: Any) -> int:
     """Publish any generator (with its `.spec`) and the given metadata fields; returns its version."""
-    staging = models_dir.parent / "staging" / f"{name}-{len(list(models_dir.parent.glob('staging/*')))}"
+    scratch = _scratch(target)
+    staging = scratch / f"{name}-{len(list(scratch.glob('*')))}"
     meta = {"generator": generator.spec, "latent_dim": LATENT_DIM, "value_range": [-1, 1], "model_name": name}
     save(staging / "ckpt", prefixed(generator, "generator"), {**meta, **metadata})
-    return publish(models_dir, name, staging / "ckpt")
+    return publish_to(target, name, staging / "ckpt")
 
 
 def tiny_image_g(*, num_classes: int | None = None, weights_seed: int = 0) -> MLPGenerator:
@@ -84,10 +114,10 @@ def tiny_image_g(*, num_classes: int | None = None, weights_seed: int = 0) -> ML
     return MLPGenerator(cfg)
 
 
-def publish_conditional_model(models_dir: Path, name: str = "cond") -> int:
+def publish_conditional_model(target: Target, name: str = "cond") -> int:
     g = tiny_image_g(num_classes=NUM_CLASSES)
     return publish_generator(
-        models_dir,
+        target,
         name,
         g,
         architecture="mlp",
@@ -99,12 +129,12 @@ def publish_conditional_model(models_dir: Path, name: str = "cond") -> int:
     )
 
 
-def publish_madgan_model(models_dir: Path, name: str = "mad") -> int:
+def publish_madgan_model(target: Target, name: str = "mad") -> int:
     torch.manual_seed(0)
     base = tiny_image_g().spec
     g = MADGANGenerator(base, NUM_GENERATORS)
     return publish_generator(
-        models_dir,
+        target,
         name,
         g,
         architecture="mad-gan",
@@ -115,13 +145,13 @@ def publish_madgan_model(models_dir: Path, name: str = "mad") -> int:
     )
 
 
-def publish_points_model(models_dir: Path, name: str = "ring") -> int:
+def publish_points_model(target: Target, name: str = "ring") -> int:
     torch.manual_seed(0)
     cfg = MLPGeneratorConfig(
         latent_dim=LATENT_DIM, hidden=(16,), image_shape=(2,), output="linear", activation="relu", batchnorm=False
     )
     return publish_generator(
-        models_dir, name, MLPGenerator(cfg), architecture="mlp", kind="points", sample_shape=[2], dataset="ring-2d"
+        target, name, MLPGenerator(cfg), architecture="mlp", kind="points", sample_shape=[2], dataset="ring-2d"
     )
 
 

@@ -10,7 +10,7 @@ import torch
 from svc_support import LATENT_DIM, NUM_CLASSES, publish_conditional_model, publish_madgan_model
 from torch import nn
 
-from core.settings import BUNDLED_MODELS_DIR
+from core.settings import BUNDLED_MODELS_DIR, Settings
 from service.serving.batching import Answer, Batching, Failure, Request, Seeds, latents_of
 from service.serving.encoding import FORMS, finish
 from service.serving.registry import LoadedModel, ModelRegistry
@@ -22,10 +22,11 @@ ROWS = 16
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> ModelRegistry:
     """The bundled mnist-mlp, a conditional model `cond` and a MAD-GAN `mad`."""
-    models = tmp_path_factory.mktemp("volume") / "models"
-    publish_conditional_model(models)
-    publish_madgan_model(models)
-    return ModelRegistry([(models, "volume"), (BUNDLED_MODELS_DIR, "bundled")], batch_rows=ROWS)
+    volume = tmp_path_factory.mktemp("volume")
+    settings = Settings(_env_file=None, checkpoint_dir=volume, bundled_models_dir=BUNDLED_MODELS_DIR)  # type: ignore[call-arg]
+    publish_conditional_model(settings)
+    publish_madgan_model(settings)
+    return ModelRegistry.from_settings(settings, batch_rows=ROWS)
 
 
 def batching(registry: ModelRegistry, **kwargs: object) -> Batching:

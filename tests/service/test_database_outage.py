@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
-from svc_support import AUTH, DEFAULT_MODEL, FakeTasks
+from svc_support import AUTH, DEFAULT_MODEL, FakeTasks, publish_tiny_model
 
 from service.main import create_app
 
@@ -47,10 +47,11 @@ def ready(client: TestClient) -> dict:
     return r.json()
 
 
-def test_an_outage_is_a_503_and_the_api_recovers(own_database, settings, publish_model) -> None:
+def test_an_outage_is_a_503_and_the_api_recovers(own_database, settings) -> None:
     url, (admin, name) = own_database
-    publish_model(DEFAULT_MODEL)
-    with TestClient(create_app(settings.model_copy(update={"database_url": url}), FakeTasks()), headers=AUTH) as c:
+    settings = settings.model_copy(update={"database_url": url})
+    publish_tiny_model(settings, DEFAULT_MODEL)
+    with TestClient(create_app(settings, FakeTasks()), headers=AUTH) as c:
         assert ready(c)["checks"]["database"]["detail"].startswith("postgresql, at revision")
         before = c.post("/train", json=BODY)
         assert before.status_code == 202

@@ -1,13 +1,14 @@
 """POST /models/{name}/evaluate, GET /models/{name}/evaluations/{id}, and the results under GET /models/{name}.
 The worker's half (training.metrics on a real model) runs in tests/e2e."""
 
-import shutil
-
 import pytest
 from fastapi.testclient import TestClient
 from kombu.exceptions import OperationalError
+from sqlalchemy import delete
 from svc_support import DEFAULT_MODEL, FakeSender, publish_generator, publish_points_model, tiny_image_g
 
+from core import db as tables
+from core.db import connect
 from core.evaluations import EvaluationStore
 from core.records import JobStatus, now
 
@@ -51,7 +52,7 @@ def test_unknown_model_or_version_is_404(client: TestClient, sender: FakeSender)
 
 
 def test_a_toy_model_is_refused(client: TestClient, settings) -> None:
-    publish_points_model(settings.models_dir, "ring")
+    publish_points_model(settings, "ring")
     r = client.post("/models/ring/evaluate", json={})
     assert r.status_code == 422 and r.json()["error"] == "not_an_image_model"
 
@@ -96,7 +97,8 @@ def test_results_of_other_weights_are_not_shown(client: TestClient, settings) ->
     """A name and version re-used for new weights (a wiped volume, a shadowing model) starts with none."""
     job = client.post(f"/models/{DEFAULT_MODEL}/evaluate", json={}).json()["id"]
     finish(client, job, 12.0)
-    shutil.rmtree(settings.models_dir / DEFAULT_MODEL)
-    publish_generator(settings.models_dir, DEFAULT_MODEL, tiny_image_g(weights_seed=7), image_shape=[1, 28, 28])
+    with connect(settings.effective_database_url).begin() as conn:  # the version's row gone: its number is free
+        conn.execute(delete(tables.model_versions).where(tables.model_versions.c.name == DEFAULT_MODEL))
+    publish_generator(settings, DEFAULT_MODEL, tiny_image_g(weights_seed=7), image_shape=[1, 28, 28])
     info = client.get(f"/models/{DEFAULT_MODEL}").json()["version_info"][0]
     assert info["version"] == 1 and info["evaluations"] == []

@@ -53,8 +53,8 @@ def test_concurrent_requests_share_a_forward_and_get_the_bytes_of_single_request
     settings, make_app, publish_model
 ) -> None:
     publish_model()
-    publish_conditional_model(settings.models_dir)
-    publish_madgan_model(settings.models_dir)
+    publish_conditional_model(settings)
+    publish_madgan_model(settings)
     groups = [  # 16 rows each: one forward
         [{"seed": 0, "count": 1}, {"seed": 1000, "count": 7}, {"seed": 2000, "count": 8}],
         [{"seed": 10, "count": 5, "label": 2}, {"seed": 20, "count": 6, "label": 0}, {"seed": 30, "count": 5}],

@@ -14,13 +14,13 @@ from svc_support import (
     publish_generator,
     publish_madgan_model,
     publish_points_model,
+    published_stem,
     tiny_image_g,
 )
 
 from core.settings import Settings
 from service.serving.registry import ModelNotFound, ModelRegistry
 from training.architectures import MADGANGenerator
-from training.checkpoint import model_stem
 
 
 class Clock:
@@ -81,8 +81,7 @@ def test_new_version_is_picked_up_in_real_time(
 
 
 def corrupt(settings: Settings, name: str, version: int) -> None:
-    path = model_stem(settings.models_dir, name, version).with_suffix(".safetensors")
-    path.write_bytes(b"not a safetensors file")
+    published_stem(settings, name, version).with_suffix(".safetensors").write_bytes(b"not a safetensors file")
 
 
 def test_corrupt_new_version_keeps_the_previous_one(
@@ -135,18 +134,20 @@ def test_loaded_model_is_cached(settings: Settings, publish_model) -> None:
 
 
 def test_unreadable_metadata_is_reported(settings: Settings, publish_model, tmp_path: Path) -> None:
+    """A version's JSON damaged in storage: it is not served (the reason says why), and it is still described,
+    from the metadata its database row holds."""
     publish_model("badmeta")
-    model_stem(settings.models_dir, "badmeta", 1).with_suffix(".json").write_text("{")
+    published_stem(settings, "badmeta", 1).with_suffix(".json").write_text("{")
     registry = ModelRegistry.from_settings(settings)
     with pytest.raises(ModelNotFound, match="not readable JSON"):
         registry.get("badmeta")
-    assert registry.describe("badmeta")["version_info"][0]["error"]
+    assert registry.describe("badmeta")["version_info"][0]["latent_dim"] == LATENT_DIM
 
 
 def test_registry_reads_kind_classes_and_generators(settings: Settings) -> None:
-    publish_conditional_model(settings.models_dir)
-    publish_madgan_model(settings.models_dir)
-    publish_points_model(settings.models_dir)
+    publish_conditional_model(settings)
+    publish_madgan_model(settings)
+    publish_points_model(settings)
     registry = ModelRegistry.from_settings(settings)
     cond, mad, ring = registry.get("cond"), registry.get("mad"), registry.get("ring")
     assert cond.conditional and cond.num_classes == NUM_CLASSES and cond.num_generators is None
@@ -170,6 +171,6 @@ def test_old_metadata_is_an_unconditional_image_model(settings: Settings, publis
 def test_generator_count_contradicting_metadata_is_refused(settings: Settings) -> None:
     torch.manual_seed(0)
     g = MADGANGenerator(tiny_image_g().spec, 2)
-    publish_generator(settings.models_dir, "liar", g, num_generators=5)
+    publish_generator(settings, "liar", g, num_generators=5)
     with pytest.raises(ModelNotFound, match="metadata says 5"):
         ModelRegistry.from_settings(settings).get("liar")

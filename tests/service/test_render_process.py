@@ -16,31 +16,40 @@ import torch
 from fastapi.testclient import TestClient
 from svc_support import AUTH, publish_conditional_model, publish_madgan_model
 
-from core.settings import BUNDLED_MODELS_DIR
+from core.settings import BUNDLED_MODELS_DIR, Settings
 from service.serving import wire
 from service.serving.batching import Answer, Batching, Failure, Request, Seeds
 from service.serving.encoding import Form
 from service.serving.registry import LoadedModel, ModelRegistry
-from service.serving.render_process import ChildConfig, ModelGone, ProcessRenderer, RendererClosed, RendererLost
+from service.serving.render_process import (
+    ChildConfig,
+    ModelGone,
+    ProcessRenderer,
+    RendererClosed,
+    RendererLost,
+    child_settings,
+)
 
 WAIT_S = 60.0
 
 
 @pytest.fixture
-def roots(tmp_path: Path) -> list[tuple[str, str]]:
-    models = tmp_path / "models"
-    publish_conditional_model(models)
-    publish_madgan_model(models)
-    return [(str(models), "volume"), (str(BUNDLED_MODELS_DIR), "bundled")]
+def volume(tmp_path: Path) -> Settings:
+    """A volume with a conditional model `cond` and a MAD-GAN `mad` published, and the bundled models."""
+    settings = Settings(_env_file=None, checkpoint_dir=tmp_path, bundled_models_dir=BUNDLED_MODELS_DIR)  # type: ignore[call-arg]
+    publish_conditional_model(settings)
+    publish_madgan_model(settings)
+    return settings
 
 
 @pytest.fixture
-def registry(roots: list[tuple[str, str]]) -> ModelRegistry:
-    return ModelRegistry([(Path(p), s) for p, s in roots])  # type: ignore[misc]
+def registry(volume: Settings) -> ModelRegistry:
+    return ModelRegistry.from_settings(volume, batch_rows=16)
 
 
-def renderer(roots: list[tuple[str, str]], **config: object) -> ProcessRenderer:
-    return ProcessRenderer(ChildConfig(roots, batch_rows=16, max_wait_s=0.0, log_level="warning", **config))  # type: ignore[arg-type]
+def renderer(volume: Settings, **config: object) -> ProcessRenderer:
+    settings = child_settings(volume)
+    return ProcessRenderer(ChildConfig(settings, batch_rows=16, max_wait_s=0.0, log_level="warning", **config))  # type: ignore[arg-type]
 
 
 def expected(registry: ModelRegistry, model: LoadedModel, seeds: list[int], form: Form) -> list[bytes] | bytes:
@@ -84,7 +93,7 @@ def test_the_wire_round_trips() -> None:
 
 
 @pytest.mark.slow
-def test_it_answers_what_batching_answers_in_process(roots, registry) -> None:
+def test_it_answers_what_batching_answers_in_process(volume, registry) -> None:
     """Mixed models and forms, sent together (so batched together) before it is even ready."""
     mnist, cond, mad = (registry.get(name) for name in ("mnist-mlp", "cond", "mad"))
     asks: list[tuple[LoadedModel, list[int], Form]] = [
@@ -97,7 +106,7 @@ def test_it_answers_what_batching_answers_in_process(roots, registry) -> None:
     latents = torch.randn(2, mnist.latent_dim)
 
     async def run() -> list[object]:
-        r = renderer(roots)
+        r = renderer(volume)
         await r.start()
         try:
             return await asyncio.gather(
@@ -115,13 +124,13 @@ def test_it_answers_what_batching_answers_in_process(roots, registry) -> None:
     assert b.render().outcomes == [Answer(0, strip)]  # type: ignore[arg-type]
 
 
-def test_it_serves_an_api_under_uvloop(roots, registry) -> None:
+def test_it_serves_an_api_under_uvloop(volume, registry) -> None:
     """uvicorn's other event loop (`--loop uvloop`): its transports are no subclass of asyncio's."""
     uvloop = pytest.importorskip("uvloop")
     model = registry.get("mnist-mlp")
 
     async def run() -> object:
-        r = renderer(roots)
+        r = renderer(volume)
         await r.start()
         try:
             return await r.render(model, Seeds([5, 6]), None, None, "pngs")
@@ -140,11 +149,11 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.slow
-def test_a_dead_render_process_fails_what_it_held_and_is_replaced(roots, registry) -> None:
+def test_a_dead_render_process_fails_what_it_held_and_is_replaced(volume, registry) -> None:
     model = registry.get("mnist-mlp")
 
     async def run() -> tuple[int, int]:
-        r = renderer(roots)
+        r = renderer(volume)
         await r.start()
         try:
             first = r.pid
@@ -168,11 +177,11 @@ def test_a_dead_render_process_fails_what_it_held_and_is_replaced(roots, registr
     assert first != second and not _alive(second)
 
 
-def test_a_version_it_cannot_load_is_a_retry_not_a_crash(roots, registry) -> None:
+def test_a_version_it_cannot_load_is_a_retry_not_a_crash(volume, registry) -> None:
     model = registry.get("mnist-mlp")
 
     async def run() -> object:
-        r = renderer(roots)
+        r = renderer(volume)
         await r.start()
         try:
             with pytest.raises(ModelGone, match="version 99"):
@@ -184,11 +193,11 @@ def test_a_version_it_cannot_load_is_a_retry_not_a_crash(roots, registry) -> Non
     assert asyncio.run(run()) == expected(registry, model, [1], "grid")
 
 
-def test_closing_answers_what_was_sent_and_ends_the_process(roots, registry) -> None:
+def test_closing_answers_what_was_sent_and_ends_the_process(volume, registry) -> None:
     model = registry.get("mnist-mlp")
 
     async def run() -> int:
-        r = renderer(roots)
+        r = renderer(volume)
         await r.start()
         pid = r.pid
         assert pid is not None
@@ -203,11 +212,11 @@ def test_closing_answers_what_was_sent_and_ends_the_process(roots, registry) -> 
     assert not _alive(asyncio.run(run()))
 
 
-def test_closing_before_it_is_ready_with_nothing_sent_stops_it(roots) -> None:
+def test_closing_before_it_is_ready_with_nothing_sent_stops_it(volume) -> None:
     """An app that never rendered does not wait for its render process's start-up to end."""
 
     async def run() -> int:
-        r = renderer(roots)
+        r = renderer(volume)
         await r.start()
         assert r.pid is not None and r.in_flight == 0
         await r.close()
@@ -216,7 +225,7 @@ def test_closing_before_it_is_ready_with_nothing_sent_stops_it(roots) -> None:
     assert not _alive(asyncio.run(run()))
 
 
-def test_a_descriptor_number_past_fd_setsize_is_served(roots, registry) -> None:
+def test_a_descriptor_number_past_fd_setsize_is_served(volume, registry) -> None:
     """The render process inherits the socket's number from a busy API process: past select()'s 1024."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < 1200:
@@ -225,7 +234,7 @@ def test_a_descriptor_number_past_fd_setsize_is_served(roots, registry) -> None:
     filler = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]  # the next descriptors are > 1024
 
     async def run() -> object:
-        r = renderer(roots)
+        r = renderer(volume)
         await r.start()
         try:
             return await r.render(model, Seeds([3]), None, None, "grid")

@@ -39,7 +39,7 @@ def _app():
         api_keys=TEST_KEYS,
         rate_limit_per_min=0,
     )
-    publish_tiny_model(config.models_dir, DEFAULT_MODEL)
+    publish_tiny_model(config, DEFAULT_MODEL)
     return create_app(config, FakeTasks())
 
 

@@ -3,6 +3,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from core.db import Database
+from core.model_versions import ModelVersions, local_stem
+from core.storage import BlobCache, open_storage
 from training import checkpoint
 from training.architectures import MLPGenerator, MLPGeneratorConfig, config_to_json
 
@@ -48,19 +51,46 @@ def test_load_generator_gives_the_same_output(tmp_path: Path) -> None:
     assert not loaded.training
 
 
-def test_publish_gives_versions_one_then_two(tmp_path: Path) -> None:
+def test_publish_gives_versions_one_then_two(tmp_path: Path, sqlite_db: Database) -> None:
     _save_generator(tmp_path / "ckpt")
     png = tmp_path / "grid.png"
     png.write_bytes(b"\x89PNG fake")
-    models = tmp_path / "models"
-    assert checkpoint.publish(models, "digits", tmp_path / "ckpt", png) == 1
-    assert checkpoint.publish(models, "digits", tmp_path / "ckpt") == 2
-    assert checkpoint.list_versions(models, "digits") == [1, 2]
-    assert (models / "digits" / "1" / "samples.png").read_bytes() == png.read_bytes()
-    tensors, meta = checkpoint.load(checkpoint.model_stem(models, "digits", 2))
+    storage, versions = open_storage(f"file://{tmp_path / 'blobs'}"), ModelVersions(sqlite_db)
+    assert checkpoint.publish(storage, versions, "digits", tmp_path / "ckpt", png, owner="k1") == 1
+    assert checkpoint.publish(storage, versions, "digits", tmp_path / "ckpt") == 2
+    assert versions.versions("digits") == [1, 2]
+    first = versions.get("digits", 1)
+    assert first is not None and first.owner == "k1" and first.samples_key is not None
+    assert storage.get_bytes(first.samples_key) == png.read_bytes()
+    second = versions.get("digits", 2)
+    assert second is not None and second.samples_key is None
+    # Same weights, same folder: a version's files are named by their content.
+    assert second.location == first.location == f"models/digits/{first.weights_sha256}"
+    stem = local_stem(second, storage, BlobCache(tmp_path / "cache", 1 << 20))
+    tensors, meta = checkpoint.load(stem)
     assert all(k.startswith("generator.") for k in tensors)
-    assert "discriminator" not in meta
-    assert not [p for p in models.iterdir() if p.name.startswith(".")]  # no staging left behind
+    assert "discriminator" not in meta and meta == second.metadata
+
+
+def test_published_to_s3_loads_through_the_cache(
+    tmp_path: Path, sqlite_db: Database, s3_server: str, s3_bucket: str
+) -> None:
+    """Object storage elsewhere: the version's weights come back into the cache, checked by SHA-256, and rebuild
+    the same generator; a second load reads the cache, not the server."""
+    g = _save_generator(tmp_path / "ckpt")
+    storage, versions = open_storage(s3_bucket, s3_server), ModelVersions(sqlite_db)
+    version = checkpoint.publish(storage, versions, "remote", tmp_path / "ckpt")
+    row = versions.get("remote", version)
+    assert row is not None and storage.exists(f"{row.location}/model.json")
+    cache = BlobCache(tmp_path / "cache", 1 << 20)
+    stem = local_stem(row, storage, cache)
+    assert stem.is_relative_to(tmp_path / "cache")
+    loaded, _ = checkpoint.load_generator(stem)
+    z = torch.randn(2, 8)
+    with torch.no_grad():
+        assert torch.equal(loaded(z), g(z))
+    storage.delete(f"{row.location}/model.safetensors")
+    assert local_stem(row, storage, cache) == stem  # from the cache
 
 
 class _Payload:

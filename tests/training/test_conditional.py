@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from core.train_config import TrainConfig
+from service.serving.catalogues import FolderCatalogue
 from service.serving.registry import ModelRegistry
 from training import checkpoint
 from training.loop import train
@@ -51,8 +52,8 @@ def test_conditional_model_trains_and_serves_labels(labelled_root: Path, tmp_pat
     assert grid.size == (10 * 30 + 2, 7 * 30 + 2)
 
     models = tmp_path / "models"
-    checkpoint.publish(models, "cond", result.final_checkpoint, result.samples)
-    model = ModelRegistry([(models, "volume")]).get("cond")
+    checkpoint.write_model(result.final_checkpoint, checkpoint.model_stem(models, "cond", 1))
+    model = ModelRegistry([FolderCatalogue(models)]).get("cond")
     assert model.conditional and model.num_classes == 10
     assert model.labels_for(list(range(12))) == [s % 10 for s in range(12)]
     assert model.labels_for([5, 6], label=3) == [3, 3]

@@ -99,8 +99,8 @@ def test_evaluate_model_on_a_published_mad_gan(tiny_data_root: Path, tmp_path: P
     )  # fmt: skip
     result = train(job, tmp_path / "run", data_root=tiny_data_root, device="cpu")
     assert result.final_checkpoint is not None
-    models = tmp_path / "models"
-    stem = checkpoint.model_stem(models, "eval-tiny", checkpoint.publish(models, "eval-tiny", result.final_checkpoint))
+    stem = tmp_path / "model"
+    checkpoint.write_model(result.final_checkpoint, stem)  # what a published version holds
     stages: list[str] = []
     m = evaluate_model(stem, n=50, data_root=tiny_data_root, nn_png=tmp_path / "nn.png", progress_fn=stages.append)
     assert (m.extractor, m.n_fake, m.n_real) == ("mnist-cnn-v1", 50, 30)  # the model saw 30 images: 30 to compare

@@ -18,7 +18,9 @@ import training.data
 import training.loop
 import training.run_state
 from core import db as tables
+from core.db import connect
 from core.jobs import JobRecord, JobStore
+from core.model_versions import ModelVersions
 from core.records import JobStatus, now
 from core.settings import Settings
 from worker import tasks
@@ -160,7 +162,7 @@ def test_a_replaced_worker_stops_without_writing(
     assert run_task(job.id, "host:1", monkeypatch)["status"] == "superseded"
     record = store.get(job.id)
     assert (record.status, record.worker, record.attempts, record.history) == (JobStatus.running, "other:2", 2, [])
-    assert not settings.models_dir.exists() or not any(settings.models_dir.iterdir())
+    assert ModelVersions(connect(settings.effective_database_url)).names() == []
 
 
 # --- failures: `failed`, with a reason a user can act on ------------------------------------------------
