@@ -1,11 +1,21 @@
 """Fixtures every test package shares: databases. `sqlite_db` is a migrated SQLite file of the test's own;
 `postgres_url` a PostgreSQL database of the session's own, created on the server at GANSERVE_TEST_POSTGRES
-(default: the machine's, 127.0.0.1:5432, trust auth) and dropped at the end; `any_db` runs a test on both."""
+(default: the machine's, 127.0.0.1:5432, trust auth) or, when none answers there, on a private server the
+session starts from the PostgreSQL binaries (`make test-tools` installs them) and stops at its end; `any_db`
+runs a test on both."""
 
+import contextlib
 import os
+import pwd
+import re
+import shutil
+import socket
+import subprocess
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -17,17 +27,92 @@ from core.db import Database, metadata
 POSTGRES_SERVER = os.environ.get("GANSERVE_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 
 
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """A database of this test session's own on the PostgreSQL server, migrated to the newest revision."""
-    admin = create_engine(POSTGRES_SERVER, isolation_level="AUTOCOMMIT")
-    name = f"ganserve_test_{uuid.uuid4().hex[:12]}"
+def postgres_answers(url: str) -> str | None:
+    """None when the server at `url` takes a connection, else why not."""
+    engine = create_engine(url, connect_args={"connect_timeout": 3})
     try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        with engine.connect():
+            return None
     except OperationalError as e:
-        pytest.skip(f"no PostgreSQL server at {POSTGRES_SERVER} (GANSERVE_TEST_POSTGRES): {e.orig}")
-    url = make_url(POSTGRES_SERVER).set(database=name).render_as_string(hide_password=False)
+        return str(e.orig).strip()
+    finally:
+        engine.dispose()
+
+
+def postgres_bin_dir() -> Path | None:
+    """The folder of `initdb` and `pg_ctl`: from PATH, else Debian's newest /usr/lib/postgresql/<major>/bin."""
+    on_path = shutil.which("pg_ctl")
+    if on_path and shutil.which("initdb"):
+        return Path(on_path).resolve().parent
+    found = [p.parent for p in Path("/usr/lib/postgresql").glob("*/bin/pg_ctl") if (p.parent / "initdb").exists()]
+    return max(found, key=lambda p: int(re.sub(r"\D", "", p.parent.name) or 0), default=None)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def private_postgres(bin_dir: Path, folder: Path) -> Iterator[str]:
+    """A PostgreSQL server of this session's own in `folder` (trust auth, 127.0.0.1, a free port), stopped on
+    leaving; its admin URL. As root, the server runs as `nobody`: initdb and postgres refuse root."""
+    as_user: dict[str, Any] = {}
+    if os.geteuid() == 0:
+        nobody = pwd.getpwnam("nobody")
+        as_user = {"user": nobody.pw_uid, "group": nobody.pw_gid, "extra_groups": []}
+        os.chown(folder, nobody.pw_uid, nobody.pw_gid)
+    data, log, port = folder / "data", folder / "server.log", free_port()
+    pg_ctl = [str(bin_dir / "pg_ctl"), "-D", str(data)]
+
+    def run(*args: str) -> None:
+        env = {**os.environ, "LC_ALL": "C"}
+        proc = subprocess.run(args, capture_output=True, text=True, env=env, cwd=folder, **as_user)
+        if proc.returncode != 0:
+            tail = log.read_text()[-2000:] if log.exists() else ""
+            pytest.fail(f"{' '.join(args)} failed:\n{proc.stdout}{proc.stderr}{tail}")
+
+    run(str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "--locale=C", "-E", "UTF8", "-N")
+    # fsync off: a test server's data must survive its processes, never the machine.
+    options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off"
+    run(*pg_ctl, "-l", str(log), "-o", options, "-w", "-t", "60", "start")
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        run(*pg_ctl, "-m", "fast", "-w", "stop")
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """The admin URL of a PostgreSQL server for this session: the one at GANSERVE_TEST_POSTGRES when it answers,
+    else a private one started here and stopped at the session's end."""
+    why = postgres_answers(POSTGRES_SERVER)
+    if why is None:
+        yield POSTGRES_SERVER
+        return
+    bin_dir = postgres_bin_dir()
+    if bin_dir is None:
+        pytest.skip(
+            f"no PostgreSQL server at {POSTGRES_SERVER} (GANSERVE_TEST_POSTGRES: {why}) and no initdb/pg_ctl to start "
+            "one (`make test-tools` installs them)"
+        )
+    folder = Path(tempfile.mkdtemp(prefix="ganserve-postgres-"))
+    try:
+        with private_postgres(bin_dir, folder) as url:
+            yield url
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres_server: str) -> Iterator[str]:
+    """A database of this test session's own on the PostgreSQL server, migrated to the newest revision."""
+    admin = create_engine(postgres_server, isolation_level="AUTOCOMMIT")
+    name = f"ganserve_test_{uuid.uuid4().hex[:12]}"
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(postgres_server).set(database=name).render_as_string(hide_password=False)
     Database(url).upgrade()
     yield url
     with admin.connect() as conn:
