@@ -1,6 +1,6 @@
 # ganserve — the two commands a fresh machine needs: `make run` and `make test`.
 # Everything installs itself: the virtualenv, the package (torch pinned in pyproject.toml), and for the
-# tests a redis-server binary and docker-compose (apt, when missing).
+# tests redis-server, PostgreSQL's binaries and docker-compose (apt, when missing).
 
 PYTHON ?= python3
 VENV := .venv
@@ -11,6 +11,11 @@ DATA_ROOT_DEFAULT := $(if $(wildcard ../shared/data),../shared/data,data)
 # apt needs root: sudo when we are not.
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 APT_INSTALL := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends
+# Whether a PostgreSQL server takes TCP connections where the tests look first (GANSERVE_TEST_POSTGRES, as in
+# tests/conftest.py).
+POSTGRES_ANSWERS := $(PYTHON) -c "import os, socket, urllib.parse as u; \
+	a = u.urlsplit(os.environ.get('GANSERVE_TEST_POSTGRES', 'postgresql://127.0.0.1:5432')); \
+	socket.create_connection((a.hostname, a.port or 5432), 2).close()" 2>/dev/null
 
 .PHONY: install run test lint format test-tools docker-config clean distclean
 
@@ -27,9 +32,13 @@ run: install
 
 # redis-server is needed (the e2e tests start their own), and chromium for the web page's browser test (driven
 # by Playwright, which never downloads a browser of its own); docker-compose is wanted (the compose file
-# check skips, saying why, if it cannot be had).
+# check skips, saying why, if it cannot be had). PostgreSQL: the tests use the server at GANSERVE_TEST_POSTGRES
+# when one answers, else start their own from initdb/pg_ctl, which the Debian package brings. (The S3 server,
+# moto's, comes with the dev extras.)
 test-tools:
 	@command -v redis-server >/dev/null || { $(SUDO) apt-get update && $(APT_INSTALL) redis-server; }
+	@command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || $(POSTGRES_ANSWERS) \
+		|| { $(SUDO) apt-get update && $(APT_INSTALL) postgresql; }
 	@command -v chromium >/dev/null || { $(SUDO) apt-get update && $(APT_INSTALL) chromium chromium-driver; }
 	@command -v docker-compose >/dev/null || docker compose version >/dev/null 2>&1 \
 		|| { $(SUDO) apt-get update && $(APT_INSTALL) docker-compose; } \
