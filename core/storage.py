@@ -104,11 +104,11 @@ class Storage:
         return bool(self._remote("read", key, self.fs.exists, self.path(key)))
 
     def keys(self, prefix: str) -> list[str]:
-        """Every key under `prefix` (a folder), sorted."""
-        base = self.path(prefix.rstrip("/"))
+        """Every key under `prefix` (a folder), sorted; none for a prefix nothing is under. Raises BlobError when the
+        store cannot be reached (never "nothing there": a resume would start over)."""
         try:
-            found = self._remote("list", prefix, self.fs.find, base)
-        except BlobError:
+            found = self._remote("list", prefix, self.fs.find, self.path(prefix.rstrip("/")))
+        except FileNotFoundError:
             return []
         return sorted(p[len(self.root) + 1 :] for p in found)
 

@@ -94,8 +94,6 @@ class RunFiles:
             key=_epoch,
             reverse=True,
         )
-        if not stems:
-            self.storage.exists(prefix)  # `keys` finds nothing in a store it cannot reach: raises BlobError then
         chosen = next((stem for stem in stems if self._fetch(stem)), None)
         self._drop_local_checkpoints(but=chosen)
         if chosen is not None:

@@ -87,6 +87,12 @@ def test_an_unreachable_s3_server_is_a_blob_error_naming_the_blob(tmp_path: Path
     storage = open_storage("s3://nowhere/blobs", "http://127.0.0.1:1")
     with pytest.raises(BlobError, match="s3://nowhere/blobs/k"):
         storage.get_bytes("k")
+    with pytest.raises(BlobError, match="cannot list s3://nowhere/blobs/jobs"):
+        storage.keys("jobs")  # not an empty listing: a resume would start over from step 0
+
+
+def test_a_prefix_with_nothing_under_it_lists_nothing(storage: Storage) -> None:
+    assert storage.keys("no/such/folder") == []
 
 
 def test_an_unknown_scheme_is_refused() -> None:
