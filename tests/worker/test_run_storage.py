@@ -207,7 +207,8 @@ def test_storage_out_of_reach_fails_the_job_naming_it(
     job = submit()
     assert run_task(job.id, "host:1", monkeypatch)["status"] == "failed"
     record = store.get(job.id)
-    assert record.error is not None and record.error.startswith(f"BlobError: cannot list {bucket}/jobs/{job.id}/checkpoints")
+    assert record.error is not None
+    assert record.error.startswith(f"BlobError: cannot list {bucket}/jobs/{job.id}/checkpoints")
     assert record.history == []
 
 
