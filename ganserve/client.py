@@ -7,7 +7,8 @@
         job = api.wait(api.train({"model_name": "my-digits", "epochs": 5}).id)
 
 Only what the server offers, typed: every answer with a known shape comes back as one of the models below,
-every error answer as a `GanserveError` carrying the server's `{"error", "message", "detail"}`.
+every error answer as a `GanserveError` carrying the server's `{"error", "message", "detail"}`. Datasets are
+the exception: they come back as the server's JSON objects (dicts), as the datasets API contract has them.
 
 Light on purpose: httpx and pydantic (and `core.train_config`, which is pydantic only), never torch or
 FastAPI, so a script that only talks to a server starts at once. The response models therefore mirror the
@@ -17,14 +18,20 @@ tests/cli/test_client.py checks that every field here is one the server sends. T
 """
 
 import base64
+import itertools
 import os
+import secrets
+import stat
+import tarfile
+import tempfile
 import time
-from collections.abc import Callable, Mapping
+import warnings
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, Self, TypeVar
+from typing import Any, BinaryIO, Literal, Self, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -36,6 +43,8 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 SERVER_ENV = "GANSERVE_SERVER"
 API_KEY_ENV = "GANSERVE_API_KEY"
 DEFAULT_TIMEOUT_S = 30.0
+DATASET_ANSWER_TIMEOUT_S = 600.0  # the server decodes every image of an upload before it answers
+UPLOAD_CHUNK = 256 * 1024  # bytes read from disk and sent at a time
 MAX_SEED = 2**32 - 1  # training.latents.MAX_SEED, repeated here to keep torch out of the client
 
 Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -69,6 +78,11 @@ class ServerUnreachable(GanserveError):
 
 class WaitTimeout(GanserveError):
     """`wait` gave up before the job finished; the job itself goes on."""
+
+
+class LeftOut(UserWarning):
+    """Entries of a folder that an upload does not include: symbolic links (never followed) and anything that is
+    not a regular file."""
 
 
 # --- what the server answers ----------------------------------------------------------------------------
@@ -295,17 +309,28 @@ class Client:
     # --- transport ---
 
     def _request(
-        self, method: str, path: str, *, headers: Mapping[str, str] | None = None, **kw: Any
+        self,
+        method: str,
+        path: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        answer_timeout: float | None = None,
+        **kw: Any,
     ) -> httpx.Response:
+        """`answer_timeout`: seconds to wait for the answer once the request is sent, when the server works
+        longer than `timeout` before it answers."""
         url = f"{self.base_url}{path}"
+        if answer_timeout is not None:
+            kw["timeout"] = httpx.Timeout(self.timeout, read=answer_timeout)
         try:
             response = self._http.request(method, path, headers={**self._auth, **(headers or {})}, **kw)
         except httpx.ConnectError as e:
             raise ServerUnreachable(
                 None, "unreachable", f"no ganserve at {self.base_url} ({e}): start it with `ganserve serve`"
             ) from None
-        except httpx.TimeoutException:
-            raise GanserveError(None, "timeout", f"{method} {url} got no answer within {self.timeout:g} s") from None
+        except httpx.TimeoutException as e:
+            waited = answer_timeout if answer_timeout is not None and isinstance(e, httpx.ReadTimeout) else self.timeout
+            raise GanserveError(None, "timeout", f"{method} {url} got no answer within {waited:g} s") from None
         except httpx.TransportError as e:
             raise GanserveError(None, "transport_error", f"{method} {url} failed: {type(e).__name__}: {e}") from None
         if response.is_error:
@@ -481,6 +506,62 @@ class Client:
             lambda: self.evaluation(model, evaluation_id), f"evaluation {evaluation_id}", poll_s, timeout_s, on_progress
         )
 
+    # --- datasets ---
+
+    def upload_dataset(
+        self,
+        path: str | os.PathLike[str],
+        name: str | None = None,
+        image_size: int | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> dict[str, Any]:
+        """POST /datasets (scope `train`): a folder of images (class sub-folders → labels) or a file as it is
+        (a .zip, .tar, .tar.gz or .tgz of images, or MNIST IDX files); the new dataset's JSON. A folder is first
+        archived to a temporary .tar (`archive_folder`; what it leaves out is a `LeftOut` warning). The body is
+        streamed from disk; `progress(sent, total)` sees the bytes sent, from 0 to the body's length, after
+        which the server decodes every image before it answers (up to DATASET_ANSWER_TIMEOUT_S).
+        `image_size`: the server centre-crops and resizes every image to it."""
+        path = Path(path)
+        if not path.is_dir():
+            return self._upload(path, name, image_size, progress)
+        with tempfile.TemporaryDirectory(prefix="ganserve-upload-") as tmp:
+            archive = Path(tmp) / f"{path.resolve().name or 'dataset'}.tar"
+            left_out = archive_folder(path, archive)
+            if left_out:
+                shown = ", ".join(left_out[:5]) + (" …" if len(left_out) > 5 else "")
+                warnings.warn(
+                    f"left out {len(left_out)} entr{'y' if len(left_out) == 1 else 'ies'} of {path} that "
+                    f"{'is' if len(left_out) == 1 else 'are'} not a regular file (links are not followed): "
+                    f"{shown}; copy the files themselves in to include them",
+                    LeftOut,
+                    stacklevel=2,
+                )
+            return self._upload(archive, name, image_size, progress)
+
+    def _upload(
+        self, file: Path, name: str | None, image_size: int | None, progress: Callable[[int, int], None] | None
+    ) -> dict[str, Any]:
+        headers, body = multipart(file, _without_none(name=name, image_size=image_size), progress)
+        response = self._request(
+            "POST", "/datasets", content=body, headers=headers, answer_timeout=DATASET_ANSWER_TIMEOUT_S
+        )
+        return response.json()
+
+    def datasets(self) -> list[dict[str, Any]]:
+        """The caller's uploaded datasets (an admin key: everyone's)."""
+        return self._get("/datasets").json()["datasets"]
+
+    def dataset(self, id_or_name: str) -> dict[str, Any]:
+        return self._get(f"/datasets/{_seg(id_or_name)}").json()
+
+    def dataset_preview(self, dataset_id: str) -> bytes:
+        """A PNG grid of the dataset's first images."""
+        return self._get(f"/datasets/{_seg(dataset_id)}/preview.png").content
+
+    def delete_dataset(self, dataset_id: str) -> None:
+        """Refused (409 `dataset_in_use`, naming the jobs) while a queued or running job uses it."""
+        self._request("DELETE", f"/datasets/{_seg(dataset_id)}")
+
     def _poll(
         self,
         fetch: Callable[[], Polled],
@@ -504,6 +585,111 @@ class Client:
                     detail={"id": record.id, "status": record.status},
                 )
             self.sleep(poll_s)
+
+
+# --- uploads --------------------------------------------------------------------------------------------
+
+
+def archive_folder(folder: Path, target: Path) -> list[str]:
+    """Write `folder`'s regular files to the tar `target`, each under its path relative to `folder` (so class
+    sub-folders stay), in sorted order, with their bytes, size, mode and time as they are (no owner names).
+    Links are never followed: neither a file's nor a folder's. One file at a time, in chunks, and no list of
+    members, so memory stays flat however big the folder. Returns what it left out (relative paths)."""
+    left_out: list[str] = []
+    with target.open("wb") as out:
+        for path, relative in _walk(folder, left_out):
+            info = tarfile.TarInfo(relative)
+            with path.open("rb") as src:
+                st = os.fstat(src.fileno())
+                info.size, info.mtime, info.mode = st.st_size, int(st.st_mtime), stat.S_IMODE(st.st_mode)
+                out.write(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
+                _copy_exactly(src, out, st.st_size, path)
+            out.write(bytes(-st.st_size % tarfile.BLOCKSIZE))
+        out.write(bytes(2 * tarfile.BLOCKSIZE))  # the end-of-archive marker
+        out.write(bytes(-out.tell() % tarfile.RECORDSIZE))
+    return left_out
+
+
+def _walk(folder: Path, left_out: list[str], prefix: str = "") -> Iterator[tuple[Path, str]]:
+    with os.scandir(folder) as listing:
+        entries = sorted(listing, key=lambda e: e.name)
+    for entry in entries:
+        relative = f"{prefix}{entry.name}"
+        if entry.is_dir(follow_symlinks=False):
+            yield from _walk(Path(entry.path), left_out, f"{relative}/")
+        elif entry.is_file(follow_symlinks=False):
+            yield Path(entry.path), relative
+        else:
+            left_out.append(relative)
+
+
+def _copy_exactly(src: BinaryIO, out: BinaryIO, size: int, path: Path) -> None:
+    """`size` bytes of `src` to `out` (what the tar header promised, even if the file grows meanwhile)."""
+    for chunk in _chunks(src, size, path):
+        out.write(chunk)
+
+
+def _chunks(src: BinaryIO, size: int, path: Path) -> Iterator[bytes]:
+    left = size
+    while left > 0:
+        chunk = src.read(min(UPLOAD_CHUNK, left))
+        if not chunk:
+            raise OSError(f"{path} got shorter while it was read ({size - left} of {size} bytes); try again")
+        left -= len(chunk)
+        yield chunk
+
+
+def multipart(
+    file: Path, fields: Mapping[str, Any], progress: Callable[[int, int], None] | None = None
+) -> tuple[dict[str, str], Iterator[bytes]]:
+    """A `multipart/form-data` body: the text `fields`, then `file` in the field `file`. Its headers (with the
+    Content-Length, known up front) and its bytes in chunks, read from disk as they are taken;
+    `progress(sent, total)` is told after each chunk is taken (httpx takes the next one once it has written the
+    last), from (0, total) to (total, total)."""
+    boundary = f"ganserve-{secrets.token_hex(16)}"
+    text = "".join(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{_param(k)}"\r\n\r\n{v}\r\n' for k, v in fields.items()
+    )
+    text += (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{_param(file.name)}"\r\n'
+        f"Content-Type: {_media_type(file.name)}\r\n\r\n"
+    )
+    head, tail = text.encode(), f"\r\n--{boundary}--\r\n".encode()
+    size = file.stat().st_size
+    headers = {
+        "Content-Type": f"multipart/form-data; boundary={boundary}",
+        "Content-Length": str(len(head) + size + len(tail)),
+    }
+    return headers, _body(head, file, size, tail, progress or (lambda sent, total: None))
+
+
+def _body(head: bytes, file: Path, size: int, tail: bytes, progress: Callable[[int, int], None]) -> Iterator[bytes]:
+    total = len(head) + size + len(tail)
+    progress(0, total)
+    sent = 0
+    with file.open("rb") as src:
+        for chunk in itertools.chain([head], _chunks(src, size, file), [tail]):
+            yield chunk
+            sent += len(chunk)
+            progress(sent, total)
+
+
+_MEDIA_TYPES = {
+    ".zip": "application/zip",
+    ".tar": "application/x-tar",
+    ".tgz": "application/gzip",
+    ".gz": "application/gzip",
+}
+
+
+def _media_type(filename: str) -> str:
+    return _MEDIA_TYPES.get(Path(filename).suffix.lower(), "application/octet-stream")
+
+
+def _param(value: str) -> str:
+    """A name in a Content-Disposition parameter, as browsers write it (HTML's form encoding): UTF-8 as it is,
+    quotes and line breaks percent-encoded."""
+    return value.replace('"', "%22").replace("\r", "%0D").replace("\n", "%0A")
 
 
 def _error(response: httpx.Response) -> GanserveError:

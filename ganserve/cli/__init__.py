@@ -8,7 +8,7 @@ loop and evaluation for jobs), so a local answer is the server's answer for the 
 
 import typer
 
-from ganserve.cli import db, evaluation, images, jobs, keys, models, processes
+from ganserve.cli import datasets, db, evaluation, images, jobs, keys, models, processes
 
 HELP = """Train GANs and serve their generators: run the service, make images, train and evaluate.
 
@@ -33,6 +33,7 @@ PANELS = {
 for panel, commands in PANELS.items():
     for command in commands:
         app.command(rich_help_panel=panel)(command)
+app.add_typer(datasets.app, name="datasets", rich_help_panel="Training and evaluation")
 app.add_typer(keys.app, name="keys", rich_help_panel="Models and keys")
 app.add_typer(db.app, name="db", rich_help_panel="Run the service")
 

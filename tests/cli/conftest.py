@@ -2,12 +2,17 @@
 and fake broker dependencies (no Redis, no worker), built as tests/service builds it, from its svc_support
 helpers; the ganserve `Client` wraps FastAPI's TestClient (an httpx.Client) so the same code that talks to a
 real server talks to it. Jobs and evaluations never run on it: tests move their records on the volume
-themselves. Local training reads a tiny fake MNIST (`tiny_data_root`)."""
+themselves. Local training reads a tiny fake MNIST (`tiny_data_root`). Uploads are also sent over a real
+socket to `receiver`, an HTTP server that keeps each body on disk as it arrives."""
 
 import gzip
+import json
 import struct
 import sys
+import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -107,3 +112,73 @@ def tiny_data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     header = struct.pack(">IIII", 0x00000803, *images.shape)
     (root / "mnist" / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(header + images.tobytes()))
     return root
+
+
+@dataclass
+class Received:
+    """One request `receiver` took: its path, headers and the file its body was written to."""
+
+    path: str
+    headers: dict[str, str]
+    body: Path
+
+
+@dataclass
+class Receiver:
+    """An HTTP server on 127.0.0.1 that writes every POST's body to disk in chunks, as it arrives, and answers
+    201 with `answer`; a body longer than `limit` is refused with a 413 before it is read."""
+
+    url: str
+    folder: Path
+    answer: dict[str, object] = field(default_factory=lambda: {"id": "ds-000000000000"})
+    limit: int | None = None
+    received: list[Received] = field(default_factory=list)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    def do_POST(self) -> None:
+        receiver = self.server.receiver  # type: ignore[attr-defined]
+        length = int(self.headers["Content-Length"])
+        if receiver.limit is not None and length > receiver.limit:
+            message = f"the body has {length} bytes, over the limit of {receiver.limit}"
+            self._answer(413, {"error": "dataset_too_large", "message": message, "detail": {"limit": receiver.limit}})
+            return
+        body = receiver.folder / f"body-{len(receiver.received)}"
+        with body.open("wb") as out:
+            left = length
+            while left > 0:
+                chunk = self.rfile.read(min(64 * 1024, left))
+                if not chunk:
+                    break
+                out.write(chunk)
+                left -= len(chunk)
+        receiver.received.append(Received(self.path, dict(self.headers.items()), body))
+        self._answer(201, receiver.answer)
+
+    def _answer(self, status: int, body: dict[str, object]) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass  # quiet tests
+
+
+@pytest.fixture
+def receiver(tmp_path: Path) -> Iterator[Receiver]:
+    folder = tmp_path / "received"
+    folder.mkdir()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    server.daemon_threads = True
+    found = Receiver(f"http://127.0.0.1:{server.server_address[1]}", folder)
+    server.receiver = found  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield found
+    server.shutdown()
+    server.server_close()
+    thread.join()

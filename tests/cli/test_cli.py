@@ -268,6 +268,7 @@ def test_every_verb_has_help() -> None:
     assert {" ".join(v) for v in found} >= {
         "serve", "api", "worker", "train", "sample", "evaluate", "classifier", "generate", "interpolate",
         "jobs", "job", "cancel", "models", "keys", "keys create", "keys list", "keys revoke",
+        "datasets", "datasets upload", "datasets list", "datasets show", "datasets delete",
     }  # fmt: skip
     for verb in found:
         result = run(*verb, "--help")
