@@ -11,11 +11,8 @@ DATA_ROOT_DEFAULT := $(if $(wildcard ../shared/data),../shared/data,data)
 # apt needs root: sudo when we are not.
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 APT_INSTALL := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends
-# Whether a PostgreSQL server takes TCP connections where the tests look first (GANSERVE_TEST_POSTGRES, as in
-# tests/conftest.py).
-POSTGRES_ANSWERS := $(PYTHON) -c "import os, socket, urllib.parse as u; \
-	a = u.urlsplit(os.environ.get('GANSERVE_TEST_POSTGRES', 'postgresql://127.0.0.1:5432')); \
-	socket.create_connection((a.hostname, a.port or 5432), 2).close()" 2>/dev/null
+# Whether a PostgreSQL server takes TCP connections where the tests look first (tests/conftest.py).
+POSTGRES_ANSWERS := $(PYTHON) -c "import socket; socket.create_connection(('127.0.0.1', 5432), 2).close()" 2>/dev/null
 
 .PHONY: install run test lint format test-tools docker-config clean distclean
 
@@ -32,8 +29,8 @@ run: install
 
 # redis-server is needed (the e2e tests start their own), and chromium for the web page's browser test (driven
 # by Playwright, which never downloads a browser of its own); docker-compose is wanted (the compose file
-# check skips, saying why, if it cannot be had). PostgreSQL: the tests use the server at GANSERVE_TEST_POSTGRES
-# when one answers, else start their own from initdb/pg_ctl, which the Debian package brings. (The S3 server,
+# check skips, saying why, if it cannot be had). PostgreSQL: the tests use the server on 127.0.0.1:5432 when
+# one answers, else start their own from initdb/pg_ctl, which the Debian package brings. (The S3 server,
 # moto's, comes with the dev extras.)
 test-tools:
 	@command -v redis-server >/dev/null || { $(SUDO) apt-get update && $(APT_INSTALL) redis-server; }
@@ -59,9 +56,12 @@ format: install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+# Both compose files: several hosts' (docker-compose.yml) and one volume's (docker-compose.onebox.yml).
 docker-config:
-	export REDIS_PASSWORD=$${REDIS_PASSWORD:-config-check}; \
-	if command -v docker-compose >/dev/null; then docker-compose config -q; else docker compose config -q; fi
+	export REDIS_PASSWORD=$${REDIS_PASSWORD:-config-check} POSTGRES_PASSWORD=$${POSTGRES_PASSWORD:-config-check} \
+		MINIO_ROOT_PASSWORD=$${MINIO_ROOT_PASSWORD:-config-check} S3_SECRET_ACCESS_KEY=$${S3_SECRET_ACCESS_KEY:-config-check}; \
+	compose=$$(command -v docker-compose >/dev/null && echo docker-compose || echo docker compose); \
+	for f in docker-compose.yml docker-compose.onebox.yml; do $$compose -f $$f config -q || exit 1; done
 
 clean:
 	rm -rf var .pytest_cache .ruff_cache test-artifacts

@@ -1,6 +1,9 @@
-"""The deployment files agree with the code: the compose file is valid, the Dockerfile passes hadolint, their
-commands are `ganserve` commands that exist, and the ports agree with the default port. (The `GANSERVE_*`
-variables they name, like those the docs name, are checked with the docs: tests/test_docs.py.)"""
+"""The deployment files agree with the code: both compose files are valid (docker-compose.yml, the API and
+workers on PostgreSQL and MinIO with no folder in common; docker-compose.onebox.yml, everything on one volume),
+the Dockerfile passes hadolint, their commands are `ganserve` commands that exist, the ports agree with the
+default port, the servers are pinned, health-checked, persistent and internal, and the settings the containers
+get are the ones that reach those servers. (The `GANSERVE_*` variables they name, like those the docs name, are
+checked with the docs: tests/test_docs.py.)"""
 
 import importlib
 import json
@@ -10,8 +13,10 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+from sqlalchemy.engine import make_url
 from typer.testing import CliRunner
 
 from core.settings import Settings
@@ -19,10 +24,42 @@ from ganserve.cli import app
 from ganserve.cli.processes import APP_FACTORY, UVICORN_LOOP, uvicorn_options, worker_argv
 from ganserve.launcher import child_command
 
+yaml = pytest.importorskip("yaml")
+
 ROOT = Path(__file__).resolve().parents[1]
-COMPOSE = ROOT / "docker-compose.yml"
+COMPOSE = ROOT / "docker-compose.yml"  # as on several hosts: PostgreSQL, MinIO, nothing shared by API and workers
+ONEBOX = ROOT / "docker-compose.onebox.yml"  # one host, one volume
+COMPOSE_FILES = [COMPOSE, ONEBOX]
 DOCKERFILE = ROOT / "Dockerfile"
 DEFAULT_PORT = Settings.model_fields["port"].default
+
+# What each file needs from .env, and the services it defines (with every profile on).
+SECRETS = {
+    COMPOSE: ["REDIS_PASSWORD", "POSTGRES_PASSWORD", "MINIO_ROOT_PASSWORD", "S3_SECRET_ACCESS_KEY"],
+    ONEBOX: ["REDIS_PASSWORD"],
+}
+SERVICES = {
+    COMPOSE: {"redis", "postgres", "minio", "minio-init", "api", "worker", "worker-cpu", "flower"},
+    ONEBOX: {"redis", "api", "worker", "worker-cpu", "flower"},
+}
+GANSERVE_SERVICES = ("api", "worker", "worker-cpu")
+SERVERS = ("redis", "postgres", "minio")
+PROFILES = ([], ["--profile", "cpu"], ["--profile", "flower"])
+# A release, not a moving tag: PostgreSQL major.minor, MinIO's dated releases.
+PINNED = {
+    "postgres": r"postgres:\d+\.\d+(-[a-z0-9.]+)?",
+    "minio": r"minio/minio:RELEASE\.\d{4}-\d\d-\d\dT\d\d-\d\d-\d\dZ",
+    "minio-init": r"minio/mc:RELEASE\.\d{4}-\d\d-\d\dT\d\d-\d\d-\d\dZ",
+    "flower": r"mher/flower:\d+\.\d+\.\d+",
+}
+
+
+def ids(path: Path) -> str:
+    return path.name
+
+
+def load(path: Path) -> dict[str, Any]:
+    return yaml.safe_load(path.read_text())
 
 
 def compose_command() -> list[str] | None:
@@ -35,47 +72,188 @@ def compose_command() -> list[str] | None:
     return None
 
 
-def test_compose_file_is_valid():
+@pytest.fixture
+def compose(tmp_path: Path) -> Any:
+    """Runs `docker-compose -f FILE ARGS…` with only the secrets given (an empty env file: a developer's .env
+    is not read); its CompletedProcess."""
     cmd = compose_command()
     if cmd is None:
         pytest.skip("neither docker-compose nor the docker compose plugin is installed (`make test` installs it)")
+    env_file = tmp_path / "empty.env"
+    env_file.write_text("")
+
+    def run(path: Path, *args: str, secrets: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        env = {k: v for k, v in os.environ.items() if k not in SECRETS[COMPOSE]} | secrets
+        argv = [*cmd, "--env-file", str(env_file), "-f", str(path), *args]
+        return subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, env=env)
+
+    return run
+
+
+def secrets_for(path: Path) -> dict[str, str]:
+    return {name: f"{i:x}0123abcd" for i, name in enumerate(SECRETS[path])}
+
+
+@pytest.mark.parametrize("path", COMPOSE_FILES, ids=ids)
+def test_compose_file_is_valid(path: Path, compose: Any):
     # `config` validates and interpolates without a Docker engine; the optional profiles are checked too.
-    env = {**os.environ, "REDIS_PASSWORD": "0123abcd"}
-    for extra in ([], ["--profile", "cpu"], ["--profile", "flower"]):
-        proc = subprocess.run([*cmd, *extra, "config", "-q"], cwd=ROOT, capture_output=True, text=True, env=env)
+    for extra in PROFILES:
+        proc = compose(path, *extra, "config", "-q", secrets=secrets_for(path))
         assert proc.returncode == 0, proc.stderr
-    services = subprocess.run(
-        [*cmd, "--profile", "cpu", "--profile", "flower", "config", "--services"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-        env=env,
-    ).stdout.split()
-    assert set(services) == {"redis", "api", "worker", "worker-cpu", "flower"}
+    every = [arg for extra in PROFILES for arg in extra]
+    proc = compose(path, *every, "config", "--services", secrets=secrets_for(path))
+    assert proc.returncode == 0, proc.stderr
+    assert set(proc.stdout.split()) == SERVICES[path]
 
 
-def test_compose_refuses_to_start_without_a_redis_password():
-    cmd = compose_command()
-    if cmd is None:
-        pytest.skip("neither docker-compose nor the docker compose plugin is installed (`make test` installs it)")
-    env = {k: v for k, v in os.environ.items() if k != "REDIS_PASSWORD"}
-    proc = subprocess.run([*cmd, "config", "-q"], cwd=ROOT, capture_output=True, text=True, env=env)
-    assert proc.returncode != 0 and "REDIS_PASSWORD" in proc.stderr
+@pytest.mark.parametrize(("path", "secret"), [(p, s) for p in COMPOSE_FILES for s in SECRETS[p]])
+def test_compose_refuses_to_start_without_a_secret(path: Path, secret: str, compose: Any):
+    given = {k: v for k, v in secrets_for(path).items() if k != secret}
+    proc = compose(path, "config", "-q", secrets=given)
+    assert proc.returncode != 0 and secret in proc.stderr
 
 
-def test_redis_has_a_password_and_only_the_internal_network():
-    yaml = pytest.importorskip("yaml")
-    compose = yaml.safe_load(COMPOSE.read_text())
+def test_the_containers_settings_reach_the_servers(compose: Any, monkeypatch: pytest.MonkeyPatch):
+    """Interpolated as compose does, each ganserve service's environment makes Settings that name PostgreSQL with
+    its user, password and database, and the bucket that minio-init makes, through MinIO, as its user."""
+    secrets = secrets_for(COMPOSE)
+    proc = compose(COMPOSE, "--profile", "cpu", "config", secrets=secrets)
+    assert proc.returncode == 0, proc.stderr
+    services = yaml.safe_load(proc.stdout)["services"]
+    postgres = services["postgres"]["environment"]
+    for name in GANSERVE_SERVICES:
+        env = services[name]["environment"]
+        for key in list(os.environ):
+            if key.startswith(("GANSERVE_", "AWS_")):
+                monkeypatch.delenv(key)
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        settings = Settings(_env_file=None)  # type: ignore[call-arg]
+        url = make_url(settings.effective_database_url)
+        assert url.drivername == "postgresql+psycopg", name
+        assert (url.host, url.port, url.username, url.database) == (
+            "postgres",
+            5432,
+            postgres["POSTGRES_USER"],
+            postgres["POSTGRES_DB"],
+        ), name
+        assert url.password == secrets["POSTGRES_PASSWORD"] == postgres["POSTGRES_PASSWORD"], name
+        bucket = settings.effective_storage_url.removeprefix("s3://").split("/")[0]
+        assert settings.effective_storage_url.startswith("s3://") and bucket, name
+        assert settings.s3_endpoint_url == "http://minio:9000", name
+        assert env["AWS_SECRET_ACCESS_KEY"] == secrets["S3_SECRET_ACCESS_KEY"], name
+        script = " ".join(services["minio-init"]["command"])
+        assert f"mc mb --ignore-existing store/{bucket}\n" in script, name
+        assert f"mc admin user add store {env['AWS_ACCESS_KEY_ID']} " in script, name
+        assert env["AWS_ACCESS_KEY_ID"] != services["minio"]["environment"]["MINIO_ROOT_USER"], name
+        assert env["GANSERVE_REDIS_URL"] == f"redis://:{secrets['REDIS_PASSWORD']}@redis:6379/0", name
+
+
+@pytest.mark.parametrize("path", COMPOSE_FILES, ids=ids)
+def test_redis_has_a_password_and_only_the_internal_network(path: Path):
+    compose = load(path)
     redis = compose["services"]["redis"]
     assert redis["command"][redis["command"].index("--requirepass") + 1].startswith("${REDIS_PASSWORD:?")
     assert redis["networks"] == ["backend"] and compose["networks"]["backend"]["internal"] is True
     url = compose["x-ganserve-env"]["GANSERVE_REDIS_URL"]
     assert url.startswith("redis://:${REDIS_PASSWORD:?") and url.endswith("@redis:6379/0")
-    for name in ("api", "worker", "worker-cpu"):  # each client of Redis can reach it
+    for name in GANSERVE_SERVICES:  # each client of Redis can reach it
         service = compose["services"][name]
         assert "backend" in service["networks"], name
         assert service["environment"]["GANSERVE_REDIS_URL"] == url, name
+
+
+@pytest.mark.parametrize("name", SERVERS)
+def test_each_server_is_pinned_health_checked_persistent_and_internal(name: str):
+    """PostgreSQL and MinIO, like Redis: a health check the clients wait for, data on a named volume, no port on
+    the host, the internal network only; their images pinned to a release."""
+    compose = load(COMPOSE)
+    service = compose["services"][name]
+    if name in PINNED:
+        assert re.fullmatch(PINNED[name], service["image"]), service["image"]
+    test = service["healthcheck"]["test"]
+    assert test[0] == "CMD" and len(test) > 1
+    sources = [volume.split(":")[0] for volume in service["volumes"]]
+    assert len(sources) == 1 and sources[0] in compose["volumes"], "a named volume, not a bind mount"
+    assert "ports" not in service
+    assert service["networks"] == ["backend"]
+    # The API and the workers wait for it (for MinIO: for minio-init, which waits for it).
+    waiter = "minio-init" if name == "minio" else None
+    for client in GANSERVE_SERVICES if waiter is None else (waiter,):
+        assert compose["services"][client]["depends_on"][name] == {"condition": "service_healthy"}, client
+
+
+def test_where_the_servers_keep_their_data():
+    services = load(COMPOSE)["services"]
+    assert services["postgres"]["volumes"] == ["postgres-data:/var/lib/postgresql/data"]  # the image's PGDATA
+    assert services["minio"]["command"] == ["server", "/data"] and services["minio"]["volumes"] == ["minio-data:/data"]
+
+
+@pytest.mark.parametrize("path", COMPOSE_FILES, ids=ids)
+def test_every_image_is_pinned(path: Path):
+    for name, service in load(path)["services"].items():
+        image = service["image"]
+        if "build" in service:
+            assert image == "ganserve:latest", name  # built here, from this checkout
+            continue
+        assert ":" in image and not image.endswith(":latest"), (name, image)
+        if name in PINNED:
+            assert re.fullmatch(PINNED[name], image), (name, image)
+
+
+def test_the_bucket_is_made_once_before_the_api_and_workers_start():
+    """minio-init, MinIO's client, runs to completion after MinIO is healthy; the API and the workers wait for it.
+    Its script is compose-escaped (`$$`), so the secrets are read in the container, never written into the file."""
+    services = load(COMPOSE)["services"]
+    init = services["minio-init"]
+    assert init["restart"] == "no" and init["depends_on"] == {"minio": {"condition": "service_healthy"}}
+    assert init["entrypoint"][0] == "/bin/sh" and init["networks"] == ["backend"]
+    [script] = init["command"]
+    assert "$" not in script.replace("$$", ""), "an unescaped $ is interpolated by compose"
+    assert "mc admin user add" in script and "mc admin policy attach" in script
+    for name in GANSERVE_SERVICES:
+        assert services[name]["depends_on"]["minio-init"] == {"condition": "service_completed_successfully"}, name
+
+
+def named_volumes(compose: dict[str, Any], service: str) -> set[str]:
+    volumes = compose["services"][service].get("volumes", [])
+    return {v.split(":")[0] for v in volumes if ":" in v and v.split(":")[0] in compose.get("volumes", {})}
+
+
+def test_the_api_and_workers_share_no_folder():
+    """Several hosts: the API and each worker (each replica of --scale) have a private anonymous volume for scratch
+    and cache, the workers a read-only dataset folder; no named volume is mounted by any of them."""
+    compose = load(COMPOSE)
+    for name in GANSERVE_SERVICES:
+        volumes = compose["services"][name]["volumes"]
+        assert "/data/ganserve" in volumes, name  # anonymous: one per container
+        assert named_volumes(compose, name) == set(), name
+        assert all(v == "/data/ganserve" or v.endswith(":ro") for v in volumes), name
+    assert not any(v.endswith(":ro") for v in compose["services"]["api"]["volumes"])
+
+
+def test_the_onebox_api_and_workers_share_one_volume():
+    compose = load(ONEBOX)
+    for name in GANSERVE_SERVICES:
+        assert named_volumes(compose, name) == {"ganserve-data"}, name
+        assert "GANSERVE_DATABASE_URL" not in compose["services"][name]["environment"], name  # SQLite on it
+        assert "GANSERVE_STORAGE_URL" not in compose["services"][name]["environment"], name  # folders on it
+
+
+def test_the_onebox_file_is_the_same_deployment_on_one_volume():
+    """What both files have, they have alike: Redis and Flower the same, and the API and workers differ only in
+    where state lives (their environment's servers, their volumes, what they wait for)."""
+    several, one = load(COMPOSE), load(ONEBOX)
+    for name in ("redis", "flower"):
+        assert several["services"][name] == one["services"][name], name
+    where_state_lives = {"environment", "volumes", "depends_on"}
+    for name in GANSERVE_SERVICES:
+        a, b = several["services"][name], one["services"][name]
+        assert {k: v for k, v in a.items() if k not in where_state_lives} == {
+            k: v for k, v in b.items() if k not in where_state_lives
+        }, name
+        assert set(b["environment"].items()) <= set(a["environment"].items()), name
+    assert several["networks"] == one["networks"]
 
 
 def test_dockerfile_passes_hadolint():
@@ -92,8 +270,9 @@ def ganserve_commands(text: str) -> list[list[str]]:
     return [json.loads(found) for found in re.findall(r'\["ganserve",[^\]]*\]', text)]
 
 
-def test_the_image_and_compose_run_ganserve_commands_that_exist():
-    dockerfile, compose = DOCKERFILE.read_text(), COMPOSE.read_text()
+@pytest.mark.parametrize("path", COMPOSE_FILES, ids=ids)
+def test_the_image_and_compose_run_ganserve_commands_that_exist(path: Path):
+    dockerfile, compose = DOCKERFILE.read_text(), path.read_text()
     assert ganserve_commands(dockerfile) == [["ganserve", "api", "--host", "0.0.0.0", "--port", str(DEFAULT_PORT)]]
     commands = ganserve_commands(compose)
     assert {c[1] for c in commands} == {"api", "worker"}
@@ -102,6 +281,16 @@ def test_the_image_and_compose_run_ganserve_commands_that_exist():
         assert result.exit_code == 0, (command, result.output)
     assert re.findall(r"^CMD \[", dockerfile, re.MULTILINE) == ["CMD ["]
     assert "COPY ganserve ./ganserve" in dockerfile and "COPY core ./core" in dockerfile  # the CLI is in the image
+
+
+def test_the_image_has_the_database_and_storage_drivers():
+    """The image installs pyproject's dependencies, among them PostgreSQL's and S3's drivers."""
+    assert "['project']['dependencies']" in DOCKERFILE.read_text()
+    import tomllib
+
+    dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    names = {re.split(r"[\[<>=~ ]", d)[0] for d in dependencies}
+    assert {"psycopg", "s3fs", "sqlalchemy", "alembic"} <= names
 
 
 def test_the_launcher_starts_the_same_commands():
@@ -115,8 +304,9 @@ def test_commands_reference_objects_that_exist():
     assert hasattr(importlib.import_module("worker.app"), "celery_app")
 
 
-def test_ports_agree_with_the_default_port():
-    compose = COMPOSE.read_text()
+@pytest.mark.parametrize("path", COMPOSE_FILES, ids=ids)
+def test_ports_agree_with_the_default_port(path: Path):
+    compose = path.read_text()
     assert re.findall(r'-\s*"(\d+):(\d+)"', compose) == [(str(DEFAULT_PORT), str(DEFAULT_PORT))]
     assert set(re.findall(r'"--port",\s*"(\d+)"', compose)) == {str(DEFAULT_PORT)}
     assert set(re.findall(r"127\.0\.0\.1:(\d+)/healthz", compose)) == {str(DEFAULT_PORT)}
@@ -125,10 +315,10 @@ def test_ports_agree_with_the_default_port():
     assert set(re.findall(r'"--port", "(\d+)"', dockerfile)) == {str(DEFAULT_PORT)}
 
 
-def test_redis_is_not_published_and_persists_on_a_named_volume():
+@pytest.mark.parametrize("path", COMPOSE_FILES, ids=ids)
+def test_redis_is_not_published_and_persists_on_a_named_volume(path: Path):
     """Queued jobs survive a Redis restart: append-only file on, kept in a named volume, not in the container."""
-    yaml = pytest.importorskip("yaml")
-    compose = yaml.safe_load(COMPOSE.read_text())
+    compose = load(path)
     redis = compose["services"]["redis"]
     assert "ports" not in redis
     command = redis["command"]
@@ -137,13 +327,13 @@ def test_redis_is_not_published_and_persists_on_a_named_volume():
     assert "redis-data" in compose["volumes"]  # named (a volume of its own), not a bind mount
 
 
-def test_worker_runs_one_job_at_a_time():
+@pytest.mark.parametrize("path", COMPOSE_FILES, ids=ids)
+def test_worker_runs_one_job_at_a_time(path: Path):
     argv = worker_argv(Settings())
     assert argv[0] == "worker"
     assert argv[argv.index("--pool") + 1] == "solo"
     assert argv[argv.index("--concurrency") + 1] == "1"
-    yaml = pytest.importorskip("yaml")
-    compose = yaml.safe_load(COMPOSE.read_text())
+    compose = load(path)
     for name in ("worker", "worker-cpu"):
         assert compose["services"][name]["command"] == ["ganserve", "worker"], name
 
@@ -151,5 +341,5 @@ def test_worker_runs_one_job_at_a_time():
 def test_every_api_command_runs_the_same_event_loop():
     """Every API server is `ganserve api`, whose uvicorn runs UVICORN_LOOP (benchmarks/serve_load.py uses it too)."""
     assert uvicorn_options(Settings())["loop"] == UVICORN_LOOP
-    for text in (COMPOSE.read_text(), DOCKERFILE.read_text()):
+    for text in (COMPOSE.read_text(), ONEBOX.read_text(), DOCKERFILE.read_text()):
         assert not re.findall(r'\["uvicorn"', text), "an API started otherwise than by `ganserve api`"
