@@ -29,7 +29,7 @@ README = ROOT / "README.md"
 PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]
 OPERATIONS = ROOT / "docs" / "operations.md"
 # Files a person reads that name settings too; checked for variables only.
-DEPLOY_FILES = [ROOT / "Makefile", ROOT / "Dockerfile", ROOT / "docker-compose.yml"]
+DEPLOY_FILES = [ROOT / "Makefile", ROOT / "Dockerfile", ROOT / "docker-compose.yml", ROOT / "docker-compose.onebox.yml"]
 README_MAX_BYTES = 12 * 1024
 
 SERVER = "http://127.0.0.1:8000"
