@@ -22,6 +22,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Column,
     Connection,
@@ -33,6 +34,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    UniqueConstraint,
     create_engine,
     event,
     text,
@@ -69,6 +71,10 @@ jobs = Table(
     Column("created_at", DateTime(timezone=True), nullable=False, index=True),
     Column("cancel_requested", Boolean, nullable=False, default=False),
     Column("record", JSON, nullable=False),  # the JobRecord
+    # The uploaded dataset it trains on (core/datasets.py), set at submission: DELETE /datasets/{id} asks which
+    # queued or running jobs use one. A column, not the JSON config: indexed alike on SQLite and PostgreSQL, and
+    # the config holds the name as typed, which may later name another dataset.
+    Column("dataset_id", String(64), index=True),
 )
 
 job_attempts = Table(
@@ -130,6 +136,23 @@ model_versions = Table(
     Column("location", String(512), nullable=False),  # the storage key of its folder (model.*, samples.png)
     Column("has_samples", Boolean, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+datasets = Table(
+    "datasets",
+    metadata,
+    Column("id", String(64), primary_key=True),  # ds-<12 hex>
+    Column("owner", String(64), index=True),  # the API key's name that uploaded it
+    Column("name", String(64)),  # unique per owner; None: known by its id only
+    Column("sha256", String(64), nullable=False, index=True),  # of the canonical safetensors file
+    Column("format", String(16), nullable=False),  # images | idx: what was uploaded
+    Column("count", Integer, nullable=False),
+    Column("shape", JSON, nullable=False),  # [C, H, W]
+    Column("classes", JSON),  # class names, label i ↔ classes[i]; None: unlabelled
+    Column("size_bytes", BigInteger, nullable=False),  # of the canonical file
+    Column("location", String(512), nullable=False),  # its storage key: datasets/<sha256>.safetensors
+    Column("created_at", DateTime(timezone=True), nullable=False, index=True),
+    UniqueConstraint("owner", "name"),
 )
 
 api_keys = Table(

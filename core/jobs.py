@@ -15,6 +15,7 @@ from sqlalchemy import Connection, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from core import db as db_tables
+from core.datasets import DatasetPin
 from core.db import Database
 from core.records import FINISHED, FiniteFloat, Record, RecordStore, finite_json, new_id, now
 from core.train_config import TrainConfig
@@ -64,6 +65,11 @@ class WebhookDelivery(BaseModel):
 
 class JobRecord(Record):
     config: TrainConfig
+    uploaded_dataset: DatasetPin | None = Field(
+        None,
+        description="The uploaded dataset `config.dataset` named when the job was submitted, as the worker fetches "
+        "it (by SHA-256); null for a built-in dataset.",
+    )
     progress: Progress | None = None
     metrics: dict[str, FiniteFloat] = Field(
         default_factory=dict, description="Latest losses and D outputs (null: not finite)."
@@ -125,9 +131,13 @@ def _entry(row: Any) -> OutboxEntry:
     )
 
 
+def _columns(record: JobRecord) -> dict[str, Any]:
+    return {"dataset_id": record.uploaded_dataset.id if record.uploaded_dataset is not None else None}
+
+
 class JobStore(RecordStore[JobRecord]):
     def __init__(self, db: Database):
-        super().__init__(db, db_tables.jobs, JobRecord)
+        super().__init__(db, db_tables.jobs, JobRecord, _columns)
 
     def _updating(self, conn: Connection, before: JobRecord, after: JobRecord) -> JobRecord:
         if after.webhook and after.status in FINISHED and before.status not in FINISHED:

@@ -57,7 +57,7 @@ class Settings(BaseSettings):
     checkpoint_dir: Path = Field(
         Path("var"), description="The volume shared by API and worker: jobs, checkpoints, published models."
     )
-    data_root: Path = Field(Path("data"), description="Datasets are read from `<data_root>/<dataset>/`.")
+    data_root: Path = Field(Path("data"), description="Built-in datasets are read from `<data_root>/<dataset>/`.")
     host: str = Field("127.0.0.1", description="Address the API binds.")
     port: int = Field(8000, ge=1, le=65535, description="Port the API binds.")
     default_model: str = Field("mnist-mlp", description="Model served when a request names none.")
@@ -147,6 +147,25 @@ class Settings(BaseSettings):
     )
     max_epochs: int = Field(10_000, ge=1, description="Most `epochs` a training job may ask for.")
     max_steps: int = Field(10_000_000, ge=1, description="Most `steps` a training job may ask for.")
+    # --- uploaded datasets (POST /datasets: training/dataset_archive.py; docs/api.md, Datasets) ---
+    dataset_max_bytes: int = Field(
+        512 * 2**20,
+        ge=1024,
+        description="Largest dataset archive POST /datasets accepts, in bytes (413 beyond, counted as it arrives).",
+    )
+    dataset_max_images: int = Field(200_000, ge=1, description="Most images one uploaded dataset may hold (413).")
+    dataset_max_image_pixels: int = Field(
+        4096 * 4096,
+        ge=1,
+        description="Most pixels one image of an upload may have, checked before it is decoded (a decompression "
+        "bomb is a 422, not a full memory).",
+    )
+    dataset_max_decoded_bytes: int = Field(
+        4 * 2**30,
+        ge=1024,
+        description="Most bytes an upload may unpack to, and its images decode to, in all (413): bounds the "
+        "upload's scratch disk and a worker's memory for the dataset.",
+    )
     # --- webhooks (service/background/webhooks.py; docs/operations.md) ---
     webhook_allowed_hosts: str = Field(
         "",

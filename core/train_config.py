@@ -6,7 +6,7 @@ validation time — e.g. `"loss": "wasserstein"` alone means RMSprop 5e-5, 5 cri
 0.01 — so a stored config always says exactly what ran.
 """
 
-from typing import Annotated, Literal, Self
+from typing import Annotated, Literal, Self, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -22,10 +22,11 @@ ModelName = Annotated[
 ]
 
 LossName = Literal["minimax", "non-saturating", "wasserstein", "wgan-gp", "hinge", "least-squares"]
-DatasetName = Literal["mnist", "fashion-mnist", "cifar10", "image-folder", "gaussian-1d", "ring-2d", "grid-2d"]
+BuiltinDataset = Literal["mnist", "fashion-mnist", "cifar10", "image-folder", "gaussian-1d", "ring-2d", "grid-2d"]
 ArchitectureName = Literal["mlp", "dcgan", "mad-gan"]
 OptimizerName = Literal["adam", "rmsprop"]
 
+BUILTIN_DATASETS = frozenset(get_args(BuiltinDataset))
 TOY_DATASETS = frozenset({"gaussian-1d", "ring-2d", "grid-2d"})
 LABELLED_DATASETS = frozenset({"mnist", "fashion-mnist", "cifar10"})
 DCGAN_SIZES = (28, 32, 64)
@@ -125,8 +126,12 @@ class TrainConfig(BaseModel):
 
     model_name: ModelName
     # --- data ---
-    dataset: DatasetName = Field(
-        "mnist", description="Images from `<data_root>/<dataset>/`, or a toy distribution generated from `seed`."
+    dataset: Annotated[str, Field(pattern=NAME_PATTERN)] = Field(
+        "mnist",
+        description="A built-in dataset (`mnist`, `fashion-mnist`, `cifar10`, `image-folder`: images from "
+        "`<data_root>/<dataset>/`; `gaussian-1d`, `ring-2d`, `grid-2d`: toy points generated from `seed`), or the "
+        "id or name of a dataset uploaded with POST /datasets (GET /datasets lists them).",
+        examples=["mnist"],
     )
     image_folder: Annotated[str, Field(pattern=NAME_PATTERN)] | None = Field(
         None, description="With `image-folder`: the folder under the data root holding the images."
@@ -221,6 +226,11 @@ class TrainConfig(BaseModel):
     def is_toy(self) -> bool:
         return self.dataset in TOY_DATASETS
 
+    @property
+    def is_uploaded(self) -> bool:
+        """The dataset is one uploaded with POST /datasets (its id or name), not a built-in one."""
+        return self.dataset not in BUILTIN_DATASETS
+
     @model_validator(mode="after")
     def _check_and_fill(self) -> Self:
         problems = _conflicts(self)
@@ -255,8 +265,9 @@ def _conflicts(c: TrainConfig) -> list[str]:
         out.append(f"`image_size` does not apply to the toy dataset {c.dataset}")
     if c.architecture == "dcgan" and c.image_size is not None and c.image_size not in DCGAN_SIZES:
         out.append(f"`dcgan` makes images of {', '.join(map(str, DCGAN_SIZES))} pixels, not {c.image_size}")
-    if c.conditional and c.dataset not in LABELLED_DATASETS:
-        out.append(f"`conditional` needs labels: datasets {', '.join(sorted(LABELLED_DATASETS))}")
+    if c.conditional and not c.is_uploaded and c.dataset not in LABELLED_DATASETS:
+        labelled = ", ".join(sorted(LABELLED_DATASETS))
+        out.append(f"`conditional` needs labels: datasets {labelled}, or an uploaded dataset with classes")
     if c.conditional and c.architecture == "mad-gan":
         out.append("`mad-gan` cannot be `conditional` (its discriminator's classes are the generators)")
     if c.architecture == "dcgan" and (c.g_hidden or c.d_hidden):

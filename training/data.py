@@ -12,9 +12,11 @@ Sources, all under the data root:
   matches the official release, so no pickle of unknown origin is ever loaded.
 - `<image_folder>/`: every png/jpg/jpeg/bmp/webp below it, RGB, shorter side resized and centre-cropped.
 - toy distributions (training/toy.py): generated from the config's seed, no files.
+- an uploaded dataset (POST /datasets): its canonical safetensors file, which the worker fetches by SHA-256.
 """
 
 import gzip
+import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -383,8 +385,42 @@ LOADERS: dict[str, Callable[[TrainConfig, Path], Dataset]] = {
 }
 
 
-def load_training_data(config: TrainConfig, data_root: Path) -> Dataset:
-    """The config's dataset, whole, limited to `max_samples` and resized to `image_size` when set."""
+def load_uploaded(path: Path, config: TrainConfig) -> Dataset:
+    """An uploaded dataset's canonical file (training/dataset_archive.py): safetensors (never a pickle) with uint8
+    `images` N×C×H×W, int64 `labels` when labelled, and the class names in its metadata."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            names = set(f.keys())
+            images = f.get_tensor("images")
+            labels = f.get_tensor("labels") if "labels" in names else None
+            classes = json.loads((f.metadata() or {}).get("classes", "null"))
+    except (OSError, SafetensorError, ValueError, KeyError) as e:
+        raise DatasetError(f"{path} is not a readable dataset file: {e}") from None
+    if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] not in (1, 3):
+        raise DatasetError(f"{path}: `images` is {images.dtype} {tuple(images.shape)}, not uint8 N×C×H×W (C 1 or 3)")
+    if labels is not None and (labels.dtype != torch.int64 or labels.shape != (images.shape[0],) or not classes):
+        raise DatasetError(f"{path}: `labels` is {labels.dtype} {tuple(labels.shape)}, not one int64 per image")
+    if config.image_size is not None and images.shape[-1] != images.shape[-2]:
+        raise DatasetError(
+            f"dataset {config.dataset!r} has {images.shape[-1]}×{images.shape[-2]} images; `image_size` resizes "
+            "square ones: upload it again with `image_size`"
+        )
+    y = None if labels is None else labels.numpy()
+    return _labelled(config.dataset, images.numpy(), y, len(classes) if y is not None else 0, config)
+
+
+def load_training_data(config: TrainConfig, data_root: Path, dataset_file: Path | None = None) -> Dataset:
+    """The config's dataset, whole, limited to `max_samples` and resized to `image_size` when set. An uploaded
+    dataset is read from `dataset_file`, its canonical file (fetched by the worker)."""
+    if config.is_uploaded:
+        if dataset_file is None:
+            raise DatasetError(
+                f"dataset {config.dataset!r} is not a built-in one ({', '.join(sorted(LOADERS))}); an uploaded "
+                "dataset is trained on by the server's workers, which fetch its file: submit the job with POST /train"
+            )
+        return load_uploaded(dataset_file, config)
     loader = LOADERS.get(config.dataset)
     if loader is None:
         raise DatasetError(f"unknown dataset {config.dataset!r}; known: {sorted(LOADERS)}")
@@ -413,7 +449,9 @@ class DeviceDataset:
         return tuple(self.samples.shape[1:])
 
 
-def load_to_device(config: TrainConfig, data_root: Path, device: torch.device) -> DeviceDataset:
-    ds = load_training_data(config, data_root)
+def load_to_device(
+    config: TrainConfig, data_root: Path, device: torch.device, dataset_file: Path | None = None
+) -> DeviceDataset:
+    ds = load_training_data(config, data_root, dataset_file)
     labels = ds.labels.to(device) if ds.labels is not None else None
     return DeviceDataset(ds.samples.to(device), labels, ds.num_classes, ds.kind, to_model_range)

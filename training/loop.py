@@ -132,6 +132,7 @@ def train(
     resume_from: Path | None = None,
     resume_every_s: float = 0.0,
     files_fn: run_state.FilesFn | None = None,
+    dataset_file: Path | None = None,
 ) -> TrainResult:
     """Train `config`, writing into `out_dir`. `resume_from`: a checkpoint's stem (see
     `training.run_state.latest(out_dir)`) written by an earlier run of the same config into the same `out_dir`;
@@ -140,11 +141,12 @@ def train(
     for runs of many short epochs, where writing G, D and both optimisers' state each epoch would cost more
     than the epoch (a killed run then redoes the epochs since the last one written). `files_fn(written,
     removed)` hears of every sample grid and checkpoint written into `out_dir` and every checkpoint removed,
-    once each is complete (`training.run_state.FilesFn`)."""
+    once each is complete (`training.run_state.FilesFn`). `dataset_file`: an uploaded dataset's canonical file,
+    when `config.dataset` names one."""
     check_supported(config)
     dev = resolve_device(device)
     _use_all_cores(dev)
-    data = load_to_device(config, Path(data_root), dev)
+    data = load_to_device(config, Path(data_root), dev, dataset_file)
     n = data.n
     batch = min(config.batch_size, n)  # a dataset smaller than a batch is trained on as one batch
     n_batches = max(1, n // batch)
