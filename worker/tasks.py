@@ -46,6 +46,7 @@ from core.settings import Settings, get_settings
 from core.storage import BlobCache
 from core.tasks import EVALUATE_TASK, TRAIN_TASK
 from worker.app import celery_app
+from worker.datasets import dataset_file
 from worker.run_files import RunFiles, storage_of, store_file
 
 log = logging.getLogger(__name__)
@@ -302,6 +303,7 @@ def _run(store: JobStore, job_id: str, attempt: int, me: str) -> dict[str, objec
             should_stop=lambda: heartbeat.lost or cancel_asked(store, job_id) or worker_stopping(),
             resume_from=None if point is None else point.stem,
             files_fn=run.files_fn if run.copied else None,
+            dataset_file=dataset_file(settings, record),
         )
         version = None
         if result.status == "completed" and not heartbeat.lost:

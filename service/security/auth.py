@@ -26,7 +26,7 @@ from core.keys import CREATE_COMMAND, Scope
 from core.settings import Settings
 from service.api.errors import APIError
 from service.security.keyring import KeyRing
-from service.security.limits import enforce_rate_limit, install_body_limit
+from service.security.limits import dataset_upload_limit, enforce_rate_limit, install_body_limit
 from service.state import app_state
 
 log = logging.getLogger(__name__)
@@ -148,7 +148,7 @@ AdminKey = Annotated[Principal, Depends(require_admin)]
 
 def install_security(app: FastAPI, settings: Settings) -> None:
     """The body-size middleware, and the public routes' key documented as optional."""
-    install_body_limit(app, settings.max_body_bytes)
+    install_body_limit(app, settings.max_body_bytes, {("POST", "/datasets"): dataset_upload_limit(settings)})
     if settings.public_generate:
         _document_anonymous_access(app)
 

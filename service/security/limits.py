@@ -1,8 +1,8 @@
 """Limits that keep one client from taking the service from the others, each a clear 4xx:
 
-- **request body size** (`GANSERVE_MAX_BODY_BYTES`): an ASGI middleware answers 413 before anything parses
-  the body: at once when `Content-Length` says it is too large, and as soon as a streamed (chunked) body
-  passes the limit;
+- **request body size** (`GANSERVE_MAX_BODY_BYTES`; a dataset upload's, GANSERVE_DATASET_MAX_BYTES): an ASGI
+  middleware answers 413 before anything parses the body: at once when `Content-Length` says it is too large,
+  and as soon as a streamed (chunked) body passes the limit;
 - **request rate** (`GANSERVE_RATE_LIMIT_PER_MIN`) per API key, and per client IP for anonymous callers of
   the public routes: a fixed one-minute window, 429 with `Retry-After`. Counted in Redis when the broker is
   Redis, so every API process shares one count; in the process otherwise (the embedded filesystem broker).
@@ -17,9 +17,11 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Protocol
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -37,11 +39,41 @@ REDIS_PREFIX = "ganserve:ratelimit:"
 # --- request body size -------------------------------------------------------------------------------
 
 
-def _too_large_message(limit: int, declared: int | None = None) -> str:
-    size = f" ({declared} bytes)" if declared is not None else ""
-    return (
-        f"The request body{size} is larger than this server accepts: at most {limit} bytes "
-        "(GANSERVE_MAX_BODY_BYTES). Send a smaller one."
+BODY_SETTING = "GANSERVE_MAX_BODY_BYTES"
+
+
+@dataclass(frozen=True)
+class BodyLimit:
+    """The most bytes a request body may have, and the setting it follows from (named in the 413)."""
+
+    max_bytes: int
+    setting: str = BODY_SETTING
+    what: str = "The request body"
+    allowance: str = ""  # how `max_bytes` follows from the setting, when it is not the setting's value itself
+
+    def message(self, declared: int | None = None) -> str:
+        size = f" ({declared} bytes)" if declared is not None else ""
+        return (
+            f"{self.what}{size} is larger than this server accepts: at most {self.max_bytes} bytes "
+            f"({self.setting}{self.allowance}). Send a smaller one."
+        )
+
+    def response(self, declared: int | None = None) -> Response:
+        detail = None if self.setting == BODY_SETTING else {"limit": self.max_bytes, "setting": self.setting}
+        return error_response(413, "payload_too_large", self.message(declared), detail)
+
+
+FORM_OVERHEAD_BYTES = 64 * 1024  # a dataset upload's multipart framing and small fields, beside its archive
+
+
+def dataset_upload_limit(settings: Settings) -> BodyLimit:
+    """POST /datasets: the archive's limit and room for the form around it (the route checks the archive's own
+    size exactly)."""
+    return BodyLimit(
+        settings.dataset_max_bytes + FORM_OVERHEAD_BYTES,
+        "GANSERVE_DATASET_MAX_BYTES",
+        "The dataset upload",
+        f": {settings.dataset_max_bytes} for the archive, {FORM_OVERHEAD_BYTES} for the form around it",
     )
 
 
@@ -49,25 +81,28 @@ class BodyTooLarge(StarletteHTTPException):
     """Raised from `receive`; a Starlette HTTPException so that FastAPI passes it on while reading the body
     (rather than turning it into a 400) and the app's handler renders the usual JSON error."""
 
-    def __init__(self, limit: int):
-        super().__init__(413, _too_large_message(limit))
+    def __init__(self, limit: BodyLimit):
+        super().__init__(413, limit.message())
+        self.limit = limit
 
 
 class BodySizeLimit:
-    """Pure ASGI middleware: nothing reads more than `max_bytes` of a request body."""
+    """Pure ASGI middleware: nothing reads more than `max_bytes` of a request body, or the limit of its route
+    (`routes`: (method, path) → BodyLimit; POST /datasets takes archives far larger than any JSON body)."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int):
+    def __init__(self, app: ASGIApp, max_bytes: int, routes: Mapping[tuple[str, str], BodyLimit] | None = None):
         self.app = app
-        self.max_bytes = max_bytes
+        self.default = BodyLimit(max_bytes)
+        self.routes = dict(routes or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.routes.get((scope["method"], scope["path"]), self.default)
         declared = _content_length(scope)
-        if declared is not None and declared > self.max_bytes:
-            response = error_response(413, "payload_too_large", _too_large_message(self.max_bytes, declared))
-            await response(scope, receive, send)
+        if declared is not None and declared > limit.max_bytes:
+            await limit.response(declared)(scope, receive, send)
             return
 
         if declared is not None or not _chunked(scope):
@@ -84,8 +119,8 @@ class BodySizeLimit:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise BodyTooLarge(self.max_bytes)
+                if received > limit.max_bytes:
+                    raise BodyTooLarge(limit)
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -99,7 +134,7 @@ class BodySizeLimit:
         except BodyTooLarge as e:  # read outside FastAPI's handling (a middleware, a raw route)
             if started:
                 raise
-            await error_response(413, "payload_too_large", str(e.detail))(scope, receive, send)
+            await e.limit.response()(scope, receive, send)
 
 
 def _chunked(scope: Scope) -> bool:
@@ -218,5 +253,5 @@ def enforce_rate_limit(request: Request, limiter: RateLimiter, limit: int, key_n
         )
 
 
-def install_body_limit(app: FastAPI, max_bytes: int) -> None:
-    app.add_middleware(BodySizeLimit, max_bytes=max_bytes)
+def install_body_limit(app: FastAPI, max_bytes: int, routes: Mapping[tuple[str, str], BodyLimit] | None = None) -> None:
+    app.add_middleware(BodySizeLimit, max_bytes=max_bytes, routes=routes)

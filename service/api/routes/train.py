@@ -23,6 +23,7 @@ from core.train_config import TrainConfig
 from service.api import plots
 from service.api.blobs import png_blob
 from service.api.errors import APIError, broker_unavailable, error_responses, validation_error
+from service.api.routes.datasets import job_dataset
 from service.api.schemas import JobList, JobMetrics, TrainRequest
 from service.background import webhooks
 from service.security.auth import TrainKey, require_train
@@ -143,6 +144,7 @@ def start_training(
                     response.headers["Location"] = f"/train/{record.id}"
                     response.headers["Idempotent-Replayed"] = "true"
                     return record
+        uploaded = job_dataset(state, principal, config, conn)  # its row held: not deleted under the job
         active = submissions.active_jobs(conn, principal.name)
         if len(active) >= settings.max_queued_per_key:
             raise APIError(
@@ -153,7 +155,9 @@ def start_training(
                 "to finish, or cancel one with DELETE /train/{id}.",
                 detail={"active": active, "limit": settings.max_queued_per_key},
             )
-        record = store.create(owner=principal.name, conn=conn, config=config, webhook=webhook)
+        record = store.create(
+            owner=principal.name, conn=conn, config=config, webhook=webhook, uploaded_dataset=uploaded
+        )
         if idempotency_key is not None:
             # With the record: a crash after the send must not let a retry make a second job.
             submissions.remember(conn, principal.name, idempotency_key, record.id, request_sha256)
