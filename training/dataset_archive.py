@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import IO, Any, BinaryIO
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from core.datasets import DatasetFormat
 from core.settings import Settings
@@ -251,6 +251,13 @@ def _read_up_to(stream: IO[bytes], n: int) -> bytes:
 
 def _safe_parts(name: str) -> tuple[str, ...]:
     """The entry's path as parts, refusing what could leave the archive if it were extracted."""
+    try:
+        name.encode("utf-8")  # a tar's undecodable bytes (kept as surrogates) could name no class, nor be shown
+    except UnicodeEncodeError:
+        shown = name.encode("utf-8", "replace").decode()
+        raise _bad_entry(
+            "unsafe_path", shown, f"Archive entry {shown!r} has a name that is not UTF-8; rename it."
+        ) from None
     unix = name.replace("\\", "/")  # a Windows archiver's separators are separators
     if "\x00" in name or unix.startswith("/") or re.match(r"^[A-Za-z]:", unix):
         raise _bad_entry(
@@ -319,6 +326,8 @@ def decode_image(data: bytes, where: str, limits: ArchiveLimits, image_size: int
                 raise _too_many_pixels(where, width, height, limits)
             img.load()
             pixels = _pixels(ImageOps.exif_transpose(img))  # as a viewer shows it: camera rotation applied
+    except DatasetRejected:
+        raise
     except Image.DecompressionBombError as e:  # Pillow's own ceiling, when the setting is above it
         raise DatasetRejected(
             422,
@@ -326,9 +335,11 @@ def decode_image(data: bytes, where: str, limits: ArchiveLimits, image_size: int
             f"{where}: {e} It was not decoded; shrink it first.",
             {"entry": where, "limit": limits.max_image_pixels, "setting": "GANSERVE_DATASET_MAX_IMAGE_PIXELS"},
         ) from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, struct.error) as e:
+    except Exception as e:  # whatever a decoder raises on bytes made to break it: the image is unreadable
         raise _bad_entry(
-            "unreadable_image", where, f"{where} is not a readable PNG or JPEG image ({e}); replace or remove it."
+            "unreadable_image",
+            where,
+            f"{where} is not a readable PNG or JPEG image ({type(e).__name__}: {e}); replace or remove it.",
         ) from None
     return _fit(pixels, image_size) if image_size is not None else pixels
 
@@ -493,7 +504,7 @@ class _Reader:
                         )
                     with zf.open(info) as f:
                         self.file(parts, info.filename, io.BufferedReader(_Counted(f, self.budget), 1 << 16))
-        except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, OSError) as e:
+        except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, OSError, ValueError, struct.error) as e:
             raise _invalid_archive("zip", e) from None
 
     def tar(self, stream: IO[bytes]) -> None:
@@ -510,7 +521,7 @@ class _Reader:
                     f = tf.extractfile(member)
                     assert f is not None  # a regular file
                     self.file(parts, member.name, f)  # counted as the archive's stream
-        except (tarfile.TarError, zlib.error, EOFError, OSError) as e:
+        except (tarfile.TarError, zlib.error, EOFError, OSError, ValueError) as e:
             raise _invalid_archive("tar", e) from None
 
 
@@ -565,7 +576,10 @@ def _read(source: BinaryIO, reader: _Reader) -> None:
         reader.budget.take(len(inner_head))
         stream = io.BufferedReader(_Counted(inner, reader.budget, prefix=inner_head), 1 << 16)
         if inner_head[:4] == struct.pack(">I", IDX_IMAGES_MAGIC):
-            reader._idx_images("upload", "the uploaded IDX file", stream)
+            try:
+                reader._idx_images("upload", "the uploaded IDX file", stream)
+            except (OSError, EOFError, zlib.error) as e:
+                raise _invalid_archive("gzip", e) from None
         elif _looks_like_tar(inner_head):
             reader.tar(stream)
         else:

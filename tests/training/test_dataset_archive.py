@@ -9,6 +9,7 @@ import io
 import json
 import struct
 import tarfile
+import tempfile
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -16,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image, ImageFile
 from safetensors import safe_open
 
@@ -401,3 +404,32 @@ def test_an_uploaded_dataset_needs_its_file(tmp_path: Path) -> None:
     (tmp_path / "bad.safetensors").write_bytes(b"not safetensors")
     with pytest.raises(DatasetError, match="not a readable dataset file"):
         load_training_data(TrainConfig(model_name="x", dataset="faces"), tmp_path, tmp_path / "bad.safetensors")
+
+
+# --- any bytes -------------------------------------------------------------------------------------------------
+
+SEEDS = {
+    "zip": zip_of({"a/1.png": png(grey(1)), "b/2.jpg": png(grey(2), "JPEG")}).getvalue(),
+    "tar.gz": tar_of({"1.png": png(grey(1)), "2.png": png(grey(2))}, "w:gz").getvalue(),
+    "tar": tar_of({"x/1.png": png(grey(1)), "x/t-labels-idx1-ubyte": idx_labels([1])}).getvalue(),
+    "idx.gz": gzip.compress(idx_images(np.zeros((2, 3, 3)))),
+}
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    kind=st.sampled_from(sorted(SEEDS)),
+    edits=st.lists(st.tuples(st.integers(min_value=0), st.integers(0, 255)), min_size=1, max_size=8),
+    cut=st.one_of(st.none(), st.integers(min_value=0)),
+)
+def test_any_damaged_upload_is_read_or_refused_never_an_error(kind: str, edits, cut: int | None) -> None:
+    data = bytearray(SEEDS[kind])
+    for at, value in edits:
+        data[at % len(data)] = value
+    if cut is not None:
+        data = data[: cut % (len(data) + 1)]
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            read_archive(io.BytesIO(bytes(data)), Path(folder), LIMITS)
+        except DatasetRejected as e:
+            assert e.status in (413, 422) and e.message
