@@ -1,9 +1,9 @@
 """`ganserve datasets upload|list|show|delete`: a server's uploaded datasets (POST, GET and DELETE /datasets)
 through the Python client. An upload shows the bytes sent, then waits while the server decodes every image."""
 
-import re
 import warnings
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Self
 
@@ -23,7 +23,6 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from core.train_config import NAME_PATTERN
 from ganserve.cli import common
 from ganserve.cli.common import ApiKey, Server, err, fail, reported
 from ganserve.client import LeftOut
@@ -34,7 +33,6 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-NAME_RULE = "1–64 characters of a-z, 0-9, '.', '_' and '-', starting with a letter or digit"
 DatasetRef = Annotated[
     str, typer.Argument(help="The dataset's id (ds-…) or name.", metavar="ID|NAME", show_default=False)
 ]
@@ -66,8 +64,11 @@ def upload(
 
     A folder is archived to a temporary .tar first (its files under their relative paths; links are left out,
     never followed). Prints the new dataset's id on stdout, and its count, shape and classes."""
-    if name is not None and not re.fullmatch(NAME_PATTERN, name):
-        raise fail(f"--name {name!r}: {NAME_RULE}", 2)
+    if name is not None:
+        from core.datasets import name_problem  # the server's own rule, checked before the bytes are sent
+
+        if (problem := name_problem(name)) is not None:
+            raise fail(f"--name {name!r}: {problem}", 2)
     try:
         with reported(), warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", LeftOut)
@@ -156,6 +157,11 @@ def _summary(dataset: dict[str, Any]) -> str:
     return f"{dataset['count']:,} images, {_shape(dataset)}, {_classes(dataset)}"
 
 
+def _when(dataset: dict[str, Any]) -> str:
+    created = dataset.get("created_at")
+    return datetime.fromisoformat(created).astimezone().strftime("%m-%d %H:%M") if created else "–"
+
+
 def _size(n: int | None) -> str:
     if n is None:
         return "–"
@@ -167,25 +173,19 @@ def _size(n: int | None) -> str:
 
 @app.command("list")
 def list_datasets(server: Server = None, api_key: ApiKey = None) -> None:
-    """A server's datasets: yours (an admin key: everyone's)."""
+    """A server's datasets, newest first: yours (an admin key: everyone's)."""
     with reported():
         found = common.connect(server, api_key).datasets()
-    table = Table(title=f"{len(found)} dataset(s)")
+    table = Table(title=f"{len(found)} dataset(s), newest first")
     table.add_column("id", no_wrap=True, min_width=15)
-    for column in ("name", "format", "images", "shape", "classes", "size", "created"):
-        table.add_column(column, justify="right" if column in ("images", "size") else "left")
+    table.add_column("name")
+    table.add_column("images", justify="right", no_wrap=True)
+    table.add_column("shape", no_wrap=True)
+    table.add_column("classes", justify="right", no_wrap=True)
+    table.add_column("created", no_wrap=True)
     for d in found:
         classes = str(len(d["classes"])) if d.get("classes") else "–"
-        table.add_row(
-            d["id"],
-            escape(d.get("name") or "–"),
-            d.get("format", "–"),
-            f"{d['count']:,}",
-            _shape(d),
-            classes,
-            _size(d.get("size_bytes")),
-            str(d.get("created_at", "–"))[:19].replace("T", " "),
-        )
+        table.add_row(d["id"], escape(d.get("name") or "–"), f"{d['count']:,}", _shape(d), classes, _when(d))
     Console().print(table)
 
 
