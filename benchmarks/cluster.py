@@ -1,8 +1,9 @@
 """A ganserve deployment spread over hosts, started on this one machine: a PostgreSQL database of its own, an S3
 server (moto's) with a bucket of its own, a redis-server of its own, and any number of API processes
 (`ganserve api`) and workers (`ganserve worker`), each with a private home folder (its GANSERVE_CHECKPOINT_DIR and
-GANSERVE_CACHE_DIR, and its working directory) and no folder shared with another. The one exception is the
-read-only data root of the built-in datasets (GANSERVE_DATA_ROOT), as a fleet would mount one.
+GANSERVE_CACHE_DIR, and its working directory) and no folder shared with another. The one exception a caller may
+ask for is a read-only data root of the built-in datasets (GANSERVE_DATA_ROOT), as a fleet would mount one;
+without it, each host's data root is an empty folder of its own (uploaded datasets come from storage).
 
 Used by tests/e2e/test_multi_host.py and benchmarks/multi_host.py (one harness: the test keeps it working).
 
@@ -214,7 +215,9 @@ class Cluster:
     def _home(self, name: str) -> tuple[Path, dict[str, str]]:
         home = self.workdir / name
         (home / "volume").mkdir(parents=True)
+        (home / "data").mkdir()
         env = {
+            "GANSERVE_DATA_ROOT": str(home / "data"),  # unless the cluster has a shared one
             **self.env,
             "GANSERVE_CHECKPOINT_DIR": str(home / "volume"),
             "GANSERVE_CACHE_DIR": str(home / "cache"),
@@ -278,9 +281,12 @@ class Cluster:
             _stop(host.popen)
 
 
-def base_env(database_url: str, storage_url: str, s3_endpoint: str, redis_url: str, data_root: Path, threads: int):
+def base_env(
+    database_url: str, storage_url: str, s3_endpoint: str, redis_url: str, data_root: Path | None, threads: int
+) -> dict[str, str]:
     """The configuration every host gets: the caller's environment without any GANSERVE_* or AWS_* of its own,
-    the shared services, and `threads` for torch (OMP_NUM_THREADS: the training loop keeps it)."""
+    the shared services, the shared data root if any, and `threads` for torch (OMP_NUM_THREADS: the training loop
+    keeps it)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GANSERVE_", "AWS_"))}
     env.update(
         S3_CREDENTIALS,
@@ -290,7 +296,6 @@ def base_env(database_url: str, storage_url: str, s3_endpoint: str, redis_url: s
         GANSERVE_STORAGE_URL=storage_url,
         GANSERVE_S3_ENDPOINT_URL=s3_endpoint,
         GANSERVE_REDIS_URL=redis_url,
-        GANSERVE_DATA_ROOT=str(Path(data_root).resolve()),
         GANSERVE_DEVICE="cpu",
         GANSERVE_LOG_LEVEL="info",
         GANSERVE_RENDER_THREADS=str(threads),
@@ -298,6 +303,8 @@ def base_env(database_url: str, storage_url: str, s3_endpoint: str, redis_url: s
         GANSERVE_RATE_LIMIT_PER_MIN="0",  # every client here is one address
         GANSERVE_MAX_QUEUED_PER_KEY="1000",
     )
+    if data_root is not None:
+        env["GANSERVE_DATA_ROOT"] = str(Path(data_root).resolve())
     return env
 
 
@@ -316,7 +323,7 @@ def admin_key(env: dict[str, str], workdir: Path) -> str:
 @contextmanager
 def cluster(
     workdir: Path,
-    data_root: Path,
+    data_root: Path | None = None,
     *,
     apis: int = 2,
     workers: int = 2,
@@ -326,7 +333,8 @@ def cluster(
     **settings: str,
 ) -> Iterator[Cluster]:
     """Start the shared services and `apis` API processes and `workers` workers (`api1`…, `worker1`…), each with
-    a private folder under `workdir`; `settings`: more GANSERVE_* variables for every host. The database is made
+    a private folder under `workdir`; `data_root`: a data root all of them read (else each has an empty one of its
+    own); `settings`: more GANSERVE_* variables for every host. The database is made
     on `postgres_server` (an admin URL), the bucket on the S3 server at `s3_endpoint` (one is started when None).
     Everything started is stopped, and the database dropped, at the end. Raises Unavailable when redis-server or
     the PostgreSQL server is missing."""

@@ -1,20 +1,25 @@
-"""Across hosts, on this machine: two API processes and two workers, each with a private folder and cache and no
-folder shared with another (the read-only data root of the built-in datasets excepted), meeting only through a
-PostgreSQL database, an S3 server (moto's) and Redis, all of the test's own (benchmarks/cluster.py starts them).
+"""Across hosts, on this machine: two API processes and two workers, each with a private folder, cache and data
+root and no folder shared with another, meeting only through a PostgreSQL database, an S3 server (moto's) and
+Redis, all of the test's own (benchmarks/cluster.py starts them).
 
-Jobs go in through both APIs; the worker running one is SIGKILLed once that job has a checkpoint in object
-storage. Every job ends `succeeded` on the other worker, the killed one resumed from storage (not from step 0);
-each model is served byte-identically by both APIs; both list every job with its whole history.
+A dataset (a zip of PNGs in class folders) is uploaded through API 1; jobs on it go in through both APIs; the
+worker running one is SIGKILLed once that job has a checkpoint in object storage. Every job ends `succeeded` on
+the other worker, the killed one resumed from storage (not from step 0); each model is served byte-identically by
+both APIs; both list every job with its whole history.
 """
 
+import io
 import signal
 import sys
 import time
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from e2e_support import PNG_MAGIC, submit, wait_for
+from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root: the harness is benchmarks'
 from benchmarks.cluster import Cluster, Unavailable, cluster, wait_until
@@ -25,20 +30,19 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 # Heartbeats every 0.5 s; a running job silent for 3 s is re-queued by the APIs' reapers.
 FAULTS = {"GANSERVE_HEARTBEAT_S": "0.5", "GANSERVE_STALE_AFTER_S": "3", "GANSERVE_MAX_ATTEMPTS": "3"}
 # 8 steps an epoch (256 images, batch 32), a checkpoint (uploaded to storage) every 4 epochs, no evaluation.
-JOB = {"dataset": "mnist", "max_samples": 256, "batch_size": 32, "eval_extractor": "none", "sample_every": 4}
+IMAGES, CLASSES = 256, 4
+JOB = {"dataset": "bars", "batch_size": 32, "eval_extractor": "none", "sample_every": 4}
 LONG_EPOCHS, SHORT_EPOCHS = 24, 4
 
 
 @pytest.fixture
-def hosts(
-    postgres_server: str, s3_server: str, data_root: Path, tmp_path: Path, request: pytest.FixtureRequest
-) -> Iterator[Cluster]:
+def hosts(postgres_server: str, s3_server: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]:
     """The cluster: its own database on the session's PostgreSQL server, its own bucket on the session's S3
-    server, its own Redis; two APIs and two workers."""
+    server, its own Redis; two APIs and two workers, each with an empty data root of its own."""
     failed_before = request.session.testsfailed
     hosts = {"apis": 2, "workers": 2, "postgres_server": postgres_server, "s3_endpoint": s3_server}
     try:
-        with cluster(tmp_path / "cluster", data_root, **hosts, **FAULTS) as c:
+        with cluster(tmp_path / "cluster", **hosts, **FAULTS) as c:
             try:
                 yield c
             finally:
@@ -46,6 +50,20 @@ def hosts(
                     print(c.logs())  # shown under the failing test's captured output
     except Unavailable as e:
         pytest.skip(str(e))
+
+
+def bars_zip() -> bytes:
+    """A zip of 28×28 greyscale PNGs in a folder per class: a bright vertical bar whose column is the class's."""
+    rng = np.random.default_rng(0)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for i, label in enumerate(rng.integers(0, CLASSES, IMAGES)):
+            pixels = np.zeros((28, 28), dtype=np.uint8)
+            pixels[4:24, 4 + 5 * int(label) : 7 + 5 * int(label)] = 255
+            png = io.BytesIO()
+            Image.fromarray(pixels, mode="L").save(png, format="PNG")
+            archive.writestr(f"bars/class-{label}/{i:04d}.png", png.getvalue())
+    return buffer.getvalue()
 
 
 def epoch_of(checkpoint: str) -> int:
@@ -62,6 +80,17 @@ def test_two_apis_two_workers_one_killed(hosts: Cluster, monkeypatch: pytest.Mon
 
     started = time.monotonic()
     with c.client(api1) as one, c.client(api2) as two:
+        # The dataset, uploaded through API 1, is known to API 2 at once: the row is in the database, the file in
+        # the object store.
+        r = one.post("/datasets", files={"file": ("bars.zip", bars_zip(), "application/zip")}, data={"name": "bars"})
+        assert r.status_code == 201, r.text
+        dataset = r.json()
+        assert dataset["count"] == IMAGES and dataset["shape"] == [1, 28, 28], dataset
+        assert dataset["classes"] == [f"class-{k}" for k in range(CLASSES)], dataset
+        assert two.get(f"/datasets/{dataset['id']}").json() == two.get("/datasets/bars").json() == dataset
+        preview = two.get(dataset["preview"])
+        assert preview.status_code == 200 and preview.content.startswith(PNG_MAGIC)
+
         # Two long jobs, one through each API: each worker takes one. Two short ones wait in the queue behind them.
         killed_id, _ = submit(one, model_name="hosts-killed", seed=1, epochs=LONG_EPOCHS, **JOB)
         other_id, _ = submit(two, model_name="hosts-other", seed=2, epochs=LONG_EPOCHS, **JOB)
@@ -112,6 +141,8 @@ def test_two_apis_two_workers_one_killed(hosts: Cluster, monkeypatch: pytest.Mon
     assert f"run {killed_id}: resuming from {storage.describe('')}" in survivor.text()
     for job_id, job in records.items():
         assert job["status"] == "succeeded" and job["worker"] == survivor_id, job
+        assert job["uploaded_dataset"]["id"] == dataset["id"], job
+        assert job["uploaded_dataset"]["sha256"] == dataset["sha256"], job
         if job_id != killed_id:
             assert job["attempts"] == 1 and job["resumed_from_step"] is None, job
 
@@ -121,6 +152,10 @@ def test_two_apis_two_workers_one_killed(hosts: Cluster, monkeypatch: pytest.Mon
     for job_id, job in records.items():
         assert [e["epoch"] for e in job["history"]] == list(range(1, epochs[job_id] + 1)), job_id
         assert [e["step"] for e in job["history"]] == [8 * e for e in range(1, epochs[job_id] + 1)], job_id
+
+    # The workers read the dataset from storage, through their caches: no host's data root holds anything.
+    assert not any(any((host.home / "data").iterdir()) for host in c.hosts)
+    assert any((survivor.home / "cache").rglob(f"{dataset['sha256']}*")), "the dataset is not in the survivor's cache"
 
     # Each model served by both APIs, byte for byte the same, at the version its job published.
     for job_id, (first, second) in served.items():
