@@ -30,7 +30,14 @@ from service.security.keyring import KeyRing
 from service.state import app_state
 
 TRAIN_BODY = {"model_name": "my-digits", "epochs": 1, "max_samples": 256}
-PATH_VALUES = {"job_id": "0" * 32, "plot": "losses", "epoch": "1", "name": DEFAULT_MODEL, "eval_id": "0" * 32}
+PATH_VALUES = {
+    "job_id": "0" * 32,
+    "plot": "losses",
+    "epoch": "1",
+    "name": DEFAULT_MODEL,
+    "eval_id": "0" * 32,
+    "dataset": "ds-000000000000",
+}
 
 
 def routes(app: FastAPI) -> list[tuple[str, str]]:
@@ -47,8 +54,8 @@ def routes(app: FastAPI) -> list[tuple[str, str]]:
 
 
 def test_every_train_route_needs_a_key(app: FastAPI, anon: TestClient) -> None:
-    train_routes = [(m, p) for m, p in routes(app) if p.startswith("/train")]
-    assert len(train_routes) >= 7  # POST/GET /train, GET/DELETE /train/{id}, metrics, plots, samples
+    train_routes = [(m, p) for m, p in routes(app) if p.startswith(("/train", "/datasets"))]
+    assert len(train_routes) >= 12  # POST/GET /train, GET/DELETE /train/{id}, metrics, plots, samples; /datasets
     for method, path in train_routes:
         r = anon.request(method, path, json=TRAIN_BODY if method == "POST" else None)
         assert r.status_code == 401, (method, path, r.text)

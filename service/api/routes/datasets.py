@@ -190,25 +190,25 @@ def list_datasets(state: StateDep, principal: TrainKey) -> DatasetList:
     return DatasetList(datasets=[d.info() for d in found])
 
 
-@router.get("/{ref}", response_model=DatasetInfo, summary="A dataset", responses=error_responses(404, 409))
-def get_dataset(ref: DatasetRef, state: StateDep, principal: TrainKey) -> DatasetInfo:
-    return _find(DatasetStore(state.db), principal, ref).info()
+@router.get("/{dataset}", response_model=DatasetInfo, summary="A dataset", responses=error_responses(404, 409))
+def get_dataset(dataset: DatasetRef, state: StateDep, principal: TrainKey) -> DatasetInfo:
+    return _find(DatasetStore(state.db), principal, dataset).info()
 
 
 @router.get(
-    "/{ref}/preview.png",
+    "/{dataset}/preview.png",
     response_class=Response,
     summary="A grid of a dataset's first images",
     responses={200: {"content": {"image/png": {}}}, **error_responses(404, 409, 503)},
 )
-def get_preview(ref: DatasetRef, state: StateDep, principal: TrainKey) -> Response:
-    record = _find(DatasetStore(state.db), principal, ref)
+def get_preview(dataset: DatasetRef, state: StateDep, principal: TrainKey) -> Response:
+    record = _find(DatasetStore(state.db), principal, dataset)
     png = png_blob(state.storage, record.preview_key, f"The preview of dataset {record.id}", "preview_not_found")
     return Response(png, media_type="image/png")
 
 
 @router.delete(
-    "/{ref}",
+    "/{dataset}",
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
     summary="Delete a dataset",
@@ -216,9 +216,9 @@ def get_preview(ref: DatasetRef, state: StateDep, principal: TrainKey) -> Respon
     "while a queued or running job trains on it.",
     responses=error_responses(404, 409),
 )
-def delete(ref: DatasetRef, state: StateDep, principal: TrainKey) -> Response:
+def delete(dataset: DatasetRef, state: StateDep, principal: TrainKey) -> Response:
     store = DatasetStore(state.db)
-    record = _find(store, principal, ref)
+    record = _find(store, principal, dataset)
     try:
         removed = delete_dataset(store, state.storage, record.id)
     except DatasetInUse as e:
