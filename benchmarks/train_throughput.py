@@ -300,14 +300,17 @@ def quality_ganserve(
     per_loop_epoch = min(images_present(data_root), EPOCH_IMAGES)
     every = EPOCH_IMAGES // per_loop_epoch
     config = ganserve_config(mode, max_samples=per_loop_epoch, epochs=every * epochs, sample_every=every)
-    marks: list[tuple[float, Path]] = []
+    times: list[float] = []
+    stems: list[Path] = []
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
 
         def on_progress(p: TrainProgress) -> None:
-            if p.epoch_end and p.checkpoint is not None:
+            if p.epoch_end and p.samples is not None:  # a kept epoch, timed before its checkpoint is written
                 sync(device)
-                marks.append((time.perf_counter() - start, p.checkpoint))
+                times.append(time.perf_counter() - start)
+            if p.checkpoint is not None:  # reported once that checkpoint is whole
+                stems.append(p.checkpoint)
 
         train(
             config,
@@ -318,7 +321,7 @@ def quality_ganserve(
             report_every_s=math.inf,
         )
         points = []
-        for elapsed, stem in marks:
+        for elapsed, stem in zip(times, stems, strict=True):
             g, _ = checkpoint.load_generator(stem, device)
             points.append((elapsed, fid(g)))
             print(f"    [{mode}] epoch {len(points)}: {elapsed:.1f} s, FID {points[-1][1]:.2f}", flush=True)

@@ -48,7 +48,7 @@ class TrainProgress:
     losses: dict[str, float]  # means over the current epoch so far
     images_per_sec: float
     eta_seconds: float
-    checkpoint: Path | None = None  # stem written at the end of this epoch, on that report only
+    checkpoint: Path | None = None  # a kept checkpoint's stem, on the report that follows its (whole) writing
     samples: Path | None = None  # sample grid written at the end of this epoch, on that report only
     epoch_end: bool = False  # the report that closes epoch `epoch` (its losses are the epoch's means)
     evaluation: dict[str, Any] | None = None  # sample-quality metrics of this epoch, when one was due
@@ -223,7 +223,7 @@ def train(
             write_samples(last_samples, served, fixed_z, config, s.data, s.num_generators, s.device)
             if files_fn is not None:
                 files_fn([last_samples], [])
-            extra |= {"checkpoint": last_stem, "samples": last_samples}
+            extra["samples"] = last_samples
         if plan.evaluator is not None and due(config, epoch, epochs):
             extra["evaluation"] = {"extractor": plan.evaluator.extractor, **plan.evaluator.run(served)}
         last_report = time.monotonic()
@@ -242,5 +242,9 @@ def train(
                 files_fn=files_fn,
             )
             last_saved = time.monotonic()
+        if kept:
+            # Named only once whole (and, with files_fn, stored): a record never points at a checkpoint that a
+            # reader cannot fetch yet.
+            report(progress(epoch, epoch_losses, checkpoint=last_stem))
 
     return TrainResult("completed", epochs, step, last_stem, last_samples, epoch_losses)

@@ -46,11 +46,16 @@ def test_two_epochs_write_files(two_epochs: Run) -> None:
 def test_progress_reports(two_epochs: Run) -> None:
     reports = two_epochs.reports
     steps = [r.step for r in reports]
-    assert steps == [1, 2, 3, 4]  # report_every_s=0: every step (the epoch's last one carries its files)
+    # report_every_s=0: every step; an epoch's last step twice: at its end (with its samples), then once its
+    # checkpoint is whole (naming it).
+    assert steps == [1, 2, 2, 3, 4, 4]
     assert all(r.total_steps == 4 and r.epochs == 2 for r in reports)
-    epoch_ends = [r for r in reports if r.checkpoint is not None]
+    epoch_ends = [r for r in reports if r.epoch_end]
     assert [(r.epoch, r.step) for r in epoch_ends] == [(1, 2), (2, 4)]
     assert epoch_ends[-1].samples == two_epochs.result.samples
+    named = [(r.epoch, r.checkpoint) for r in reports if r.checkpoint is not None]
+    assert named == [(1, reports[2].checkpoint), (2, two_epochs.result.final_checkpoint)]
+    assert all(reports[i].checkpoint is None for i in (0, 1, 3, 4))
     assert reports[-1].eta_seconds == 0 and reports[-1].images_per_sec > 0
 
 
