@@ -46,7 +46,10 @@ class EvaluationRecord(Record):
     model: str
     version: int
     source: Literal["volume", "bundled"]
-    stem: str = Field(description="The weights measured, as a path on the shared volume or in the image.")
+    stem: str = Field(
+        description="Where the API that queued it found the weights (its blob cache for a published version, the "
+        "image for a bundled one); the worker looks the version up by model and version."
+    )
     weights_sha256: str | None = None
     request: EvaluateRequest
     stage: str | None = Field(

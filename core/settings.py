@@ -55,7 +55,10 @@ class Settings(BaseSettings):
         10 * 2**30, ge=0, description="The most the blob cache holds; the least recently used go first."
     )
     checkpoint_dir: Path = Field(
-        Path("var"), description="The volume shared by API and worker: jobs, checkpoints, published models."
+        Path("var"),
+        description="This process's working folder. On one box it is the state too: the SQLite database and the blobs "
+        "(by default). With GANSERVE_DATABASE_URL and GANSERVE_STORAGE_URL elsewhere it is private scratch (a run "
+        "being trained, the blob cache).",
     )
     data_root: Path = Field(Path("data"), description="Built-in datasets are read from `<data_root>/<dataset>/`.")
     host: str = Field("127.0.0.1", description="Address the API binds.")

@@ -1,5 +1,5 @@
-"""`/train`: start, follow, list and cancel training jobs. The job record on the shared volume is the
-truth; the broker only carries the job's id to a worker."""
+"""`/train`: start, follow, list and cancel training jobs. The job's row in the database is the truth; the
+broker only carries the job's id to a worker."""
 
 import asyncio
 import hashlib
