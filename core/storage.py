@@ -112,6 +112,11 @@ class Storage:
             return []
         return sorted(p[len(self.root) + 1 :] for p in found)
 
+    def check(self) -> None:
+        """Reach the store with one listing of its top level. Raises BlobError when it cannot be reached."""
+        with contextlib.suppress(FileNotFoundError):  # reachable, and nothing stored yet
+            self._remote("list", "", self.fs.ls, self.root, detail=False)
+
     def get_bytes(self, key: str, sha256: str | None = None) -> bytes:
         """The blob's bytes, checked against `sha256` when given. Raises BlobError."""
         try:
@@ -138,9 +143,9 @@ class Storage:
         finally:
             Path(tmp).unlink(missing_ok=True)
 
-    def _remote(self, what: str, key: str, call: Any, *args: Any) -> Any:
+    def _remote(self, what: str, key: str, call: Any, *args: Any, **kwargs: Any) -> Any:
         try:
-            return call(*args)
+            return call(*args, **kwargs)
         except FileNotFoundError:
             raise
         except Exception as e:  # botocore's and the network's: endpoint, credentials, a bucket that does not exist …

@@ -4,6 +4,7 @@ whose files are in object storage (`StoreCatalogue`), and folders laid out as `<
 version's metadata says (without loading its weights), and where its files are on this machine.
 """
 
+import logging
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -14,6 +15,8 @@ from core.model_versions import ModelVersions, local_stem
 from core.storage import BlobCache, BlobError, Storage
 from core.train_config import NAME_PATTERN
 from training.checkpoint import CheckpointError, list_versions, load_metadata, model_stem
+
+log = logging.getLogger(__name__)
 
 Source = Literal["volume", "bundled", "run"]  # volume: published by training; run: a run's checkpoint (CLI)
 
@@ -74,7 +77,9 @@ class StoreCatalogue:
         try:
             return local_stem(row, self.storage, self.cache)
         except BlobError as e:
-            raise CheckpointError(str(e)) from None
+            # Where the bucket is goes to the log; what a client is told names the blob by its key only.
+            log.error("model %s version %d: %s", name, version, e)
+            raise CheckpointError(str(e).replace(self.storage.describe(""), "storage: ")) from None
 
     def signature(self, name: str, version: int) -> tuple[Any, ...]:
         row = self.rows.get(name, version)

@@ -52,6 +52,7 @@ def ready(client: TestClient, timeout_s: float = 60.0) -> dict:
 def test_readyz_ok(client: TestClient) -> None:
     checks = ready(client)["checks"]
     assert checks["broker"]["ok"] and checks["model"]["ok"] and checks["render"]["ok"]
+    assert checks["database"]["ok"] and checks["storage"] == {"ok": True, "detail": "file"}
 
 
 def test_readyz_starts_a_render_process_that_died(client: TestClient) -> None:

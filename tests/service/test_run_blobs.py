@@ -121,6 +121,22 @@ def test_storage_out_of_reach_is_503_with_retry_after(
     assert r.headers["retry-after"] == "5" and key in r.json()["message"] and s3_bucket not in r.json()["message"]
 
 
+def test_readyz_names_object_storage_while_it_is_out_of_reach(
+    make_app: Callable[..., FastAPI], s3_bucket: str, s3_server: str
+) -> None:
+    def storage_check(endpoint: str) -> tuple[int, dict]:
+        with TestClient(make_app(storage_url=s3_bucket, s3_endpoint_url=endpoint)) as api:
+            r = api.get("/readyz")  # 503 either way here (no default model): only the storage check matters
+        body = r.json()
+        assert s3_bucket not in r.text and endpoint not in r.text, r.text
+        return r.status_code, (body.get("checks") or body["detail"])["storage"]
+
+    status, check = storage_check(s3_server)
+    assert check == {"ok": True, "detail": "s3"}
+    status, check = storage_check("http://127.0.0.1:9")  # nothing listens there
+    assert status == 503 and check == {"ok": False, "detail": "object storage does not answer (GANSERVE_STORAGE_URL)"}
+
+
 def test_the_nearest_neighbour_image_is_served_from_storage(api: TestClient) -> None:
     png = a_png(9)
     eval_id = finished_evaluation(api, png)
@@ -136,3 +152,13 @@ def test_the_nearest_neighbour_image_is_served_from_storage(api: TestClient) -> 
     state(api).storage.delete(key)
     r = api.get(url)
     assert r.status_code == 404 and r.json()["error"] == "png_missing" and key in r.json()["message"]
+
+
+def test_a_published_version_gone_from_storage_is_named_by_key_not_by_bucket(
+    make_app: Callable[..., FastAPI], publish_model, s3_bucket: str, s3_server: str
+) -> None:
+    publish_model(DEFAULT_MODEL)  # its row in the database, its files on the volume: none in the bucket
+    with TestClient(make_app(storage_url=s3_bucket, s3_endpoint_url=s3_server), headers=AUTH) as api:
+        r = api.get("/generate", params={"seed": 1})
+    assert r.status_code == 404 and "cannot be served" in r.text, r.text
+    assert "storage: models/" in r.text and s3_bucket not in r.text, r.text

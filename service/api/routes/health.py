@@ -6,6 +6,7 @@ from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 
 from core.db import DatabaseUnavailable
+from core.storage import BlobError
 from service.api.errors import APIError, error_responses
 from service.api.schemas import Check, Health, Readiness
 from service.serving.registry import ModelNotFound
@@ -25,7 +26,7 @@ async def healthz() -> Health:
 @router.get(
     "/readyz",
     response_model=Readiness,
-    summary="Readiness: the render process, the database, the broker and the default model",
+    summary="Readiness: the render process, the database, object storage, the broker and the default model",
     responses=error_responses(503),
 )
 async def readyz(state: StateDep) -> Readiness:
@@ -57,6 +58,12 @@ def _blocking_checks(state: AppState) -> dict[str, Check]:
     except DatabaseUnavailable as e:  # the details name hosts: in the log, not in this public answer
         log.error("%s", e)
         checks["database"] = Check(ok=False, detail=f"{state.db.dialect} does not answer (GANSERVE_DATABASE_URL)")
+    try:
+        state.storage.check()
+        checks["storage"] = Check(ok=True, detail="file" if state.storage.local else "s3")
+    except BlobError as e:  # like the database's: the bucket and endpoint go to the log only
+        log.error("%s", e)
+        checks["storage"] = Check(ok=False, detail="object storage does not answer (GANSERVE_STORAGE_URL)")
     try:
         checks["broker"] = Check(ok=True, detail=state.tasks.check())
     except Exception as e:  # any failure of the probe means "not reachable"
