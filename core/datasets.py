@@ -73,7 +73,8 @@ class DatasetInfo(BaseModel):
     size_bytes: int = Field(description="Size of the canonical file.")
     created_at: datetime
     preview: str = Field(
-        description="A grid of its first images, PNG.", examples=["/datasets/ds-3f2b9c0d1e4a/preview.png"]
+        description="A grid of 64 of its images spread over the dataset (every class shows), PNG.",
+        examples=["/datasets/ds-3f2b9c0d1e4a/preview.png"],
     )
 
 

@@ -90,7 +90,7 @@ class ArchiveLimits:
 @dataclass(frozen=True)
 class CanonicalDataset:
     path: Path  # the safetensors file
-    preview: Path  # the PNG grid of its first images
+    preview: Path  # a PNG grid of PREVIEW_COUNT of its images, spread over the dataset (every class shows)
     sha256: str
     size_bytes: int
     format: DatasetFormat
@@ -739,13 +739,17 @@ def _write_canonical(
     return digest.hexdigest(), (c, h, w)
 
 
-def _first_images(staging: _Staging, blocks: list[_Block], count: int, channels: int) -> np.ndarray:
-    taken: list[np.ndarray] = []
-    for b in blocks:
-        if sum(len(t) for t in taken) >= count:
-            break
-        batch = staging.read(b, 0, min(b.count, count - sum(len(t) for t in taken)))
-        taken.append(np.repeat(batch, 3, axis=1) if batch.shape[1] < channels else batch)
+def _spread_images(staging: _Staging, blocks: list[_Block], count: int, channels: int) -> np.ndarray:
+    """`count` images evenly spaced over the dataset's order (sorted by class, then path), so that a preview
+    shows every class in proportion rather than the first class only."""
+    total = sum(b.count for b in blocks)
+    wanted = np.unique(np.linspace(0, total - 1, min(count, total)).round().astype(np.int64))
+    starts = np.cumsum([0] + [b.count for b in blocks])
+    taken = []
+    for i in wanted.tolist():
+        k = int(np.searchsorted(starts, i, side="right")) - 1
+        image = staging.read(blocks[k], i - int(starts[k]), 1)
+        taken.append(np.repeat(image, 3, axis=1) if image.shape[1] < channels else image)
     return np.concatenate(taken)
 
 
@@ -787,7 +791,7 @@ def read_archive(
         path = workdir / "dataset.safetensors"
         sha256, shape = _write_canonical(staging, blocks, labels, classes, path)
         preview = workdir / "preview.png"
-        preview.write_bytes(preview_png(_first_images(staging, blocks, PREVIEW_COUNT, shape[0])))
+        preview.write_bytes(preview_png(_spread_images(staging, blocks, PREVIEW_COUNT, shape[0])))
     (workdir / "staged.u8").unlink()
     return CanonicalDataset(
         path=path,

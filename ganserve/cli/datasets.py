@@ -194,7 +194,10 @@ def show(
     dataset: DatasetRef,
     preview: Annotated[
         Path | None,
-        typer.Option(help="Also save its preview grid (a PNG of its first images) to this file.", show_default=False),
+        typer.Option(
+            help="Also save its preview grid (a PNG of 64 of its images, every class shown) to this file.",
+            show_default=False,
+        ),
     ] = None,
     server: Server = None,
     api_key: ApiKey = None,

@@ -119,6 +119,16 @@ def test_class_folders_become_labels_in_sorted_order(tmp_path: Path) -> None:
         assert preview.format == "PNG" and preview.size[0] > 8
 
 
+def test_the_preview_spreads_over_every_class(tmp_path: Path) -> None:
+    """90 images in 10 classes of 9, a grey level each: the 64 tiles show all ten, not the first eight."""
+    levels = [20 * (k + 1) for k in range(10)]
+    archive = zip_of({f"digits/{k}/{i:02d}.png": png(grey(level)) for k, level in enumerate(levels) for i in range(9)})
+    data = read(archive, tmp_path)
+    with Image.open(data.preview) as preview:
+        shown = set(np.unique(np.asarray(preview.convert("L"))).tolist())
+    assert set(levels) <= shown
+
+
 @pytest.mark.parametrize("mode", ["w", "w:gz"])
 def test_images_at_the_top_are_unlabelled_and_sorted_by_path(tmp_path: Path, mode: str) -> None:
     archive = tar_of({"./b.png": png(grey(2)), "a.jpg": png(grey(1), "JPEG", quality=100), "c.png": png(grey(3))}, mode)

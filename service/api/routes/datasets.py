@@ -198,7 +198,7 @@ def get_dataset(dataset: DatasetRef, state: StateDep, principal: TrainKey) -> Da
 @router.get(
     "/{dataset}/preview.png",
     response_class=Response,
-    summary="A grid of a dataset's first images",
+    summary="A grid of 64 of a dataset's images, spread over every class",
     responses={200: {"content": {"image/png": {}}}, **error_responses(404, 409, 503)},
 )
 def get_preview(dataset: DatasetRef, state: StateDep, principal: TrainKey) -> Response:
