@@ -57,7 +57,7 @@ class TrainProgress:
 
 @dataclass(frozen=True)
 class TrainResult:
-    status: Literal["completed", "cancelled"]
+    status: Literal["completed", "cancelled", "superseded"]  # superseded: may_write said no; nothing written
     epochs_done: int
     steps_done: int
     final_checkpoint: Path | None
@@ -133,6 +133,7 @@ def train(
     resume_every_s: float = 0.0,
     files_fn: run_state.FilesFn | None = None,
     dataset_file: Path | None = None,
+    may_write: Callable[[], bool] | None = None,
 ) -> TrainResult:
     """Train `config`, writing into `out_dir`. `resume_from`: a checkpoint's stem (see
     `training.run_state.latest(out_dir)`) written by an earlier run of the same config into the same `out_dir`;
@@ -142,7 +143,9 @@ def train(
     than the epoch (a killed run then redoes the epochs since the last one written). `files_fn(written,
     removed)` hears of every sample grid and checkpoint written into `out_dir` and every checkpoint removed,
     once each is complete (`training.run_state.FilesFn`). `dataset_file`: an uploaded dataset's canonical file,
-    when `config.dataset` names one."""
+    when `config.dataset` names one. `may_write()` is asked right before the run writes or removes anything (a
+    sample grid, a checkpoint, the pruning of stand-ins): False ends the run at once, `superseded`, with nothing
+    more written (a worker whose job has moved on to another must not touch the run)."""
     check_supported(config)
     dev = resolve_device(device)
     _use_all_cores(dev)
@@ -217,6 +220,8 @@ def train(
         kept = run_state.keeps(config, epoch, epochs)
         extra: dict[str, Any] = {"epoch_end": True, "evaluation_skipped": plan.skipped_because}
         served = s.nets.ema if s.nets.ema is not None else s.nets.g  # samples and metrics: what will be served
+        if kept and may_write is not None and not may_write():
+            return TrainResult("superseded", epoch - 1, step, last_stem, last_samples, epoch_losses)
         if kept:
             last_stem = run_state.stem_for(out_dir, epoch)
             last_samples = out_dir / "samples" / f"epoch-{epoch:04d}.png"
@@ -231,7 +236,7 @@ def train(
         # After the report: a run killed between the two resumes from the epoch before and redoes this one,
         # identically, so the caller's per-epoch history never has a gap.
         if kept or time.monotonic() - last_saved >= resume_every_s:
-            run_state.save(
+            saved = run_state.save(
                 out_dir,
                 s,
                 epoch=epoch,
@@ -240,7 +245,10 @@ def train(
                 kept=kept,
                 last=(last_stem, last_samples),
                 files_fn=files_fn,
+                may_write=may_write,
             )
+            if saved is None:
+                return TrainResult("superseded", epoch - 1, step, last_stem, last_samples, epoch_losses)
             last_saved = time.monotonic()
         if kept:
             # Named only once whole (and, with files_fn, stored): a record never points at a checkpoint that a

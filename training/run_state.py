@@ -130,11 +130,16 @@ def save(
     kept: bool,
     last: tuple[Path | None, Path | None],
     files_fn: FilesFn | None = None,
-) -> Path:
+    may_write: Callable[[], bool] | None = None,
+) -> Path | None:
     """Write the run's state after `epoch` epochs (`step` G steps) as `epoch-NNNN`; returns its stem. `kept`:
     the run keeps it; otherwise it only stands in for the epochs since the last kept one, and the previous such
     stand-in is removed once this one is complete. `last`: the newest kept checkpoint and sample grid.
-    `files_fn(written, removed)`: called once both are done."""
+    `files_fn(written, removed)`: called once both are done. `may_write()`: asked before writing and again
+    before removing anything; on False nothing more is done and None is returned (the checkpoint, if it was
+    written, is then neither pruned around nor reported)."""
+    if may_write is not None and not may_write():
+        return None
     last_checkpoint, last_samples = last
     out_dir = Path(out_dir)
     nets = s.nets
@@ -162,6 +167,8 @@ def save(
     }
     stem = stem_for(out_dir, epoch)
     checkpoint.save(stem, tensors, meta)
+    if may_write is not None and not may_write():
+        return None
     removed = _prune(stem)
     if files_fn is not None:
         files_fn([stem.with_suffix(".safetensors"), stem.with_suffix(".json")], removed)

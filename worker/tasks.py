@@ -99,6 +99,31 @@ class Heartbeat:
             if not self.lost:
                 patiently(f"job {self.job_id}: its record", self._write, changes)
 
+    def still_ours(self) -> bool:
+        """Read the record now (not the last beat's news) and say whether the job is still this worker's; once it
+        is not, `lost` turns true. The fence of every file the run writes or removes: a worker paused past the
+        reaper's patience (SIGSTOP, a swapped-out VM) may wake up mid-epoch, before its heartbeat thread runs."""
+        with self._lock:
+            if self.lost:
+                return False
+            record: JobRecord | None = None
+
+            def read() -> None:
+                nonlocal record
+                record = self.store.get(self.job_id)
+
+            patiently(f"job {self.job_id}: its record", read)
+            assert record is not None
+            if record.status != JobStatus.running or record.worker != self.worker:
+                self.lost = True
+                log.warning(
+                    "job %s is no longer this worker's (%s, worker %s); it stops without writing",
+                    self.job_id,
+                    record.status.value,
+                    record.worker,
+                )
+            return not self.lost
+
     def _write(self, changes: Callable[[JobRecord], dict[str, Any]] | None) -> None:
         def ours(current: JobRecord) -> dict[str, Any]:
             if current.status != JobStatus.running or current.worker != self.worker:
@@ -304,39 +329,44 @@ def _run(store: JobStore, job_id: str, attempt: int, me: str) -> dict[str, objec
             resume_from=None if point is None else point.stem,
             files_fn=run.files_fn if run.copied else None,
             dataset_file=dataset_file(settings, record),
+            may_write=heartbeat.still_ours,
         )
         version = None
-        if result.status == "completed" and not heartbeat.lost:
+        if result.status == "completed" and heartbeat.still_ours():
             if result.final_checkpoint is None:
                 raise RuntimeError("training completed without writing a final checkpoint")
             owner = owner_of(store, job_id)
             versions = ModelVersions(store.db)
             version = publish(run.storage, versions, config.model_name, result.final_checkpoint, result.samples, owner)
 
+    superseded = {"job": job_id, "status": "superseded"}
     if heartbeat.lost:
         log.warning("job %s: left to whoever holds it now, after %d steps here", job_id, result.steps_done)
-        return {"job": job_id, "status": "superseded"}
+        return superseded
+
+    def end(**changes: object) -> bool:
+        """The job's last write, made only while the record still says it is this worker's."""
+        heartbeat.update(lambda _: changes)
+        return not heartbeat.lost
 
     if result.status == "cancelled" and not store.cancel_requested(job_id):
         # Stopped because this worker is shutting down, not because anyone asked: the job goes back to the
         # queue (the message is rejected with requeue, as acks_late allows) and starts again on a worker.
-        store.update(job_id, status=JobStatus.queued, started_at=None)
+        if not end(status=JobStatus.queued, started_at=None):
+            return superseded
         log.warning("job %s interrupted by the worker's shutdown after %d steps; requeued", job_id, result.steps_done)
         raise Reject("worker shutting down", requeue=True)
 
     if result.status == "cancelled":
-        store.update(job_id, status=JobStatus.cancelled, metrics=dict(result.losses), finished_at=now())
+        if not end(status=JobStatus.cancelled, metrics=dict(result.losses), finished_at=now()):
+            return superseded
         log.info("job %s cancelled after %d steps", job_id, result.steps_done)
         return {"job": job_id, "status": JobStatus.cancelled.value}
 
     assert version is not None
-    store.update(
-        job_id,
-        status=JobStatus.succeeded,
-        metrics=dict(result.losses),
-        model=PublishedModel(name=config.model_name, version=version),
-        finished_at=now(),
-    )
+    published = PublishedModel(name=config.model_name, version=version)
+    if not end(status=JobStatus.succeeded, metrics=dict(result.losses), model=published, finished_at=now()):
+        return superseded
     log.info("job %s succeeded: published %s v%d", job_id, config.model_name, version)
     return {"job": job_id, "status": JobStatus.succeeded.value, "model": config.model_name, "version": version}
 

@@ -59,6 +59,36 @@ def test_progress_reports(two_epochs: Run) -> None:
     assert reports[-1].eta_seconds == 0 and reports[-1].images_per_sec > 0
 
 
+@pytest.mark.parametrize(
+    ("answers", "epoch_2"),
+    [([False], []), ([True, False], ["samples"]), ([True, True, False], ["samples", "checkpoint"])],
+    ids=["before-its-samples", "before-its-checkpoint", "before-pruning"],
+)
+def test_may_write_no_stops_the_run_with_nothing_more_written(
+    answers: list[bool], epoch_2: list[str], tiny_data_root: Path, tmp_path: Path
+) -> None:
+    """Epoch 1 is written (three questions: before its samples, before its checkpoint, before pruning); at epoch 2
+    `may_write` says no at one of them: the run ends `superseded` with nothing written after that answer, and no
+    checkpoint of epoch 2 reported."""
+    asked: list[bool] = []
+    replies = iter([True, True, True, *answers])
+    reports: list[TrainProgress] = []
+
+    def may_write() -> bool:
+        asked.append(next(replies))
+        return asked[-1]
+
+    config = TINY.model_copy(update={"epochs": 3, "sample_every": 1})
+    result = train(config, tmp_path, data_root=tiny_data_root, progress_fn=reports.append, may_write=may_write)
+    assert result.status == "superseded" and result.epochs_done == 1 and asked == [True, True, True, *answers]
+    checkpoints = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    samples = sorted(p.name for p in (tmp_path / "samples").iterdir())
+    two = ["epoch-0002.json", "epoch-0002.safetensors"] if "checkpoint" in epoch_2 else []
+    assert checkpoints == ["epoch-0001.json", "epoch-0001.safetensors", *two]
+    assert samples == ["epoch-0001.png"] + (["epoch-0002.png"] if "samples" in epoch_2 else [])
+    assert [r.checkpoint.name for r in reports if r.checkpoint is not None] == ["epoch-0001"]
+
+
 def test_checkpoint_metadata_and_generator(two_epochs: Run) -> None:
     stem = two_epochs.result.final_checkpoint
     assert stem is not None

@@ -165,6 +165,43 @@ def test_a_replaced_worker_stops_without_writing(
     assert ModelVersions(connect(settings.effective_database_url)).names() == []
 
 
+def run_folder(settings: Settings, job_id: str) -> dict[str, tuple[int, int]]:
+    """Every file of the job's run folder (here storage itself): its path, size and modification time."""
+    root = settings.jobs_dir / job_id
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}
+
+
+def test_a_worker_that_wakes_after_its_job_moved_on_writes_and_deletes_nothing(
+    submit, store: JobStore, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """This worker was paused (SIGSTOP) past the reaper's patience; another worker took the job over and wrote a
+    newer stand-in. This one wakes up mid-epoch, before its heartbeat thread runs again: at the epoch's end it must
+    not write its stale state, nor prune the run's stand-ins (one of them the other worker's), nor touch the record
+    or publish. Checked at each write, not only by the heartbeat."""
+    job = submit(epochs=4, sample_every=10)  # epochs 1–3 end in stand-ins, which each save prunes
+    monkeypatch.setattr(tasks.Heartbeat, "_beat", lambda self: None)  # its thread does not run (stands for paused)
+    seen: dict[str, dict[str, tuple[int, int]]] = {}
+    real_d_step = training.loop.d_step
+
+    def d_step(s, real, labels, step):
+        if step == 2 * STEPS_PER_EPOCH and "taken over" not in seen:  # the first step of epoch 3
+            store.update(job.id, worker="other:2", heartbeat_at=now(), attempts=2)  # the other worker's claim
+            checkpoints = settings.jobs_dir / job.id / "checkpoints"
+            for suffix in (".safetensors", ".json"):  # ... and its newer stand-in, as it would write
+                (checkpoints / f"epoch-0007{suffix}").write_bytes((checkpoints / f"epoch-0002{suffix}").read_bytes())
+            seen["taken over"] = run_folder(settings, job.id)
+        return real_d_step(s, real, labels, step)
+
+    monkeypatch.setattr(training.loop, "d_step", d_step)
+    assert run_task(job.id, "host:1", monkeypatch)["status"] == "superseded"
+    assert "epoch-0002.json" in "".join(seen["taken over"])  # the stand-in its epoch-3 save would have pruned
+    assert run_folder(settings, job.id) == seen["taken over"]  # nothing written, removed or rewritten since
+    record = store.get(job.id)
+    assert (record.status, record.worker, record.attempts) == (JobStatus.running, "other:2", 2)
+    assert history_epochs(record) == [1, 2]
+    assert ModelVersions(connect(settings.effective_database_url)).names() == []
+
+
 # --- failures: `failed`, with a reason a user can act on ------------------------------------------------
 
 
