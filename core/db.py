@@ -155,6 +155,20 @@ datasets = Table(
     UniqueConstraint("owner", "name"),
 )
 
+workers = Table(
+    "workers",
+    metadata,
+    # What each worker process advertises (core/workers.py): the API routes jobs and answers GET /workers from it.
+    Column("name", String(255), primary_key=True),  # its Celery node name, e.g. gpu0@host
+    Column("worker_class", String(16), nullable=False),  # cpu | gpu
+    Column("devices", JSON, nullable=False),  # CUDA device ids, [] for cpu
+    Column("queues", JSON, nullable=False),  # the broker queues it consumes, in its order
+    Column("host", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("last_seen", DateTime(timezone=True), nullable=False, index=True),  # refreshed every few seconds
+)
+
 api_keys = Table(
     "api_keys",
     metadata,

@@ -19,6 +19,7 @@ from core.datasets import DatasetPin
 from core.db import Database
 from core.records import FINISHED, FiniteFloat, Record, RecordStore, finite_json, new_id, now
 from core.train_config import TrainConfig
+from core.workers import JobResources
 
 
 class Progress(BaseModel):
@@ -69,6 +70,11 @@ class JobRecord(Record):
         None,
         description="The uploaded dataset `config.dataset` named when the job was submitted, as the worker fetches "
         "it (by SHA-256); null for a built-in dataset.",
+    )
+    resources: JobResources | None = Field(
+        None,
+        description="The GPUs it asked for (or the server chose: `requested` false) and the queue it was sent to; "
+        "null for a job of a version before resource classes, or one trained by `ganserve train`.",
     )
     progress: Progress | None = None
     metrics: dict[str, FiniteFloat] = Field(

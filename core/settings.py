@@ -127,6 +127,27 @@ class Settings(BaseSettings):
     max_attempts: int = Field(
         3, ge=1, description="Most times a job is started; a job whose worker vanishes on the last one fails."
     )
+    # --- workers: resource classes, what they advertise (core/workers.py, worker/registry.py; docs/operations.md) ---
+    devices: str | None = Field(
+        None,
+        description="The CUDA device ids `ganserve worker` trains on, comma-separated (`0,1`): a worker of class gpu. "
+        "Empty: a CPU worker (class cpu), whatever the machine has. Unset: every device torch sees (none: cpu), or "
+        "cpu when GANSERVE_DEVICE is `cpu`.",
+    )
+    gpus_per_worker: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Devices per worker process: `ganserve worker` starts one process per group of this many of "
+        "GANSERVE_DEVICES (`0,1,2,3` with 2: devices 0,1 and 2,3), which takes jobs asking for up to that many GPUs.",
+    )
+    worker_heartbeat_s: float = Field(
+        5.0,
+        gt=0,
+        le=3600,
+        description="How often each worker refreshes its row in the `workers` table (GET /workers); a worker "
+        "silent for 3 times this long is not live.",
+    )
     # --- security and limits (service/security/auth.py, service/security/limits.py; docs/operations.md) ---
     api_keys: list[ApiKeyEntry] = Field(
         [],

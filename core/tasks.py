@@ -11,7 +11,34 @@ from core.settings import Settings
 
 TRAIN_TASK = "ganserve.train"
 EVALUATE_TASK = "ganserve.evaluate"
-QUEUE = "training"  # one queue: an evaluation uses the same GPU as training, so it waits its turn on one worker
+
+# Queues by resource class (docs/architecture.md, Queues and workers). A training job goes to `cpu` or to
+# `gpu-<N>`, N the GPUs it asked for; a worker with k devices consumes gpu-1 … gpu-k, so any worker with at least
+# N devices can take it. Evaluations have a queue of their own that every worker consumes first, so an evaluation
+# never waits behind queued training jobs, only for the job running on a worker to end.
+CPU_QUEUE = "cpu"
+EVALUATE_QUEUE = "evaluate"
+LEGACY_QUEUE = "training"  # the one queue of versions before the resource classes: still drained by every worker
+
+
+def gpu_queue(gpus: int) -> str:
+    """The queue of training jobs that ask for `gpus` GPUs (≥ 1)."""
+    if gpus < 1:
+        raise ValueError(f"a GPU queue is for 1 or more GPUs, not {gpus}")
+    return f"gpu-{gpus}"
+
+
+def train_queue(gpus: int) -> str:
+    """The queue of a training job that asks for `gpus` GPUs: `cpu` for 0."""
+    return CPU_QUEUE if gpus == 0 else gpu_queue(gpus)
+
+
+def worker_queues(devices: int) -> list[str]:
+    """What a worker with `devices` GPUs (0: a CPU worker) consumes, in the order it looks at them: evaluations
+    first, then the largest jobs it can run (a small job has more workers to go to), then the old queue."""
+    training = [gpu_queue(n) for n in range(devices, 0, -1)] if devices else [CPU_QUEUE]
+    return [EVALUATE_QUEUE, *training, LEGACY_QUEUE]
+
 
 # A request must not hang on a dead broker: connect once, briefly, then answer 503.
 BROKER_TIMEOUT_S = 2.0
@@ -33,7 +60,9 @@ def broker_options(settings: Settings) -> dict[str, object]:
         }
     # A Redis message not acknowledged within this time is handed to another worker; with acks_late a
     # training job is acknowledged only when it ends, so this must exceed the longest job.
-    return {"visibility_timeout": 24 * 3600}
+    # `priority`: a worker asks for its queues in the order it lists them (worker_queues), rather than in turns:
+    # an evaluation is taken before any training job waiting beside it.
+    return {"visibility_timeout": 24 * 3600, "queue_order_strategy": "priority"}
 
 
 def create_celery(settings: Settings, include: tuple[str, ...] = ()) -> Celery:
@@ -53,8 +82,9 @@ def create_celery(settings: Settings, include: tuple[str, ...] = ()) -> Celery:
         worker_prefetch_multiplier=1,  # one long job at a time; do not hoard the queue
         broker_connection_retry_on_startup=True,
         broker_transport_options=broker_options(settings),
-        task_routes={TRAIN_TASK: {"queue": QUEUE}, EVALUATE_TASK: {"queue": QUEUE}},
-        task_default_queue=QUEUE,
+        # A training job's queue depends on what it asks for (`send`'s `queue`); this is where one goes without.
+        task_routes={TRAIN_TASK: {"queue": CPU_QUEUE}, EVALUATE_TASK: {"queue": EVALUATE_QUEUE}},
+        task_default_queue=CPU_QUEUE,
         worker_hijack_root_logger=False,
     )
     return app
@@ -75,18 +105,24 @@ class TaskQueue:
             self._celery = create_celery(self.settings)
         return self._celery
 
-    def send(self, task: str, record_id: str) -> None:
-        """Enqueue `task` for `record_id`; raises (at once, not after minutes) when the broker cannot take it."""
+    def send(self, task: str, record_id: str, queue: str | None = None) -> None:
+        """Enqueue `task` for `record_id` on `queue` (default: the task's route: evaluations on `evaluate`, training
+        on `cpu`); raises (at once, not after minutes) when the broker cannot take it."""
         celery = self.celery
         # Celery's own publish retries ignore `retry=False` while opening the pool's connection (celery
         # issue #6046: ~6 s against a refused Redis, forever against AMQP), so connect explicitly first.
         with celery.connection_for_write(connect_timeout=BROKER_TIMEOUT_S) as conn:
             conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0.2, timeout=BROKER_TIMEOUT_S)
-            celery.send_task(task, args=[record_id], queue=QUEUE, connection=conn, retry=False)
+            queue = queue or default_queue(task)
+            celery.send_task(task, args=[record_id], queue=queue, connection=conn, retry=False)
 
     def check(self) -> str:
         """A short description of the reachable broker; raises when it is not reachable."""
         return check_broker(self.settings)
+
+
+def default_queue(task: str) -> str:
+    return EVALUATE_QUEUE if task == EVALUATE_TASK else CPU_QUEUE
 
 
 def check_broker(settings: Settings) -> str:

@@ -59,9 +59,9 @@ def choose_broker(settings: Settings) -> str:
     return EMBEDDED_BROKER_URL
 
 
-def child_command(verb: str) -> list[str]:
+def child_command(verb: str, *args: str) -> list[str]:
     """`ganserve <verb>` in a child process, with this interpreter (no console script needed on PATH)."""
-    return [sys.executable, "-m", "ganserve", verb]
+    return [sys.executable, "-m", "ganserve", verb, *args]
 
 
 def announce_first_key(settings: Settings) -> str | None:
@@ -129,6 +129,26 @@ def serve(settings: Settings) -> int:
         settings.port,
     )
 
+    return supervise({"worker": (child_command("worker"), env), "API": (child_command("api"), env)})
+
+
+def run_workers(children: dict[str, dict[str, str]], settings: Settings) -> int:
+    """`ganserve worker` on several device groups: one `ganserve worker --name <name>` child per entry, each with
+    its environment (its GANSERVE_DEVICES and CUDA_VISIBLE_DEVICES), until a signal (0) or until one exits (its exit
+    code, at least 1; the others are stopped: a machine with a broken worker should be looked at, not half-run)."""
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    return supervise(
+        {
+            f"worker {name}": (child_command("worker", "--name", name), {**os.environ, **env})
+            for name, env in children.items()
+        }
+    )
+
+
+def supervise(commands: dict[str, tuple[list[str], dict[str, str]]]) -> int:
+    """Run each named command with its environment until a signal (0) or until one exits (its code, at least 1)."""
     stopping = False
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -141,8 +161,8 @@ def serve(settings: Settings) -> int:
 
     procs: dict[str, subprocess.Popen[bytes]] = {}
     try:
-        procs["worker"] = subprocess.Popen(child_command("worker"), env=env)
-        procs["API"] = subprocess.Popen(child_command("api"), env=env)
+        for name, (command, env) in commands.items():
+            procs[name] = subprocess.Popen(command, env=env)
         while not stopping:
             for name, proc in procs.items():
                 code = proc.poll()

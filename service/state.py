@@ -18,6 +18,7 @@ from core.settings import Settings
 from core.storage import Storage, open_storage
 from core.submissions import Submissions
 from core.tasks import TaskQueue
+from core.workers import WorkerStore
 from service.api.caching import AnswerCache
 from service.security.keyring import KeyRing
 from service.security.limits import RateLimiter, make_rate_limiter
@@ -29,7 +30,7 @@ from service.telemetry import Metrics
 class Tasks(Protocol):
     """What the API needs of the broker (core/tasks.py `TaskQueue`)."""
 
-    def send(self, task: str, record_id: str) -> None: ...
+    def send(self, task: str, record_id: str, queue: str | None = None) -> None: ...
 
     def check(self) -> str: ...
 
@@ -49,6 +50,7 @@ class AppState:
     metrics: Metrics  # GET /metrics and /stats (service/telemetry.py)
     tasks: Tasks  # the broker: sends training and evaluation tasks (core/tasks.py)
     storage: Storage  # blobs: jobs' sample grids, evaluations' images (core/storage.py)
+    workers: WorkerStore  # the workers as they advertise themselves: routing, GET /workers (core/workers.py)
 
 
 def build_state(settings: Settings, tasks: Tasks | None = None) -> AppState:
@@ -73,6 +75,7 @@ def build_state(settings: Settings, tasks: Tasks | None = None) -> AppState:
         metrics=metrics,
         tasks=tasks if tasks is not None else TaskQueue(settings),
         storage=open_storage(settings.effective_storage_url, settings.s3_endpoint_url),
+        workers=WorkerStore(db, settings.worker_heartbeat_s),
     )
 
 

@@ -39,12 +39,13 @@ SECRETS = {
     ONEBOX: ["REDIS_PASSWORD"],
 }
 SERVICES = {
-    COMPOSE: {"redis", "postgres", "minio", "minio-init", "api", "worker", "worker-cpu", "flower"},
-    ONEBOX: {"redis", "api", "worker", "worker-cpu", "flower"},
+    COMPOSE: {"redis", "postgres", "minio", "minio-init", "api", "worker", "worker-gpu1", "worker-cpu", "flower"},
+    ONEBOX: {"redis", "api", "worker", "worker-gpu1", "worker-cpu", "flower"},
 }
-GANSERVE_SERVICES = ("api", "worker", "worker-cpu")
+GPU_WORKERS = {"worker": "0", "worker-gpu1": "1"}  # a service per GPU: the device id each reserves
+GANSERVE_SERVICES = ("api", "worker", "worker-gpu1", "worker-cpu")
 SERVERS = ("redis", "postgres", "minio")
-PROFILES = ([], ["--profile", "cpu"], ["--profile", "flower"])
+PROFILES = ([], ["--profile", "cpu"], ["--profile", "gpu1"], ["--profile", "flower"])
 # A release, not a moving tag: PostgreSQL major.minor, MinIO's dated releases.
 PINNED = {
     "postgres": r"postgres:\d+\.\d+(-[a-z0-9.]+)?",
@@ -334,8 +335,29 @@ def test_worker_runs_one_job_at_a_time(path: Path):
     assert argv[argv.index("--pool") + 1] == "solo"
     assert argv[argv.index("--concurrency") + 1] == "1"
     compose = load(path)
-    for name in ("worker", "worker-cpu"):
+    for name in (*GPU_WORKERS, "worker-cpu"):
         assert compose["services"][name]["command"] == ["ganserve", "worker"], name
+
+
+@pytest.mark.parametrize("path", COMPOSE_FILES, ids=ids)
+def test_one_worker_service_per_gpu_each_reserving_its_own_device(path: Path):
+    """Each GPU worker reserves one device by id (never by count, which gives every replica GPU 0), a different one
+    each, and sees it as its device 0 (GANSERVE_DEVICES "0", class gpu); the CPU worker reserves none and says
+    it has none (class cpu)."""
+    services = load(path)["services"]
+    reserved = []
+    for name, device in GPU_WORKERS.items():
+        (reservation,) = services[name]["deploy"]["resources"]["reservations"]["devices"]
+        assert reservation["driver"] == "nvidia" and reservation["capabilities"] == ["gpu"], name
+        assert reservation["device_ids"] == [device] and "count" not in reservation, name
+        environment = services[name]["environment"]
+        assert environment["GANSERVE_DEVICES"] == "0" and environment["GANSERVE_DEVICE"] == "cuda", name
+        reserved.append(device)
+    assert len(set(reserved)) == len(reserved)
+    assert "profiles" not in services["worker"] and services["worker-gpu1"]["profiles"] == ["gpu1"]
+    cpu = services["worker-cpu"]
+    assert "deploy" not in cpu and cpu["environment"]["GANSERVE_DEVICES"] == ""
+    assert cpu["environment"]["GANSERVE_DEVICE"] == "cpu"
 
 
 def test_every_api_command_runs_the_same_event_loop():

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import typer
 
 from core.settings import Settings
-from core.tasks import QUEUE
+from core.tasks import worker_queues
 from ganserve.cli.common import fail
 
 APP_FACTORY = "service.main:create_app"
@@ -16,8 +16,9 @@ APP_FACTORY = "service.main:create_app"
 UVICORN_LOOP = "asyncio"
 # One job at a time, in the process that trains: the solo pool runs each task in the worker process itself, so
 # CUDA is initialised where it is used and never in a parent that forks, and a job never shares the device
-# with another. Gossip and mingle are cluster chatter that one queue of long jobs does not need.
-WORKER_OPTIONS = ["--pool", "solo", "--concurrency", "1", "-Q", QUEUE, "--without-gossip", "--without-mingle"]
+# with another. Gossip and mingle are cluster chatter that a few queues of long jobs do not need. The queues (-Q)
+# are the worker's class's (core/tasks.py `worker_queues`).
+WORKER_OPTIONS = ["--pool", "solo", "--concurrency", "1", "--without-gossip", "--without-mingle"]
 
 LogLevel = Annotated[
     str | None, typer.Option("--log-level", help="Default: GANSERVE_LOG_LEVEL (info).", show_default=False)
@@ -88,24 +89,66 @@ def api(
     uvicorn.run(APP_FACTORY, access_log=access_log, **uvicorn_options(settings))
 
 
-def worker_argv(settings: Settings, name: str | None = None) -> list[str]:
-    """`celery worker`'s arguments for ganserve's training worker."""
-    return ["worker", *WORKER_OPTIONS, "-l", settings.log_level, *(["-n", name] if name else [])]
+def worker_argv(settings: Settings, name: str | None = None, devices: list[int] | None = None) -> list[str]:
+    """`celery worker`'s arguments for ganserve's training worker on `devices` (none: a CPU worker)."""
+    queues = ",".join(worker_queues(len(devices or [])))
+    return ["worker", *WORKER_OPTIONS, "-Q", queues, "-l", settings.log_level, *(["-n", name] if name else [])]
+
+
+def node_name(name: str | None, devices: list[int], several: bool) -> str:
+    """The Celery node name of the worker on `devices`: `name` as given for a lone worker; with several, `name`'s
+    part before the @ followed by the devices (`gpu@%h` → `gpu-0-1@%h`); by default `cpu@%h`, `gpu0@%h`, `gpu0-1@%h`."""
+    if name and not several:
+        return name
+    ids = "-".join(map(str, devices))
+    if name:
+        node, _, host = name.partition("@")
+        return f"{node}-{ids}@{host or '%h'}"
+    return f"gpu{ids}@%h" if devices else "cpu@%h"
 
 
 def worker(
     name: Annotated[
         str | None,
-        typer.Option(help="Celery node name, e.g. gpu1@%h (default celery@<host>).", show_default=False),
+        typer.Option(
+            help="Celery node name, e.g. gpu1@%h (default cpu@<host>, or gpu<devices>@<host>); with several device "
+            "groups, each worker's is this name with its devices.",
+            show_default=False,
+        ),
     ] = None,
     log_level: LogLevel = None,
 ) -> None:
-    """A training worker alone (what docker-compose.yml's workers run).
+    """Training workers (what docker-compose.yml's workers run): one process per device group.
 
-    Celery, one job at a time: it takes training and evaluation jobs from the broker (GANSERVE_REDIS_URL or
-    GANSERVE_BROKER_URL) and writes to the volume (GANSERVE_CHECKPOINT_DIR) that the API reads."""
-    from worker.app import celery_app
+    Celery, one job at a time per process: each takes training jobs its devices can run and evaluations from the
+    broker (GANSERVE_REDIS_URL or GANSERVE_BROKER_URL). GANSERVE_DEVICES=0,1,2,3 with GANSERVE_GPUS_PER_WORKER=2
+    starts two processes (devices 0,1 and 2,3); no devices: one CPU worker. Each advertises itself (GET /workers)."""
+    from worker.registry import DeviceError, device_groups, process_env, resolve_devices
 
     settings = _settings(log_level=log_level)
+    try:
+        groups = device_groups(resolve_devices(settings), settings.gpus_per_worker)
+    except DeviceError as e:
+        raise fail(str(e), 2) from None
     _open_database(settings)
-    raise typer.Exit(celery_app.worker_main(worker_argv(settings, name)) or 0)
+    several = len(groups) > 1
+    if several:
+        from ganserve.launcher import run_workers
+
+        # Each child is a worker of one group, which applies its devices itself (process_env), once.
+        children = {
+            node_name(name, group, several): {
+                "GANSERVE_DEVICES": ",".join(map(str, group)),
+                "GANSERVE_GPUS_PER_WORKER": str(len(group)),
+            }
+            for group in groups
+        }
+        raise typer.Exit(run_workers(children, settings))
+    try:  # before the worker's settings are read, and before CUDA starts
+        os.environ.update(process_env(groups[0], os.environ.get("CUDA_VISIBLE_DEVICES")))
+    except DeviceError as e:
+        raise fail(str(e), 2) from None
+    from worker.app import celery_app
+
+    argv = worker_argv(settings, node_name(name, groups[0], several), groups[0])
+    raise typer.Exit(celery_app.worker_main(argv) or 0)

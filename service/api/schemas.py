@@ -8,6 +8,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, FiniteFloat, 
 from core.jobs import EpochRecord, JobRecord
 from core.records import JobStatus
 from core.train_config import NAME_PATTERN, TrainConfig
+from core.workers import Resources, WorkerInfo
 from service.background.webhooks import MAX_URL_LENGTH, url_problem
 from training.latents import MAX_SEED
 
@@ -95,9 +96,17 @@ class TrainRequest(TrainConfig):
         examples=["https://hooks.example.com/ganserve"],
     )
 
+    resources: Resources | None = Field(
+        None,
+        description='What the job needs of a worker: `{"gpus": N}`, N GPUs on one worker (0: a CPU worker). Left '
+        "out: 1 GPU when a live GPU worker is advertised (GET /workers), else the CPU. 422 when no advertised worker "
+        "could ever run it; with no worker advertised at all, the job is queued and waits for one.",
+        examples=[{"gpus": 1}],
+    )
+
     def train_config(self) -> TrainConfig:
-        """The job's configuration, without the webhook."""
-        return TrainConfig.model_validate_json(self.model_dump_json(exclude={"webhook"}))  # as the record stores it
+        """The job's configuration, without the webhook and the resources."""
+        return TrainConfig.model_validate_json(self.model_dump_json(exclude={"webhook", "resources"}))
 
 
 class GeneratedImages(BaseModel):
@@ -115,9 +124,25 @@ class GeneratedImages(BaseModel):
     )
 
 
+class JobView(JobRecord):
+    """A job's record as the API answers it: the record, and what is true of it now."""
+
+    waiting_for: str | None = Field(
+        None,
+        description="A queued job that no live worker can take: what it waits for (e.g. `a gpu worker with ≥2 "
+        "devices`); null otherwise. Worked out when the record is read, from GET /workers' rows.",
+    )
+
+
 class JobList(BaseModel):
-    jobs: list[JobRecord]
+    jobs: list[JobView]
     count: int
+
+
+class WorkerList(BaseModel):
+    workers: list[WorkerInfo]
+    count: int
+    live: dict[str, int] = Field(description="Live workers by class (`cpu`, `gpu`).")
 
 
 class JobMetrics(BaseModel):

@@ -9,7 +9,6 @@ job queued twice still runs once (docs/architecture.md, "Faults").
 """
 
 import contextlib
-import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -18,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from core.jobs import JobRecord, JobStore
 from core.records import JobStatus, now
-from core.tasks import TRAIN_TASK
+from core.tasks import LEGACY_QUEUE, TRAIN_TASK
 from service.background.periodic import periodic
 
 if TYPE_CHECKING:
@@ -99,11 +98,25 @@ class Reaper:
         return True
 
 
+def requeue(state: "AppState") -> Callable[[str], None]:
+    """What the reaper sends for a job: what POST /train sent, to the queue it chose then (an older version's job,
+    which has none, to the queue every worker drains)."""
+
+    def send(job_id: str) -> None:
+        record = state.jobs.get(job_id)
+        queue = record.resources.queue if record.resources is not None else LEGACY_QUEUE
+        state.tasks.send(TRAIN_TASK, job_id, queue=queue)
+
+    return send
+
+
 @contextlib.asynccontextmanager
 async def running(state: "AppState") -> AsyncIterator[Reaper]:
     """Run the app's reaper for the duration of the block (the API's lifespan)."""
     settings = state.settings
-    send = functools.partial(state.tasks.send, TRAIN_TASK)  # what POST /train sends
+
+    send = requeue(state)
+
     reaper = Reaper(state.jobs, send, settings.stale_after_s, settings.max_attempts)
     every = scan_every_s(settings.stale_after_s)
     log.info(

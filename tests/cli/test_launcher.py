@@ -3,6 +3,7 @@ needs them, and `ganserve serve` (ganserve/launcher.py, what `make run` runs) ma
 start with no key at all (core/keys.py)."""
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,11 @@ def flags_stay_in_the_test(monkeypatch: pytest.MonkeyPatch) -> None:
     """`api` and `worker` write their flags to the environment: set here first, so that they are undone after."""
     for name, value in {"HOST": "127.0.0.1", "PORT": "8000", "WORKERS": "1", "LOG_LEVEL": "info"}.items():
         monkeypatch.setenv(f"GANSERVE_{name}", value)
+    # `worker` sets its devices' variables in its own process (worker/registry.py process_env): undone after.
+    monkeypatch.setenv("GANSERVE_DEVICE", "cpu")
+    monkeypatch.delenv("GANSERVE_DEVICES", raising=False)
+    monkeypatch.delenv("GANSERVE_GPUS_PER_WORKER", raising=False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
 
 
 def test_api_is_uvicorn_with_the_app_factory_on_asyncio(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -59,8 +65,41 @@ def test_worker_is_one_solo_celery_worker(monkeypatch: pytest.MonkeyPatch) -> No
     assert run("worker", "--name", "w1@%h", "--log-level", "warning").exit_code == 0
     [argv] = argvs
     assert argv[0] == "worker" and argv[argv.index("--pool") + 1] == "solo"
-    assert argv[argv.index("--concurrency") + 1] == "1" and argv[argv.index("-Q") + 1] == "training"
+    assert argv[argv.index("--concurrency") + 1] == "1" and argv[argv.index("-Q") + 1] == "evaluate,cpu,training"
     assert argv[argv.index("-n") + 1] == "w1@%h" and argv[argv.index("-l") + 1] == "warning"
+
+
+def test_a_worker_on_one_group_of_devices_sees_those_devices_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    from worker.app import celery_app
+
+    monkeypatch.setenv("GANSERVE_DEVICE", "auto")
+    monkeypatch.setenv("GANSERVE_DEVICES", "2,3")
+    monkeypatch.setenv("GANSERVE_GPUS_PER_WORKER", "2")
+    argvs: list[list[str]] = []
+    monkeypatch.setattr(celery_app, "worker_main", lambda argv: argvs.append(argv) or 0)
+    assert run("worker").exit_code == 0
+    [argv] = argvs
+    assert argv[argv.index("-Q") + 1] == "evaluate,gpu-2,gpu-1,training" and argv[argv.index("-n") + 1] == "gpu2-3@%h"
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "2,3"
+
+
+def test_a_worker_per_device_group(monkeypatch: pytest.MonkeyPatch) -> None:
+    """GANSERVE_DEVICES=0,1,2,3 with 2 per worker: two `ganserve worker` children, devices 0,1 and 2,3."""
+    monkeypatch.setenv("GANSERVE_DEVICE", "auto")
+    monkeypatch.setenv("GANSERVE_DEVICES", "0,1,2,3")
+    monkeypatch.setenv("GANSERVE_GPUS_PER_WORKER", "2")
+    started: list[dict[str, dict[str, str]]] = []
+    monkeypatch.setattr(launcher, "run_workers", lambda children, settings: started.append(children) or 0)
+    assert run("worker", "--name", "big@%h").exit_code == 0
+    assert started == [
+        {
+            "big-0-1@%h": {"GANSERVE_DEVICES": "0,1", "GANSERVE_GPUS_PER_WORKER": "2"},
+            "big-2-3@%h": {"GANSERVE_DEVICES": "2,3", "GANSERVE_GPUS_PER_WORKER": "2"},
+        }
+    ]
+    monkeypatch.setenv("GANSERVE_DEVICES", "0,1,2")
+    result = run("worker")
+    assert result.exit_code == 2 and "GANSERVE_GPUS_PER_WORKER=2" in result.output
 
 
 def test_serve_exits_with_the_launchers_code(monkeypatch: pytest.MonkeyPatch) -> None:

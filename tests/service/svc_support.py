@@ -13,6 +13,7 @@ from core.keys import ApiKeyEntry, Scope, hash_key
 from core.model_versions import ModelVersions
 from core.settings import Settings
 from core.storage import open_storage
+from core.tasks import default_queue
 from training.architectures import MADGANGenerator, MLPGenerator, MLPGeneratorConfig, config_to_json
 from training.checkpoint import MODEL_STEM, list_versions, prefixed, publish, save, write_model
 
@@ -183,9 +184,11 @@ class FakeTasks:
 
     sender: FakeSender = field(default_factory=FakeSender)
     broker: FakeBrokerCheck = field(default_factory=FakeBrokerCheck)
+    queues: dict[str, str] = field(default_factory=dict)  # record id → the queue it was sent to
 
-    def send(self, task: str, record_id: str) -> None:
+    def send(self, task: str, record_id: str, queue: str | None = None) -> None:
         self.sender(record_id)
+        self.queues[record_id] = queue or default_queue(task)
 
     def check(self) -> str:
         return self.broker()

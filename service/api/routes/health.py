@@ -3,11 +3,15 @@
 import logging
 
 from fastapi import APIRouter
+from sqlalchemy.exc import OperationalError
 from starlette.concurrency import run_in_threadpool
 
 from core.db import DatabaseUnavailable
+from core.records import JobStatus
 from core.storage import BlobError
+from core.workers import wanted
 from service.api.errors import APIError, error_responses
+from service.api.routes.train import job_waiting_for
 from service.api.schemas import Check, Health, Readiness
 from service.serving.registry import ModelNotFound
 from service.serving.render_process import RendererClosed
@@ -26,7 +30,8 @@ async def healthz() -> Health:
 @router.get(
     "/readyz",
     response_model=Readiness,
-    summary="Readiness: the render process, the database, object storage, the broker and the default model",
+    summary="Readiness: the render process, the database, object storage, the broker and the default model; the "
+    "live workers, reported",
     responses=error_responses(503),
 )
 async def readyz(state: StateDep) -> Readiness:
@@ -69,8 +74,36 @@ def _blocking_checks(state: AppState) -> dict[str, Check]:
     except Exception as e:  # any failure of the probe means "not reachable"
         checks["broker"] = Check(ok=False, detail=f"{type(e).__name__}: {e}")
     try:
+        checks["workers"] = _workers_check(state)
+    except (DatabaseUnavailable, OperationalError):  # the database check says so
+        checks["workers"] = Check(ok=True, detail="unknown: the database does not answer")
+    try:
         model = state.registry.get(state.settings.default_model)
         checks["model"] = Check(ok=True, detail=f"{model.name} version {model.version} ({model.source})")
     except ModelNotFound as e:
         checks["model"] = Check(ok=False, detail=str(e))
     return checks
+
+
+def _workers_check(state: AppState) -> Check:
+    """Reports, never fails readiness: the API serves images and queues jobs without any worker, and a load
+    balancer must not take it out of rotation because a worker is down. The detail counts the live workers by
+    class and says how many queued jobs no live worker can take, and what they wait for."""
+    workers = state.workers.list()
+    live: dict[str, int] = {}
+    for w in workers:
+        if w.live:
+            live[w.worker_class.value] = live.get(w.worker_class.value, 0) + 1
+    counts = ", ".join(f"{n} {cls}" for cls, n in sorted(live.items())) or "none"
+    waiting: dict[str, int] = {}
+    for job in state.jobs.list(status=JobStatus.queued):
+        if job_waiting_for(job, workers) is not None:
+            what = wanted(job.resources.gpus) if job.resources is not None else "any worker"
+            waiting[what] = waiting.get(what, 0) + 1
+    detail = f"live workers: {counts}"
+    if waiting:
+        stuck = sum(waiting.values())
+        detail += f"; {stuck} queued job(s) no live worker can take: " + ", ".join(
+            f"{n} wait for {what}" for what, n in sorted(waiting.items())
+        )
+    return Check(ok=True, detail=detail)

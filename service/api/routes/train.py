@@ -18,13 +18,14 @@ from core.jobs import JobRecord, JobStore
 from core.records import FINISHED, JobStatus, now
 from core.settings import Settings
 from core.submissions import IDEMPOTENCY_TTL
-from core.tasks import TRAIN_TASK
+from core.tasks import TRAIN_TASK, train_queue
 from core.train_config import TrainConfig
+from core.workers import JobResources, WorkerInfo, default_gpus, refusal, waiting_for
 from service.api import plots
 from service.api.blobs import png_blob
 from service.api.errors import APIError, broker_unavailable, error_responses, validation_error
 from service.api.routes.datasets import job_dataset
-from service.api.schemas import JobList, JobMetrics, TrainRequest
+from service.api.schemas import JobList, JobMetrics, JobView, TrainRequest
 from service.background import webhooks
 from service.security.auth import TrainKey, require_train
 from service.state import StateDep
@@ -71,11 +72,50 @@ def _check_caps(config: TrainConfig, settings: Settings) -> None:
         )
 
 
-def _request_sha256(config: TrainConfig, webhook: str | None = None) -> str:
+def _request_sha256(config: TrainConfig, webhook: str | None = None, resources: dict | None = None) -> str:
     """The job as validated (defaults filled in), so the same job sent with other spacing or key order,
-    or with a default spelled out, is the same request; its webhook, when it has one, is part of it."""
+    or with a default spelled out, is the same request; its webhook and resources, when it has them, are part of it."""
     request = config.model_dump(mode="json") | ({"webhook": webhook} if webhook is not None else {})
+    request |= {"resources": resources} if resources is not None else {}
     return hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
+
+
+def _resources(body: TrainRequest, workers: list[WorkerInfo]) -> JobResources:
+    """What the job asks for (or, when it does not say, what the live workers offer) and its queue; a 422 when
+    no advertised worker could ever run it."""
+    if body.resources is None:
+        gpus = default_gpus(workers)
+        return JobResources(gpus=gpus, queue=train_queue(gpus), requested=False)
+    gpus = body.resources.gpus
+    if problem := refusal(gpus, workers):
+        live: dict[str, int] = {}
+        for w in workers:
+            live[w.worker_class.value] = live.get(w.worker_class.value, 0) + w.live
+        raise APIError(
+            422,
+            "no_worker_can_run_it",
+            problem,
+            detail={
+                "resources": body.resources.model_dump(),
+                "max_gpus": max((len(w.devices) for w in workers), default=0),
+                "classes": sorted({w.worker_class.value for w in workers}),
+                "live": live,
+            },
+        )
+    return JobResources(gpus=gpus, queue=train_queue(gpus), requested=True)
+
+
+def job_waiting_for(record: JobRecord, workers: list[WorkerInfo]) -> str | None:
+    """Why a queued job waits on no live worker (None: some live worker can take it, or it is not queued)."""
+    if record.status != JobStatus.queued:
+        return None
+    if record.resources is None:  # a job of an older version, on the queue every worker drains
+        return None if any(w.live for w in workers) else "no live worker can take it; GET /workers lists the workers"
+    return waiting_for(record.resources.gpus, workers)
+
+
+def view(record: JobRecord, workers: list[WorkerInfo]) -> JobView:
+    return JobView.model_validate(record.model_dump() | {"waiting_for": job_waiting_for(record, workers)})
 
 
 IdempotencyKey = Annotated[
@@ -96,14 +136,15 @@ IdempotencyKey = Annotated[
 @router.post(
     "",
     status_code=status.HTTP_202_ACCEPTED,
-    response_model=JobRecord,
+    response_model=JobView,
     summary="Start a training job",
     description=(
         "Queues a GAN training run and answers at once with the job record (status `queued`) and its URL "
         "in `Location`. Follow it with GET /train/{id}. When the broker cannot take the job the record is "
         "marked `failed` and the answer is 503 with `Retry-After`. A key may have at most "
         "GANSERVE_MAX_QUEUED_PER_KEY jobs queued or running (429 beyond). Send an `Idempotency-Key` to make "
-        "retries safe. A `webhook` is called when the job finishes (422 when the server does not allow it)."
+        "retries safe. A `webhook` is called when the job finishes (422 when the server does not allow it). "
+        "`resources` says how many GPUs it needs (422 when no advertised worker could ever run it)."
     ),
     responses=error_responses(422, 503),
 )
@@ -113,13 +154,16 @@ def start_training(
     state: StateDep,
     principal: TrainKey,
     idempotency_key: IdempotencyKey = None,
-) -> JobRecord:
+) -> JobView:
     store, settings, submissions = state.jobs, state.settings, state.submissions
     config, webhook = body.train_config(), body.webhook  # the webhook is the job's, not the model's config
     _check_caps(config, settings)
     if webhook is not None and (problem := webhooks.refusal(webhook, settings)):
         raise validation_error(("body", "webhook"), problem, webhook, "webhook_refused")
-    request_sha256 = _request_sha256(config, webhook)
+    resources_asked = body.resources.model_dump() if body.resources is not None else None
+    request_sha256 = _request_sha256(config, webhook, resources_asked)
+    workers = state.workers.list()
+    resources = _resources(body, workers)
     # One submission per key at a time, in one transaction: a retry racing its original waits for it, then
     # replays it; two submissions never both pass the queue limit.
     with submissions.lock(principal.name) as conn:
@@ -143,7 +187,7 @@ def start_training(
                     log.info("job %s: replayed for key %s (Idempotency-Key)", record.id, principal.name)
                     response.headers["Location"] = f"/train/{record.id}"
                     response.headers["Idempotent-Replayed"] = "true"
-                    return record
+                    return view(record, workers)
         uploaded = job_dataset(state, principal, config, conn)  # its row held: not deleted under the job
         active = submissions.active_jobs(conn, principal.name)
         if len(active) >= settings.max_queued_per_key:
@@ -156,14 +200,19 @@ def start_training(
                 detail={"active": active, "limit": settings.max_queued_per_key},
             )
         record = store.create(
-            owner=principal.name, conn=conn, config=config, webhook=webhook, uploaded_dataset=uploaded
+            owner=principal.name,
+            conn=conn,
+            config=config,
+            webhook=webhook,
+            uploaded_dataset=uploaded,
+            resources=resources,
         )
         if idempotency_key is not None:
             # With the record: a crash after the send must not let a retry make a second job.
             submissions.remember(conn, principal.name, idempotency_key, record.id, request_sha256)
     # Sent once committed, so that the worker the message reaches finds the record.
     try:
-        state.tasks.send(TRAIN_TASK, record.id)
+        state.tasks.send(TRAIN_TASK, record.id, queue=resources.queue)
     except Exception as e:
         reason, error = broker_unavailable("training job", record.id, e)
         log.error("job %s: %s", record.id, reason)
@@ -172,21 +221,28 @@ def start_training(
             submissions.forget(principal.name, idempotency_key)  # never queued: a retry may queue it anew
         raise error from None
     log.info(
-        "job %s queued by key %s: model %s, %d epoch(s)", record.id, principal.name, config.model_name, config.epochs
+        "job %s queued by key %s: model %s, %d epoch(s), on queue %s",
+        record.id,
+        principal.name,
+        config.model_name,
+        config.epochs,
+        resources.queue,
     )
     response.headers["Location"] = f"/train/{record.id}"
-    return record
+    return view(record, workers)
 
 
 @router.get("", response_model=JobList, summary="List training jobs, newest first")
 def list_jobs(state: StateDep) -> JobList:
     jobs = state.jobs.list()
-    return JobList(jobs=jobs, count=len(jobs))
+    workers = state.workers.list() if any(j.status == JobStatus.queued for j in jobs) else []
+    return JobList(jobs=[view(j, workers) for j in jobs], count=len(jobs))
 
 
-@router.get("/{job_id}", response_model=JobRecord, summary="A training job's record", responses=error_responses(404))
-def get_job(job_id: JobId, state: StateDep) -> JobRecord:
-    return _get(state.jobs, job_id)
+@router.get("/{job_id}", response_model=JobView, summary="A training job's record", responses=error_responses(404))
+def get_job(job_id: JobId, state: StateDep) -> JobView:
+    record = _get(state.jobs, job_id)
+    return view(record, state.workers.list() if record.status == JobStatus.queued else [])
 
 
 @router.delete(
@@ -226,7 +282,10 @@ EVENTS_HEARTBEAT_S = 15.0
 
 
 async def job_events(
-    store: JobStore, first: JobRecord, is_disconnected: Callable[[], Awaitable[bool]]
+    store: JobStore,
+    first: JobRecord,
+    is_disconnected: Callable[[], Awaitable[bool]],
+    workers: Callable[[], list[WorkerInfo]] = list,
 ) -> AsyncIterator[str]:
     """The SSE stream of a job: the record as JSON (`id:` counts the changes) whenever it changes, a comment
     every EVENTS_HEARTBEAT_S while it does not, and the end after a finished record. The volume is read off
@@ -234,7 +293,9 @@ async def job_events(
     record: JobRecord | None = first
     sent, changes, quiet_since = "", 0, time.monotonic()
     while record is not None:
-        data = record.model_dump_json()
+        # As GET /train/{id} answers it: a queued job says what it waits for (the workers read off the loop).
+        seen = await run_in_threadpool(workers) if record.status == JobStatus.queued else []
+        data = view(record, seen).model_dump_json()
         if data != sent:
             changes, sent, quiet_since = changes + 1, data, time.monotonic()
             yield f"id: {changes}\ndata: {data}\n\n"
@@ -270,7 +331,7 @@ async def get_job_events(job_id: JobId, request: Request, state: StateDep) -> St
     store = state.jobs
     record = await run_in_threadpool(_get, store, job_id)  # a 404 before the stream starts
     return StreamingResponse(
-        job_events(store, record, request.is_disconnected),
+        job_events(store, record, request.is_disconnected, state.workers.list),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
