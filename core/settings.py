@@ -127,6 +127,26 @@ class Settings(BaseSettings):
     max_attempts: int = Field(
         3, ge=1, description="Most times a job is started; a job whose worker vanishes on the last one fails."
     )
+    # --- hung work: the worker's watch over a job's process (worker/job_process.py; docs/operations.md) ---
+    stall_after_s: float = Field(
+        900.0,
+        gt=0,
+        description="A job whose process completes no training step and reports nothing for this long is hung: "
+        "the worker kills that process and re-queues the job (fails it on its last attempt). Longer than the "
+        "slowest data loading, evaluation or checkpoint of your jobs.",
+    )
+    stop_grace_s: float = Field(
+        30.0,
+        gt=0,
+        description="How long a job's process may take to stop after a cancel, a shutdown or its max_runtime_s "
+        "before the worker kills it.",
+    )
+    max_runtime_s: int = Field(
+        7 * 24 * 3600,
+        ge=1,
+        description="The longest a job's attempt may run, in seconds: the default of a job's `max_runtime_s`, and "
+        "its cap.",
+    )
     # --- workers: resource classes, what they advertise (core/workers.py, worker/registry.py; docs/operations.md) ---
     devices: str | None = Field(
         None,

@@ -201,6 +201,13 @@ class TrainConfig(BaseModel):
     # --- run ---
     seed: int = Field(0, ge=0, le=2**32 - 1, description="Seeds weights, shuffling, noise and toy data.")
     sample_every: int = Field(1, ge=1, description="Write a sample grid (and checkpoint) every N epochs.")
+    max_runtime_s: int | None = Field(
+        None,
+        ge=1,
+        description="A worker stops the job after it has run this many seconds in one attempt and fails it, "
+        "keeping its checkpoints (default and cap: the server's GANSERVE_MAX_RUNTIME_S). `ganserve train` run "
+        "locally ignores it.",
+    )
     # --- evaluation during training ---
     eval_every: int | None = Field(
         None,

@@ -169,6 +169,28 @@ class PublishedModel(_Answer):
     version: int
 
 
+class JobResources(_Answer):
+    """The GPUs a job asked for (or the server chose: `requested` false) and the queue it was sent to."""
+
+    gpus: int
+    queue: str
+    requested: bool
+
+
+class Worker(_Answer):
+    """A worker process as it advertises itself (GET /workers)."""
+
+    name: str
+    worker_class: Literal["cpu", "gpu"] = Field(alias="class")
+    devices: list[int]
+    queues: list[str]
+    host: str
+    pid: int
+    started_at: datetime
+    last_seen: datetime
+    live: bool
+
+
 class Job(_Answer):
     """A training job's record (GET /train/{id})."""
 
@@ -182,6 +204,8 @@ class Job(_Answer):
     evaluation_skipped: str | None = None
     model: PublishedModel | None = None
     error: str | None = None
+    resources: JobResources | None = None
+    waiting_for: str | None = Field(None, description="A queued job no live worker can take: what it waits for.")
     attempts: int = 0
     created_at: datetime
     started_at: datetime | None = None
@@ -453,6 +477,10 @@ class Client:
         body = config.model_dump(mode="json", exclude_unset=True) if isinstance(config, TrainConfig) else dict(config)
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
         return Job.model_validate_json(self._request("POST", "/train", json=body, headers=headers).content)
+
+    def workers(self) -> list[Worker]:
+        """Every worker that advertised itself, with `live`; needs a key with scope `admin`."""
+        return [Worker.model_validate(w) for w in self._get("/workers").json()["workers"]]
 
     def jobs(self) -> list[Job]:
         """Every training job, newest first."""

@@ -17,8 +17,10 @@ job is not run again, one running with a fresh heartbeat on another worker is le
 claimed by exactly one worker (`JobStore.claim`). A failure (a diverged loss, a missing dataset, a full disk,
 out of memory …) ends the job `failed` with a readable reason, never `running`.
 
-`ganserve worker` runs it with `--pool solo --concurrency 1`: one job at a time per worker (and per GPU), in
-the worker's main process, so CUDA is initialised in the process that trains.
+`ganserve worker` runs it with `--pool solo --concurrency 1`: one job at a time per worker (and per GPU). Each
+attempt runs in a spawned child process that the worker watches (worker/job_process.py): CUDA is initialised
+there, and a hang, a leak or a sticky CUDA error ends with it, while a cancel, a shutdown, `max_runtime_s` or a
+stall can always end the job.
 """
 
 import errno
@@ -32,7 +34,6 @@ from pathlib import Path
 from typing import Any
 
 from celery.exceptions import Reject
-from celery.worker import state as worker_state
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
@@ -47,14 +48,10 @@ from core.storage import BlobCache
 from core.tasks import EVALUATE_TASK, TRAIN_TASK
 from worker.app import celery_app
 from worker.datasets import dataset_file
+from worker.job_process import REQUEUE, Signals, supervise, worker_stopping
 from worker.run_files import RunFiles, storage_of, store_file
 
 log = logging.getLogger(__name__)
-
-
-def worker_stopping() -> bool:
-    """True once this worker began a warm or cold shutdown (SIGTERM, Ctrl-C, SIGQUIT)."""
-    return worker_state.should_stop is not None or worker_state.should_terminate is not None
 
 
 def worker_id() -> str:
@@ -228,9 +225,29 @@ def train(self, job_id: str) -> dict[str, object]:
         return {"job": job_id, "status": "running-elsewhere"}
 
     try:
-        return _run(store, job_id, attempt, me)
-    except Reject:
-        raise
+        outcome = run_attempt_process(store, job_id, attempt, me, record.config.max_runtime_s)
+    except Exception as e:  # the job's process could not be started or watched: the job must not stay queued
+        log.exception("job %s: attempt %d could not be run", job_id, attempt)
+        store.update(job_id, status=JobStatus.failed, error=failure_reason(e), finished_at=now())
+        outcome = {"job": job_id, "status": JobStatus.failed.value}
+    finally:
+        _drop_run_folder(store, job_id, me)
+    if outcome.get("status") == REQUEUE:
+        raise Reject("the job goes back to the queue", requeue=True)
+    return outcome
+
+
+# How an attempt runs: in a process of its own, watched (worker/job_process.py). Tests that patch the training
+# code in this process put `run_attempt` itself here.
+run_attempt_process = supervise
+
+
+def run_attempt(job_id: str, attempt: int, me: str, signals: Signals) -> dict[str, object]:
+    """The job's body, in the job's process: train, record, publish. A failure ends the job `failed`, once."""
+    settings = get_settings()
+    store = JobStore(connect(settings.effective_database_url))
+    try:
+        return _run(store, job_id, attempt, me, signals)
     except Exception as e:
         # Not re-raised: a job that fails fails once, with a readable reason in its record; Celery must not
         # retry it (or redeliver it forever with acks_late).
@@ -242,8 +259,6 @@ def train(self, job_id: str) -> dict[str, object]:
         except Exception:
             log.exception("job %s: could not record the failure", job_id)
         return {"job": job_id, "status": JobStatus.failed.value}
-    finally:
-        _drop_run_folder(store, job_id, me)
 
 
 def _drop_run_folder(store: JobStore, job_id: str, me: str) -> None:
@@ -258,7 +273,7 @@ def _drop_run_folder(store: JobStore, job_id: str, me: str) -> None:
         RunFiles.of(get_settings(), job_id).discard()
 
 
-def _run(store: JobStore, job_id: str, attempt: int, me: str) -> dict[str, object]:
+def _run(store: JobStore, job_id: str, attempt: int, me: str, signals: Signals) -> dict[str, object]:
     # Imported when a job runs: the worker starts, and answers the broker, without waiting for torch.
     from training import run_state
     from training.checkpoint import publish
@@ -318,14 +333,22 @@ def _run(store: JobStore, job_id: str, attempt: int, me: str) -> dict[str, objec
             changes["evaluation_skipped"] = p.evaluation_skipped
         return changes
 
+    def report(p: TrainProgress, heartbeat: Heartbeat) -> None:
+        signals.touch()
+        heartbeat.update(lambda current: changes_for(p, current))
+
+    def stop(heartbeat: Heartbeat) -> bool:
+        signals.touch()  # asked before every step: the watch's sign of progress
+        return heartbeat.lost or cancel_asked(store, job_id) or signals.stop_asked()
+
     with Heartbeat(store, job_id, me, settings.heartbeat_s) as heartbeat:
         result = train(
             config,
             out_dir,
             data_root=settings.data_root,
             device=settings.device,
-            progress_fn=lambda p: heartbeat.update(lambda current: changes_for(p, current)),
-            should_stop=lambda: heartbeat.lost or cancel_asked(store, job_id) or worker_stopping(),
+            progress_fn=lambda p: report(p, heartbeat),
+            should_stop=lambda: stop(heartbeat),
             resume_from=None if point is None else point.stem,
             files_fn=run.files_fn if run.copied else None,
             dataset_file=dataset_file(settings, record),
@@ -349,13 +372,21 @@ def _run(store: JobStore, job_id: str, attempt: int, me: str) -> dict[str, objec
         heartbeat.update(lambda _: changes)
         return not heartbeat.lost
 
+    if result.status == "cancelled" and signals.time_up.is_set() and not store.cancel_requested(job_id):
+        limit = min(config.max_runtime_s or settings.max_runtime_s, settings.max_runtime_s)
+        error = f"stopped after its max_runtime_s ({limit} s), at step {result.steps_done}; its checkpoints are kept"
+        if not end(status=JobStatus.failed, error=error, metrics=dict(result.losses), finished_at=now()):
+            return superseded
+        log.warning("job %s failed: %s", job_id, error)
+        return {"job": job_id, "status": JobStatus.failed.value}
+
     if result.status == "cancelled" and not store.cancel_requested(job_id):
         # Stopped because this worker is shutting down, not because anyone asked: the job goes back to the
         # queue (the message is rejected with requeue, as acks_late allows) and starts again on a worker.
         if not end(status=JobStatus.queued, started_at=None):
             return superseded
         log.warning("job %s interrupted by the worker's shutdown after %d steps; requeued", job_id, result.steps_done)
-        raise Reject("worker shutting down", requeue=True)
+        return {"job": job_id, "status": REQUEUE}
 
     if result.status == "cancelled":
         if not end(status=JobStatus.cancelled, metrics=dict(result.losses), finished_at=now()):

@@ -8,7 +8,7 @@ loop and evaluation for jobs), so a local answer is the server's answer for the 
 
 import typer
 
-from ganserve.cli import datasets, db, evaluation, images, jobs, keys, models, processes
+from ganserve.cli import datasets, db, evaluation, images, jobs, keys, models, processes, workers
 
 HELP = """Train GANs and serve their generators: run the service, make images, train and evaluate.
 
@@ -18,7 +18,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="
 
 # Typer names each command after its function.
 PANELS = {
-    "Run the service": [processes.serve, processes.api, processes.worker],
+    "Run the service": [processes.serve, processes.api, processes.worker, workers.workers],
     "Images": [images.sample, images.generate, images.interpolate],
     "Training and evaluation": [
         jobs.train,

@@ -34,6 +34,16 @@ def train(
     idempotency_key: Annotated[
         str | None, typer.Option(help="With --server: a retry with the same key returns the first job.")
     ] = None,
+    gpus: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            max=64,
+            help="With --server: GPUs the job needs on one worker (0: a CPU worker); default: the job file's "
+            "`resources`, else the server's choice (1 when a live GPU worker is advertised, else 0).",
+            show_default=False,
+        ),
+    ] = None,
     out: Annotated[Path | None, typer.Option(help="Here: run directory (default runs/<model_name>).")] = None,
     data_root: Annotated[Path | None, typer.Option(help="Here: datasets (default GANSERVE_DATA_ROOT).")] = None,
     device: Annotated[str, typer.Option(help="Here: auto, cpu or cuda[:N].")] = "auto",
@@ -47,9 +57,11 @@ def train(
     GANSERVE_CHECKPOINT_DIR's models (its version printed on stdout). With --server: a job on that server, its
     id printed on stdout and, with --follow, its progress and final losses."""
     if server is None:
+        if gpus is not None:
+            raise fail("--gpus is for a job on a server (--server); here, --device chooses the device", 2)
         _train_here(config, out, data_root, device, publish)
     else:
-        _train_on_server(config, server, api_key, follow, poll, idempotency_key)
+        _train_on_server(config, server, api_key, follow, poll, idempotency_key, gpus)
 
 
 # --- here -----------------------------------------------------------------------------------------------
@@ -127,16 +139,29 @@ def _train_with_bar(cfg: "TrainConfig", out: Path, data_root: Path, device: str)
 
 
 def _train_on_server(
-    config: Path, server: str, api_key: str | None, follow: bool, poll: float, idempotency_key: str | None
+    config: Path,
+    server: str,
+    api_key: str | None,
+    follow: bool,
+    poll: float,
+    idempotency_key: str | None,
+    gpus: int | None = None,
 ) -> None:
     try:
         body = json.loads(config.read_bytes())
     except (OSError, ValueError) as e:
         raise fail(f"cannot read {config} as JSON: {e}", 2) from None
+    if gpus is not None:
+        if not isinstance(body, dict):
+            raise fail(f"{config} is not a JSON object", 2)
+        body["resources"] = {"gpus": gpus}
     with reported():
         client = common.connect(server, api_key)
         job = client.train(body, idempotency_key=idempotency_key)
-        err().print(f"queued job {job.id}: model {escape(job.config.model_name)} at {client.base_url}")
+        where = f" on queue {job.resources.queue}" if job.resources is not None else ""
+        err().print(f"queued job {job.id}: model {escape(job.config.model_name)} at {client.base_url}{where}")
+        if job.waiting_for:
+            err().print(f"[yellow]{escape(job.waiting_for)}[/yellow]")
         typer.echo(job.id)
         if follow:
             _finish(_follow(client, job.id, poll))
@@ -159,8 +184,13 @@ def _follow(client: Client, job_id: str, poll_s: float) -> Job:
     )
     with Progress(*columns, console=err()) as bar:
         task = bar.add_task("job", total=None, status="queued", epoch="–", losses="", eta="")
+        said: list[str | None] = [None]
 
         def show(job: Job) -> None:
+            if job.waiting_for != said[0]:  # once each time it changes, not at every poll
+                said[0] = job.waiting_for
+                if job.waiting_for:
+                    bar.console.log(f"[yellow]{escape(job.waiting_for)}[/yellow]")
             p = job.progress
             eta = f"ETA {p.eta_seconds:.0f} s" if p and p.eta_seconds is not None and not job.finished else ""
             fields: dict[str, Any] = {"status": job.status, "losses": _losses(job.metrics), "eta": eta}
@@ -238,7 +268,7 @@ def _jobs_table(jobs: list[Job]) -> Table:
     for j in jobs:
         p = j.progress
         progress = f"{p.epoch}/{p.epochs} ({p.fraction:.0%})" if p else "–"
-        note = j.error or (f"published v{j.model.version}" if j.model else _losses(j.metrics))
+        note = j.error or j.waiting_for or (f"published v{j.model.version}" if j.model else _losses(j.metrics))
         table.add_row(j.id, j.status, j.config.model_name, progress, _when(j), escape(note))
     return table
 

@@ -11,9 +11,10 @@ from fastapi.testclient import TestClient
 from svc_support import DEFAULT_MODEL, LATENT_DIM, TRAIN_KEY
 
 from core.evaluations import EvaluationRecord, EvaluationStore
-from core.jobs import JobRecord, JobStore, PublishedModel
+from core.jobs import JobStore, PublishedModel
 from core.records import FINISHED, JobStatus, now
 from core.train_config import TrainConfig
+from core.workers import WorkerInfo
 from ganserve.client import (
     MAX_SEED,
     TERMINAL,
@@ -27,10 +28,11 @@ from ganserve.client import (
     Progress,
     ServerUnreachable,
     WaitTimeout,
+    Worker,
 )
+from service.api.schemas import JobView, ModelVersionInfo
 from service.api.schemas import ModelDetail as ServerModelDetail
 from service.api.schemas import ModelSummary as ServerModelSummary
-from service.api.schemas import ModelVersionInfo
 from training.latents import MAX_SEED as TRAINING_MAX_SEED
 
 BODY = {"model_name": "my-digits", "epochs": 2, "max_samples": 256}
@@ -290,7 +292,8 @@ def test_evaluating_an_unknown_model_is_404(api: Client) -> None:
         (ModelSummary, ServerModelSummary),
         (ModelDetail, ServerModelDetail),
         (ModelVersion, ModelVersionInfo),
-        (Job, JobRecord),
+        (Job, JobView),
+        (Worker, WorkerInfo),
         (Evaluation, EvaluationRecord),
     ],
 )

@@ -1,41 +1,18 @@
 """Fixtures for the worker's tasks, run in this process against a real JobStore on a temporary volume: no broker,
 no worker process. `volume` points the task's settings at it; `submit` creates a queued job."""
 
-import gzip
-import struct
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import pytest
+from worker_support import TINY, write_mnist
 
 from core.db import connect
 from core.jobs import JobRecord, JobStore
 from core.settings import Settings
 from core.train_config import TrainConfig
 from worker import tasks
-
-# 64 images, batch 16: 4 steps an epoch; small MLPs, no evaluation, so a job takes a fraction of a second.
-TINY = {
-    "dataset": "mnist",
-    "epochs": 4,
-    "batch_size": 16,
-    "latent_dim": 8,
-    "g_hidden": [32],
-    "d_hidden": [32],
-    "eval_extractor": "none",
-}
-
-
-def write_mnist(root: Path, n: int = 64) -> Path:
-    rng = np.random.default_rng(0)
-    images = np.zeros((n, 28, 28), dtype=np.uint8)
-    for img, col in zip(images, rng.integers(4, 22, n), strict=True):
-        img[4:24, col : col + 3] = 255
-    (root / "mnist").mkdir(parents=True, exist_ok=True)
-    with gzip.open(root / "mnist" / "t10k-images-idx3-ubyte.gz", "wb") as f:
-        f.write(struct.pack(">IIII", 0x00000803, n, 28, 28) + images.tobytes())
-    return root
+from worker.job_process import signals_here
 
 
 @pytest.fixture(scope="session")
@@ -55,7 +32,14 @@ def settings(tmp_path: Path, data_root: Path, monkeypatch: pytest.MonkeyPatch) -
         max_attempts=3,
     )
     monkeypatch.setattr(tasks, "get_settings", lambda: s)
+    # The attempt in this process, so that the tests' patches of the training code apply to it
+    # (tests/worker/test_job_process.py runs it in its own process, as a worker does).
+    monkeypatch.setattr(tasks, "run_attempt_process", run_here)
     return s
+
+
+def run_here(store: JobStore, job_id: str, attempt: int, me: str, max_runtime_s: int | None) -> dict:
+    return tasks.run_attempt(job_id, attempt, me, signals_here())
 
 
 @pytest.fixture
