@@ -11,6 +11,10 @@ a diverged run stops with `NonFiniteLossError` instead of checkpointing garbage.
 It knows nothing of Celery, HTTP or object storage: the caller passes `progress_fn` to hear about progress,
 `should_stop` to ask for cancellation and `files_fn` to hear which run files were written and removed (to copy
 them elsewhere), and gets a `TrainResult` back.
+
+Under several processes (`world`, `training.distributed`) each rank trains on its shard of every global batch
+with DDP; rank 0 alone calls `progress_fn`, `should_stop`, `may_write` and `files_fn` and writes anything, and
+its answers reach the other ranks, so every rank stops, reports and returns at the same step.
 """
 
 import math
@@ -24,8 +28,9 @@ from typing import Any, Literal
 import torch
 
 from core.train_config import TrainConfig
-from training import run_state
+from training import distributed, run_state
 from training.data import load_to_device
+from training.distributed import World
 from training.evaluation import build_evaluator, due
 from training.latents import latents_from_seeds
 from training.samples import SAMPLE_SEEDS, write_samples
@@ -80,10 +85,11 @@ def resolve_device(spec: str) -> torch.device:
     return device
 
 
-def _use_all_cores(device: torch.device) -> None:
-    # A worker runs one job at a time, so it may have every core; an explicit OMP_NUM_THREADS still wins.
+def _use_all_cores(device: torch.device, world: World = distributed.SINGLE) -> None:
+    # A worker runs one job at a time, so it may have every core (its ranks share them); an explicit
+    # OMP_NUM_THREADS still wins.
     if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(max(1, os.cpu_count() or 1))
+        torch.set_num_threads(distributed.cpu_threads(world))
 
 
 def steps_per_epoch(n_images: int, batch_size: int, d_steps: int) -> int:
@@ -92,8 +98,9 @@ def steps_per_epoch(n_images: int, batch_size: int, d_steps: int) -> int:
     return max(1, n_batches // d_steps)
 
 
-def check_supported(config: TrainConfig) -> None:
+def check_supported(config: TrainConfig, world: World = distributed.SINGLE) -> None:
     """Refuse what the loop cannot train, before any data is read."""
+    distributed.check_supported(config, world)
     if config.architecture == "mad-gan" and config.loss not in MADGAN_LOSSES:
         raise ValueError(
             f"`mad-gan` trains its (k+1)-way discriminator with cross-entropy, so `loss` must be one of "
@@ -101,9 +108,13 @@ def check_supported(config: TrainConfig) -> None:
         )
 
 
-def _loss_dict(keys: tuple[str, ...], sums: torch.Tensor, count: int) -> dict[str, float]:
+def _loss_dict(
+    keys: tuple[str, ...], sums: torch.Tensor, count: int, world: World = distributed.SINGLE
+) -> dict[str, float]:
+    """Means over `count` steps; over the ranks too (a collective: every rank calls it at the same step)."""
     if count == 0:
         return {k: math.nan for k in keys}
+    sums = distributed.mean_over_ranks(sums, world)
     return dict(zip(keys, (sums / count).tolist(), strict=True))  # a host sync: on report
 
 
@@ -134,6 +145,7 @@ def train(
     files_fn: run_state.FilesFn | None = None,
     dataset_file: Path | None = None,
     may_write: Callable[[], bool] | None = None,
+    world: World | None = None,
 ) -> TrainResult:
     """Train `config`, writing into `out_dir`. `resume_from`: a checkpoint's stem (see
     `training.run_state.latest(out_dir)`) written by an earlier run of the same config into the same `out_dir`;
@@ -145,28 +157,36 @@ def train(
     once each is complete (`training.run_state.FilesFn`). `dataset_file`: an uploaded dataset's canonical file,
     when `config.dataset` names one. `may_write()` is asked right before the run writes or removes anything (a
     sample grid, a checkpoint, the pruning of stand-ins): False ends the run at once, `superseded`, with nothing
-    more written (a worker whose job has moved on to another must not touch the run)."""
-    check_supported(config)
-    dev = resolve_device(device)
-    _use_all_cores(dev)
+    more written (a worker whose job has moved on to another must not touch the run). `world`: this process's
+    rank among several training together (`training.distributed`; default: the initialised process group's, or
+    one process); each passes the same arguments, and only rank 0's callbacks are called (the others' may be
+    None), `out_dir` then being rank 0's (every rank reads `resume_from`)."""
+    world = distributed.current() if world is None else world
+    check_supported(config, world)
+    dev = distributed.device_for(world, resolve_device(device))
+    _use_all_cores(dev, world)
     data = load_to_device(config, Path(data_root), dev, dataset_file)
     n = data.n
     batch = min(config.batch_size, n)  # a dataset smaller than a batch is trained on as one batch
+    distributed.check_batch(batch, world)
     n_batches = max(1, n // batch)
     d_steps = config.d_steps or 1
     per_epoch = steps_per_epoch(n, batch, d_steps)
     total_steps = config.steps or per_epoch * config.epochs
     epochs = math.ceil(total_steps / per_epoch)  # `steps` wins: the last epoch may be partial
 
-    s = build_step(config, data, dev, total_steps, batch)
+    s = build_step(config, data, dev, total_steps, batch, world)
     keys = s.keys
     plan = build_evaluator(config, data, s.num_generators, dev)  # refuses a named extractor it cannot load
     fixed_z = latents_from_seeds(SAMPLE_SEEDS, config.latent_dim).to(dev)
     out_dir = Path(out_dir)
 
     def report(progress: TrainProgress) -> None:
-        if progress_fn is not None:
+        if progress_fn is not None and world.is_main:
             progress_fn(progress)
+
+    def writable() -> bool:  # rank 0's may_write(), on every rank
+        return distributed.agree(world, world.is_main and (may_write is None or may_write()))[0]
 
     step, first_epoch, last_stem, last_samples = 0, 1, None, None
     epoch_losses: dict[str, float] = {k: math.nan for k in keys}
@@ -198,56 +218,68 @@ def train(
         sums = torch.zeros(len(keys), device=dev)
         this_epoch = min(per_epoch, total_steps - step)
         for i in range(this_epoch):
-            if should_stop is not None and should_stop():
-                partial = _loss_dict(keys, sums, i) if i > 0 else epoch_losses
+            now = time.monotonic()
+            stop, report_due = distributed.agree(  # rank 0's clock and caller decide, for every rank
+                world,
+                world.is_main and should_stop is not None and should_stop(),
+                i > 0 and now - last_report >= report_every_s,
+            )
+            if report_due:
+                last_report = now
+                report(progress(epoch - 1, _loss_dict(keys, sums, i, world)))
+            if stop:
+                partial = _loss_dict(keys, sums, i, world) if i > 0 else epoch_losses
                 return TrainResult("cancelled", epoch - 1, step, last_stem, last_samples, partial)
             for k in range(d_steps):
                 j = (i * d_steps + k) % n_batches
-                real, real_labels = s.real_batch(perm[j * batch : (j + 1) * batch])
+                # Every rank holds the same permutation and takes its contiguous shard of the global batch.
+                real, real_labels = s.real_batch(world.shard(perm[j * batch : (j + 1) * batch]))
                 d_stats = d_step(s, real, real_labels, step)
             d_stats["g_loss"] = g_step(s, step)
             sums += torch.stack([d_stats[key] for key in keys])
             step += 1
-            if (i + 1) % FINITE_CHECK_EVERY == 0 and not bool(torch.isfinite(sums).all()):
-                _check_finite(_loss_dict(keys, sums, i + 1), epoch, step)
-            now = time.monotonic()
-            if now - last_report >= report_every_s and i + 1 < this_epoch:
-                last_report = now
-                report(progress(epoch - 1, _loss_dict(keys, sums, i + 1)))
+            if (i + 1) % FINITE_CHECK_EVERY == 0:
+                finite = distributed.mean_over_ranks(sums, world)
+                if not bool(torch.isfinite(finite).all()):
+                    _check_finite(_loss_dict(keys, sums, i + 1, world), epoch, step)
 
-        epoch_losses = _loss_dict(keys, sums, this_epoch)
+        epoch_losses = _loss_dict(keys, sums, this_epoch, world)
         _check_finite(epoch_losses, epoch, step)  # before anything diverged is checkpointed
         kept = run_state.keeps(config, epoch, epochs)
         extra: dict[str, Any] = {"epoch_end": True, "evaluation_skipped": plan.skipped_because}
         served = s.nets.ema if s.nets.ema is not None else s.nets.g  # samples and metrics: what will be served
-        if kept and may_write is not None and not may_write():
+        if kept and not writable():
             return TrainResult("superseded", epoch - 1, step, last_stem, last_samples, epoch_losses)
         if kept:
             last_stem = run_state.stem_for(out_dir, epoch)
             last_samples = out_dir / "samples" / f"epoch-{epoch:04d}.png"
-            write_samples(last_samples, served, fixed_z, config, s.data, s.num_generators, s.device)
-            if files_fn is not None:
-                files_fn([last_samples], [])
+            if world.is_main:
+                write_samples(last_samples, served, fixed_z, config, s.data, s.num_generators, s.device)
+                if files_fn is not None:
+                    files_fn([last_samples], [])
             extra["samples"] = last_samples
-        if plan.evaluator is not None and due(config, epoch, epochs):
+        if plan.evaluator is not None and due(config, epoch, epochs) and world.is_main:
             extra["evaluation"] = {"extractor": plan.evaluator.extractor, **plan.evaluator.run(served)}
         last_report = time.monotonic()
         report(progress(epoch, epoch_losses, **extra))  # the epoch's means, computed (and synced) once
         # After the report: a run killed between the two resumes from the epoch before and redoes this one,
         # identically, so the caller's per-epoch history never has a gap.
-        if kept or time.monotonic() - last_saved >= resume_every_s:
-            saved = run_state.save(
-                out_dir,
-                s,
-                epoch=epoch,
-                step=step,
-                losses=epoch_losses,
-                kept=kept,
-                last=(last_stem, last_samples),
-                files_fn=files_fn,
-                may_write=may_write,
-            )
-            if saved is None:
+        (save_due,) = distributed.agree(world, kept or time.monotonic() - last_saved >= resume_every_s)
+        if save_due:
+            saved = None
+            if world.is_main:  # the one writer; every rank holds the same state
+                saved = run_state.save(
+                    out_dir,
+                    s,
+                    epoch=epoch,
+                    step=step,
+                    losses=epoch_losses,
+                    kept=kept,
+                    last=(last_stem, last_samples),
+                    files_fn=files_fn,
+                    may_write=may_write,
+                )
+            if not distributed.agree(world, saved is not None)[0]:
                 return TrainResult("superseded", epoch - 1, step, last_stem, last_samples, epoch_losses)
             last_saved = time.monotonic()
         if kept:

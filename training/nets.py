@@ -10,15 +10,18 @@ import torch
 from torch import nn
 
 from core.train_config import TrainConfig
-from training import architectures, regularizers
+from training import architectures, distributed, regularizers
 from training.data import DeviceDataset
+from training.distributed import World
 
 
 @dataclass
 class Nets:
     """`g` and `d` own the weights (checkpoints, EMA, optimisers, penalties that differentiate twice);
     `g_run` and `d_run` are what the step calls for its forward passes: the same modules, or their
-    `torch.compile`d wrappers, which share those weights."""
+    `torch.compile`d wrappers, which share those weights; under several processes, their DDP wrappers
+    (`training.distributed`). `d_for_g` is the D that G's step looks through (D is frozen there): `d_run`, but
+    never a DDP wrapper, which would wait for D gradients that G's step does not make."""
 
     g: nn.Module
     d: nn.Module
@@ -28,10 +31,12 @@ class Nets:
     schedulers: list[torch.optim.lr_scheduler.LRScheduler] = field(default_factory=list)
     g_run: Callable[..., torch.Tensor] | None = None
     d_run: Callable[..., torch.Tensor] | None = None
+    d_for_g: Callable[..., torch.Tensor] | None = None
 
     def __post_init__(self) -> None:
         self.g_run = self.g if self.g_run is None else self.g_run
         self.d_run = self.d if self.d_run is None else self.d_run
+        self.d_for_g = self.d_run if self.d_for_g is None else self.d_for_g
 
 
 def _optimizer(
@@ -76,6 +81,7 @@ def build_nets(
     reg: regularizers.Regularization,
     device: torch.device,
     total_steps: int,
+    world: World = distributed.SINGLE,
 ) -> Nets:
     # Weight init draws from the global RNG; fork it so seeding here leaves the caller's state alone.
     with torch.random.fork_rng(devices=[]):
@@ -83,11 +89,25 @@ def build_nets(
         g, d = architectures.build_models(config, data.sample_shape, data.num_classes)
         d = reg.apply_to_discriminator(d)
     g, d = g.to(device).train(), d.to(device).train()
+    if world.distributed:
+        g = distributed.sync_batchnorm(g)  # before the optimisers and the EMA copy: the same parameters
     opt_g = _optimizer(g.parameters(), config, config.lr_g or config.lr or 2e-4, config.betas_g, device)
     opt_d = _optimizer(d.parameters(), config, config.lr_d or config.lr or 2e-4, config.betas_d, device)
     ema = None
     if config.ema is not None:
         ema = copy.deepcopy(g).requires_grad_(False)
+    if world.distributed:  # compile is refused with several processes (training.distributed.check_supported)
+        return Nets(
+            g,
+            d,
+            opt_g,
+            opt_d,
+            ema,
+            schedulers(config, total_steps, opt_g, opt_d),
+            g_run=distributed.data_parallel(g, device),
+            d_run=distributed.data_parallel(d, device),
+            d_for_g=d,
+        )
     return Nets(
         g,
         d,

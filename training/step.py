@@ -10,8 +10,9 @@ import torch
 from torch import nn
 
 from core.train_config import TrainConfig
-from training import losses, regularizers
+from training import distributed, losses, regularizers
 from training.data import DeviceDataset
+from training.distributed import World
 from training.nets import Nets, build_nets, call_g, ema_update
 from training.unrolled import DFn, unrolled_discriminator
 
@@ -28,10 +29,11 @@ class Step:
     objective: losses.Objective
     reg: regularizers.Regularization
     rng: torch.Generator
-    batch: int
+    batch: int  # the global batch: what one process trains on, or all processes together
     device: torch.device
     num_generators: int | None = None
     extra_keys: tuple[str, ...] = field(default=())
+    world: World = distributed.SINGLE
 
     @property
     def keys(self) -> tuple[str, ...]:
@@ -45,15 +47,24 @@ class Step:
         return torch.randn(n, self.config.latent_dim, generator=self.rng, device=self.device)
 
     def fake_inputs(self, n: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """(z, labels, generator indices) for a fake batch: random labels when conditional, G_i for i % k."""
-        z = self.noise(n)
+        """(z, labels, generator indices) for a fake batch of `n` (global: all processes'): random labels when
+        conditional, G_i for i % k; each drawn for the whole batch by every process, which keeps its shard."""
+        z = self.world.shard(self.noise(n))
         labels = None
         if self.config.conditional and self.data.num_classes:
             labels = torch.randint(self.data.num_classes, (n,), generator=self.rng, device=self.device)
+            labels = self.world.shard(labels)
         gen = None
         if self.num_generators:
-            gen = torch.arange(n, device=self.device) % self.num_generators
+            gen = self.world.shard(torch.arange(n, device=self.device) % self.num_generators)
         return z, labels, gen
+
+    def perturb(self, x: torch.Tensor, step: int) -> torch.Tensor:
+        """`x` (this process's shard) with the regularizers' input noise, drawn for the whole global batch."""
+        if not self.world.distributed:
+            return self.reg.perturb(x, step, self.rng)
+        full = torch.zeros((x.shape[0] * self.world.size, *x.shape[1:]), device=x.device, dtype=x.dtype)
+        return x + self.world.shard(self.reg.perturb(full, step, self.rng))  # 0 + σε is σε: as one process
 
     def real_batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         real = self.data.to_model_range(self.data.samples[idx])
@@ -83,10 +94,18 @@ def _num_generators(g: nn.Module) -> int | None:
     return getattr(g, "num_generators", None)
 
 
-def build_step(config: TrainConfig, data: DeviceDataset, device: torch.device, total_steps: int, batch: int) -> Step:
-    """Networks, optimisers, objective, regularizers and RNG for a run, seeded from `config.seed`."""
+def build_step(
+    config: TrainConfig,
+    data: DeviceDataset,
+    device: torch.device,
+    total_steps: int,
+    batch: int,
+    world: World = distributed.SINGLE,
+) -> Step:
+    """Networks, optimisers, objective, regularizers and RNG for a run, seeded from `config.seed`; `batch` is
+    the global batch, of which each of `world`'s processes trains on its shard."""
     reg = regularizers.prepare(config, total_steps)
-    nets = build_nets(config, data, reg, device, total_steps)
+    nets = build_nets(config, data, reg, device, total_steps, world)
     return Step(
         config=config,
         nets=nets,
@@ -98,16 +117,17 @@ def build_step(config: TrainConfig, data: DeviceDataset, device: torch.device, t
         device=device,
         num_generators=_num_generators(nets.g),
         extra_keys=(("gp",) if config.loss == "wgan-gp" else ()) + reg.penalty_names,
+        world=world,
     )
 
 
 def d_step(s: Step, real: torch.Tensor, real_labels: torch.Tensor | None, step: int) -> dict[str, torch.Tensor]:
     """One discriminator update; returns its loss terms and mean outputs as detached device tensors."""
     nets = s.nets
-    z, fake_labels, gen = s.fake_inputs(real.shape[0])
+    z, fake_labels, gen = s.fake_inputs(real.shape[0] * s.world.size)  # `real`: this process's shard
     with torch.no_grad(), s.autocast():
         fake = call_g(nets.g_run, z, fake_labels, gen).float()
-    real_in, fake_in = s.reg.perturb(real, step, s.rng), s.reg.perturb(fake, step, s.rng)
+    real_in, fake_in = s.perturb(real, step), s.perturb(fake, step)
     with s.autocast():  # the losses themselves in float32: outputs are cast back before them
         real_out = losses.call_d(nets.d_run, real_in, real_labels).float()
         fake_out = losses.call_d(nets.d_run, fake_in, fake_labels).float()
@@ -135,12 +155,12 @@ def _clip(d: nn.Module, c: float) -> None:
 def g_step(s: Step, step: int) -> torch.Tensor:
     """One generator update against D, or against D unrolled `unrolled_steps` ahead; D is never changed."""
     nets = s.nets
-    d_fn: DFn = unrolled_discriminator(s) if s.config.unrolled_steps else nets.d_run  # type: ignore[assignment]
+    d_fn: DFn = unrolled_discriminator(s) if s.config.unrolled_steps else nets.d_for_g  # type: ignore[assignment]
     nets.d.requires_grad_(False)  # D's own weight gradients would be thrown away anyway
     try:
         z, labels, gen = s.fake_inputs(s.batch)
         with s.autocast():
-            fake = s.reg.perturb(call_g(nets.g_run, z, labels, gen).float(), step, s.rng)
+            fake = s.perturb(call_g(nets.g_run, z, labels, gen).float(), step)
             fake_out = losses.call_d(d_fn, fake, labels).float()
         loss = s.g_objective(fake_out)
         nets.opt_g.zero_grad(set_to_none=True)
