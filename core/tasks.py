@@ -18,7 +18,9 @@ EVALUATE_TASK = "ganserve.evaluate"
 # never waits behind queued training jobs, only for the job running on a worker to end.
 CPU_QUEUE = "cpu"
 EVALUATE_QUEUE = "evaluate"
-LEGACY_QUEUE = "training"  # the one queue of versions before the resource classes: still drained by every worker
+# Training jobs any worker may run, drained by every worker last: those submitted while no worker had advertised
+# itself (the API started first), and the jobs of versions before the resource classes (their one queue).
+ANY_QUEUE = "training"
 
 
 def gpu_queue(gpus: int) -> str:
@@ -28,8 +30,10 @@ def gpu_queue(gpus: int) -> str:
     return f"gpu-{gpus}"
 
 
-def train_queue(gpus: int) -> str:
-    """The queue of a training job that asks for `gpus` GPUs: `cpu` for 0."""
+def train_queue(gpus: int | None) -> str:
+    """The queue of a training job that asks for `gpus` GPUs: `cpu` for 0, `training` for any worker (None)."""
+    if gpus is None:
+        return ANY_QUEUE
     return CPU_QUEUE if gpus == 0 else gpu_queue(gpus)
 
 
@@ -37,7 +41,7 @@ def worker_queues(devices: int) -> list[str]:
     """What a worker with `devices` GPUs (0: a CPU worker) consumes, in the order it looks at them: evaluations
     first, then the largest jobs it can run (a small job has more workers to go to), then the old queue."""
     training = [gpu_queue(n) for n in range(devices, 0, -1)] if devices else [CPU_QUEUE]
-    return [EVALUATE_QUEUE, *training, LEGACY_QUEUE]
+    return [EVALUATE_QUEUE, *training, ANY_QUEUE]
 
 
 # A request must not hang on a dead broker: connect once, briefly, then answer 503.

@@ -2,12 +2,12 @@
 a row in the `workers` table that it refreshes every GANSERVE_WORKER_HEARTBEAT_S), which queue a job goes to, and
 whether any worker can take it (docs/architecture.md, Queues and workers).
 
-Times are the database's clock (`now()` of the database, in the writes and in the reads), so a worker and an API
-on hosts whose clocks differ still agree on who is live.
+Times are the database's clock (PostgreSQL's `now()`, in the writes and in the reads), so a worker and an API on
+hosts whose clocks differ still agree on who is live; SQLite, a file on one host, uses that host's clock.
 """
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -44,7 +44,13 @@ class JobResources(Resources):
 
     model_config = ConfigDict(extra="ignore")
 
-    queue: str = Field(description="The broker queue it was sent to: `cpu`, or `gpu-<gpus>`.")
+    gpus: int | None = Field(  # type: ignore[assignment]
+        ge=0,
+        le=MAX_GPUS,
+        description="GPUs it needs on one worker (0: a CPU worker); null: any worker (it was submitted while no "
+        "worker had advertised itself).",
+    )
+    queue: str = Field(description="The broker queue it was sent to: `cpu`, `gpu-<gpus>`, or `training` (any worker).")
     requested: bool = Field(description="Whether the submission said `resources`; false: the server chose.")
 
 
@@ -133,19 +139,24 @@ class WorkerStore:
 
 
 def _db_now(conn: Connection) -> datetime:
+    """The database's clock: PostgreSQL's `now()` (hosts agree through it). SQLite is a file on this host, whose
+    CURRENT_TIMESTAMP has whole seconds only: this host's clock, to the microsecond, is the same clock."""
+    if conn.dialect.name == "sqlite":
+        return datetime.now(UTC)
     return aware(conn.execute(select(func.now())).scalar_one())
 
 
-def default_gpus(workers: list[WorkerInfo]) -> int:
+def default_gpus(workers: list[WorkerInfo]) -> int | None:
     """What a job that does not say `resources` asks for: a GPU when a live GPU worker is advertised, else the CPU;
-    with no live worker, what the advertised (silent) workers could run, a CPU worker when there is none at all."""
+    with no live worker, what the advertised (silent) workers could run; with none advertised at all, None: any
+    worker (the API started before them; the first to come takes it, whatever its class)."""
     live = [w for w in workers if w.live]
     for pool in (live, workers):
         if any(w.worker_class == WorkerClass.gpu for w in pool):
             return 1
         if pool:
             return 0
-    return 0
+    return None
 
 
 def refusal(gpus: int, workers: list[WorkerInfo]) -> str | None:
@@ -173,15 +184,19 @@ def refusal(gpus: int, workers: list[WorkerInfo]) -> str | None:
     )
 
 
-def wanted(gpus: int) -> str:
-    """The workers a job asking for `gpus` GPUs needs, in words."""
+def wanted(gpus: int | None) -> str:
+    """The workers a job asking for `gpus` GPUs (None: any worker) needs, in words."""
+    if gpus is None:
+        return "any worker"
     return "a cpu worker" if gpus == 0 else f"a gpu worker with ≥{gpus} device{'s' if gpus > 1 else ''}"
 
 
-def waiting_for(gpus: int, workers: list[WorkerInfo]) -> str | None:
-    """Why a queued job asking for `gpus` GPUs waits on no live worker, in words; None when a live one can take it."""
-    if any(w.live and w.can_run(gpus) for w in workers):
+def waiting_for(gpus: int | None, workers: list[WorkerInfo]) -> str | None:
+    """Why a queued job asking for `gpus` GPUs (None: any worker) waits on no live worker, in words; None when a live
+    one can take it."""
+    fits = (lambda w: True) if gpus is None else (lambda w: w.can_run(gpus))
+    if any(w.live and fits(w) for w in workers):
         return None
-    silent = sum(1 for w in workers if not w.live and w.can_run(gpus))
+    silent = sum(1 for w in workers if not w.live and fits(w))
     also = f" ({silent} such worker(s) advertised but silent)" if silent else ""
     return f"no live worker can take it: it waits for {wanted(gpus)}{also}; GET /workers lists the workers"

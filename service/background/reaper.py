@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from core.jobs import JobRecord, JobStore
 from core.records import JobStatus, now
-from core.tasks import LEGACY_QUEUE, TRAIN_TASK
+from core.tasks import ANY_QUEUE, TRAIN_TASK
 from service.background.periodic import periodic
 
 if TYPE_CHECKING:
@@ -104,7 +104,7 @@ def requeue(state: "AppState") -> Callable[[str], None]:
 
     def send(job_id: str) -> None:
         record = state.jobs.get(job_id)
-        queue = record.resources.queue if record.resources is not None else LEGACY_QUEUE
+        queue = record.resources.queue if record.resources is not None else ANY_QUEUE
         state.tasks.send(TRAIN_TASK, job_id, queue=queue)
 
     return send

@@ -73,14 +73,15 @@ def test_with_no_worker_advertised_any_job_is_queued_and_says_what_it_waits_for(
     assert client.get(f"/train/{job['id']}").json()["waiting_for"] == job["waiting_for"]
     listed = client.get("/train").json()["jobs"]
     assert listed[0]["waiting_for"] == job["waiting_for"]
-    # No `resources`, no worker: the CPU, as `make run` before its worker has advertised itself.
+    # No `resources`, no worker yet (the API started first): any worker, the first to come, whatever its class.
     plain = client.post("/train", json=JOB).json()
-    assert plain["resources"] == {"gpus": 0, "queue": "cpu", "requested": False}
+    assert plain["resources"] == {"gpus": None, "queue": "training", "requested": False}
+    assert tasks(client).queues[plain["id"]] == "training"
     checks = ready_checks(client)
     assert checks["workers"]["ok"] is True
     assert checks["workers"]["detail"] == (
-        "live workers: none; 2 queued job(s) no live worker can take: 1 wait for a cpu worker, "
-        "1 wait for a gpu worker with ≥2 devices"
+        "live workers: none; 2 queued job(s) no live worker can take: 1 wait for a gpu worker with ≥2 devices, "
+        "1 wait for any worker"
     )
 
 
@@ -132,7 +133,7 @@ def test_a_job_waits_while_its_only_worker_is_silent(make_app, workers: WorkerSt
         gpu(store, "gpu0@gpuhost", [0])
         job = client.post("/train", json={**JOB, "resources": {"gpus": 1}}).json()
         assert job["waiting_for"] is None
-        time.sleep(2.2)  # SQLite's clock has whole seconds
+        time.sleep(1.2)  # more than 3 beats
         silent = client.get(f"/train/{job['id']}").json()
         assert silent["waiting_for"] == (
             "no live worker can take it: it waits for a gpu worker with ≥1 device (1 such worker(s) advertised "

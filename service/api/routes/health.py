@@ -98,7 +98,7 @@ def _workers_check(state: AppState) -> Check:
     waiting: dict[str, int] = {}
     for job in state.jobs.list(status=JobStatus.queued):
         if job_waiting_for(job, workers) is not None:
-            what = wanted(job.resources.gpus) if job.resources is not None else "any worker"
+            what = wanted(job.resources.gpus if job.resources is not None else None)
             waiting[what] = waiting.get(what, 0) + 1
     detail = f"live workers: {counts}"
     if waiting:

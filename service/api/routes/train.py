@@ -109,9 +109,8 @@ def job_waiting_for(record: JobRecord, workers: list[WorkerInfo]) -> str | None:
     """Why a queued job waits on no live worker (None: some live worker can take it, or it is not queued)."""
     if record.status != JobStatus.queued:
         return None
-    if record.resources is None:  # a job of an older version, on the queue every worker drains
-        return None if any(w.live for w in workers) else "no live worker can take it; GET /workers lists the workers"
-    return waiting_for(record.resources.gpus, workers)
+    # A job of an older version has no resources: it is on the queue every worker drains, as is one for any worker.
+    return waiting_for(record.resources.gpus if record.resources is not None else None, workers)
 
 
 def view(record: JobRecord, workers: list[WorkerInfo]) -> JobView:
