@@ -59,7 +59,8 @@ def build_state(settings: Settings, tasks: Tasks | None = None) -> AppState:
     jobs = JobStore(db)
     evaluations = EvaluationStore(db, settings.evaluations_dir)
     registry = ModelRegistry.from_settings(settings, evaluations=evaluations)
-    metrics = Metrics(jobs, evaluations)
+    workers = WorkerStore(db, settings.worker_heartbeat_s)
+    metrics = Metrics(jobs, evaluations, workers)
     renderer = _renderer(settings, registry, metrics)
     return AppState(
         settings=settings,
@@ -75,7 +76,7 @@ def build_state(settings: Settings, tasks: Tasks | None = None) -> AppState:
         metrics=metrics,
         tasks=tasks if tasks is not None else TaskQueue(settings),
         storage=open_storage(settings.effective_storage_url, settings.s3_endpoint_url),
-        workers=WorkerStore(db, settings.worker_heartbeat_s),
+        workers=workers,
     )
 
 

@@ -30,8 +30,9 @@ from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core.evaluations import EvaluationStore
-from core.jobs import JobStore
+from core.jobs import JobRecord, JobStore
 from core.records import JobStatus
+from core.workers import WorkerClass, WorkerStore, waiting_for
 
 access_log = logging.getLogger("service.access")
 
@@ -91,9 +92,10 @@ class JsonFormatter(logging.Formatter):
 class JobsCollector(Collector):
     """Jobs by status and running jobs' throughput, read from the volume at each scrape."""
 
-    def __init__(self, jobs: JobStore, evaluations: EvaluationStore | None = None):
+    def __init__(self, jobs: JobStore, evaluations: EvaluationStore | None = None, workers: WorkerStore | None = None):
         self.jobs = jobs
         self.evaluations = evaluations
+        self.workers = workers
 
     def collect(self) -> Iterator[Metric]:
         records = self.jobs.list()
@@ -119,12 +121,44 @@ class JobsCollector(Collector):
             for status in JobStatus:
                 evals.add_metric([status.value], by_status.get(status, 0))
             yield evals
+        if self.workers is not None:
+            yield from self._workers(records)
+
+    def _workers(self, records: list[JobRecord]) -> Iterator[Metric]:
+        """Workers by class and liveness, and the queued jobs that no live worker can take (alert on it)."""
+        workers = self.workers.list() if self.workers is not None else []
+        counts = Tally((w.worker_class.value, w.live) for w in workers)
+        family = GaugeMetricFamily(
+            "ganserve_workers",
+            "Workers advertised in the workers table, by class and liveness.",
+            labels=["class", "live"],
+        )
+        for cls in WorkerClass:
+            for live in (True, False):
+                family.add_metric([cls.value, str(live).lower()], counts.get((cls.value, live), 0))
+        yield family
+        waiting = sum(
+            1
+            for r in records
+            if r.status == JobStatus.queued
+            and waiting_for(r.resources.gpus if r.resources is not None else None, workers) is not None
+        )
+        yield GaugeMetricFamily(
+            "ganserve_jobs_without_live_worker",
+            "Queued training jobs that no live worker can take (their record's waiting_for).",
+            value=waiting,
+        )
 
 
 class Metrics:
     """The app's metrics (`app.state.metrics`) and its registry, which `GET /metrics` renders."""
 
-    def __init__(self, jobs: JobStore | None = None, evaluations: EvaluationStore | None = None):
+    def __init__(
+        self,
+        jobs: JobStore | None = None,
+        evaluations: EvaluationStore | None = None,
+        workers: WorkerStore | None = None,
+    ):
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "ganserve_http_requests",
@@ -155,7 +189,7 @@ class Metrics:
             registry=self.registry,
         )
         if jobs is not None:
-            self.registry.register(JobsCollector(jobs, evaluations))
+            self.registry.register(JobsCollector(jobs, evaluations, workers))
         self.started_at = datetime.now(UTC)
         self._started = time.monotonic()
         # (route, method, status) → its counter and histogram children: `.labels()` costs more than the update.

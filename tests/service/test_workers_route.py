@@ -168,3 +168,17 @@ def test_the_same_idempotency_key_with_other_resources_is_another_request(
     assert first.status_code == again.status_code == 202 and first.json()["id"] == again.json()["id"]
     other = client.post("/train", json={**JOB, "resources": {"gpus": 2}}, headers=headers)
     assert other.status_code == 422 and other.json()["error"] == "idempotency_key_reused"
+
+
+def test_metrics_count_workers_and_the_jobs_no_live_worker_can_take(client: TestClient, workers: WorkerStore) -> None:
+    gpu(workers, "gpu0@gpuhost", [0])
+    cpu(workers)
+    client.post("/train", json={**JOB, "resources": {"gpus": 1}})  # a live worker can take it
+    client.post("/train", json={**JOB, "resources": {"gpus": 1}})
+    text = client.get("/metrics").text
+    assert 'ganserve_workers{class="gpu",live="true"} 1.0' in text
+    assert 'ganserve_workers{class="cpu",live="true"} 1.0' in text
+    assert 'ganserve_workers{class="gpu",live="false"} 0.0' in text
+    assert "ganserve_jobs_without_live_worker 0.0" in text
+    workers.remove("gpu0@gpuhost")
+    assert "ganserve_jobs_without_live_worker 2.0" in client.get("/metrics").text
