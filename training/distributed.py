@@ -21,7 +21,6 @@ from datetime import timedelta
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_fn
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.parallel import DistributedDataParallel
@@ -158,6 +157,23 @@ def _collective_device() -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """Σ over the ranks, differentiable: every rank's loss depends on the sum, so the gradient reaching each
+    rank's summand is the sum of the ranks' gradients with respect to it."""
+
+    @staticmethod
+    def forward(ctx: object, t: torch.Tensor) -> torch.Tensor:
+        out = t.clone()
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        return out
+
+    @staticmethod
+    def backward(ctx: object, grad: torch.Tensor) -> torch.Tensor:
+        out = grad.clone()
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        return out
+
+
 class SyncedBatchNorm(_BatchNorm):
     """BatchNorm whose training statistics are those of the whole global batch, summed over the ranks with a
     differentiable all-reduce, so a rank's gradient through them is the one-process gradient's share.
@@ -176,7 +192,7 @@ class SyncedBatchNorm(_BatchNorm):
         shape = [1, -1] + [1] * (input.dim() - 2)
         count = input.numel() // input.shape[1] * dist.get_world_size()
         stats = torch.cat([input.sum(dims), input.square().sum(dims)])
-        stats = dist_fn.all_reduce(stats, op=dist.ReduceOp.SUM)
+        stats = _AllReduceSum.apply(stats)
         mean, sq_mean = (stats / count).chunk(2)
         var = sq_mean - mean.square()  # biased, as BatchNorm normalises with
         if self.track_running_stats and self.running_mean is not None and self.running_var is not None:
@@ -211,4 +227,4 @@ def data_parallel(module: nn.Module, device: torch.device) -> DistributedDataPar
     """`module` under DDP: its gradients averaged over the ranks in backward. Buffers are not broadcast: every
     rank computes them alike (global BatchNorm statistics, spectral norm's vectors from the same weights)."""
     ids = [device.index] if device.type == "cuda" else None
-    return DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False)
+    return DistributedDataParallel(module, device_ids=ids, forward_sync_buffers=False)
