@@ -23,6 +23,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 
 REQUEUE = "requeue"  # an outcome's status: the task rejects its message with requeue, and a worker starts it again
 POLL_S = 0.5
+EXIT_GRACE_S = 30.0  # for the processes of an attempt that has answered: they are only exiting
 
 
 def worker_stopping() -> bool:
@@ -80,46 +82,93 @@ def signals_here() -> Signals:
     return Signals(shutdown=_WorkerStopping(), time_up=threading.Event(), alive=_Clock(time.time()))
 
 
-def supervise(store: JobStore, job_id: str, attempt: int, me: str, max_runtime_s: int | None) -> dict[str, Any]:
-    """Run attempt `attempt` of the job in a child process and watch it; returns the attempt's outcome (the child's
-    own, or what this process recorded after stopping it: `status` REQUEUE asks for the message back)."""
+def supervise(
+    store: JobStore, job_id: str, attempt: int, me: str, max_runtime_s: int | None, ranks: int = 1
+) -> dict[str, Any]:
+    """Run attempt `attempt` of the job in child processes, `ranks` of them (one per GPU: a data-parallel world, as
+    torchrun would start it, training/distributed.py), and watch them; returns the attempt's outcome (rank 0's
+    own, or what this process recorded after stopping them: `status` REQUEUE asks for the message back)."""
     settings = get_settings()
     limit = min(max_runtime_s or settings.max_runtime_s, settings.max_runtime_s)
     ctx = multiprocessing.get_context("spawn")
-    receiver, sender = ctx.Pipe(duplex=False)
     signals = Signals(shutdown=ctx.Event(), time_up=ctx.Event(), alive=ctx.Value("d", time.time()))
-    child = ctx.Process(
-        target=child_main, args=(job_id, attempt, me, sender, signals), name=f"ganserve-job-{job_id[:12]}"
-    )
-    child.start()
-    sender.close()  # only the child's end writes: a child that dies closes the pipe, and recv() says so
-    log.info("job %s: attempt %d runs in process %d (max run time %d s)", job_id, attempt, child.pid, limit)
+    port = _free_port() if ranks > 1 else 0
+    children, receivers = [], []
+    for rank in range(ranks):
+        receiver, sender = ctx.Pipe(duplex=False)
+        env = _rank_env(rank, ranks, port) if ranks > 1 else {}
+        name = f"ganserve-job-{job_id[:12]}" + (f"-rank{rank}" if ranks > 1 else "")
+        child = ctx.Process(target=child_main, args=(job_id, attempt, me, sender, signals, env), name=name)
+        child.start()
+        sender.close()  # only the child's end writes: a child that dies closes the pipe, and recv() says so
+        children.append(child)
+        receivers.append(receiver)
+    pids = ", ".join(str(c.pid) for c in children)
+    log.info("job %s: attempt %d runs in process(es) %s (max run time %d s)", job_id, attempt, pids, limit)
     started = time.monotonic()
-    why: str | None = None  # why the child was asked to stop, or is killed
+    why: str | None = None  # why the children were asked to stop, or are killed
     asked_at = 0.0
+    outcomes: dict[int, dict[str, Any]] = {}
     try:
-        while True:
-            if receiver.poll(POLL_S):
-                try:
-                    outcome = receiver.recv()
-                except EOFError:  # it died without an answer
-                    break
-                child.join()
-                return outcome
-            if not child.is_alive():
+        while 0 not in outcomes:
+            for rank, receiver in enumerate(receivers):
+                if rank not in outcomes and receiver.poll(POLL_S / ranks):
+                    try:
+                        outcomes[rank] = receiver.recv()
+                    except EOFError:  # it died without an answer
+                        outcomes[rank] = {"status": "died"}
+            lost = [c for r, c in enumerate(children) if r not in outcomes and not c.is_alive()]
+            if 0 in outcomes or lost or any(o["status"] == "died" for o in outcomes.values()):
                 break
-            elapsed = time.monotonic() - started
             if why is None:
-                why = _reason_to_stop(store, job_id, signals, settings, elapsed, limit)
+                why = _reason_to_stop(store, job_id, signals, settings, time.monotonic() - started, limit)
                 asked_at = time.monotonic()
             if why == "stall" or (why is not None and time.monotonic() - asked_at > settings.stop_grace_s):
-                log.error("job %s: killing its process %d (%s)", job_id, child.pid, why)
-                child.kill()
+                log.error("job %s: killing its process(es) %s (%s)", job_id, pids, why)
                 break
+        _end_all(children, EXIT_GRACE_S if 0 in outcomes else 0.0)
     finally:
+        for receiver in receivers:
+            receiver.close()
+    outcome = outcomes.get(0, {"status": "died"})
+    if outcome["status"] not in ("died", "error"):
+        return outcome  # rank 0 ended the attempt and wrote its record
+    errors = sorted((o for o in outcomes.values() if o["status"] == "error"), key=lambda o: o["at"])
+    # A rank that answered did not die, whatever its exit (one leaving a broken group may abort on its way out).
+    answered = {r for r, o in outcomes.items() if o["status"] != "died"}
+    died = [c for r, c in enumerate(children) if r not in answered and c.exitcode != 0]
+    if errors and not died:  # the job's own failure, first where it happened (the other ranks' follow from it)
+        return _fail(store, job_id, attempt, me, errors[0]["error"])
+    exitcode = died[0].exitcode if died else None
+    return _after(store, settings, job_id, attempt, me, why, exitcode, limit)
+
+
+def _end_all(children: list[Any], grace_s: float) -> None:
+    """Let the children exit within `grace_s`, then kill whoever is left (all at once when 0)."""
+    deadline = time.monotonic() + grace_s
+    for child in children:
+        child.join(max(0.0, deadline - time.monotonic()))
+        if child.is_alive():
+            child.kill()
         child.join()
-        receiver.close()
-    return _after(store, settings, job_id, attempt, me, why, child.exitcode, limit)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank_env(rank: int, ranks: int, port: int) -> dict[str, str]:
+    """What torchrun tells each process of a one-host world (training/distributed.py reads it)."""
+    return {
+        "RANK": str(rank),
+        "WORLD_SIZE": str(ranks),
+        "LOCAL_RANK": str(rank),
+        "LOCAL_WORLD_SIZE": str(ranks),
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+    }
 
 
 def _reason_to_stop(
@@ -231,10 +280,11 @@ def _end(store: JobStore, job_id: str, attempt: int, me: str, **changes: Any) ->
 # --- the child ------------------------------------------------------------------------------------------------
 
 
-def child_main(job_id: str, attempt: int, me: str, results: Connection, signals: Signals) -> None:
-    """The job's process: dies with the worker, leaves Ctrl-C to the worker (which asks it to stop), runs the
-    attempt and sends its outcome."""
+def child_main(job_id: str, attempt: int, me: str, results: Connection, signals: Signals, env: dict[str, str]) -> None:
+    """The job's process (one rank of it, with `env`): dies with the worker, leaves Ctrl-C to the worker (which
+    asks it to stop), runs the attempt and sends its outcome."""
     _die_with_parent()
+    os.environ.update(env)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     settings = get_settings()
     logging.basicConfig(

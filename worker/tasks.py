@@ -31,7 +31,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery.exceptions import Reject
 from sqlalchemy import select
@@ -50,6 +50,9 @@ from worker.app import celery_app
 from worker.datasets import dataset_file
 from worker.job_process import REQUEUE, Signals, supervise, worker_stopping
 from worker.run_files import RunFiles, storage_of, store_file
+
+if TYPE_CHECKING:
+    from training.distributed import World
 
 log = logging.getLogger(__name__)
 
@@ -224,8 +227,10 @@ def train(self, job_id: str) -> dict[str, object]:
         )
         return {"job": job_id, "status": "running-elsewhere"}
 
+    # A job asking for several GPUs trains on one process per GPU (training/distributed.py), all watched together.
+    ranks = max(1, record.resources.gpus or 1) if record.resources is not None else 1
     try:
-        outcome = run_attempt_process(store, job_id, attempt, me, record.config.max_runtime_s)
+        outcome = run_attempt_process(store, job_id, attempt, me, record.config.max_runtime_s, ranks)
     except Exception as e:  # the job's process could not be started or watched: the job must not stay queued
         log.exception("job %s: attempt %d could not be run", job_id, attempt)
         store.update(job_id, status=JobStatus.failed, error=failure_reason(e), finished_at=now())
@@ -243,12 +248,29 @@ run_attempt_process = supervise
 
 
 def run_attempt(job_id: str, attempt: int, me: str, signals: Signals) -> dict[str, object]:
-    """The job's body, in the job's process: train, record, publish. A failure ends the job `failed`, once."""
+    """The job's body, in the job's process (one rank of it when the watch started several): train, record,
+    publish. A failure ends the job `failed`, once; on several ranks the watch decides (the job's failure, or the
+    consequence of a rank lost)."""
+    from training import distributed
+
     settings = get_settings()
     store = JobStore(connect(settings.effective_database_url))
+    world = distributed.world_from_env()
     try:
-        return _run(store, job_id, attempt, me, signals)
+        distributed.init(settings.device)
+        if world.is_main:
+            outcome = _run(store, job_id, attempt, me, signals, world)
+        else:
+            outcome = _run_rank(store, job_id, settings, world)
+        if world.distributed:
+            import torch.distributed as dist
+
+            dist.barrier()  # every rank done before any leaves the group (one leaving first makes the others abort)
+        return outcome
     except Exception as e:
+        if world.distributed:  # told to the watch, which alone knows whether another rank died first
+            log.exception("job %s: rank %d failed", job_id, world.rank)
+            return {"job": job_id, "status": "error", "rank": world.rank, "error": failure_reason(e), "at": time.time()}
         # Not re-raised: a job that fails fails once, with a readable reason in its record; Celery must not
         # retry it (or redeliver it forever with acks_late).
         log.exception("job %s failed", job_id)
@@ -259,6 +281,8 @@ def run_attempt(job_id: str, attempt: int, me: str, signals: Signals) -> dict[st
         except Exception:
             log.exception("job %s: could not record the failure", job_id)
         return {"job": job_id, "status": JobStatus.failed.value}
+    finally:
+        distributed.teardown()
 
 
 def _drop_run_folder(store: JobStore, job_id: str, me: str) -> None:
@@ -273,7 +297,31 @@ def _drop_run_folder(store: JobStore, job_id: str, me: str) -> None:
         RunFiles.of(get_settings(), job_id).discard()
 
 
-def _run(store: JobStore, job_id: str, attempt: int, me: str, signals: Signals) -> dict[str, object]:
+def _run_rank(store: JobStore, job_id: str, settings: Settings, world: "World") -> dict[str, object]:
+    """A rank other than 0: trains its shard of every batch and writes nothing (rank 0 records, writes, and
+    decides for all when to stop)."""
+    import torch.distributed as dist
+
+    from training import run_state
+    from training.loop import train
+
+    dist.barrier()  # rank 0 has brought the run's newest checkpoint back and marked the job running
+    record = store.get(job_id)
+    out_dir = settings.jobs_dir / job_id
+    point = run_state.latest(out_dir)
+    result = train(
+        record.config,
+        out_dir,
+        data_root=settings.data_root,
+        device=settings.device,
+        resume_from=None if point is None else point.stem,
+        dataset_file=dataset_file(settings, record),
+        world=world,
+    )
+    return {"job": job_id, "rank": world.rank, "status": result.status}
+
+
+def _run(store: JobStore, job_id: str, attempt: int, me: str, signals: Signals, world: "World") -> dict[str, object]:
     # Imported when a job runs: the worker starts, and answers the broker, without waiting for torch.
     from training import run_state
     from training.checkpoint import publish
@@ -299,6 +347,10 @@ def _run(store: JobStore, job_id: str, attempt: int, me: str, signals: Signals) 
         heartbeat_at=now(),
         resumed_from_step=None if point is None else point.step,
     )
+    if world.distributed:
+        import torch.distributed as dist
+
+        dist.barrier()  # the other ranks may now read the checkpoint brought back
     config = record.config
     log.info(
         "job %s: training %r on %s (device %s), attempt %d, %s",
@@ -353,6 +405,7 @@ def _run(store: JobStore, job_id: str, attempt: int, me: str, signals: Signals) 
             files_fn=run.files_fn if run.copied else None,
             dataset_file=dataset_file(settings, record),
             may_write=heartbeat.still_ours,
+            world=world,
         )
         version = None
         if result.status == "completed" and heartbeat.still_ours():

@@ -3,7 +3,9 @@ starts a real spawned child, which reads its settings from the environment. A ha
 folder's image is a FIFO nobody writes, so the child blocks inside the training code (in `open`) while its heartbeat
 thread beats on, as it did for a step that hung."""
 
+import multiprocessing
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -100,7 +102,7 @@ def test_a_hung_job_is_cancelled_within_the_grace(hosted) -> None:
 
 def test_a_job_past_its_max_runtime_stops_and_fails_keeping_its_checkpoints(hosted) -> None:
     settings = hosted(hang=False, GANSERVE_STALL_AFTER_S="120")  # starting up on a busy machine is no stall
-    store, job = submit(settings, epochs=10_000, sample_every=50, max_runtime_s=12)  # time to train a little
+    store, job = submit(settings, epochs=10_000, sample_every=5, max_runtime_s=12)  # time to train a little
     assert tasks.train(job.id)["status"] == "failed"
     record = store.get(job.id)
     assert record.status == JobStatus.failed and "stopped after its max_runtime_s (12 s)" in record.error, record
@@ -119,3 +121,79 @@ def test_a_process_killed_before_it_marked_its_attempt_leaves_the_next_one_claim
     with pytest.raises(Reject):
         tasks.train(job.id)  # attempt 2, claimed
     assert store.get(job.id).attempts == 2
+
+
+# --- several processes: a data-parallel world of 2 ranks (gloo), as a job asking for 2 GPUs runs on a GPU worker ---
+
+
+def run_in_thread(target: Callable[[], dict]) -> tuple[threading.Thread, dict]:
+    outcome: dict = {}
+    thread = threading.Thread(target=lambda: outcome.update(target()))
+    thread.start()
+    return thread, outcome
+
+
+def wait_for_epoch(store: JobStore, job_id: str, epoch: int, thread: threading.Thread) -> JobRecord:
+    deadline = time.monotonic() + 120
+    while True:
+        record = store.get(job_id)
+        if record.progress is not None and record.progress.epoch >= epoch and record.checkpoints:
+            return record
+        assert time.monotonic() < deadline and thread.is_alive(), record
+        time.sleep(0.1)
+
+
+def ranks_of(job_id: str) -> dict[int, multiprocessing.Process]:
+    return {
+        int(p.name.rsplit("rank", 1)[1]): p
+        for p in multiprocessing.active_children()
+        if p.name.startswith(f"ganserve-job-{job_id[:12]}-rank")
+    }
+
+
+def test_a_two_process_job_trains_publishes_and_only_rank_0_records(hosted) -> None:
+    settings = hosted(hang=False, GANSERVE_STALL_AFTER_S="120")
+    store, job = submit(settings, epochs=3)
+    outcome = job_process.supervise(store, job.id, 1, "host:1", None, ranks=2)
+    assert outcome["status"] == "succeeded", outcome
+    record = store.get(job.id)
+    assert record.status == JobStatus.succeeded and record.worker == "host:1" and record.attempts == 1, record
+    assert [e.epoch for e in record.history] == [1, 2, 3]  # one report per epoch: rank 0's alone
+    assert [e.step for e in record.history] == [4, 8, 12]  # 64 images at a global batch of 16, as on one process
+    assert record.model is not None and record.model.version == 1
+
+
+def test_a_rank_killed_mid_job_ends_the_attempt_and_the_next_resumes_from_its_checkpoint(hosted) -> None:
+    settings = hosted(hang=False, GANSERVE_STALL_AFTER_S="120", GANSERVE_MAX_ATTEMPTS="3")
+    store, job = submit(settings, epochs=400, sample_every=100)
+    thread, outcome = run_in_thread(lambda: job_process.supervise(store, job.id, 1, "host:1", None, ranks=2))
+    seen = wait_for_epoch(store, job.id, 3, thread)
+    ranks = ranks_of(job.id)
+    assert sorted(ranks) == [0, 1]
+    os.kill(ranks[1].pid, signal.SIGKILL)  # one rank lost: rank 0 is left alone in a collective
+    thread.join(60)
+    assert not thread.is_alive() and outcome["status"] == job_process.REQUEUE, outcome
+    assert not ranks_of(job.id)  # rank 0 is gone too
+    record = store.get(job.id)
+    assert record.status == JobStatus.queued and record.attempts == 1, record
+    assert "attempt 1: its process died without finishing (killed by SIGKILL" in record.error, record.error
+
+    # The next attempt (two processes again) resumes from the last checkpoint rank 0 wrote, not from step 0.
+    assert job_process.supervise(store, job.id, 2, "host:2", None, ranks=2)["status"] == "succeeded"
+    record = store.get(job.id)
+    assert record.status == JobStatus.succeeded and record.attempts == 2, record
+    assert record.resumed_from_step is not None and record.resumed_from_step >= 4 * seen.progress.epoch, record
+    assert [e.epoch for e in record.history] == list(range(1, record.config.epochs + 1))
+
+
+def test_a_cancelled_two_process_job_stops_both_ranks(hosted) -> None:
+    settings = hosted(hang=False, GANSERVE_STALL_AFTER_S="120")
+    store, job = submit(settings, epochs=400, sample_every=100)
+    thread, outcome = run_in_thread(lambda: job_process.supervise(store, job.id, 1, "host:1", None, ranks=2))
+    wait_for_epoch(store, job.id, 2, thread)
+    ranks = ranks_of(job.id)
+    store.request_cancel(job.id)
+    thread.join(60)
+    assert not thread.is_alive() and outcome["status"] == "cancelled", outcome
+    assert store.get(job.id).status == JobStatus.cancelled
+    assert [ranks[r].exitcode for r in (0, 1)] == [0, 0]  # both stopped on their own, at the same step
