@@ -74,13 +74,17 @@ def test_count_and_latent_length_are_bounded(client: TestClient) -> None:
 
 @pytest.mark.parametrize(
     "field, value, setting",
-    [("epochs", 6, "GANSERVE_MAX_EPOCHS"), ("steps", 101, "GANSERVE_MAX_STEPS")],
+    [
+        ("epochs", 6, "GANSERVE_MAX_EPOCHS"),
+        ("steps", 101, "GANSERVE_MAX_STEPS"),
+        ("max_runtime_s", 61, "GANSERVE_MAX_RUNTIME_S"),
+    ],
 )
 def test_training_length_is_capped_by_the_settings(
     make_app, publish_model, sender: FakeSender, field: str, value: int, setting: str
 ) -> None:
     publish_model(DEFAULT_MODEL)
-    with TestClient(make_app(max_epochs=5, max_steps=100), headers=AUTH) as c:
+    with TestClient(make_app(max_epochs=5, max_steps=100, max_runtime_s=60), headers=AUTH) as c:
         r = c.post("/train", json={**TRAIN_BODY, field: value})
         assert r.status_code == 422
         body = r.json()

@@ -70,6 +70,13 @@ def _check_caps(config: TrainConfig, settings: Settings) -> None:
             config.steps,
             "less_than_equal",
         )
+    if config.max_runtime_s is not None and config.max_runtime_s > settings.max_runtime_s:
+        raise validation_error(
+            ("body", "max_runtime_s"),
+            f"Input should be less than or equal to {settings.max_runtime_s} (this server's GANSERVE_MAX_RUNTIME_S)",
+            config.max_runtime_s,
+            "less_than_equal",
+        )
 
 
 def _request_sha256(config: TrainConfig, webhook: str | None = None, resources: dict | None = None) -> str:
