@@ -229,7 +229,7 @@ def _after(
             "so the worker killed its process"
         )
     else:
-        what = f"its process died without finishing ({_describe_exit(exitcode)})"
+        what = f"its process died without finishing ({describe_exit(exitcode)})"
     if attempt >= settings.max_attempts:
         return _fail(store, job_id, attempt, me, f"{what}, on its last attempt ({attempt} of {settings.max_attempts})")
     if _end(store, job_id, attempt, me, status=JobStatus.queued, started_at=None, error=f"attempt {attempt}: {what}"):
@@ -245,7 +245,7 @@ def _fail(store: JobStore, job_id: str, attempt: int, me: str, error: str) -> di
     return {"job": job_id, "status": "superseded"}
 
 
-def _describe_exit(exitcode: int | None) -> str:
+def describe_exit(exitcode: int | None) -> str:
     if exitcode is not None and exitcode < 0:
         name = signal.Signals(-exitcode).name
         hint = " (the kernel's out-of-memory killer sends it)" if name == "SIGKILL" else ""
@@ -277,25 +277,56 @@ def _end(store: JobStore, job_id: str, attempt: int, me: str, **changes: Any) ->
         return False
 
 
-# --- the child ------------------------------------------------------------------------------------------------
+def run_evaluation_in_child(eval_id: str) -> dict[str, Any]:
+    """An evaluation in a spawned child that dies with the worker: its outcome, or `status` "died" with the
+    child's `exitcode`. No stall watch: an evaluation reports no steps, and a worker shutting down lets it finish
+    (it is short)."""
+    ctx = multiprocessing.get_context("spawn")
+    receiver, sender = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=evaluation_main, args=(eval_id, sender), name=f"ganserve-evaluation-{eval_id[:12]}")
+    child.start()
+    sender.close()
+    try:
+        outcome = receiver.recv()
+    except EOFError:
+        outcome = None
+    finally:
+        receiver.close()
+        child.join()
+    return outcome if outcome is not None else {"evaluation": eval_id, "status": "died", "exitcode": child.exitcode}
+
+
+# --- the children ---------------------------------------------------------------------------------------------
+
+
+def evaluation_main(eval_id: str, results: Connection) -> None:
+    _child_setup()
+    from worker.tasks import run_evaluation
+
+    results.send(run_evaluation(eval_id))
+    results.close()
 
 
 def child_main(job_id: str, attempt: int, me: str, results: Connection, signals: Signals, env: dict[str, str]) -> None:
     """The job's process (one rank of it, with `env`): dies with the worker, leaves Ctrl-C to the worker (which
     asks it to stop), runs the attempt and sends its outcome."""
-    _die_with_parent()
     os.environ.update(env)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    settings = get_settings()
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s [job process %(process)d]: %(message)s",
-        stream=sys.stderr,
-    )
+    _child_setup()
     from worker.tasks import run_attempt  # the worker's task module: the job's body
 
     results.send(run_attempt(job_id, attempt, me, signals))
     results.close()
+
+
+def _child_setup() -> None:
+    """Die with the worker, leave Ctrl-C to it, and log as it does."""
+    _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    logging.basicConfig(
+        level=get_settings().log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s [job process %(process)d]: %(message)s",
+        stream=sys.stderr,
+    )
 
 
 def _die_with_parent() -> None:

@@ -48,7 +48,14 @@ from core.storage import BlobCache
 from core.tasks import EVALUATE_TASK, TRAIN_TASK
 from worker.app import celery_app
 from worker.datasets import dataset_file
-from worker.job_process import REQUEUE, Signals, supervise, worker_stopping
+from worker.job_process import (
+    REQUEUE,
+    Signals,
+    describe_exit,
+    run_evaluation_in_child,
+    supervise,
+    worker_stopping,
+)
 from worker.run_files import RunFiles, storage_of, store_file
 
 if TYPE_CHECKING:
@@ -242,9 +249,10 @@ def train(self, job_id: str) -> dict[str, object]:
     return outcome
 
 
-# How an attempt runs: in a process of its own, watched (worker/job_process.py). Tests that patch the training
-# code in this process put `run_attempt` itself here.
+# How an attempt, and an evaluation, run: in a process of their own, watched (worker/job_process.py). Tests that
+# patch the training code in this process put `run_attempt` / `run_evaluation` themselves here.
 run_attempt_process = supervise
+run_evaluation_process = run_evaluation_in_child
 
 
 def run_attempt(job_id: str, attempt: int, me: str, signals: Signals) -> dict[str, object]:
@@ -467,6 +475,19 @@ def evaluate(eval_id: str) -> dict[str, object]:
     if record.status in FINISHED:
         log.info("evaluation %s is already %s; not running it again", eval_id, record.status)
         return {"evaluation": eval_id, "status": str(record.status)}
+    outcome = run_evaluation_process(eval_id)
+    if outcome["status"] == "died":  # the kernel's OOM killer, a segfault, a CUDA abort
+        error = f"its process died without finishing ({describe_exit(outcome['exitcode'])})"
+        store.update(eval_id, status=JobStatus.failed, error=error, finished_at=now())
+        log.error("evaluation %s failed: %s", eval_id, error)
+        return {"evaluation": eval_id, "status": JobStatus.failed.value}
+    return outcome
+
+
+def run_evaluation(eval_id: str) -> dict[str, object]:
+    """An evaluation's body, in its own process: measure, file the figures. A failure ends it `failed`, once."""
+    settings = get_settings()
+    store = EvaluationStore(connect(settings.effective_database_url), settings.evaluations_dir)
     try:
         return _evaluate(store, eval_id)
     except Exception as e:

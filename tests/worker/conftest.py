@@ -32,9 +32,10 @@ def settings(tmp_path: Path, data_root: Path, monkeypatch: pytest.MonkeyPatch) -
         max_attempts=3,
     )
     monkeypatch.setattr(tasks, "get_settings", lambda: s)
-    # The attempt in this process, so that the tests' patches of the training code apply to it
+    # The attempt and the evaluation in this process, so that the tests' patches of the training code apply to them
     # (tests/worker/test_job_process.py runs it in its own process, as a worker does).
     monkeypatch.setattr(tasks, "run_attempt_process", run_here)
+    monkeypatch.setattr(tasks, "run_evaluation_process", tasks.run_evaluation)
     return s
 
 
