@@ -182,3 +182,18 @@ def test_metrics_count_workers_and_the_jobs_no_live_worker_can_take(client: Test
     assert "ganserve_jobs_without_live_worker 0.0" in text
     workers.remove("gpu0@gpuhost")
     assert "ganserve_jobs_without_live_worker 2.0" in client.get("/metrics").text
+
+
+@pytest.mark.parametrize(
+    ("fields", "complaint"),
+    [
+        ({"batch_size": 5}, "must divide evenly among the 2 processes"),
+        ({"compile": "default"}, "does not support compile"),
+    ],
+)
+def test_a_job_several_gpus_cannot_train_is_a_422(client: TestClient, workers: WorkerStore, fields, complaint) -> None:
+    gpu(workers, "gpu@box", [0, 1])
+    r = client.post("/train", json={**JOB, **fields, "resources": {"gpus": 2}})
+    assert r.status_code == 422 and r.json()["error"] == "not_data_parallel", r.text
+    assert complaint in r.json()["message"] and "2 GPUs" in r.json()["message"]
+    assert client.post("/train", json={**JOB, **fields, "resources": {"gpus": 1}}).status_code == 202

@@ -112,6 +112,24 @@ def _resources(body: TrainRequest, workers: list[WorkerInfo]) -> JobResources:
     return JobResources(gpus=gpus, queue=train_queue(gpus), requested=True)
 
 
+def _check_data_parallel(config: TrainConfig, gpus: int) -> None:
+    """A job on several GPUs trains as that many processes (training/distributed.py): what they cannot run is a
+    422 now, not a job failed on the worker."""
+    from training import distributed  # torch.distributed: loaded for such jobs only
+
+    world = distributed.World(rank=0, size=gpus, local_rank=0, local_size=gpus)
+    try:
+        distributed.check_supported(config, world)
+        distributed.check_batch(config.batch_size, world)
+    except ValueError as e:
+        raise APIError(
+            422,
+            "not_data_parallel",
+            f"This job cannot train on {gpus} GPUs: {e}.",
+            detail={"gpus": gpus, "batch_size": config.batch_size},
+        ) from None
+
+
 def job_waiting_for(record: JobRecord, workers: list[WorkerInfo]) -> str | None:
     """Why a queued job waits on no live worker (None: some live worker can take it, or it is not queued)."""
     if record.status != JobStatus.queued:
@@ -170,6 +188,8 @@ def start_training(
     request_sha256 = _request_sha256(config, webhook, resources_asked)
     workers = state.workers.list()
     resources = _resources(body, workers)
+    if resources.gpus is not None and resources.gpus > 1:
+        _check_data_parallel(config, resources.gpus)
     # One submission per key at a time, in one transaction: a retry racing its original waits for it, then
     # replays it; two submissions never both pass the queue limit.
     with submissions.lock(principal.name) as conn:
