@@ -170,9 +170,10 @@ class PublishedModel(_Answer):
 
 
 class JobResources(_Answer):
-    """The GPUs a job asked for (or the server chose: `requested` false) and the queue it was sent to."""
+    """The GPUs a job asked for (or the server chose: `requested` false) and the queue it was sent to; `gpus`
+    None: any worker (it was sent before any worker had advertised itself)."""
 
-    gpus: int
+    gpus: int | None
     queue: str
     requested: bool
 
