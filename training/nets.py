@@ -53,6 +53,17 @@ def _optimizer(
     return torch.optim.Adam(params, lr=lr, betas=betas, foreach=True)
 
 
+def channels_last(device: torch.device) -> bool:
+    """Whether convolutional nets train in channels-last (NHWC) memory: on CUDA, where cuDNN's tensor-core
+    convolutions read NHWC without a transpose per layer. Execution only: the same numbers to float rounding."""
+    return device.type == "cuda"
+
+
+def _in_memory_format(module: nn.Module, device: torch.device) -> nn.Module:
+    has_conv = any(isinstance(m, nn.modules.conv._ConvNd) for m in module.modules())
+    return module.to(memory_format=torch.channels_last) if has_conv and channels_last(device) else module
+
+
 def _compiled(module: nn.Module, mode: str) -> Callable[..., torch.Tensor]:
     """`module` through torch.compile, or itself with `compile: off`. dynamic=False: a run's batch shapes
     are fixed (the last partial batch is dropped), so one specialised graph serves every step."""
@@ -89,6 +100,7 @@ def build_nets(
         g, d = architectures.build_models(config, data.sample_shape, data.num_classes)
         d = reg.apply_to_discriminator(d)
     g, d = g.to(device).train(), d.to(device).train()
+    g, d = _in_memory_format(g, device), _in_memory_format(d, device)
     if world.distributed:
         g = distributed.sync_batchnorm(g)  # before the optimisers and the EMA copy: the same parameters
     opt_g = _optimizer(g.parameters(), config, config.lr_g or config.lr or 2e-4, config.betas_g, device)

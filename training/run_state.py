@@ -109,6 +109,13 @@ def _load_optimizer(opt: torch.optim.Optimizer, prefix: str, tensors: dict[str, 
         state.setdefault(int(idx), {})[name] = value
     groups = [{**g, "betas": tuple(g["betas"])} if "betas" in g else g for g in meta["param_groups"]]
     opt.load_state_dict({"state": state, "param_groups": groups})
+    # Checkpoints hold contiguous tensors; a parameter in channels-last memory needs its moments laid out alike
+    # (the fused and foreach updates walk parameter and state element by element in memory order).
+    for group in opt.param_groups:
+        for p in group["params"]:
+            for name, value in opt.state.get(p, {}).items():
+                if isinstance(value, torch.Tensor) and value.shape == p.shape and value.stride() != p.stride():
+                    opt.state[p][name] = torch.empty_like(p, dtype=value.dtype).copy_(value)
 
 
 def _relative(path: Path | None, out_dir: Path) -> str | None:

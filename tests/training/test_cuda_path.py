@@ -1,9 +1,10 @@
 """The CUDA path, on a GPU (marker `gpu`: never in CI, run by `benchmarks/gpu_check.sh` where a GPU is lent).
 
 What no CPU run can show: the eager float32 loop on CUDA, bfloat16 autocast, `torch.compile` with CUDA graphs
-(`reduce-overhead`) and fused Adam train the same model as the CPU's eager loop to the tolerances each allows;
-a checkpoint trained on the GPU is served on a CPU; and with two GPUs, NCCL data-parallel training takes the
-one-process steps. Each compares with a run it makes itself, so it fails on a wrong number, not on a slow one.
+(`reduce-overhead`), fused Adam and channels-last convolutions train the same model as the CPU's eager loop to
+the tolerances each allows; a checkpoint trained on the GPU is served on a CPU; and with two GPUs, NCCL
+data-parallel training takes the one-process steps. Each compares with a run it makes itself, so it fails on a
+wrong number, not on a slow one.
 """
 
 import socket
@@ -53,6 +54,15 @@ def assert_close(a: list[dict[str, float]], b: list[dict[str, float]], rtol: flo
 
 def test_eager_float32_on_cuda_tracks_the_cpu(tiny_data_root: Path) -> None:
     assert_close(losses(BASE, tiny_data_root, "cuda"), losses(BASE, tiny_data_root, "cpu"), 1e-3, 1e-4)
+
+
+def test_conv_nets_train_channels_last_on_cuda_and_track_the_cpu(tiny_data_root: Path) -> None:
+    dcgan = BASE.model_copy(update={"architecture": "dcgan"})
+    dev = torch.device("cuda")
+    s = build_step(dcgan, load_to_device(dcgan, tiny_data_root, dev), dev, STEPS, dcgan.batch_size)
+    convs = [m for net in (s.nets.g, s.nets.d) for m in net.modules() if isinstance(m, torch.nn.modules.conv._ConvNd)]
+    assert convs and all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
+    assert_close(losses(dcgan, tiny_data_root, "cuda"), losses(dcgan, tiny_data_root, "cpu"), 1e-2, 1e-3)
 
 
 def test_adam_is_fused_on_cuda(tiny_data_root: Path) -> None:
