@@ -31,7 +31,9 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from celery.worker import state as worker_state
+from sqlalchemy.exc import OperationalError
 
+from core.db import DatabaseUnavailable
 from core.jobs import JobRecord, JobStore
 from core.records import JobStatus, now
 from core.settings import Settings, get_settings
@@ -43,6 +45,17 @@ POLL_S = 0.5
 EXIT_GRACE_S = 30.0  # for the processes of an attempt that has answered: they are only exiting
 
 
+DATABASE_DOWN = (OperationalError, DatabaseUnavailable)
+
+
+def cancel_asked(store: JobStore, job_id: str) -> bool:
+    """Whether the job's cancel was requested; False while the database does not answer (the job goes on)."""
+    try:
+        return store.cancel_requested(job_id)
+    except DATABASE_DOWN:
+        return False
+
+
 def worker_stopping() -> bool:
     """True once this worker began a warm or cold shutdown (SIGTERM, Ctrl-C, SIGQUIT)."""
     return worker_state.should_stop is not None or worker_state.should_terminate is not None
@@ -50,17 +63,19 @@ def worker_stopping() -> bool:
 
 @dataclass
 class Signals:
-    """What the worker's process and the job's share: requests to stop, and when the job last showed progress."""
+    """What the worker's process and the job's share: requests to stop, and when the job last showed progress.
+    The watch reads the cancel request from the database and passes it on, so a training step never queries."""
 
     shutdown: Any  # an Event: the worker is shutting down
     time_up: Any  # an Event: the job ran past its max_runtime_s
+    cancel: Any  # an Event: the job's cancel was requested
     alive: Any  # a shared double (`.value`): time.time() of the job's last step or report
 
     def touch(self) -> None:
         self.alive.value = time.time()
 
     def stop_asked(self) -> bool:
-        return self.shutdown.is_set() or self.time_up.is_set()
+        return self.shutdown.is_set() or self.time_up.is_set() or self.cancel.is_set()
 
 
 class _WorkerStopping:
@@ -71,15 +86,31 @@ class _WorkerStopping:
 
 
 @dataclass
+class _CancelAsked:
+    """`cancel` for a job run in the worker's own process (tests): the database, read when asked."""
+
+    store: JobStore
+    job_id: str
+
+    def is_set(self) -> bool:
+        return cancel_asked(self.store, self.job_id)
+
+
+@dataclass
 class _Clock:
     value: float
 
 
-def signals_here() -> Signals:
+def signals_here(store: JobStore, job_id: str) -> Signals:
     """Signals for an attempt run in this very process (no watch: unit tests that patch the training code)."""
     import threading
 
-    return Signals(shutdown=_WorkerStopping(), time_up=threading.Event(), alive=_Clock(time.time()))
+    return Signals(
+        shutdown=_WorkerStopping(),
+        time_up=threading.Event(),
+        cancel=_CancelAsked(store, job_id),
+        alive=_Clock(time.time()),
+    )
 
 
 def supervise(
@@ -91,7 +122,7 @@ def supervise(
     settings = get_settings()
     limit = min(max_runtime_s or settings.max_runtime_s, settings.max_runtime_s)
     ctx = multiprocessing.get_context("spawn")
-    signals = Signals(shutdown=ctx.Event(), time_up=ctx.Event(), alive=ctx.Value("d", time.time()))
+    signals = Signals(shutdown=ctx.Event(), time_up=ctx.Event(), cancel=ctx.Event(), alive=ctx.Value("d", time.time()))
     port = _free_port() if ranks > 1 else 0
     children, receivers = [], []
     for rank in range(ranks):
@@ -181,18 +212,12 @@ def _reason_to_stop(
     if elapsed > limit:
         signals.time_up.set()
         return "max_runtime"
-    if _cancel_asked(store, job_id):
-        return "cancel"  # the child sees it itself; this only times its answer
+    if cancel_asked(store, job_id):
+        signals.cancel.set()  # the child stops at its next step; the grace times its answer
+        return "cancel"
     if time.time() - signals.alive.value > settings.stall_after_s:
         return "stall"
     return None
-
-
-def _cancel_asked(store: JobStore, job_id: str) -> bool:
-    try:
-        return store.cancel_requested(job_id)
-    except Exception:  # the database does not answer: nothing to time
-        return False
 
 
 def _after(

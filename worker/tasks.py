@@ -35,10 +35,9 @@ from typing import TYPE_CHECKING, Any
 
 from celery.exceptions import Reject
 from sqlalchemy import select
-from sqlalchemy.exc import OperationalError
 
 from core import db as tables
-from core.db import DatabaseUnavailable, connect
+from core.db import connect
 from core.evaluations import EvaluationRecord, EvaluationStore
 from core.jobs import EpochRecord, JobRecord, JobStore, Progress, PublishedModel
 from core.model_versions import ModelVersions, local_stem
@@ -49,6 +48,7 @@ from core.tasks import EVALUATE_TASK, TRAIN_TASK
 from worker.app import celery_app
 from worker.datasets import dataset_file
 from worker.job_process import (
+    DATABASE_DOWN,
     REQUEUE,
     Signals,
     describe_exit,
@@ -163,7 +163,6 @@ class _NotOurs(Exception):
     """Raised inside an update (so nothing is written) when the job has gone to another worker or state."""
 
 
-DATABASE_DOWN = (OperationalError, DatabaseUnavailable)
 PATIENCE_MAX_S = 30.0
 
 
@@ -181,14 +180,6 @@ def patiently(what: str, write: Callable[..., None], *args: Any) -> None:
             log.warning("%s not written, the database does not answer (%s); trying again in %.0f s", what, e, wait)
             time.sleep(wait)
             wait = min(PATIENCE_MAX_S, 2 * wait)
-
-
-def cancel_asked(store: JobStore, job_id: str) -> bool:
-    """Whether the job's cancel was requested; False while the database does not answer (the job goes on)."""
-    try:
-        return store.cancel_requested(job_id)
-    except DATABASE_DOWN:
-        return False
 
 
 def owner_of(store: JobStore, job_id: str) -> str | None:
@@ -399,7 +390,7 @@ def _run(store: JobStore, job_id: str, attempt: int, me: str, signals: Signals, 
 
     def stop(heartbeat: Heartbeat) -> bool:
         signals.touch()  # asked before every step: the watch's sign of progress
-        return heartbeat.lost or cancel_asked(store, job_id) or signals.stop_asked()
+        return heartbeat.lost or signals.stop_asked()
 
     with Heartbeat(store, job_id, me, settings.heartbeat_s) as heartbeat:
         result = train(

@@ -40,7 +40,7 @@ def settings(tmp_path: Path, data_root: Path, monkeypatch: pytest.MonkeyPatch) -
 
 
 def run_here(store: JobStore, job_id: str, attempt: int, me: str, max_runtime_s: int | None, ranks: int = 1) -> dict:
-    return tasks.run_attempt(job_id, attempt, me, signals_here())
+    return tasks.run_attempt(job_id, attempt, me, signals_here(store, job_id))
 
 
 @pytest.fixture

@@ -187,7 +187,8 @@ def test_a_rank_killed_mid_job_ends_the_attempt_and_the_next_resumes_from_its_ch
 
 
 def test_a_cancelled_two_process_job_stops_both_ranks(hosted) -> None:
-    settings = hosted(hang=False, GANSERVE_STALL_AFTER_S="120")
+    # A grace long enough for two ranks to stop and answer on a busy machine: this is no hung job.
+    settings = hosted(hang=False, GANSERVE_STALL_AFTER_S="120", GANSERVE_STOP_GRACE_S="30")
     store, job = submit(settings, epochs=400, sample_every=100)
     thread, outcome = run_in_thread(lambda: job_process.supervise(store, job.id, 1, "host:1", None, ranks=2))
     wait_for_epoch(store, job.id, 2, thread)
