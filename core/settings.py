@@ -191,6 +191,62 @@ class Settings(BaseSettings):
     )
     max_epochs: int = Field(10_000, ge=1, description="Most `epochs` a training job may ask for.")
     max_steps: int = Field(10_000_000, ge=1, description="Most `steps` a training job may ask for.")
+    # --- tenants and bounded resources (issue 18; docs/operations.md, "Many users") ---
+    default_model_version: int = Field(
+        1,
+        ge=1,
+        description="The version of `default_model` that requests naming no model get: pinned, so that publishing "
+        "never changes what anonymous users see until an operator changes this.",
+    )
+    model_visibility: Literal["public", "private"] = Field(
+        "public",
+        description="Visibility of a newly claimed model name: `public` (served to every caller of /generate) or "
+        "`private` (its owner, `admin` keys and keys granted read access only). The owner can change it.",
+    )
+    model_cache_max_models: int = Field(
+        8, ge=1, description="Most model versions one process (API, render process) keeps loaded; LRU beyond."
+    )
+    model_cache_max_bytes: int = Field(
+        2 * 2**30, ge=2**20, description="Most bytes of weights one process keeps loaded; LRU beyond."
+    )
+    unknown_model_ttl_s: float = Field(
+        5.0, gt=0, le=3600, description="How long a lookup of a model name that does not exist is remembered."
+    )
+    max_model_parameters: int = Field(
+        100_000_000, ge=1, description="Most parameters (G and D together) a training job's networks may have (422)."
+    )
+    keep_checkpoints: int = Field(
+        3, ge=1, description="Newest epoch checkpoints a job keeps (plus its best-by-FID one); a job may ask for fewer."
+    )
+    max_keep_checkpoints: int = Field(
+        20, ge=1, description="Most epoch checkpoints a job may ask to keep (`keep_checkpoints` in POST /train; 422)."
+    )
+    storage_quota_bytes: int = Field(
+        20 * 2**30,
+        ge=0,
+        description="Bytes of object storage one key's datasets, checkpoints and models may use (413 on upload, "
+        "429 on POST /train beyond it); 0 = unlimited.",
+    )
+    metrics_public: bool = Field(
+        False, description="`true`: GET /metrics on the API's port is open to all; `false`: it needs an `admin` key."
+    )
+    metrics_port: int = Field(
+        0, ge=0, le=65535, description="Also serve /metrics, without a key, on this port of `metrics_host`; 0 = off."
+    )
+    metrics_host: str = Field("127.0.0.1", description="Address the /metrics port binds.")
+    trusted_proxies: str = Field(
+        "",
+        description="Comma-separated addresses or CIDR networks of the load balancers in front of the API: their "
+        "X-Forwarded-For names the client that rate limits and logs use. Empty: the connection's peer is the client.",
+    )
+    rate_limit_per_ip_per_min: int = Field(
+        600, ge=0, description="Requests per minute per client IP without a key; 429 beyond; 0 = off."
+    )
+    secrets_dir: Path | None = Field(
+        None,
+        description="A folder of generated secrets (`ganserve secrets init`): redis_password, postgres_password, "
+        "s3_secret_access_key, each filling the matching URL or credential that does not carry one already.",
+    )
     # --- uploaded datasets (POST /datasets: training/dataset_archive.py; docs/api.md, Datasets) ---
     dataset_max_bytes: int = Field(
         512 * 2**20,
