@@ -138,6 +138,26 @@ model_versions = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
 )
 
+model_names = Table(
+    "model_names",
+    metadata,
+    # Who a model name belongs to (core/model_names.py): its first publisher (the key that first trained it), and
+    # who may be served it. Bundled models' names are never claimed.
+    Column("name", String(64), primary_key=True),  # the primary key is the claim
+    Column("owner", String(64)),  # the API key's name; None: claimed not over HTTP (the operator's)
+    Column("visibility", String(16), nullable=False),  # public | private
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+model_grants = Table(
+    "model_grants",
+    metadata,
+    # Read access to a private model name for another key (served and listed to it, never changed by it).
+    Column("name", String(64), ForeignKey("model_names.name", ondelete="CASCADE"), primary_key=True),
+    Column("grantee", String(64), primary_key=True),  # an API key's name
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
 datasets = Table(
     "datasets",
     metadata,
