@@ -184,7 +184,10 @@ class Settings(BaseSettings):
     )
     max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest request body; larger ones get 413.")
     rate_limit_per_min: int = Field(
-        600, ge=0, description="Requests per minute per key (anonymous: per client IP); 429 beyond; 0 = off."
+        600,
+        ge=0,
+        description="Requests per minute per API key; 429 beyond; 0 = off. Anonymous callers are counted per client "
+        "IP instead (`rate_limit_per_ip_per_min`; behind a load balancer set `trusted_proxies`).",
     )
     max_queued_per_key: int = Field(
         8, ge=1, description="Training jobs one key may have queued or running at once; 429 beyond."

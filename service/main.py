@@ -22,6 +22,7 @@ from service.api.routes import datasets, generate, health, interpolate, models, 
 from service.api.routes import web as web_page
 from service.background import reaper, webhooks
 from service.security.auth import install_security
+from service.security.limits import install_proxy_headers
 from service.serving.registry import ModelNotFound
 from service.state import Tasks, app_state, build_state, install_state
 from service.telemetry import JsonFormatter, ObserveRequests
@@ -133,6 +134,7 @@ def create_app(settings: Settings | None = None, tasks: Tasks | None = None) -> 
     install_security(app, settings)  # the body-size limit, and the OpenAPI schema's optional keys (docs/operations.md)
     # Request ids, metrics and JSON access lines; added last, so outermost: it sees every answer, 413s included.
     app.add_middleware(ObserveRequests, metrics=state.metrics, access_log=settings.log_format == "json")
+    install_proxy_headers(app, settings)  # outermost: the real client, for everything inside (docs/operations.md)
     for module in (generate, interpolate, train, datasets, models, workers, health, ops):
         app.include_router(module.router)
     web_page.install(app)  # the page at / and its /static files (service/static)

@@ -64,7 +64,27 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         "workers": settings.workers,  # processes; each loads its own models and starts its own render process
         "loop": UVICORN_LOOP,
         "log_level": settings.log_level.lower(),
+        # X-Forwarded-For is read by the app itself, from GANSERVE_TRUSTED_PROXIES only (service/security/limits.py
+        # `install_proxy_headers`); uvicorn's own reading (which trusts 127.0.0.1, or FORWARDED_ALLOW_IPS) would
+        # read the header a second time, by another rule.
+        "proxy_headers": False,
     }
+
+
+def metrics_port_conflict(settings: Settings) -> str | None:
+    """Why these settings cannot serve the /metrics port, or None. Each API process counts its own requests and
+    the port can be bound by one process only: with several, it would show one process's counts as the whole
+    server's, so it is refused rather than half-served."""
+    if settings.metrics_port and settings.workers > 1:
+        return (
+            f"GANSERVE_METRICS_PORT={settings.metrics_port} serves one API process's metrics, and GANSERVE_WORKERS="
+            f"{settings.workers} starts {settings.workers}: run one API process per container or host "
+            "(GANSERVE_WORKERS=1, more replicas, each scraped on its own port), or set GANSERVE_METRICS_PORT=0 and "
+            "scrape GET /metrics with an admin key (docs/operations.md, Metrics)"
+        )
+    if settings.metrics_port and settings.metrics_port == settings.port:
+        return f"GANSERVE_METRICS_PORT={settings.metrics_port} is also GANSERVE_PORT: choose another port, or 0 (off)"
+    return None
 
 
 def api(
@@ -85,6 +105,8 @@ def api(
     import uvicorn
 
     settings = _settings(host=host, port=port, workers=workers, log_level=log_level)
+    if (conflict := metrics_port_conflict(settings)) is not None:
+        raise fail(conflict, 2)
     _open_database(settings)
     uvicorn.run(APP_FACTORY, access_log=access_log, **uvicorn_options(settings))
 

@@ -26,7 +26,7 @@ from core.keys import CREATE_COMMAND, Scope
 from core.settings import Settings
 from service.api.errors import APIError
 from service.security.keyring import KeyRing
-from service.security.limits import dataset_upload_limit, enforce_rate_limit, install_body_limit
+from service.security.limits import dataset_upload_limit, enforce_rate_limit, install_body_limit, per_minute
 from service.state import app_state
 
 log = logging.getLogger(__name__)
@@ -130,7 +130,7 @@ class Authorize:
                     detail={"required_scope": self.scope.value, "key": principal.name},
                 )
         who = principal.name if principal else None
-        limit, limiter = state.settings.rate_limit_per_min, state.rate_limiter
+        limit, limiter = per_minute(state.settings, who), state.rate_limiter  # a key's, or an anonymous IP's
         if limit > 0 and getattr(limiter, "blocking", False):
             await run_in_threadpool(enforce_rate_limit, request, limiter, limit, who)
         else:

@@ -3,16 +3,22 @@
 - **request body size** (`GANSERVE_MAX_BODY_BYTES`; a dataset upload's, GANSERVE_DATASET_MAX_BYTES): an ASGI
   middleware answers 413 before anything parses the body: at once when `Content-Length` says it is too large,
   and as soon as a streamed (chunked) body passes the limit;
-- **request rate** (`GANSERVE_RATE_LIMIT_PER_MIN`) per API key, and per client IP for anonymous callers of
-  the public routes: a fixed one-minute window, 429 with `Retry-After`. Counted in Redis when the broker is
-  Redis, so every API process shares one count; in the process otherwise (the embedded filesystem broker).
+- **request rate**: per API key (`GANSERVE_RATE_LIMIT_PER_MIN`), and per client IP for anonymous callers
+  (`GANSERVE_RATE_LIMIT_PER_IP_PER_MIN`), two separate counts: a key's requests never use its address's
+  budget, nor the reverse. A fixed one-minute window, 429 with `Retry-After`. Counted in Redis when the broker
+  is Redis, so every API process shares one count; in the process otherwise (the embedded filesystem broker).
   When Redis stops answering the limiter falls back to the in-process count (each API process then counts
   on its own) and tries Redis again after `REDIS_RETRY_S`: requests are still limited and never fail
-  because the limiter's store did.
+  because the limiter's store did;
+- **the client's address behind a load balancer** (`GANSERVE_TRUSTED_PROXIES`): uvicorn's
+  ProxyHeadersMiddleware, in the app itself, takes the client from `X-Forwarded-For` only when the
+  connection comes from one of those addresses or networks; from any other peer the header is ignored, so a
+  client cannot choose the address it is limited as.
 
 The queue length per key is checked where jobs are created (service/api/routes/train.py, core/submissions.py).
 """
 
+import ipaddress
 import logging
 import math
 import threading
@@ -22,8 +28,10 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from fastapi import FastAPI, Request, Response
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from core.settings import Settings
 from service.api.errors import APIError, error_response
@@ -231,26 +239,75 @@ def make_rate_limiter(settings: Settings) -> RateLimiter:
     return MemoryRateLimiter()
 
 
+KEY_RATE_SETTING = "GANSERVE_RATE_LIMIT_PER_MIN"
+IP_RATE_SETTING = "GANSERVE_RATE_LIMIT_PER_IP_PER_MIN"
+
+
+def per_minute(settings: Settings, key_name: str | None) -> int:
+    """The requests a minute allowed to the key named `key_name`, or (None) to one anonymous client IP."""
+    return settings.rate_limit_per_min if key_name is not None else settings.rate_limit_per_ip_per_min
+
+
 def enforce_rate_limit(request: Request, limiter: RateLimiter, limit: int, key_name: str | None) -> None:
     """Count this request against its key (or, anonymous, its client IP); 429 beyond `limit` a minute."""
     if limit == 0:
         return
     if key_name is not None:
-        identity, who = f"key:{key_name}", f"API key {key_name!r}"
+        identity, who, setting = f"key:{key_name}", f"API key {key_name!r}", KEY_RATE_SETTING
+        advice = "ask the operator to raise it, or spread the work over several keys"
     else:
+        # The peer, or the client a trusted proxy named (GANSERVE_TRUSTED_PROXIES, `install_proxy_headers`).
         host = request.client.host if request.client else "unknown"
-        identity, who = f"ip:{host}", f"Anonymous requests from {host}"
+        identity, who, setting = f"ip:{host}", f"Anonymous requests from {host}", IP_RATE_SETTING
+        advice = (
+            "send an API key (its own budget, GANSERVE_RATE_LIMIT_PER_MIN); behind a load balancer the operator "
+            "sets GANSERVE_TRUSTED_PROXIES so that each client is counted, not the balancer"
+        )
     wait = limiter.hit(identity, limit)
     if wait is not None:
         retry_after = max(1, math.ceil(wait))
         raise APIError(
             429,
             "rate_limited",
-            f"{who} made more than {limit} requests this minute (GANSERVE_RATE_LIMIT_PER_MIN); "
-            f"retry after {retry_after} s.",
-            detail={"limit_per_minute": limit, "retry_after_s": retry_after},
+            f"{who} made more than {limit} requests this minute ({setting}); retry after {retry_after} s, or {advice}.",
+            detail={"limit_per_minute": limit, "retry_after_s": retry_after, "setting": setting},
             headers={"Retry-After": str(retry_after)},
         )
+
+
+async def limit_rate(request: Request, settings: Settings, limiter: RateLimiter, key_name: str | None) -> None:
+    """`enforce_rate_limit` with this caller's limit, off the event loop when the limiter's store is remote."""
+    limit = per_minute(settings, key_name)
+    if limit > 0 and getattr(limiter, "blocking", False):
+        await run_in_threadpool(enforce_rate_limit, request, limiter, limit, key_name)
+    else:
+        enforce_rate_limit(request, limiter, limit, key_name)
+
+
+def trusted_proxy_list(settings: Settings) -> list[str]:
+    """GANSERVE_TRUSTED_PROXIES as the addresses and networks it names (each checked: a typo is a start-up
+    error naming the setting, not a proxy silently untrusted)."""
+    entries = [e.strip() for e in settings.trusted_proxies.split(",") if e.strip()]
+    for entry in entries:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            if entry != "*":
+                raise ValueError(
+                    f"GANSERVE_TRUSTED_PROXIES: {entry!r} is not an IP address or a CIDR network "
+                    "(e.g. 10.0.0.0/8, 192.0.2.10); list the load balancers' addresses, comma-separated"
+                ) from None
+    return entries
+
+
+def install_proxy_headers(app: FastAPI, settings: Settings) -> None:
+    """With GANSERVE_TRUSTED_PROXIES set: the client of a request that comes from one of them is the one its
+    `X-Forwarded-For` names (and the scheme its `X-Forwarded-Proto`'s), so the per-IP limit counts clients,
+    not the load balancer. In the app rather than only in `ganserve api`'s uvicorn, so that every server
+    (and the tests) applies the same rule; `ganserve api` turns uvicorn's own off so headers are read once."""
+    trusted = trusted_proxy_list(settings)
+    if trusted:
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=trusted)
 
 
 def install_body_limit(app: FastAPI, max_bytes: int, routes: Mapping[tuple[str, str], BodyLimit] | None = None) -> None:

@@ -2,6 +2,7 @@
 requests per minute 429 with Retry-After, in the process and in a real Redis (db 14, flushed), and what
 happens when that Redis is gone."""
 
+import re
 import time
 from collections.abc import Iterator
 
@@ -170,18 +171,83 @@ def test_a_request_counts_once(make_app, publish_model) -> None:
         assert [c.post("/train", json=TRAIN_BODY).status_code for _ in range(3)] == [202, 202, 429]
 
 
+CACHED = {"if-none-match": "*"}  # a 304 when let through: the limit is what is tested, not the rendering
+
+
 def test_anonymous_generate_is_limited_per_client_ip(make_app, publish_model) -> None:
     publish_model(DEFAULT_MODEL)
-    cached = {"if-none-match": "*"}  # a 304 when let through: the limit is what is tested, not the rendering
-    with TestClient(make_app(rate_limit_per_min=2), client=("203.0.113.7", 5000)) as a:
+    with TestClient(make_app(rate_limit_per_ip_per_min=2), client=("203.0.113.7", 5000)) as a:
         b = client_on(a, client=("203.0.113.8", 5000))
-        assert [a.get("/generate?seed=1", headers=cached).status_code for _ in range(3)] == [304, 304, 429]
+        assert [a.get("/generate?seed=1", headers=CACHED).status_code for _ in range(3)] == [304, 304, 429]
         r = a.post("/generate", json={"seed": 1})
         assert r.status_code == 429 and "203.0.113.7" in r.json()["message"] and r.headers["retry-after"]
-        assert b.get("/generate?seed=1", headers=cached).status_code == 304  # another address
-        key = {**cached, **bearer(GENERATE_KEY)}
+        assert r.json()["detail"]["setting"] == "GANSERVE_RATE_LIMIT_PER_IP_PER_MIN"
+        assert "GANSERVE_TRUSTED_PROXIES" in r.json()["message"]  # how a deployment behind a balancer fixes it
+        assert b.get("/generate?seed=1", headers=CACHED).status_code == 304  # another address
+        key = {**CACHED, **bearer(GENERATE_KEY)}
         assert a.get("/generate?seed=1", headers=key).status_code == 304  # a key: its own count
         assert a.get("/healthz").status_code == 200  # probes are never limited
+        assert a.get("/readyz").status_code in (200, 503)  # nor is readiness (503 while the renderer loads)
+
+
+def test_per_key_and_per_ip_limits_are_independent(make_app, publish_model) -> None:
+    """GANSERVE_RATE_LIMIT_PER_MIN counts each key, GANSERVE_RATE_LIMIT_PER_IP_PER_MIN each anonymous address:
+    a key spent does not stop its address's anonymous requests, nor the reverse."""
+    publish_model(DEFAULT_MODEL)
+    key = {**CACHED, **bearer(GENERATE_KEY)}
+    with TestClient(make_app(rate_limit_per_min=2, rate_limit_per_ip_per_min=3), client=("203.0.113.9", 1)) as c:
+        assert [c.get("/generate?seed=1", headers=key).status_code for _ in range(3)] == [304, 304, 429]
+        r = c.get("/generate?seed=1", headers=key)
+        assert r.json()["detail"]["setting"] == "GANSERVE_RATE_LIMIT_PER_MIN" and "'test-generate'" in r.text
+        # The same address, anonymous: its own budget of 3, untouched by the key's 4 requests.
+        assert [c.get("/generate?seed=1", headers=CACHED).status_code for _ in range(4)] == [304, 304, 304, 429]
+        # And another key from that address is not slowed by either.
+        assert c.get("/train", headers=bearer(TRAIN_KEY)).status_code == 200
+
+
+TRUSTED_PEER = ("10.1.2.3", 40000)  # the load balancer: inside GANSERVE_TRUSTED_PROXIES' 10.0.0.0/8
+
+
+def test_behind_a_trusted_proxy_each_forwarded_client_has_its_own_budget(make_app, publish_model) -> None:
+    """The app factory itself applies GANSERVE_TRUSTED_PROXIES (uvicorn's ProxyHeadersMiddleware): from a trusted
+    peer, X-Forwarded-For names the client that is limited; from any other peer the header is ignored."""
+    publish_model(DEFAULT_MODEL)
+    app = make_app(rate_limit_per_ip_per_min=2, trusted_proxies="10.0.0.0/8, 192.0.2.1")
+    with TestClient(app, client=TRUSTED_PEER) as balancer:
+
+        def via_balancer(client_ip: str) -> int:
+            headers = {**CACHED, "X-Forwarded-For": client_ip}
+            return balancer.get("/generate?seed=1", headers=headers).status_code
+
+        # Two clients behind one balancer: each gets 2, though the balancer sent all 6.
+        assert [via_balancer("198.51.100.1") for _ in range(3)] == [304, 304, 429]
+        assert [via_balancer("198.51.100.2") for _ in range(3)] == [304, 304, 429]
+        # The 429 names the forwarded client, not the balancer.
+        r = balancer.get("/generate?seed=1", headers={**CACHED, "X-Forwarded-For": "198.51.100.1"})
+        assert "198.51.100.1" in r.json()["message"] and "10.1.2.3" not in r.json()["message"]
+        # A spoofed hop before the real client is not believed: the rightmost untrusted address counts.
+        assert via_balancer("6.6.6.6, 198.51.100.3") == 304
+
+        # An untrusted peer's X-Forwarded-For is ignored: it is limited as itself, whatever it claims.
+        direct = client_on(balancer, client=("203.0.113.50", 1))
+        claims = [f"198.51.100.{n}" for n in range(10, 13)]
+        codes = [direct.get("/generate?seed=1", headers={**CACHED, "X-Forwarded-For": ip}).status_code for ip in claims]
+        assert codes == [304, 304, 429]
+
+
+def test_without_trusted_proxies_forwarded_for_is_ignored(make_app, publish_model) -> None:
+    publish_model(DEFAULT_MODEL)
+    with TestClient(make_app(rate_limit_per_ip_per_min=1), client=("127.0.0.1", 1)) as c:
+        codes = [
+            c.get("/generate?seed=1", headers={**CACHED, "X-Forwarded-For": f"198.51.100.{n}"}).status_code
+            for n in range(2)
+        ]
+        assert codes == [304, 429]  # even from 127.0.0.1 (uvicorn's own default trusts it; ganserve does not)
+
+
+def test_a_trusted_proxies_typo_is_a_start_up_error_naming_the_setting(make_app) -> None:
+    with pytest.raises(ValueError, match=re.escape("GANSERVE_TRUSTED_PROXIES: '10.0.0.0/33'")):
+        make_app(trusted_proxies="10.0.0.1,10.0.0.0/33")
 
 
 def test_a_rate_of_zero_turns_the_limiter_off(make_app, publish_model) -> None:
