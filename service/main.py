@@ -25,7 +25,7 @@ from service.security.auth import install_security
 from service.security.limits import install_proxy_headers
 from service.serving.registry import ModelNotFound
 from service.state import Tasks, app_state, build_state, install_state
-from service.telemetry import JsonFormatter, ObserveRequests
+from service.telemetry import JsonFormatter, ObserveRequests, serving_metrics
 
 log = logging.getLogger(__name__)
 
@@ -90,9 +90,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     await state.renderer.start()
     settle_garbage_collector()
     # The reaper re-queues jobs whose worker vanished; the deliverer calls finished jobs' webhooks from the
-    # outbox on the volume (service/background/).
+    # outbox on the volume (service/background/); GANSERVE_METRICS_PORT, when set, serves /metrics keyless.
     try:
-        async with reaper.running(state), webhooks.running(state):
+        async with reaper.running(state), webhooks.running(state), serving_metrics(settings, state.metrics.registry):
             yield
     finally:
         # No request left waiting (the render process answers all it was sent), no render process left running.
@@ -132,7 +132,7 @@ def create_app(settings: Settings | None = None, tasks: Tasks | None = None) -> 
     install_state(app, state)
     install_error_handlers(app)
     install_security(app, settings)  # the body-size limit, and the OpenAPI schema's optional keys (docs/operations.md)
-    # Request ids, metrics and JSON access lines; added last, so outermost: it sees every answer, 413s included.
+    # Request ids, metrics and JSON access lines; added late, so outside the rest: it sees every answer, 413s included.
     app.add_middleware(ObserveRequests, metrics=state.metrics, access_log=settings.log_format == "json")
     install_proxy_headers(app, settings)  # outermost: the real client, for everything inside (docs/operations.md)
     for module in (generate, interpolate, train, datasets, models, workers, health, ops):

@@ -2,9 +2,13 @@
 
 - `Metrics` holds one `CollectorRegistry` per app (never prometheus_client's global one, so that several apps
   in one process — the tests — do not collide): HTTP requests by route template, method and status, their
-  durations, the rows of every generator forward, the images /generate served; and, computed when scraped
-  from the records on the volume, training and evaluation jobs by status and running jobs' images/s (so every
-  API process sharing the volume reports the same numbers).
+  durations, the rows of every generator forward, the images /generate served; and, from the database,
+  training and evaluation jobs by status, running jobs' images/s and the workers (so every API process
+  sharing the database reports the same numbers). Those are read into a `JobsSnapshot` at most once every
+  `SNAPSHOT_MAX_AGE_S`, whatever the rate of scrapes, /stats and /readyz: counts by status (SQL COUNTs),
+  the running and queued jobs' records only, never every record.
+- `serving_metrics`: the registry on a port of its own (GANSERVE_METRICS_PORT), prometheus_client's HTTP
+  server in a thread of this process, for a scraper that holds no key.
 - `ObserveRequests` is a pure ASGI middleware: it takes the client's `X-Request-ID` (or makes one), keeps it
   in a contextvar for the log lines of the request, returns it in the answer, and counts the request. With
   `GANSERVE_LOG_FORMAT=json` it also writes one access line per request.
@@ -17,22 +21,28 @@ import contextvars
 import json
 import logging
 import re
+import threading
 import time
 import uuid
 from collections import Counter as Tally
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core.evaluations import EvaluationStore
 from core.jobs import JobRecord, JobStore
-from core.records import JobStatus
-from core.workers import WorkerClass, WorkerStore, waiting_for
+from core.records import JobStatus, RecordStore
+from core.settings import Settings
+from core.workers import WorkerClass, WorkerInfo, WorkerStore, waiting_for, wanted
+
+log = logging.getLogger(__name__)
 
 access_log = logging.getLogger("service.access")
 
@@ -89,44 +99,117 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, default=str, ensure_ascii=False)
 
 
-class JobsCollector(Collector):
-    """Jobs by status and running jobs' throughput, read from the volume at each scrape."""
+# A scrape, /stats or /readyz reads the database at most this often per API process, however often they come.
+SNAPSHOT_MAX_AGE_S = 1.0
 
-    def __init__(self, jobs: JobStore, evaluations: EvaluationStore | None = None, workers: WorkerStore | None = None):
-        self.jobs = jobs
-        self.evaluations = evaluations
-        self.workers = workers
+T = TypeVar("T")
+
+
+class Snapshot(Generic[T]):
+    """`read()`'s value, read again only when the last one is `max_age_s` old. One read at a time: callers that
+    find it stale while another thread reads wait for that read rather than start their own, so the reads are
+    at most one per `max_age_s` whatever the number of callers. A read that raises is not kept (the next caller
+    tries again). `clock`: time.monotonic (tests pass their own)."""
+
+    def __init__(
+        self, read: Callable[[], T], max_age_s: float = SNAPSHOT_MAX_AGE_S, clock: Callable[[], float] = time.monotonic
+    ):
+        self.read = read
+        self.max_age_s = max_age_s
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._value: T | None = None
+        self._taken = 0.0
+
+    def get(self) -> T:
+        with self._lock:
+            if self._value is None or self.clock() - self._taken >= self.max_age_s:
+                self._value = None
+                value = self.read()
+                self._value, self._taken = value, self.clock()
+            return self._value
+
+    def expire(self) -> None:
+        """The next `get` reads (tests that change the database and look at once)."""
+        with self._lock:
+            self._value = None
+
+
+@dataclass(frozen=True)
+class JobsSnapshot:
+    """What /metrics, /stats and /readyz report from the database, read at one moment."""
+
+    jobs: dict[str, int]  # training jobs by status (every status present)
+    evaluations: dict[str, int] | None  # evaluation jobs by status; None: no evaluation store
+    running: list[JobRecord]  # the running jobs' records (their progress)
+    workers: list[WorkerInfo] | None  # None: no worker store
+    waiting: dict[str, int]  # queued jobs no live worker can take, by what they wait for (core.workers.wanted)
+
+    @property
+    def without_live_worker(self) -> int:
+        return sum(self.waiting.values())
+
+
+def _by_status(store: RecordStore[Any]) -> dict[str, int]:
+    """One COUNT per status in one transaction: the index on status answers, no record is read or parsed."""
+    with store.db.begin() as conn:
+        return {s.value: store.count({s}, conn=conn) for s in JobStatus}
+
+
+def read_jobs(
+    jobs: JobStore, evaluations: EvaluationStore | None = None, workers: WorkerStore | None = None
+) -> JobsSnapshot:
+    """The snapshot, read now: counts by status, and the records of running jobs (and, with workers, queued
+    ones, to say which no live worker can take): bounded by the workers and the queue, not by the history."""
+    listed = workers.list() if workers is not None else None
+    waiting: dict[str, int] = {}
+    if listed is not None:
+        for r in jobs.list(status=JobStatus.queued):
+            gpus = r.resources.gpus if r.resources is not None else None  # an older version's job: any worker
+            if waiting_for(gpus, listed) is not None:
+                waiting[wanted(gpus)] = waiting.get(wanted(gpus), 0) + 1
+    return JobsSnapshot(
+        jobs=_by_status(jobs),
+        evaluations=_by_status(evaluations) if evaluations is not None else None,
+        running=jobs.list(status=JobStatus.running),
+        workers=listed,
+        waiting=waiting,
+    )
+
+
+class JobsCollector(Collector):
+    """Jobs by status, running jobs' throughput and the workers, from the snapshot (at most a second old)."""
+
+    def __init__(self, snapshot: Callable[[], JobsSnapshot]):
+        self.snapshot = snapshot
 
     def collect(self) -> Iterator[Metric]:
-        records = self.jobs.list()
-        by_status = Tally(r.status for r in records)
+        snap = self.snapshot()
         jobs = GaugeMetricFamily("ganserve_jobs", "Training jobs on the volume, by status.", labels=["status"])
-        for status in JobStatus:
-            jobs.add_metric([status.value], by_status.get(status, 0))
+        for status, n in snap.jobs.items():
+            jobs.add_metric([status], n)
         yield jobs
         speed = GaugeMetricFamily(
             "ganserve_training_images_per_second",
             "Real images per second of each running training job (its last progress report).",
             labels=["job", "model"],
         )
-        for r in records:
-            if r.status == JobStatus.running and r.progress is not None and r.progress.images_per_sec is not None:
+        for r in snap.running:
+            if r.progress is not None and r.progress.images_per_sec is not None:
                 speed.add_metric([r.id, r.config.model_name], r.progress.images_per_sec)
         yield speed
-        if self.evaluations is not None:
-            by_status = Tally(r.status for r in self.evaluations.list())
+        if snap.evaluations is not None:
             evals = GaugeMetricFamily(
                 "ganserve_evaluations", "Evaluation jobs on the volume, by status.", labels=["status"]
             )
-            for status in JobStatus:
-                evals.add_metric([status.value], by_status.get(status, 0))
+            for status, n in snap.evaluations.items():
+                evals.add_metric([status], n)
             yield evals
-        if self.workers is not None:
-            yield from self._workers(records)
+        if snap.workers is not None:
+            yield from self._workers(snap.workers, snap.without_live_worker)
 
-    def _workers(self, records: list[JobRecord]) -> Iterator[Metric]:
+    def _workers(self, workers: list[WorkerInfo], waiting: int) -> Iterator[Metric]:
         """Workers by class and liveness, and the queued jobs that no live worker can take (alert on it)."""
-        workers = self.workers.list() if self.workers is not None else []
         counts = Tally((w.worker_class.value, w.live) for w in workers)
         family = GaugeMetricFamily(
             "ganserve_workers",
@@ -137,12 +220,6 @@ class JobsCollector(Collector):
             for live in (True, False):
                 family.add_metric([cls.value, str(live).lower()], counts.get((cls.value, live), 0))
         yield family
-        waiting = sum(
-            1
-            for r in records
-            if r.status == JobStatus.queued
-            and waiting_for(r.resources.gpus if r.resources is not None else None, workers) is not None
-        )
         yield GaugeMetricFamily(
             "ganserve_jobs_without_live_worker",
             "Queued training jobs that no live worker can take (their record's waiting_for).",
@@ -188,8 +265,11 @@ class Metrics:
             "/generate and /interpolate requests sent to the render process and not answered yet.",
             registry=self.registry,
         )
+        # The database's part, read at most once a second (`SNAPSHOT_MAX_AGE_S`) for every reader.
+        self.jobs: Snapshot[JobsSnapshot] | None = None
         if jobs is not None:
-            self.registry.register(JobsCollector(jobs, evaluations, workers))
+            self.jobs = Snapshot(lambda: read_jobs(jobs, evaluations, workers))
+            self.registry.register(JobsCollector(self.jobs.get))
         self.started_at = datetime.now(UTC)
         self._started = time.monotonic()
         # (route, method, status) → its counter and histogram children: `.labels()` costs more than the update.
@@ -254,6 +334,33 @@ class Metrics:
             elif sample.name.endswith("_sum"):
                 rows = sample.value
         return int(forwards), rows
+
+
+@asynccontextmanager
+async def serving_metrics(settings: Settings, registry: CollectorRegistry) -> AsyncIterator[None]:
+    """`registry` on GANSERVE_METRICS_HOST:GANSERVE_METRICS_PORT (0: nothing), without a key, while the app
+    runs: prometheus_client's own HTTP server, in a thread of this process. A port another process holds (a
+    second API process of `uvicorn --workers`, which `ganserve api` refuses before it starts) fails the start
+    with a message naming the setting: a port serving one of several processes' counts would mislead."""
+    if not settings.metrics_port:
+        yield
+        return
+    where = f"{settings.metrics_host}:{settings.metrics_port}"
+    try:
+        server, thread = start_http_server(settings.metrics_port, settings.metrics_host, registry)
+    except OSError as e:
+        raise RuntimeError(
+            f"GANSERVE_METRICS_PORT: cannot serve /metrics on {where} ({e.strerror or e}). Another process holds "
+            "the port (with several API processes, GANSERVE_WORKERS > 1, only one could: run one per port, or set "
+            "GANSERVE_METRICS_PORT=0 and scrape GET /metrics with an admin key)."
+        ) from e
+    log.info("metrics: /metrics served without a key on http://%s/metrics", where)
+    try:
+        yield
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
 
 
 def _quantile_ms(q: float, cumulative: list[tuple[float, float]]) -> float | None:

@@ -1,0 +1,186 @@
+"""Who may read `/metrics` and `/stats`, the /metrics port, and what a flood of them or of `/readyz` costs the
+database (service/api/routes/ops.py, service/api/routes/health.py, service/telemetry.py)."""
+
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from svc_support import AUTH, DEFAULT_MODEL, GENERATE_KEY, bearer, client_on
+from typer.testing import CliRunner
+
+from core.settings import Settings
+from core.train_config import TrainConfig
+from ganserve.cli import app as cli
+from ganserve.cli.processes import metrics_port_conflict
+from service.api.routes.health import expire_probes, probes
+from service.state import app_state
+from service.telemetry import Snapshot
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# --- access -------------------------------------------------------------------------------------------
+
+
+def test_anonymous_metrics_is_401_naming_the_scope_and_the_settings_that_open_it(anon: TestClient) -> None:
+    r = anon.get("/metrics")
+    assert r.status_code == 401 and r.headers["content-type"] == "application/json", r.text
+    body = r.json()
+    assert body["error"] == "api_key_required" and body["detail"]["required_scope"] == "admin"
+    assert body["detail"]["settings"] == ["GANSERVE_METRICS_PUBLIC", "GANSERVE_METRICS_PORT"]
+    assert "`admin`" in body["message"] and "GANSERVE_METRICS_PUBLIC=true" in body["message"]
+    assert r.headers["www-authenticate"] == "Bearer"
+
+
+def test_a_key_without_admin_is_403_and_an_admin_key_scrapes(client: TestClient) -> None:
+    r = client_on(client, headers=bearer(GENERATE_KEY)).get("/metrics")
+    assert r.status_code == 403 and r.json()["detail"]["required_scope"] == "admin", r.text
+    assert "GANSERVE_METRICS_PORT" in r.json()["message"]
+    scrape = client.get("/metrics")  # the admin key
+    assert scrape.status_code == 200 and scrape.headers["content-type"].startswith("text/plain")
+    assert 'ganserve_jobs{status="queued"} 0.0' in scrape.text
+
+
+def test_stats_needs_an_admin_key(client: TestClient, anon: TestClient) -> None:
+    r = anon.get("/stats")
+    assert r.status_code == 401 and r.json()["detail"]["required_scope"] == "admin"
+    assert client_on(client, headers=bearer(GENERATE_KEY)).get("/stats").status_code == 403
+    assert client.get("/stats").status_code == 200
+    paths = client.app.openapi()["paths"]  # type: ignore[attr-defined]
+    assert "/stats" in paths and "/metrics" not in paths
+    assert paths["/stats"]["get"]["security"]  # documented as keyed
+
+
+def test_metrics_public_opens_metrics_to_anonymous_scrapers_limited_per_address(
+    make_app: Callable[..., FastAPI], publish_model: Callable[..., int]
+) -> None:
+    publish_model(DEFAULT_MODEL)
+    app = make_app(metrics_public=True, rate_limit_per_ip_per_min=2)
+    with TestClient(app, client=("203.0.113.20", 1)) as anon:
+        assert [anon.get("/metrics").status_code for _ in range(3)] == [200, 200, 429]
+        assert anon.get("/stats").status_code == 401  # /stats stays keyed: it names every tenant's jobs
+        assert anon.get("/metrics", headers=AUTH).status_code == 200  # a key: its own count, not the address's
+
+
+def test_the_metrics_port_serves_without_a_key_while_the_app_runs(
+    make_app: Callable[..., FastAPI], publish_model: Callable[..., int]
+) -> None:
+    publish_model(DEFAULT_MODEL)
+    port = free_port()
+    app = make_app(metrics_port=port)
+    with TestClient(app) as api:
+        assert api.get("/metrics").status_code == 401  # the API's port is still keyed
+        r = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10)
+        assert r.status_code == 200 and 'ganserve_jobs{status="queued"} 0.0' in r.text
+        assert "ganserve_http_requests_total" in r.text  # the same registry: this process's request counts
+    with pytest.raises(httpx.ConnectError):  # stopped with the app
+        httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2)
+
+
+def test_a_metrics_port_in_use_fails_the_start_naming_the_setting(
+    make_app: Callable[..., FastAPI], publish_model: Callable[..., int]
+) -> None:
+    publish_model(DEFAULT_MODEL)
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        app = make_app(metrics_port=held.getsockname()[1])
+        with pytest.raises(RuntimeError, match="GANSERVE_METRICS_PORT: cannot serve /metrics"), TestClient(app):
+            pass
+
+
+def test_ganserve_api_refuses_a_metrics_port_with_several_workers(monkeypatch: pytest.MonkeyPatch) -> None:
+    import uvicorn
+
+    started: list[Any] = []
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: started.append(a))
+    for name, value in {"WORKERS": "4", "METRICS_PORT": "9100", "PORT": "8000"}.items():
+        monkeypatch.setenv(f"GANSERVE_{name}", value)
+    result = CliRunner().invoke(cli, ["api"], prog_name="ganserve")
+    assert result.exit_code == 2 and started == []
+    assert "GANSERVE_METRICS_PORT=9100" in result.output and "GANSERVE_WORKERS=4" in result.output
+    assert metrics_port_conflict(Settings(_env_file=None, workers=1, metrics_port=9100)) is None  # type: ignore[call-arg]
+
+
+# --- cost: one read of the database a second, whatever the request rate --------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def spy(monkeypatch: pytest.MonkeyPatch, obj: object, name: str, calls: dict[str, int], label: str) -> None:
+    """Count `obj.name(...)` calls in `calls[label]`, still calling it."""
+    real = getattr(obj, name)
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls[label] = calls.get(label, 0) + 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(obj, name, counted)
+
+
+def test_metrics_stats_and_readyz_read_the_jobs_once_a_second_whatever_the_rate(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state = app_state(client.app)  # type: ignore[arg-type]
+    state.jobs.create(config=TrainConfig(model_name="m"))
+    snapshot = state.metrics.jobs
+    assert isinstance(snapshot, Snapshot)
+    clock = Clock()
+    snapshot.clock = clock
+    snapshot.expire()
+    calls: dict[str, int] = {}
+    for name in ("list", "count", "get"):
+        spy(monkeypatch, state.jobs, name, calls, f"jobs.{name}")
+    spy(monkeypatch, state.evaluations, "count", calls, "evaluations.count")
+    spy(monkeypatch, state.evaluations, "list", calls, "evaluations.list")
+    spy(monkeypatch, state.workers, "list", calls, "workers.list")
+
+    for _ in range(10):
+        assert client.get("/metrics").status_code == 200
+        assert client.get("/stats").json()["jobs"]["queued"] == 1
+        assert client.get("/readyz").status_code in (200, 503)  # 503 while the render process loads
+    # One read for all 30 requests: the running and the queued records, a COUNT per status, the workers; never
+    # every record (no unfiltered list, no evaluation records, no record fetched one by one).
+    one_read = {"jobs.list": 2, "jobs.count": 5, "evaluations.count": 5, "workers.list": 1}
+    assert calls == one_read
+
+    state.jobs.create(config=TrainConfig(model_name="m"))
+    assert client.get("/stats").json()["jobs"]["queued"] == 1  # the snapshot, at most a second old
+    clock.now += 1.0
+    assert client.get("/stats").json()["jobs"]["queued"] == 2
+    for _ in range(5):
+        client.get("/metrics")
+    assert calls == {name: 2 * n for name, n in one_read.items()}  # exactly one more read
+
+
+def test_readyz_probes_the_database_and_storage_once_a_second(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state = app_state(client.app)  # type: ignore[arg-type]
+    cached = probes(client.app)  # type: ignore[arg-type]
+    clock = Clock()
+    cached.clock = clock
+    expire_probes(client.app)  # type: ignore[arg-type]
+    calls: dict[str, int] = {}
+    spy(monkeypatch, state.db, "revision", calls, "revision")
+    spy(monkeypatch, state.storage, "check", calls, "check")
+    bodies = [client.get("/readyz").json() for _ in range(20)]
+    assert calls == {"revision": 1, "check": 1}
+    assert all((b.get("checks") or b["detail"])["database"]["ok"] for b in bodies)
+    clock.now += 1.0
+    client.get("/readyz")
+    assert calls == {"revision": 2, "check": 2}
