@@ -2,8 +2,12 @@
 object storage (core/storage.py). Publishing writes the files first, then commits the row: a version whose row is
 not committed does not exist, and a number is given once (the primary key), whoever else publishes the name.
 `local_stem` gives a version's files on this machine (fetched into the cache from remote storage) for loading.
+Every published name is claimed (core/model_names.py): a version's row and, when nobody holds the name yet, its
+claim for the publisher commit together. Who may publish under a name is its caller's check (`ModelNames.claim`
+before the files are written: the worker's worker/publishing.py, POST /train at submission).
 """
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -15,6 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from core import db as tables
 from core.db import Database, aware
 from core.files import atomic_write_json
+from core.model_names import ModelNames, Visibility
 from core.records import now
 from core.storage import BlobCache, BlobError, Storage
 
@@ -31,6 +36,7 @@ class ModelVersion:
     location: str  # the storage key of its folder
     has_samples: bool
     created_at: datetime
+    storage_bytes: int = 0  # bytes of its folder's files in storage (a key's usage, core/quota.py)
 
     @property
     def samples_key(self) -> str | None:
@@ -38,8 +44,13 @@ class ModelVersion:
 
 
 class ModelVersions:
-    def __init__(self, db: Database):
+    """`reserved`: the bundled models' names, never published over (NameReserved); `visibility`: that of a name
+    claimed by its first publish (GANSERVE_MODEL_VISIBILITY)."""
+
+    def __init__(self, db: Database, reserved: Iterable[str] = (), visibility: Visibility = "public"):
         self.db = db
+        self.claims = ModelNames(db, reserved)
+        self.visibility: Visibility = visibility
 
     def add(
         self,
@@ -50,8 +61,10 @@ class ModelVersions:
         location: str,
         has_samples: bool,
         owner: str | None = None,
+        storage_bytes: int = 0,
     ) -> int:
-        """Commit the next version of `name` (its files already written at `location`); returns its number."""
+        """Commit the next version of `name` (its files already written at `location`, `storage_bytes` of them);
+        returns its number."""
         table = tables.model_versions
         row = {"owner": owner, "weights_sha256": weights_sha256, "metadata": metadata, "location": location}
         while True:
@@ -59,10 +72,10 @@ class ModelVersions:
                 with self.db.begin() as conn:
                     top = conn.execute(select(func.max(table.c.version)).where(table.c.name == name)).scalar()
                     version = (top or 0) + 1
-                    values = {**row, "has_samples": has_samples, "created_at": now()}
+                    values = {**row, "has_samples": has_samples, "created_at": now(), "storage_bytes": storage_bytes}
                     conn.execute(insert(table).values(name=name, version=version, **values))
                 return version
-            except IntegrityError:  # another publisher took that number a moment ago: the next one
+            except IntegrityError:  # another publisher took that number (or the name's claim) a moment ago: again
                 continue
 
     def versions(self, name: str) -> list[int]:

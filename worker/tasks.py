@@ -56,6 +56,7 @@ from worker.job_process import (
     supervise,
     worker_stopping,
 )
+from worker.publishing import publish_job_model
 from worker.run_files import RunFiles, storage_of, store_file
 
 if TYPE_CHECKING:
@@ -323,7 +324,6 @@ def _run_rank(store: JobStore, job_id: str, settings: Settings, world: "World") 
 def _run(store: JobStore, job_id: str, attempt: int, me: str, signals: Signals, world: "World") -> dict[str, object]:
     # Imported when a job runs: the worker starts, and answers the broker, without waiting for torch.
     from training import run_state
-    from training.checkpoint import publish
     from training.loop import TrainProgress, train
 
     settings = get_settings()
@@ -410,9 +410,17 @@ def _run(store: JobStore, job_id: str, attempt: int, me: str, signals: Signals, 
         if result.status == "completed" and heartbeat.still_ours():
             if result.final_checkpoint is None:
                 raise RuntimeError("training completed without writing a final checkpoint")
-            owner = owner_of(store, job_id)
-            versions = ModelVersions(store.db)
-            version = publish(run.storage, versions, config.model_name, result.final_checkpoint, result.samples, owner)
+            owner = owner_of(store, job_id)  # published as the job's key, under its claim (worker/publishing.py)
+            version = publish_job_model(
+                settings,
+                run.storage,
+                store.db,
+                job_id,
+                config.model_name,
+                result.final_checkpoint,
+                result.samples,
+                owner,
+            )
 
     superseded = {"job": job_id, "status": "superseded"}
     if heartbeat.lost:
