@@ -1,38 +1,75 @@
-"""What /generate and /interpolate share: finding the model a request names (404s), checking the request
-against it (422s), and what a request the render process did not render is (a 503)."""
+"""What /generate and /interpolate share: finding the model a request names (404s: a name that does not exist,
+and a private one the caller may not read, alike), checking the request against it (422s), and what a request
+the render process did not render is (a 503)."""
 
 import contextlib
 from collections.abc import Iterator
 
 from starlette.concurrency import run_in_threadpool
 
+from core.keys import Scope
 from core.settings import Settings
 from service.api.errors import APIError, validation_error
+from service.security.auth import Principal
 from service.serving.registry import LoadedModel, ModelNotFound, ModelRegistry
 from service.serving.render_process import RendererClosed
 from service.state import AppState
 from training.latents import MAX_SEED
 
 
-async def resolve(state: AppState, name: str | None, version: int | None) -> LoadedModel:
-    """The model `name` (the default model when None) at `version` (the latest when None), or a 404. A loaded
-    model is found on the event loop; one to look up or load from disk, in a thread."""
+async def resolve(
+    state: AppState, name: str | None, version: int | None, principal: Principal | None = None
+) -> LoadedModel:
+    """The model `name` at `version` (the latest when None), or a 404; naming no model is the default model
+    (Settings.default_model) at `version`, or at its pinned default_model_version when None. A private model
+    `principal` may not read is a 404 exactly as for a name that does not exist. A loaded model is found on the
+    event loop; one to look up or load from disk, and the claims when they are due a re-read, in a thread."""
     settings: Settings = state.settings
-    model = state.registry.get_if_ready(name or settings.default_model, version)
+    registry = state.registry
+    if name is None:  # the default model, at its pinned version unless the request names one
+        name, version = settings.default_model, version or settings.default_model_version
+    if not registry.claims_fresh():
+        await run_in_threadpool(registry.claims)
+    key, admin = (principal.name, principal.allows(Scope.admin)) if principal is not None else (None, False)
+    if not registry.readable(name, key, admin=admin):
+        raise not_found(registry, name, version, principal)
+    model = registry.get_if_ready(name, version)
     if model is None:
-        model = await run_in_threadpool(_get, state.registry, name or settings.default_model, version)
+        model = await run_in_threadpool(_get, registry, name, version, principal)
     return model
 
 
-def _get(registry: ModelRegistry, name: str, version: int | None) -> LoadedModel:
+def shareable(state: AppState, model: LoadedModel) -> bool:
+    """A shared cache may keep `model`'s answers (`Cache-Control: public`): anonymous callers are served and the
+    model is readable by anyone; a private model's answers are `private` (the caller's own cache only)."""
+    return state.settings.public_generate and state.registry.readable(model.name, None)
+
+
+def readable_names(registry: ModelRegistry, principal: Principal | None) -> list[str]:
+    """The names `principal` may be served (what a 404 lists: never another key's private model)."""
+    if principal is None:
+        return registry.names(None, admin=False)
+    return registry.names(principal.name, admin=principal.allows(Scope.admin))
+
+
+def not_found(registry: ModelRegistry, name: str, version: int | None, principal: Principal | None) -> APIError:
+    available = readable_names(registry, principal)
+    return APIError(
+        404,
+        "model_not_found",
+        f"{ModelNotFound(name, version, available)} (GET /models lists them)",
+        detail={"available": available},
+    )
+
+
+def _get(registry: ModelRegistry, name: str, version: int | None, principal: Principal | None) -> LoadedModel:
     try:
         return registry.get(name, version)
     except ModelNotFound as e:
         if e.reason:
-            raise APIError(404, "model_unavailable", str(e), detail={"available": e.available}) from None
-        raise APIError(
-            404, "model_not_found", f"{e} (GET /models lists them)", detail={"available": e.available}
-        ) from None
+            available = readable_names(registry, principal)
+            raise APIError(404, "model_unavailable", str(e), detail={"available": available}) from None
+        raise not_found(registry, name, version, principal) from None
 
 
 def check_count(settings: Settings, count: int, seed: int | None, where: str) -> None:

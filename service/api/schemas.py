@@ -191,6 +191,12 @@ class ModelVersionInfo(GenerationInfo):
     version: int
     has_samples: bool = False
     weights_sha256: str | None = Field(None, description="SHA-256 of the served weights file.")
+    available: bool = Field(
+        True,
+        description="False when this version cannot be served (its weights do not match their SHA-256, or cannot "
+        "be read or rebuilt); `reason` says why. A version not yet tried is listed available.",
+    )
+    reason: str | None = Field(None, description="Why the version cannot be served (no file path is named).")
     evaluations: list[dict[str, Any]] = Field(
         default_factory=list,
         description="Results of POST /models/{name}/evaluate on these weights, newest first: FID, KID, IS, "
@@ -201,8 +207,19 @@ class ModelVersionInfo(GenerationInfo):
 class ModelSummary(GenerationInfo):
     name: str
     source: Literal["volume", "bundled"]
-    latest_version: int
+    latest_version: int | None = Field(
+        description="The newest version that can be served (what /generate serves without a `version`); null when "
+        "none can."
+    )
     versions: list[int]
+    available: bool = Field(True, description="Some version can be served; false: `reason` says why none can.")
+    reason: str | None = Field(None, description="Why no version can be served (no file path is named).")
+    owner: str | None = Field(
+        None, description="The API key's name that owns the model name; null for bundled and unclaimed names."
+    )
+    visibility: Literal["public", "private"] = Field(
+        "public", description="`public`: served to every caller; `private`: its owner, admin keys and grantees."
+    )
 
 
 class ModelDetail(ModelSummary):

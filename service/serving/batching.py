@@ -1,11 +1,13 @@
 """The render process's batching, without sockets: requests in, finished answers (or per-request failures) out.
 
-A request names a model version and gives its rows (seeds or latents, with their labels and MAD-GAN generator
-indices) and the form of its answer (service/serving/encoding.py). `Batching` holds requests until `batch_rows`
+A request names a model version and the SHA-256 of the weights the API resolved it to, and gives its rows (seeds
+or latents, with their labels and MAD-GAN generator indices) and the form of its answer
+(service/serving/encoding.py). `Batching` holds requests until `batch_rows`
 rows wait or the oldest has waited `max_wait_s` (Triton's `max_queue_delay`); `render()` then runs each
 model's waiting rows through `LoadedModel.render`, in padded forwards of exactly `batch_rows` rows, so that an
 image depends on its own row only, never on what it was batched with. A model version that cannot be loaded,
-or a render that raises, fails the requests concerned and no others.
+or whose weights are not the ones asked for, or a render that raises, fails the requests concerned and no others.
+Models are kept by the registry (bounded, service/serving/registry.py), not here: `load` is asked every time.
 """
 
 import logging
@@ -52,6 +54,7 @@ class Request:
     generators: list[int] | None = None  # MAD-GAN models: one generator index per row
     form: Form = "grid"
     duration_ms: int = 100  # animations: how long each image shows
+    sha256: str | None = None  # the weights to render with (the API resolved them): no others; None: any
 
     @property
     def n(self) -> int:
@@ -86,11 +89,12 @@ class _Waiting:
 
 
 class Batching:
-    """`load(name, version)` gives a model (ModelRegistry.get); each version is asked for once, then kept."""
+    """`load(name, version[, sha256])` gives a model (ModelRegistry.get: cheap for a loaded one, which it keeps
+    within its bounds); asked for every request, so that a model the registry dropped is not held here."""
 
     def __init__(
         self,
-        load: Callable[[str, int], LoadedModel],
+        load: Callable[..., LoadedModel],
         batch_rows: int,
         max_wait_s: float,
         clock: Callable[[], float] = time.monotonic,
@@ -99,7 +103,6 @@ class Batching:
             raise ValueError(f"batch_rows {batch_rows} must be ≥ 1 and max_wait_s {max_wait_s} ≥ 0")
         self.batch_rows = batch_rows
         self.max_wait_s = max_wait_s
-        self.models: dict[tuple[str, int], LoadedModel] = {}
         self._load = load
         self._clock = clock
         self._waiting: list[_Waiting] = []
@@ -111,17 +114,18 @@ class Batching:
         """Requests added and not rendered yet."""
         return len(self._waiting)
 
-    def model(self, name: str, version: int) -> LoadedModel:
-        """The model version, loaded (and warmed up) on first use. Raises ModelNotFound."""
-        model = self.models.get((name, version))
-        if model is None:
-            model = self.models[(name, version)] = self._load(name, version)
+    def model(self, name: str, version: int, sha256: str | None = None) -> LoadedModel:
+        """The model version (with exactly the weights `sha256` when given), loaded (and warmed up) on first
+        use. Raises ModelNotFound."""
+        model = self._load(name, version) if sha256 is None else self._load(name, version, sha256)
+        if sha256 is not None and model.weights_sha256 != sha256:  # a loader that cannot honour it: refused
+            raise ModelNotFound(name, version, [], reason="its weights are not the ones the request names")
         return model
 
     def add(self, request: Request) -> Failure | None:
         """Queue a request; a failure at once (nothing queued) when its model version cannot be loaded."""
         try:
-            model = self.model(request.name, request.version)
+            model = self.model(request.name, request.version, request.sha256)
         except ModelNotFound as e:
             return Failure(request.rid, "model", str(e))
         problem = _mismatch(request, model)

@@ -38,6 +38,10 @@ class Catalogue(Protocol):
 
     def versions(self, name: str) -> list[int]: ...
 
+    def weights(self, name: str) -> dict[int, str]:
+        """Each version of `name` and the SHA-256 of its weights ("" when its metadata cannot say)."""
+        ...
+
     def entry(self, name: str, version: int) -> Entry: ...
 
     def stem(self, name: str, version: int) -> Path:
@@ -63,6 +67,9 @@ class StoreCatalogue:
 
     def versions(self, name: str) -> list[int]:
         return self.rows.versions(name)
+
+    def weights(self, name: str) -> dict[int, str]:
+        return {row.version: row.weights_sha256 for row in self.rows.all(name)}
 
     def entry(self, name: str, version: int) -> Entry:
         row = self.rows.get(name, version)
@@ -102,6 +109,15 @@ class FolderCatalogue:
 
     def versions(self, name: str) -> list[int]:
         return list_versions(self.root, name)
+
+    def weights(self, name: str) -> dict[int, str]:
+        found = {}
+        for version in list_versions(self.root, name):
+            try:
+                found[version] = str(load_metadata(model_stem(self.root, name, version)).get("sha256", ""))
+            except CheckpointError:
+                found[version] = ""  # listed; loading it says why it cannot be served
+        return found
 
     def entry(self, name: str, version: int) -> Entry:
         stem = model_stem(self.root, name, version)

@@ -2,20 +2,33 @@
 is the forward every image served goes through. The API process holds a registry (to check requests against
 a model, and for GET /models), its render process another (to run them), and `ganserve sample` a third.
 
-Two catalogues are searched, in order (service/serving/catalogues.py): the published versions (database rows,
-files in object storage) and the bundled models shipped with the code. A name is served from the first that
-has any version of it, so training a model named like a bundled one shadows the bundled one rather than mixing
-their version numbers.
+Two catalogues are searched (service/serving/catalogues.py): the bundled models shipped with the code, then the
+published versions (database rows, files in object storage). A bundled name is the bundled catalogue's alone:
+versions published under it (before its claim was refused, core/model_names.py) are ignored and logged once, so
+what the bundled name serves never changes. Another name is served from the first catalogue that has it.
+
+A loaded model is identified by (name, version, the SHA-256 of its weights) everywhere it is cached: here, in
+the render process (which is asked for those weights, service/serving/wire.py) and in the API's answer cache
+and ETags (service/api/caching.py). A (name, version) that comes to name other weights is another model, never
+served under the old one's ETag. At most `max_models` versions and `max_bytes` of weights stay loaded (least
+recently used dropped beyond); a name with no version is remembered for `unknown_ttl_s`, at most
+UNKNOWN_NAMES_MAX of them.
 
 Hot reload: a name never seen before is looked up at once; the version list of a known name is read again at
 most every `rescan_interval_s`, so a version published by a worker becomes the latest within about a second.
-A version that fails to load is logged once and skipped: the newest loadable version keeps being served.
+A version that fails to load (its weights do not match their SHA-256, or cannot be read or rebuilt) is logged
+once, listed as unavailable (with a reason that names no path) and skipped: the newest loadable version keeps
+being served. Who may be served a name (its claim, core/model_names.py) is read with the listing, at most every
+`rescan_interval_s`, never per request.
 """
 
+import contextlib
+import hashlib
 import logging
 import re
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -28,12 +41,13 @@ from torch import nn
 
 from core.db import DatabaseUnavailable, database
 from core.evaluations import EvaluationStore
+from core.model_names import ModelName, ModelNames, reserved_names
 from core.model_versions import ModelVersions
 from core.settings import BATCH_MAX, Settings
 from core.storage import BlobCache, open_storage
 from core.train_config import NAME_PATTERN
 from service.serving.catalogues import Catalogue, Entry, FolderCatalogue, Source, StoreCatalogue
-from training.checkpoint import CheckpointError, load_generator
+from training.checkpoint import CheckpointError, load_generator, load_metadata
 from training.images import to_uint8
 from training.latents import interpolation_latents, latents_from_seeds, seed_generators, seed_labels
 
@@ -172,13 +186,17 @@ def _padded(values: list[int], rows: int) -> torch.Tensor:
 class _Listing:
     checked_at: float
     catalogue: Catalogue | None
-    versions: list[int]
+    versions: dict[int, str]  # version → the SHA-256 of its weights, as its catalogue records it
 
 
 @dataclass
 class _Failure:
     signature: tuple[Any, ...]
-    reason: str
+    reason: str  # says why, without a path or a bucket: it reaches clients (404s, GET /models)
+
+
+UNKNOWN_NAMES_MAX = 1024  # unknown names remembered at once: a flood of random names cannot grow memory
+Key = tuple[str, int, str]  # (name, version, weights' SHA-256): what identifies a loaded model
 
 
 @dataclass
@@ -186,47 +204,84 @@ class ModelRegistry:
     catalogues: list[Catalogue]
     rescan_interval_s: float = RESCAN_INTERVAL_S
     clock: Callable[[], float] = time.monotonic
+    max_models: int = 8  # loaded versions kept (least recently used dropped beyond), Settings.model_cache_max_models
+    max_bytes: int = 2 * 2**30  # bytes of weights kept loaded, Settings.model_cache_max_bytes
+    unknown_ttl_s: float = 5.0  # how long a name with no version is remembered as such (Settings.unknown_model_ttl_s)
+    reserved: frozenset[str] = frozenset()  # the bundled names: served from the bundled catalogue only
+    names_store: ModelNames | None = None  # who may be served which name (claims); None: every name is public
+    default: tuple[str, int] | None = None  # the pinned default model (Settings.default_model[_version])
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
-    _cache: dict[tuple[str, int], LoadedModel] = field(default_factory=dict, repr=False)
-    # The catalogue each cached model was loaded from, the very object of `catalogues` (compared by identity:
-    # cheap, on the event loop of every /generate).
-    _loaded_from: dict[tuple[str, int], Catalogue] = field(default_factory=dict, repr=False)
+    # Loaded models by (name, version, weights' SHA-256), least recently used first: a (name, version) whose
+    # record now names other weights is another key, never served for the old one.
+    _cache: "OrderedDict[Key, LoadedModel]" = field(default_factory=OrderedDict, repr=False)
+    _sizes: dict[Key, int] = field(default_factory=dict, repr=False)
     _rescan_claims: dict[str, float] = field(default_factory=dict, repr=False)  # see get_if_ready
-    _listings: dict[str, _Listing] = field(default_factory=dict, repr=False)
+    _listings: dict[str, _Listing] = field(default_factory=dict, repr=False)  # names with versions only
+    _unknown: "OrderedDict[str, float]" = field(default_factory=OrderedDict, repr=False)  # name → when looked up
     _failures: dict[tuple[int, str, int], _Failure] = field(default_factory=dict, repr=False)
+    _verified: dict[tuple[int, str, int], tuple[Any, ...]] = field(default_factory=dict, repr=False)
+    _scanned: tuple[float, dict[str, tuple[Catalogue, dict[int, str]]]] | None = field(default=None, repr=False)
+    _ignored: set[str] = field(default_factory=set, repr=False)  # published names a bundled one hides (logged)
+    _claims: tuple[float, dict[str, ModelName]] | None = field(default=None, repr=False)
     evaluations: EvaluationStore | None = None  # where evaluation results are filed, shown by `describe`
     batch_rows: int = BATCH_MAX  # the rows of every forward of the models it loads (LoadedModel.sample)
 
     @classmethod
     def from_settings(cls, settings: Settings, **kwargs: Any) -> "ModelRegistry":
-        """The published versions (the settings' database and storage), then the bundled models."""
+        """The bundled models, then the published versions (the settings' database and storage): a bundled name
+        is served from the bundled catalogue alone, whatever was published under it."""
         kwargs.setdefault("batch_rows", settings.batch_max)
-        return cls([published(settings), FolderCatalogue(settings.bundled_models_dir, "bundled")], **kwargs)
+        kwargs.setdefault("max_models", settings.model_cache_max_models)
+        kwargs.setdefault("max_bytes", settings.model_cache_max_bytes)
+        kwargs.setdefault("unknown_ttl_s", settings.unknown_model_ttl_s)
+        kwargs.setdefault("default", (settings.default_model, settings.default_model_version))
+        reserved = reserved_names(settings.bundled_models_dir)
+        store = published(settings)
+        kwargs.setdefault("names_store", ModelNames(store.rows.db, reserved))
+        bundled = FolderCatalogue(settings.bundled_models_dir, "bundled")
+        return cls([bundled, store], reserved=reserved, **kwargs)
 
     # --- lookup ---------------------------------------------------------------------------------------
 
-    def get(self, name: str, version: int | None = None) -> LoadedModel:
-        """The model `name` at `version` (the newest loadable one when None). Raises ModelNotFound."""
+    def get(self, name: str, version: int | None = None, sha256: str | None = None) -> LoadedModel:
+        """The model `name` at `version` (the newest loadable one when None). With `sha256` (the render process,
+        asked by the API) only a model with exactly those weights: another is a ModelNotFound, never served in
+        its place. Raises ModelNotFound."""
         if not re.fullmatch(NAME_PATTERN, name):
             raise ModelNotFound(name, version, self.names())
         with self._lock:
-            listing = self._listing(name, want=version)
+            if sha256 and version is not None and (model := self._hit((name, version, sha256))) is not None:
+                return model  # those very weights: whatever the name resolves to now, they are what was asked
+            listing = self._listing(name, want=version, sha256=sha256)
             if listing.catalogue is None or not listing.versions:
                 raise ModelNotFound(name, version, self.names())
             if version is not None:
                 if version not in listing.versions:
-                    raise ModelNotFound(name, version, self.names(), reason=f"it has versions {listing.versions} only")
-                model = self._load(name, version, listing.catalogue)
+                    have = sorted(listing.versions)
+                    raise ModelNotFound(name, version, self.names(), reason=f"it has versions {have} only")
+                expected = listing.versions[version]
+                if sha256 and expected != sha256:
+                    raise ModelNotFound(name, version, self.names(), reason=CHANGED)
+                model = self._load(name, version, expected, listing.catalogue)
                 if isinstance(model, _Failure):
                     raise ModelNotFound(name, version, self.names(), reason=model.reason)
+                if sha256 and model.weights_sha256 != sha256:
+                    raise ModelNotFound(name, version, self.names(), reason=CHANGED)
                 return model
             reasons = []
             for v in sorted(listing.versions, reverse=True):
-                model = self._load(name, v, listing.catalogue)
+                model = self._load(name, v, listing.versions[v], listing.catalogue)
                 if isinstance(model, LoadedModel):
                     return model
                 reasons.append(f"version {v}: {model.reason}")
             raise ModelNotFound(name, None, self.names(), reason="; ".join(reasons))
+
+    def get_default(self) -> LoadedModel:
+        """The pinned default model (Settings.default_model at default_model_version), what a request naming
+        no model is served; for /readyz, which fails when it cannot be. Raises ModelNotFound."""
+        if self.default is None:
+            raise ModelNotFound("", None, [], reason="this registry has no default model")
+        return self.get(*self.default)
 
     def get_if_ready(self, name: str, version: int | None = None) -> LoadedModel | None:
         """What `get` returns when that needs no disk and no wait: the version (the newest, when None) is
@@ -247,47 +302,80 @@ class ModelRegistry:
             if claimed is None or not 0 <= now - claimed < 5 * self.rescan_interval_s:
                 self._rescan_claims[name] = now
                 return None
-        wanted = max(listing.versions) if version is None else version
-        model = self._cache.get((name, wanted)) if wanted in listing.versions else None
-        if model is None or self._loaded_from.get((name, wanted)) is not listing.catalogue:
-            return None
-        return model
+        versions = listing.versions
+        if version is not None:
+            return self._hit((name, version, versions[version])) if version in versions else None
+        for v in sorted(versions, reverse=True):
+            model = self._hit((name, v, versions[v]))
+            if model is not None:
+                return model
+            if (id(listing.catalogue), name, v) not in self._failures:
+                return None  # not loaded yet: `get` loads it
+        return None
 
     def loaded(self) -> list[tuple[str, int]]:
         """(name, version) of every model in memory (for GET /stats); lock-free, like `get_if_ready`."""
-        return sorted(self._cache)
+        return sorted({(name, version) for name, version, _ in list(self._cache)})
 
-    def _listing(self, name: str, want: int | None) -> _Listing:
+    def _hit(self, key: Key) -> LoadedModel | None:
+        model = self._cache.get(key)
+        if model is not None:
+            with contextlib.suppress(KeyError):  # dropped by another thread a moment ago: it was still right
+                self._cache.move_to_end(key)
+        return model
+
+    def _listing(self, name: str, want: int | None, sha256: str | None = None) -> _Listing:
         now = self.clock()
         listing = self._listings.get(name)
-        fresh = listing is not None and listing.versions and 0 <= now - listing.checked_at < self.rescan_interval_s
-        # A version asked for by number and not yet known is a cache miss too: look now, not in a second.
-        if fresh and listing is not None and (want is None or want in listing.versions):
+        fresh = listing is not None and 0 <= now - listing.checked_at < self.rescan_interval_s
+        # A version asked for by number and not yet known (or known with other weights than asked) is a cache
+        # miss too: look now, not in a second.
+        if (
+            fresh
+            and listing is not None
+            and (want is None or want in listing.versions)
+            and (not sha256 or want is None or listing.versions.get(want) == sha256)
+        ):
             return listing
-        previous = self._listings.get(name)
+        if listing is None and name in self._unknown and 0 <= now - self._unknown[name] < self.unknown_ttl_s:
+            return _Listing(now, None, {})  # looked up a moment ago and not found: not asked again yet
+        previous = listing
         try:
-            listing = _Listing(now, None, [])
-            for catalogue in self.catalogues:
-                versions = catalogue.versions(name)
+            listing = _Listing(now, None, {})
+            for catalogue in self._catalogues_for(name):
+                versions = catalogue.weights(name)
                 if versions:
                     listing = _Listing(now, catalogue, versions)
                     break
         except (DatabaseUnavailable, OperationalError) as e:
-            if previous is None or not previous.versions:
+            if previous is None:
                 raise
             # The database does not answer: what was listed goes on being served, and is asked about again later.
             log.warning("model %s: the database does not answer (%s); serving what was listed", name, e)
             listing = _Listing(now, previous.catalogue, previous.versions)
-        if previous and previous.versions and listing.versions and max(listing.versions) > max(previous.versions):
+        if previous and listing.versions and max(listing.versions) > max(previous.versions):
             log.info("model %s: found version %d", name, max(listing.versions))
-        self._listings[name] = listing
         self._rescan_claims.pop(name, None)
+        if not listing.versions:
+            self._listings.pop(name, None)
+            self._unknown[name] = now
+            self._unknown.move_to_end(name)
+            while len(self._unknown) > UNKNOWN_NAMES_MAX:
+                self._unknown.popitem(last=False)
+            return listing
+        self._unknown.pop(name, None)
+        self._listings[name] = listing
         return listing
 
-    def _load(self, name: str, version: int, catalogue: Catalogue) -> "LoadedModel | _Failure":
-        key = (name, version)
-        cached = self._cache.get(key)
-        if cached is not None and self._loaded_from.get(key) is catalogue:
+    def _catalogues_for(self, name: str) -> list[Catalogue]:
+        """A bundled name is the bundled catalogue's alone: what is published under it is never served."""
+        if name in self.reserved:
+            return [c for c in self.catalogues if c.source == "bundled"]
+        return self.catalogues
+
+    def _load(self, name: str, version: int, expected: str, catalogue: Catalogue) -> "LoadedModel | _Failure":
+        cached = self._hit((name, version, expected))
+        if cached is not None:
             return cached
         where = (id(catalogue), name, version)
         signature = catalogue.signature(name, version)
@@ -296,16 +384,22 @@ class ModelRegistry:
             return failure  # already logged; retried only when the version's files change
         started = time.perf_counter()
         try:
-            model = load_model(catalogue.stem(name, version), name, version, catalogue.source, self.batch_rows)
+            stem = catalogue.stem(name, version)
+            model = load_model(stem, name, version, catalogue.source, self.batch_rows)
+            if expected and model.weights_sha256 != expected:
+                raise CheckpointError(f"its weights' SHA-256 is not {expected[:12]}…, the one its record names")
         except CheckpointError as e:
-            self._failures[where] = _Failure(signature, str(e))
+            reason = public_reason(str(e))
+            self._failures[where] = _Failure(signature, reason)
             log.error(
                 "model %s version %d (%s) cannot be loaded and is skipped: %s", name, version, catalogue.source, e
             )
             return self._failures[where]
         self._failures.pop(where, None)
-        self._loaded_from[key] = catalogue
+        self._verified[where] = signature
+        key = (name, version, model.weights_sha256)
         self._cache[key] = model
+        self._sizes[key] = weight_bytes(model.generator)
         log.info(
             "model %s version %d loaded (%s) in %.2f s (latent %d, %s %s)",
             name,
@@ -316,38 +410,228 @@ class ModelRegistry:
             model.kind,
             "×".join(map(str, model.image_shape)),
         )
+        self._evict(keep=key)
         return model
+
+    def _evict(self, keep: Key) -> None:
+        """Least recently used models out until at most `max_models` and `max_bytes` are held (the one just
+        loaded stays, even alone above `max_bytes`: it is being served)."""
+        while len(self._cache) > 1 and (
+            len(self._cache) > self.max_models or sum(self._sizes.values()) > self.max_bytes
+        ):
+            key = next(iter(self._cache))
+            if key == keep:
+                self._cache.move_to_end(key)
+                key = next(iter(self._cache))
+            self._cache.pop(key, None)
+            size = self._sizes.pop(key, 0)
+            log.info("model %s version %d unloaded (least recently used; %d bytes of weights)", key[0], key[1], size)
+
+    # --- access ---------------------------------------------------------------------------------------
+
+    def claims(self) -> dict[str, ModelName]:
+        """Every claimed name (owner, visibility, grantees), read again at most every `rescan_interval_s`; while
+        the database does not answer, what was read last (nothing read yet: DatabaseUnavailable)."""
+        now = self.clock()
+        current = self._claims
+        if self.names_store is None:
+            return {}
+        if current is not None and 0 <= now - current[0] < self.rescan_interval_s:
+            return current[1]
+        try:
+            claims = self.names_store.all()
+        except (DatabaseUnavailable, OperationalError) as e:
+            if current is None:
+                raise DatabaseUnavailable(f"the model names cannot be read: {e}") from None
+            log.warning("model names: the database does not answer (%s); using what was read", e)
+            claims = current[1]
+        self._claims = (now, claims)
+        return claims
+
+    def claims_fresh(self) -> bool:
+        """`claims()` would not read the database (the event loop may call it)."""
+        current = self._claims
+        return self.names_store is None or (
+            current is not None and 0 <= self.clock() - current[0] < self.rescan_interval_s
+        )
+
+    def claim(self, name: str) -> ModelName | None:
+        """Who `name` belongs to; None for a bundled name and a name nobody claimed (both public)."""
+        return None if name in self.reserved else self.claims().get(name)
+
+    def readable(self, name: str, key: str | None, *, admin: bool = False) -> bool:
+        """May `key` (None: anonymous) be served `name` and see it listed (core/model_names.py)."""
+        claim = self.claim(name)
+        return claim is None or claim.readable_by(key, admin=admin)
 
     # --- listing --------------------------------------------------------------------------------------
 
-    def names(self) -> list[str]:
-        """Every name with at least one version, the first catalogue's first, de-duplicated."""
-        return sorted(self._scan())
+    def names(self, key: str | None = None, *, admin: bool = True) -> list[str]:
+        """Every name with at least one version (the readable ones when `admin` is False)."""
+        return sorted(n for n in self._scan() if admin or self.readable(n, key))
 
-    def _scan(self) -> dict[str, tuple[Catalogue, list[int]]]:
-        found: dict[str, tuple[Catalogue, list[int]]] = {}
+    def _scan(self) -> dict[str, tuple[Catalogue, dict[int, str]]]:
+        """Every name and its versions, read again at most every `rescan_interval_s` (a 404's list of names
+        does not cost a full scan)."""
+        now = self.clock()
+        scanned = self._scanned
+        if scanned is not None and 0 <= now - scanned[0] < self.rescan_interval_s:
+            return scanned[1]
+        found: dict[str, tuple[Catalogue, dict[int, str]]] = {}
         for catalogue in self.catalogues:
             for name in catalogue.names():
-                if name not in found and (versions := catalogue.versions(name)):
+                if name in found or (name in self.reserved and catalogue.source != "bundled"):
+                    if name in self.reserved and catalogue.source != "bundled" and name not in self._ignored:
+                        self._ignored.add(name)
+                        log.warning(
+                            "model %s: versions published under this bundled model's name are ignored; the bundled "
+                            "model is served",
+                            name,
+                        )
+                    continue
+                if versions := catalogue.weights(name):
                     found[name] = (catalogue, versions)
+        self._scanned = (now, found)
         return found
 
-    def list_models(self) -> list[dict[str, Any]]:
-        """A summary per model, from metadata only (no weights are loaded)."""
-        return [_summary(name, catalogue, versions) for name, (catalogue, versions) in self._scan().items()]
+    def list_models(self, key: str | None = None, *, admin: bool = True) -> list[dict[str, Any]]:
+        """A summary per model `key` may read (every one for `admin`), from metadata (no weights loaded; the
+        newest version's weights are checked against their SHA-256 once)."""
+        return [
+            self._summary(name, catalogue, versions)
+            for name, (catalogue, versions) in sorted(self._scan().items())
+            if admin or self.readable(name, key)
+        ]
 
-    def describe(self, name: str) -> dict[str, Any]:
-        """The summary of `name` plus one entry per version. Raises ModelNotFound."""
+    def describe(self, name: str, key: str | None = None, *, admin: bool = True) -> dict[str, Any]:
+        """The summary of `name` plus one entry per version. Raises ModelNotFound (also for a name `key` may
+        not read: its existence is not told)."""
         found = self._scan().get(name) if re.fullmatch(NAME_PATTERN, name) else None
-        if found is None:
-            raise ModelNotFound(name, None, self.names())
+        if found is None or not (admin or self.readable(name, key)):
+            raise ModelNotFound(name, None, self.names(key, admin=admin))
         catalogue, versions = found
-        summary = _summary(name, catalogue, versions)
-        summary["version_info"] = [_version_info(catalogue.entry(name, v), v) for v in versions]
+        summary = self._summary(name, catalogue, versions)
+        summary["version_info"] = [
+            {
+                **_version_info(catalogue.entry(name, v), v),
+                **_availability(self._unavailable(name, v, versions[v], catalogue, check=False)),
+            }
+            for v in sorted(versions)
+        ]
+        for info in summary["version_info"]:
+            if info["version"] == summary["latest_version"]:
+                info.update(available=True, reason=None)
         if self.evaluations is not None:
             for info in summary["version_info"]:
                 info["evaluations"] = self.evaluations.results(name, info["version"], info.get("weights_sha256"))
         return summary
+
+    def _unavailable(self, name: str, version: int, sha256: str, catalogue: Catalogue, *, check: bool) -> str | None:
+        """Why the version cannot be served (None: it can, or it has not been tried and `check` is False). With
+        `check`, a version not tried yet has its weights checked against their SHA-256 (once per change of its
+        files): a corrupt or unreadable version is listed as such before anyone asks for it."""
+        if sha256 and (name, version, sha256) in self._cache:
+            return None
+        where = (id(catalogue), name, version)
+        failure, verified = self._failures.get(where), self._verified.get(where)
+        if failure is None and verified is None and not check:
+            return None
+        signature = catalogue.signature(name, version)
+        if failure is not None and failure.signature == signature:
+            return failure.reason
+        if verified is not None and verified == signature:
+            return None
+        if not check:
+            return None
+        try:
+            verify_weights(catalogue.stem(name, version), sha256)
+        except CheckpointError as e:
+            log.error("model %s version %d (%s) cannot be served: %s", name, version, catalogue.source, e)
+            self._failures[where] = _Failure(signature, public_reason(str(e)))
+            return self._failures[where].reason
+        self._failures.pop(where, None)
+        self._verified[where] = signature
+        return None
+
+    def _summary(self, name: str, catalogue: Catalogue, versions: dict[int, str]) -> dict[str, Any]:
+        """The model's summary; its `latest_version` is the newest version that can be served (what /generate
+        serves without a version), None when none can."""
+        latest, reasons = None, []
+        with self._lock:
+            for v in sorted(versions, reverse=True):
+                reason = self._unavailable(name, v, versions[v], catalogue, check=True)
+                if reason is None:
+                    latest = v
+                    break
+                reasons.append(f"version {v}: {reason}")
+        shown = latest if latest is not None else max(versions)
+        info = _version_info(catalogue.entry(name, shown), shown)
+        claim = self.claim(name)
+        return {
+            "name": name,
+            "source": catalogue.source,
+            "latest_version": latest,
+            "versions": sorted(versions),
+            "available": latest is not None,
+            "reason": None if latest is not None else "; ".join(reasons),
+            "owner": claim.owner if claim is not None else None,
+            "visibility": claim.visibility if claim is not None else "public",
+            "latent_dim": info.get("latent_dim"),
+            "image_shape": info.get("image_shape"),
+            "value_range": info.get("value_range"),
+            "training": info.get("training"),
+            "error": info.get("error"),
+            **{k: info.get(k) for k in GENERATION_FIELDS},
+        }
+
+
+CHANGED = (
+    "its weights are not the ones the request was resolved to (a version published again under that number); "
+    "send the request again"
+)
+
+
+def _availability(reason: str | None) -> dict[str, Any]:
+    return {"available": reason is None, "reason": reason}
+
+
+_PATH = re.compile(r"(?:[A-Za-z][A-Za-z0-9+.-]*://[^\s'\":,;]*|(?<![\w.])/[^\s'\":,;]+)")
+
+
+def public_reason(reason: str) -> str:
+    """A load failure's reason as clients may read it: every path and URL (the volume's, a bucket's) replaced by
+    what it was, the file's kind (the log keeps the full message)."""
+
+    def kind(match: re.Match[str]) -> str:
+        text = match.group(0)
+        if text.endswith(".safetensors"):
+            return "the weights file"
+        if text.endswith(".json"):
+            return "the metadata file"
+        return "the checkpoint"
+
+    return _PATH.sub(kind, reason)
+
+
+def weight_bytes(module: nn.Module) -> int:
+    """The bytes a module's parameters and buffers hold (what a loaded model costs, for the cache's bound)."""
+    return sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
+
+
+def verify_weights(stem: Path, sha256: str) -> None:
+    """The weights file of checkpoint `stem` is readable and has SHA-256 `sha256` (its metadata's when "").
+    Raises CheckpointError."""
+    expected = sha256 or str(load_metadata(stem).get("sha256", ""))
+    path = stem.with_suffix(".safetensors")
+    digest = hashlib.sha256()
+    try:
+        with path.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    except OSError as e:
+        raise CheckpointError(f"{path} is not readable: {e.strerror}") from None
+    if digest.hexdigest() != expected:
+        raise CheckpointError(f"{path} has SHA-256 {digest.hexdigest()[:12]}…, its record says {expected[:12]}…")
 
 
 def published(settings: Settings) -> StoreCatalogue:
@@ -463,7 +747,7 @@ def _version_info(entry: Entry, version: int) -> dict[str, Any]:
     info: dict[str, Any] = {"version": version, "has_samples": entry.has_samples}
     meta = entry.meta
     if meta is None:
-        return {**info, "error": entry.error}
+        return {**info, "error": public_reason(entry.error or "its metadata cannot be read")}
     spec = meta.get("generator") or {}
     base = spec.get("base", spec)
     kind = meta.get("kind", "image")
@@ -497,20 +781,3 @@ def _generation_info(
 
 
 GENERATION_FIELDS = ("kind", "sample_shape", "architecture", "conditional", "num_classes", "num_generators")
-
-
-def _summary(name: str, catalogue: Catalogue, versions: list[int]) -> dict[str, Any]:
-    latest = max(versions)
-    info = _version_info(catalogue.entry(name, latest), latest)
-    return {
-        "name": name,
-        "source": catalogue.source,
-        "latest_version": latest,
-        "versions": versions,
-        "latent_dim": info.get("latent_dim"),
-        "image_shape": info.get("image_shape"),
-        "value_range": info.get("value_range"),
-        "training": info.get("training"),
-        "error": info.get("error"),
-        **{k: info.get(k) for k in GENERATION_FIELDS},
-    }

@@ -9,7 +9,10 @@ render process is `Batching`, which this file only feeds from the socket and dra
 
 `ProcessRenderer` (the API's side) starts the render process with the app and does not wait for it: requests
 sent before it is ready are answered once it is. It loads models from the same volume through its own
-`ModelRegistry`: those the API has loaded when it starts, any other on its first request. A render process
+`ModelRegistry` (bounded as the API's): those the API has loaded when it starts, any other on its first
+request. Each request names the weights' SHA-256 the API resolved (and put in its ETag): the render process
+renders with exactly those, reloading a (name, version) whose record names other weights now, or fails the
+request (ModelGone: 503, retry) — never other weights under that ETag. A render process
 that dies is started again by the next request; the requests it held are answered 503 with Retry-After. It
 exits when its socket closes (the API closed it, or died), after answering everything it was sent.
 """
@@ -94,6 +97,9 @@ REGISTRY_SETTINGS = {
     "cache_dir",
     "cache_max_bytes",
     "bundled_models_dir",
+    "model_cache_max_models",
+    "model_cache_max_bytes",
+    "unknown_model_ttl_s",
 }
 
 
@@ -294,7 +300,11 @@ class ProcessRenderer:
             assert link is not None and link.transport is not None
         rid = next(self._ids)
         future: asyncio.Future[list[bytes]] = asyncio.get_running_loop().create_future()
-        request = Request(rid, model.name, model.version, rows, labels, generators, form, duration_ms)
+        # The weights' SHA-256 too: the render process serves exactly the weights the API resolved (and put in
+        # the ETag), or fails the request (ModelGone, a 503 to retry), never other weights under that ETag.
+        request = Request(
+            rid, model.name, model.version, rows, labels, generators, form, duration_ms, model.weights_sha256 or None
+        )
         # Sent first (it raises if the process is stopping); the answer cannot come before the frame is flushed.
         link.send(wire.encode_request(request))
         link.pending[rid] = future
@@ -385,7 +395,10 @@ def main(argv: list[str]) -> int:
     # One thread by default: OpenMP's workers spin between forwards, on cores the API and its clients need.
     torch.set_num_threads(config.threads)
     sock = socket.socket(fileno=fd)
-    registry = ModelRegistry.from_settings(Settings(_env_file=None, **config.settings), batch_rows=config.batch_rows)
+    # Its own bounds (the API's settings); no claims: the API decided who may be served what it sends.
+    registry = ModelRegistry.from_settings(
+        Settings(_env_file=None, **config.settings), batch_rows=config.batch_rows, names_store=None
+    )
     batching = Batching(registry.get, config.batch_rows, config.max_wait_s)
     for name, version in config.preload:
         try:

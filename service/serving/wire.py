@@ -3,7 +3,8 @@
 Frames of `<u32 length><body>`, the body's first byte its kind; every number little-endian:
 
     API → render process   R  request: id, form, version, rows, latent dim (0: seeds), flags, duration ms,
-                              name, then u64 seeds or float32 latents, int64 labels, int64 generator indices
+                              name, the weights' SHA-256 (hex; empty: any), then u64 seeds or float32
+                              latents, int64 labels, int64 generator indices
     render process → API   H  ready: its pid
                            A  answer: id, blob count, then each blob as <u32 length><bytes>
                            E  failure: id, kind, message
@@ -20,7 +21,8 @@ from service.serving.batching import Answer, Failure, Request, Seeds
 from service.serving.encoding import FORMS
 
 FRAME = struct.Struct("<I")
-REQUEST = struct.Struct("<QBIIIBIH")  # id, form, version, rows, latent dim, flags, duration ms, name bytes
+# id, form, version, rows, latent dim, flags, duration ms, name bytes, SHA-256 bytes
+REQUEST = struct.Struct("<QBIIIBIHB")
 HAS_LABELS, HAS_GENERATORS, HAS_SEEDS = 1, 2, 4  # flags; with HAS_SEEDS the rows are seeds, not latents
 ANSWER = struct.Struct("<QI")  # id, blobs
 BLOB = struct.Struct("<I")
@@ -57,9 +59,9 @@ def encode_request(r: Request) -> bytes:
     else:
         n, dim = (int(x) for x in r.rows.shape)
         payload = r.rows.to(torch.float32).contiguous().numpy().tobytes()
-    name = r.name.encode()
-    head = REQUEST.pack(r.rid, FORMS.index(r.form), r.version, n, dim, flags, r.duration_ms, len(name))
-    parts = [b"R", head, name, payload]
+    name, sha256 = r.name.encode(), (r.sha256 or "").encode()
+    head = REQUEST.pack(r.rid, FORMS.index(r.form), r.version, n, dim, flags, r.duration_ms, len(name), len(sha256))
+    parts = [b"R", head, name, sha256, payload]
     for column in (r.labels, r.generators):
         if column is not None:
             parts.append(struct.pack(f"<{n}q", *column))
@@ -67,10 +69,12 @@ def encode_request(r: Request) -> bytes:
 
 
 def decode_request(body: bytes) -> Request:
-    rid, form, version, n, dim, flags, duration_ms, name_len = REQUEST.unpack_from(body, 1)
+    rid, form, version, n, dim, flags, duration_ms, name_len, sha_len = REQUEST.unpack_from(body, 1)
     at = 1 + REQUEST.size
     name = body[at : at + name_len].decode()
     at += name_len
+    sha256 = body[at : at + sha_len].decode() or None
+    at += sha_len
     rows: torch.Tensor | Seeds
     if flags & HAS_SEEDS:
         rows = Seeds(list(struct.unpack_from(f"<{n}Q", body, at)))
@@ -86,7 +90,7 @@ def decode_request(body: bytes) -> Request:
             at += 8 * n
         else:
             columns.append(None)
-    return Request(rid, name, version, rows, columns[0], columns[1], FORMS[form], duration_ms)
+    return Request(rid, name, version, rows, columns[0], columns[1], FORMS[form], duration_ms, sha256)
 
 
 def encode_outcome(outcome: Answer | Failure) -> bytes:

@@ -42,6 +42,8 @@ def clock(served: TestClient, monkeypatch: pytest.MonkeyPatch) -> Clock:
 def test_new_model_published_after_startup_is_servable(served: TestClient, clock: Clock, publish_served) -> None:
     assert served.get("/generate", params={"model": "later"}).status_code == 404
     publish_served("later", weights_seed=5)
+    # A name not found is remembered as such for GANSERVE_UNKNOWN_MODEL_TTL_S, then looked up again.
+    clock.now += served.app.state.ganserve.settings.unknown_model_ttl_s  # type: ignore[attr-defined]
     r = served.get("/generate", params={"model": "later", "seed": 1})
     assert r.status_code == 200
     assert r.headers["x-model"] == "later" and r.headers["x-model-version"] == "1"
@@ -112,15 +114,29 @@ def test_model_with_only_corrupt_versions_is_404_with_the_reason(client: TestCli
     assert client.get("/models/broken").status_code == 200
 
 
-def test_volume_shadows_bundled_and_bundled_is_served(settings: Settings, publish_model) -> None:
+def test_bundled_name_is_never_shadowed_by_a_published_one(
+    settings: Settings, publish_model, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A version published under a bundled name (before such claims were refused) is ignored, logged once: the
+    bundled model is served and listed, with its own weights."""
     from svc_support import publish_tiny_model
 
     publish_tiny_model(settings.bundled_models_dir, "shipped", weights_seed=1)
     publish_tiny_model(settings.bundled_models_dir, "both", weights_seed=1)
     publish_model("both", weights_seed=2)
+    publish_model("both", weights_seed=3)
     registry = ModelRegistry.from_settings(settings)
     assert registry.get("shipped").source == "bundled"
-    assert registry.get("both").source == "volume"
+    both = registry.get("both")
+    assert both.source == "bundled" and both.version == 1
+    with pytest.raises(ModelNotFound, match=r"versions \[1\] only"):
+        registry.get("both", 2)
+    listed = {m["name"]: m for m in registry.list_models()}
+    assert listed["both"]["source"] == "bundled" and listed["both"]["versions"] == [1]
+    registry.rescan_interval_s = 0.0  # scanned again: still logged once
+    registry.list_models()
+    ignored = [r for r in caplog.records if "both" in r.getMessage() and "ignored" in r.getMessage()]
+    assert len(ignored) == 1
     assert registry.get("shipped").latent_dim == LATENT_DIM
     with pytest.raises(ModelNotFound):
         registry.get("../shipped")

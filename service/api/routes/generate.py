@@ -27,10 +27,11 @@ from service.api.generation import (
     check_label,
     check_latent,
     resolve,
+    shareable,
     unrendered_is_503,
 )
 from service.api.schemas import GeneratedImages, GenerateRequest
-from service.security.auth import public_generate
+from service.security.auth import Principal, public_generate
 from service.serving.batching import Seeds
 from service.serving.encoding import PNG_LEVEL, Form
 from service.serving.registry import LoadedModel
@@ -39,6 +40,8 @@ from training.latents import MAX_SEED
 
 # Open to anonymous callers (rate-limited per IP) unless GANSERVE_PUBLIC_GENERATE=false: then scope `generate`.
 router = APIRouter(tags=["generate"], dependencies=[Depends(public_generate)], responses=error_responses(401, 403, 429))
+# The same dependency as the router's (FastAPI runs it once per request): who asks, for private models.
+Caller = Annotated[Principal | None, Depends(public_generate)]
 
 DESCRIPTION = f"""
 Generate images with a served generator.
@@ -199,10 +202,11 @@ async def _generate(
     version: int | None,
     count: int,
     label: int | None = None,
+    principal: Principal | None = None,
 ) -> Response:
     settings: Settings = state.settings
     check_count(settings, count, seed, where)  # first: a random seed needs a count within bounds
-    model = await resolve(state, model_name, version)
+    model = await resolve(state, model_name, version, principal)
     plan = _plan(model, where=where, seed=seed, latent=latent, count=count, label=label, as_json=_wants_json(request))
     headers = plan.headers()
     key = plan.etag(label) if plan.seeded else None
@@ -213,7 +217,7 @@ async def _generate(
             headers.update(
                 {
                     "ETag": key,
-                    "Cache-Control": cache_control(pinned=version is not None, public=settings.public_generate),
+                    "Cache-Control": cache_control(pinned=version is not None, public=shareable(state, plan.model)),
                     "Vary": "Accept",
                 }
             )
@@ -244,6 +248,7 @@ async def _generate(
 async def generate_get(
     request: Request,
     state: StateDep,
+    principal: Caller,
     seed: Annotated[
         int | None,
         Query(ge=0, le=MAX_SEED, description="Seed of the (first) image; random when omitted.", examples=[42]),
@@ -251,7 +256,10 @@ async def generate_get(
     model: Annotated[
         str | None, Query(pattern=NAME_PATTERN, description="Model name; the default model when omitted.")
     ] = None,
-    version: Annotated[int | None, Query(ge=1, description="Model version; the latest when omitted.")] = None,
+    version: Annotated[
+        int | None,
+        Query(ge=1, description="Model version; the latest when omitted (without `model`: the pinned default)."),
+    ] = None,
     count: Annotated[int, Query(ge=1, description="Images in the grid (at most the server's max_count).")] = 1,
     label: Annotated[
         int | None,
@@ -268,6 +276,7 @@ async def generate_get(
         version=version,
         count=count,
         label=label,
+        principal=principal,
     )
 
 
@@ -281,6 +290,7 @@ async def generate_get(
 async def generate_post(
     request: Request,
     state: StateDep,
+    principal: Caller,
     body: Annotated[GenerateRequest, Body()] = GenerateRequest(),
 ) -> Response:
     return await _generate(
@@ -293,4 +303,5 @@ async def generate_post(
         version=body.version,
         count=body.count,
         label=body.label,
+        principal=principal,
     )

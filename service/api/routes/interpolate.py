@@ -16,8 +16,8 @@ from core.settings import Settings
 from core.train_config import NAME_PATTERN
 from service.api.caching import Answer, cache_control, etag, etag_matches
 from service.api.errors import error_responses, validation_error
-from service.api.generation import check_image_model, check_label, resolve, unrendered_is_503
-from service.security.auth import public_generate
+from service.api.generation import check_image_model, check_label, resolve, shareable, unrendered_is_503
+from service.security.auth import Principal, public_generate
 from service.serving.encoding import FILE_FORMS, MEDIA_TYPES, PNG_LEVEL, FileFormat, encoder
 from service.serving.registry import LoadedModel
 from service.state import StateDep
@@ -121,6 +121,7 @@ def _tag(model: LoadedModel, seeds: tuple[int, int], steps: int, label: int | No
 async def interpolate(
     request: Request,
     state: StateDep,
+    principal: Annotated[Principal | None, Depends(public_generate)],
     seed_from: Annotated[int, Query(alias="from", ge=0, le=MAX_SEED, description="Seed of the first frame.")],
     seed_to: Annotated[int, Query(alias="to", ge=0, le=MAX_SEED, description="Seed of the last frame.")],
     steps: Annotated[
@@ -149,7 +150,7 @@ async def interpolate(
 ) -> Response:
     settings: Settings = state.settings
     _check_steps(settings, steps)
-    loaded = await resolve(state, model, version)
+    loaded = await resolve(state, model, version, principal)
     check_image_model(loaded)
     check_label(loaded, label, "query", explicit_latent=False)
     latents, labels, generators = loaded.walk(seed_from, seed_to, steps, label)
@@ -161,7 +162,7 @@ async def interpolate(
         headers["X-Generator"] = str(generators[0])
     key = _tag(loaded, (seed_from, seed_to), steps, label, format, duration_ms)
     headers["ETag"] = key
-    headers["Cache-Control"] = cache_control(pinned=version is not None, public=settings.public_generate)
+    headers["Cache-Control"] = cache_control(pinned=version is not None, public=shareable(state, loaded))
     if etag_matches(request.headers.get("if-none-match"), key):
         return Response(status_code=304, headers=headers)
 

@@ -6,12 +6,13 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Depends, Path, Response, status
 
 from core.evaluations import EvaluateRequest, EvaluationRecord
+from core.keys import Scope
 from core.records import JobStatus, now
 from core.tasks import EVALUATE_TASK
 from service.api.blobs import png_blob
 from service.api.errors import APIError, broker_unavailable, error_responses
 from service.api.schemas import ModelDetail, ModelList, ModelSummary
-from service.security.auth import AdminKey, public_generate
+from service.security.auth import AdminKey, Principal, public_generate
 from service.serving.registry import ModelNotFound
 from service.state import StateDep
 
@@ -23,8 +24,10 @@ READ = [Depends(public_generate)]
 
 
 @router.get("", response_model=ModelList, summary="The models that can be served", dependencies=READ)
-def list_models(state: StateDep) -> ModelList:
-    return ModelList(models=[ModelSummary.model_validate(m) for m in state.registry.list_models()])
+def list_models(state: StateDep, principal: Annotated[Principal | None, Depends(public_generate)]) -> ModelList:
+    """The models the caller may be served (a private one only to its owner, its grantees and admin keys)."""
+    key, admin = _reader(principal)
+    return ModelList(models=[ModelSummary.model_validate(m) for m in state.registry.list_models(key, admin=admin)])
 
 
 @router.get(
@@ -34,11 +37,19 @@ def list_models(state: StateDep) -> ModelList:
     responses=error_responses(404),
     dependencies=READ,
 )
-def get_model(name: str, state: StateDep) -> ModelDetail:
+def get_model(
+    name: str, state: StateDep, principal: Annotated[Principal | None, Depends(public_generate)]
+) -> ModelDetail:
+    """A private model the caller may not read is a 404 as for a name that does not exist."""
+    key, admin = _reader(principal)
     try:
-        return ModelDetail.model_validate(state.registry.describe(name))
+        return ModelDetail.model_validate(state.registry.describe(name, key, admin=admin))
     except ModelNotFound as e:
         raise APIError(404, "model_not_found", str(e), detail={"available": e.available}) from None
+
+
+def _reader(principal: Principal | None) -> tuple[str | None, bool]:
+    return (principal.name, principal.allows(Scope.admin)) if principal is not None else (None, False)
 
 
 # `def`: loading the model to check it and sending to the broker are blocking work.
