@@ -80,7 +80,7 @@ def metrics_port_conflict(settings: Settings) -> str | None:
             f"GANSERVE_METRICS_PORT={settings.metrics_port} serves one API process's metrics, and GANSERVE_WORKERS="
             f"{settings.workers} starts {settings.workers}: run one API process per container or host "
             "(GANSERVE_WORKERS=1, more replicas, each scraped on its own port), or set GANSERVE_METRICS_PORT=0 and "
-            "scrape GET /metrics with an admin key (docs/operations.md, Metrics)"
+            "scrape GET /metrics with an admin key (docs/operations.md, Observability)"
         )
     if settings.metrics_port and settings.metrics_port == settings.port:
         return f"GANSERVE_METRICS_PORT={settings.metrics_port} is also GANSERVE_PORT: choose another port, or 0 (off)"
