@@ -1,6 +1,7 @@
 """Evaluation jobs (POST /models/{name}/evaluate) and the results they leave for GET /models/{name}.
 
-An evaluation's record (core/records.py) is a row of the `evaluations` table; its nearest-neighbour PNG is a
+An evaluation's record (core/records.py) is a row of the `evaluations` table, owned by the key that started it
+(`owner`: the API shows it to that key, the model's owner and `admin` keys); its nearest-neighbour PNG is a
 file on the volume. A succeeded evaluation is also the result shown under the model version it measured, while
 the version's weights are still the ones it measured (their SHA-256): a model re-published under a name and
 version once used never inherits another's figures. Bundled models' results are kept the same way.
@@ -67,6 +68,12 @@ class EvaluationStore(RecordStore[EvaluationRecord]):
             db, db_tables.evaluations, EvaluationRecord, lambda r: {"model": r.model, "version": r.version}
         )
         self.evaluations_dir = evaluations_dir  # the nearest-neighbour PNGs
+
+    def owner(self, eval_id: str) -> str | None:
+        """The API key's name that started the evaluation (None: not over HTTP, or no such evaluation)."""
+        table = db_tables.evaluations
+        with self.db.begin() as c:
+            return c.execute(select(table.c.owner).where(table.c.id == eval_id)).scalar()
 
     def nn_png(self, eval_id: str) -> Path:
         return self.evaluations_dir / "jobs" / f"{eval_id}-nearest.png"

@@ -6,6 +6,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, FiniteFloat, model_validator
 
 from core.jobs import EpochRecord, JobRecord
+from core.model_names import Visibility
 from core.records import JobStatus
 from core.train_config import NAME_PATTERN, TrainConfig
 from core.workers import Resources, WorkerInfo
@@ -278,3 +279,27 @@ class Stats(BaseModel):
     jobs: dict[str, int] = Field(description="Training jobs on the volume, by status.")
     running_jobs: list[RunningJob]
     evaluations: dict[str, int] = Field(description="Evaluation jobs on the volume, by status.")
+
+
+class VisibilityChange(BaseModel):
+    """PATCH /models/{name}: who is served the model's versions."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"visibility": "private"}]})
+
+    visibility: Visibility = Field(
+        description="`public`: every caller of /generate; `private`: its owner, `admin` keys and the keys granted "
+        "read access (PUT /models/{name}/grants/{key})."
+    )
+
+
+class ModelAccess(BaseModel):
+    """Who a model name belongs to and who may be served it (core/model_names.py)."""
+
+    name: str
+    owner: str | None = Field(
+        description="The API key's name that claimed the name (its first publisher); null: the operator's (published "
+        "not over HTTP), which only `admin` keys change."
+    )
+    visibility: Visibility
+    grants: list[str] = Field(description="The keys granted read access: a private model is served to them too.")
+    created_at: datetime = Field(description="When the name was claimed.")
