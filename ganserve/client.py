@@ -147,6 +147,16 @@ class ModelDetail(ModelSummary):
     version_info: list[ModelVersion]
 
 
+class ModelAccess(_Answer):
+    """Who a model name belongs to and who may be served it (PATCH /models/{name}, /models/{name}/grants)."""
+
+    name: str
+    owner: str | None  # an API key's name; None: the operator's (published not over HTTP)
+    visibility: str  # `public` or `private`
+    grants: list[str] = Field(default_factory=list)  # keys granted read access
+    created_at: datetime
+
+
 class Progress(_Answer):
     epoch: int = 0
     epochs: int
@@ -511,7 +521,8 @@ class Client:
         self, model: str, version: int | None = None, n: int | None = None, extractor: str | None = None
     ) -> Evaluation:
         """Queue an evaluation of `model` (default its newest version) on the worker: n generated images
-        (seeds 0..n−1) against n training images; the server's defaults where None. Needs scope `admin`."""
+        (seeds 0..n−1) against n training images; the server's defaults where None. Needs the model's owner's key
+        (scope `train`) or scope `admin`."""
         body = _without_none(version=version, n=n, extractor=extractor)
         return Evaluation.model_validate_json(
             self._request("POST", f"/models/{_seg(model)}/evaluate", json=body).content
@@ -533,6 +544,30 @@ class Client:
         """Poll an evaluation until it finishes (see `wait`)."""
         return self._poll(
             lambda: self.evaluation(model, evaluation_id), f"evaluation {evaluation_id}", poll_s, timeout_s, on_progress
+        )
+
+    # --- a model's owner: visibility and grants (its owner's key, scope `train`, or an admin key) ---
+
+    def set_visibility(self, model: str, visibility: str) -> ModelAccess:
+        """Make `model` `public` (served to every caller) or `private` (its owner, admin keys and the keys granted
+        read access)."""
+        r = self._request("PATCH", f"/models/{_seg(model)}", json={"visibility": visibility})
+        return ModelAccess.model_validate_json(r.content)
+
+    def model_access(self, model: str) -> ModelAccess:
+        """Its owner, visibility and the keys granted read access."""
+        return ModelAccess.model_validate_json(self._get(f"/models/{_seg(model)}/grants").content)
+
+    def grant(self, model: str, key_name: str) -> ModelAccess:
+        """Serve `model` to the API key named `key_name` even while it is private (granting again changes nothing)."""
+        return ModelAccess.model_validate_json(
+            self._request("PUT", f"/models/{_seg(model)}/grants/{_seg(key_name)}").content
+        )
+
+    def revoke_grant(self, model: str, key_name: str) -> ModelAccess:
+        """Take that key's read access away (404 `grant_not_found` when it had none)."""
+        return ModelAccess.model_validate_json(
+            self._request("DELETE", f"/models/{_seg(model)}/grants/{_seg(key_name)}").content
         )
 
     # --- datasets ---

@@ -28,12 +28,12 @@ PANELS = {
         evaluation.evaluate,
         evaluation.classifier,
     ],
-    "Models and keys": [models.models],
 }
 for panel, commands in PANELS.items():
     for command in commands:
         app.command(rich_help_panel=panel)(command)
 app.add_typer(datasets.app, name="datasets", rich_help_panel="Training and evaluation")
+app.add_typer(models.app, name="models", rich_help_panel="Models and keys")
 app.add_typer(keys.app, name="keys", rich_help_panel="Models and keys")
 app.add_typer(db.app, name="db", rich_help_panel="Run the service")
 

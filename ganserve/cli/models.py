@@ -1,12 +1,16 @@
-"""Models: `ganserve models`, and what a MODEL argument of the local commands names — a model by name (as the
-API finds it: the volume's models, then the bundled ones), a published version or model directory, a
-checkpoint, or a run directory of `ganserve train --out DIR` — loaded as the API loads it."""
+"""Models: `ganserve models` (the list), `ganserve models visibility|grant|revoke|grants` (a server's model, changed
+by its owner's key or an admin key: PATCH /models/{name}, /models/{name}/grants), and what a MODEL argument of the
+local commands names — a model by name (as the API finds it: the volume's models, then the bundled ones), a
+published version or model directory, a checkpoint, or a run directory of `ganserve train --out DIR` — loaded as
+the API loads it."""
 
 import re
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
+import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -14,8 +18,8 @@ from rich.table import Table
 from core.settings import Settings
 from core.train_config import NAME_PATTERN
 from ganserve.cli import common
-from ganserve.cli.common import ApiKey, LocalOrServer, fail, open_database, reported
-from ganserve.client import ModelSummary
+from ganserve.cli.common import ApiKey, LocalOrServer, Server, err, fail, open_database, reported
+from ganserve.client import ModelAccess, ModelSummary
 
 if TYPE_CHECKING:
     from service.serving.registry import LoadedModel
@@ -133,11 +137,31 @@ def served_model(name: str, version: int | None, settings: Settings) -> "LoadedM
         raise fail(str(e), 2) from None
 
 
-def models(server: LocalOrServer = None, api_key: ApiKey = None) -> None:
-    """The models that can be served, here or by a server.
+app = typer.Typer()
 
-    A server's (GET /models), or without --server those this machine's settings point at (the volume's, then
-    the bundled ones), read as the API reads them."""
+ModelArg = Annotated[str, typer.Argument(help="The model's name.", metavar="NAME", show_default=False)]
+KeyArg = Annotated[
+    str,
+    typer.Argument(
+        help="The API key's name (as `ganserve keys list` shows it), not the key.", metavar="KEY", show_default=False
+    ),
+]
+
+
+class Visibility(StrEnum):
+    public = "public"
+    private = "private"
+
+
+@app.callback(invoke_without_command=True)
+def models(ctx: typer.Context, server: LocalOrServer = None, api_key: ApiKey = None) -> None:
+    """The models that can be served, here or by a server; and, on a server, who may be served one.
+
+    Without a command: a server's models (GET /models), or without --server those this machine's settings point at
+    (the volume's, then the bundled ones), read as the API reads them. A model belongs to the key that first trained
+    it: its owner (or an admin key) makes it public or private and grants other keys read access."""
+    if ctx.invoked_subcommand is not None:
+        return
     with reported():
         found = _local_models() if server is None else common.connect(server, api_key).models()
     table = Table(title=f"{len(found)} model(s)")
@@ -165,3 +189,60 @@ def _local_models() -> list[ModelSummary]:
     settings = Settings()
     open_database(settings)
     return [ModelSummary.model_validate(m) for m in ModelRegistry.from_settings(settings).list_models()]
+
+
+@app.command()
+def visibility(
+    name: ModelArg,
+    to: Annotated[
+        Visibility,
+        typer.Argument(
+            help="`public`: served to every caller; `private`: to its owner, admin keys and the keys granted read "
+            "access.",
+            metavar="public|private",
+            show_default=False,
+        ),
+    ],
+    server: Server = None,
+    api_key: ApiKey = None,
+) -> None:
+    """Make a server's model public or private (its owner's key, scope `train`, or an admin key)."""
+    with reported():
+        access = common.connect(server, api_key).set_visibility(name, to.value)
+    _show(access)
+
+
+@app.command()
+def grant(name: ModelArg, key: KeyArg, server: Server = None, api_key: ApiKey = None) -> None:
+    """Serve a model to another API key even while it is private (its owner's key or an admin key)."""
+    with reported():
+        access = common.connect(server, api_key).grant(name, key)
+    _show(access)
+
+
+@app.command()
+def revoke(name: ModelArg, key: KeyArg, server: Server = None, api_key: ApiKey = None) -> None:
+    """Take a key's read access to a model away (its owner's key or an admin key)."""
+    with reported():
+        access = common.connect(server, api_key).revoke_grant(name, key)
+    _show(access)
+
+
+@app.command()
+def grants(name: ModelArg, server: Server = None, api_key: ApiKey = None) -> None:
+    """Who a model belongs to, its visibility and the keys granted read access (its owner's key or an admin key)."""
+    with reported():
+        access = common.connect(server, api_key).model_access(name)
+    _show(access)
+
+
+def _show(access: ModelAccess) -> None:
+    """The model's access on stdout, one line; the grantees one per line after it, for scripts."""
+    owner = f"key {access.owner}" if access.owner is not None else "the operator"
+    err().print(
+        f"model {escape(access.name)}: {access.visibility}, owned by {escape(owner)}, "
+        f"{len(access.grants)} key(s) granted read access",
+        soft_wrap=True,
+    )
+    for key in access.grants:
+        print(key)
