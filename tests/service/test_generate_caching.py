@@ -152,3 +152,47 @@ def test_answer_cache_drops_the_least_recently_used() -> None:
 )
 def test_if_none_match(header: str | None, matches: bool) -> None:
     assert etag_matches(header, '"t"') is matches
+
+
+def test_one_etag_never_carries_two_bodies(
+    client: TestClient, settings, publish_model, make_app, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What (name, version) resolves to changes under the service (the version's record replaced by one naming
+    other weights, as a database restored or a bundled name shadowed before did): the ETag changes with the
+    weights, and each ETag keeps its one body, in the API, in its render process and after a restart."""
+    import dataclasses
+
+    from sqlalchemy import delete
+
+    from core import db as tables
+    from core.db import connect
+    from service.serving.batching import Seeds
+    from service.serving.render_process import ModelGone
+
+    state = client.app.state.ganserve  # type: ignore[attr-defined]
+    monkeypatch.setattr(state.registry, "rescan_interval_s", 0.0)
+    params = {"model": "swap", "version": 1, "seed": 4}
+    publish_model("swap")
+    first = client.get("/generate", params=params)
+    assert first.status_code == 200 and first.headers["cache-control"] == IMMUTABLE
+    old = state.registry.get("swap", 1)
+    with connect(settings.effective_database_url).begin() as conn:
+        conn.execute(delete(tables.model_versions).where(tables.model_versions.c.name == "swap"))
+    assert publish_model("swap", weights_seed=7) == 1  # version 1 again, other weights
+    second = client.get("/generate", params=params, headers={"if-none-match": first.headers["etag"]})
+    assert second.status_code == 200  # not a 304: the old tag does not name these weights
+    assert second.headers["etag"] != first.headers["etag"] and second.content != first.content
+    # Each tag answers with its own body: the cached answer, and the render process asked for either weights.
+    again = client.get("/generate", params=params)
+    assert (again.headers["etag"], again.content) == (second.headers["etag"], second.content)
+    render = state.renderer.render
+    assert client.portal.call(render, old, Seeds([4]), None, None, "grid") == first.content  # type: ignore[union-attr]
+    new = state.registry.get("swap", 1)
+    assert client.portal.call(render, new, Seeds([4]), None, None, "grid") == second.content  # type: ignore[union-attr]
+    # Weights nobody has: refused (a 503 to retry), never rendered with whatever (swap, 1) holds.
+    unknown = dataclasses.replace(new, meta={**new.meta, "sha256": "0" * 64})
+    with pytest.raises(ModelGone, match="not the ones"):
+        client.portal.call(render, unknown, Seeds([4]), None, None, "grid")  # type: ignore[union-attr]
+    with TestClient(make_app(), headers=AUTH) as restarted:  # another process: the same pair
+        after = restarted.get("/generate", params=params)
+        assert (after.headers["etag"], after.content) == (second.headers["etag"], second.content)

@@ -190,3 +190,60 @@ def test_generator_count_contradicting_metadata_is_refused(settings: Settings) -
     publish_generator(settings, "liar", g, num_generators=5)
     with pytest.raises(ModelNotFound, match="metadata says 5"):
         ModelRegistry.from_settings(settings).get("liar")
+
+
+def test_a_corrupt_version_is_listed_unavailable_and_no_answer_names_a_path(
+    client: TestClient, anon: TestClient, publish_model, settings: Settings
+) -> None:
+    publish_model("tampered")
+    ask = {"model": "tampered", "seed": 1}
+    good = client.get("/generate", params=ask).content
+    assert publish_model("tampered", weights_seed=99) == 2
+    weights = published_stem(settings, "tampered", 2).with_suffix(".safetensors")
+    weights.write_bytes(weights.read_bytes()[:-8] + b"tampered")  # its SHA-256 no longer matches its record
+    answers = [
+        anon.get("/models"),
+        anon.get("/models/tampered"),
+        anon.get("/generate", params=ask),
+        anon.get("/generate", params={**ask, "version": 2}),
+        anon.get("/interpolate", params={"model": "tampered", "version": 2, "from": 0, "to": 1}),
+        anon.get("/generate", params={"model": "tampered", "version": 3}),
+    ]
+    for r in answers:
+        assert str(settings.checkpoint_dir) not in r.text and str(weights.parent) not in r.text, r.text
+    listing, detail, latest, explicit, walk, missing = answers
+    (summary,) = [m for m in listing.json()["models"] if m["name"] == "tampered"]
+    assert summary["latest_version"] == 1 and summary["versions"] == [1, 2] and summary["available"]
+    info = {v["version"]: v for v in detail.json()["version_info"]}
+    assert info[1]["available"] and not info[2]["available"] and "SHA-256" in info[2]["reason"]
+    assert detail.json()["latest_version"] == 1
+    assert latest.status_code == 200 and latest.headers["x-model-version"] == "1" and latest.content == good
+    for r in (explicit, walk):
+        assert r.status_code == 404 and r.json()["error"] == "model_unavailable" and "SHA-256" in r.json()["message"]
+    assert missing.status_code == 404
+
+
+def test_a_bundled_name_published_over_is_served_from_the_bundle(make_app, settings: Settings) -> None:
+    """Versions published under a bundled name (before such claims were refused) are ignored: the bundled
+    weights are served under their own ETag, and a toy model published under the name changes nothing."""
+    from svc_support import AUTH, publish_tiny_model
+
+    from service.api.caching import etag
+    from service.serving.encoding import PNG_LEVEL
+    from training.checkpoint import load_metadata, model_stem
+
+    publish_tiny_model(settings.bundled_models_dir, "shipped", weights_seed=1)
+    publish_tiny_model(settings, "shipped", weights_seed=2)  # version 1 in the volume, other weights
+    publish_points_model(settings, "shipped")  # version 2: a toy model
+    bundled_sha = load_metadata(model_stem(settings.bundled_models_dir, "shipped", 1))["sha256"]
+    with TestClient(make_app(), headers=AUTH) as c:
+        pinned = c.get("/generate", params={"model": "shipped", "version": 1, "seed": 3})
+        assert pinned.status_code == 200
+        tag = etag("generate/1", "shipped", 1, bundled_sha, 3, 1, None, "png", settings.batch_max, PNG_LEVEL)
+        assert pinned.headers["etag"] == tag
+        latest = c.get("/generate", params={"model": "shipped", "seed": 3})  # not the toy model's 422
+        assert latest.status_code == 200 and latest.content == pinned.content
+        assert c.get("/generate", params={"model": "shipped", "version": 2}).status_code == 404
+        detail = c.get("/models/shipped").json()
+        assert detail["source"] == "bundled" and detail["versions"] == [1] and detail["owner"] is None
+        assert detail["version_info"][0]["weights_sha256"] == bundled_sha
