@@ -8,10 +8,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.keys import ApiKeyEntry
+from core.secrets import read_secret, with_password
 
 BUNDLED_MODELS_DIR = Path(__file__).resolve().parents[1] / "service" / "bundled"  # package data of service/
 
@@ -247,8 +248,10 @@ class Settings(BaseSettings):
     )
     secrets_dir: Path | None = Field(
         None,
-        description="A folder of generated secrets (`ganserve secrets init`): redis_password, postgres_password, "
-        "s3_secret_access_key, each filling the matching URL or credential that does not carry one already.",
+        description="A folder of generated secrets (`ganserve secrets init`; docker-compose.yml mounts one): its "
+        "redis_password goes into GANSERVE_REDIS_URL and a redis:// GANSERVE_BROKER_URL, its postgres_password "
+        "into GANSERVE_DATABASE_URL, when the URL carries no password (one in the URL wins). S3's secret is in "
+        "its `aws-credentials`, the standard AWS file: set AWS_SHARED_CREDENTIALS_FILE to it (AWS_* variables win).",
     )
     # --- uploaded datasets (POST /datasets: training/dataset_archive.py; docs/api.md, Datasets) ---
     dataset_max_bytes: int = Field(
@@ -287,6 +290,18 @@ class Settings(BaseSettings):
     webhook_backoff_s: float = Field(
         1.0, gt=0, le=3600, description="Wait before a webhook's first retry, doubled after each (at most 1 h)."
     )
+
+    @model_validator(mode="after")
+    def _passwords_from_secrets_dir(self) -> "Settings":
+        # Filled in here, once, so that every reader of these URLs (Celery, the limiter, the engine) gets them.
+        if self.secrets_dir is not None:
+            redis_password = read_secret(self.secrets_dir, "redis_password")
+            self.redis_url = with_password(self.redis_url, redis_password)
+            if self.broker_url and self.broker_url.startswith(("redis://", "rediss://")):
+                self.broker_url = with_password(self.broker_url, redis_password)
+            if self.database_url:
+                self.database_url = with_password(self.database_url, read_secret(self.secrets_dir, "postgres_password"))
+        return self
 
     @property
     def effective_broker_url(self) -> str:

@@ -8,7 +8,7 @@ loop and evaluation for jobs), so a local answer is the server's answer for the 
 
 import typer
 
-from ganserve.cli import datasets, db, evaluation, images, jobs, keys, models, processes, workers
+from ganserve.cli import datasets, db, evaluation, images, jobs, keys, models, processes, secrets, workers
 
 HELP = """Train GANs and serve their generators: run the service, make images, train and evaluate.
 
@@ -36,6 +36,7 @@ app.add_typer(datasets.app, name="datasets", rich_help_panel="Training and evalu
 app.add_typer(models.app, name="models", rich_help_panel="Models and keys")
 app.add_typer(keys.app, name="keys", rich_help_panel="Models and keys")
 app.add_typer(db.app, name="db", rich_help_panel="Run the service")
+app.add_typer(secrets.app, name="secrets", rich_help_panel="Run the service")
 
 
 def main() -> None:
