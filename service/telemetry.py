@@ -29,6 +29,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from types import TracebackType
 from typing import Any, Generic, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -108,8 +109,9 @@ T = TypeVar("T")
 class Snapshot(Generic[T]):
     """`read()`'s value, read again only when the last one is `max_age_s` old. One read at a time: callers that
     find it stale while another thread reads wait for that read rather than start their own, so the reads are
-    at most one per `max_age_s` whatever the number of callers. A read that raises is not kept (the next caller
-    tries again). `clock`: time.monotonic (tests pass their own)."""
+    at most one per `max_age_s` whatever the number of callers. A read that raises is kept too, for as long: a
+    flood during a database outage waits on one failing connection a second, not one each. `clock`:
+    time.monotonic (tests pass their own)."""
 
     def __init__(
         self, read: Callable[[], T], max_age_s: float = SNAPSHOT_MAX_AGE_S, clock: Callable[[], float] = time.monotonic
@@ -118,21 +120,28 @@ class Snapshot(Generic[T]):
         self.max_age_s = max_age_s
         self.clock = clock
         self._lock = threading.Lock()
+        self._taken: float | None = None  # when the kept value or error was read; None: nothing kept
         self._value: T | None = None
-        self._taken = 0.0
+        self._error: Exception | None = None
+        self._traceback: TracebackType | None = None
 
     def get(self) -> T:
         with self._lock:
-            if self._value is None or self.clock() - self._taken >= self.max_age_s:
-                self._value = None
-                value = self.read()
-                self._value, self._taken = value, self.clock()
-            return self._value
+            if self._taken is None or self.clock() - self._taken >= self.max_age_s:
+                try:
+                    self._value, self._error = self.read(), None
+                except Exception as e:
+                    self._value, self._error, self._traceback = None, e, e.__traceback__
+                self._taken = self.clock()
+            if self._error is not None:
+                # Its own traceback each time, not one that grows by a frame at every re-raise.
+                raise self._error.with_traceback(self._traceback)
+            return self._value  # type: ignore[return-value]  # set whenever no error is
 
     def expire(self) -> None:
         """The next `get` reads (tests that change the database and look at once)."""
         with self._lock:
-            self._value = None
+            self._taken = None
 
 
 @dataclass(frozen=True)

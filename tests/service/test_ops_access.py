@@ -184,3 +184,22 @@ def test_readyz_probes_the_database_and_storage_once_a_second(
     clock.now += 1.0
     client.get("/readyz")
     assert calls == {"revision": 2, "check": 2}
+
+
+def test_a_failed_read_is_kept_for_the_second_too() -> None:
+    """During a database outage a flood waits on one failing read a second, not one each."""
+    clock, reads = Clock(), []
+
+    def read() -> int:
+        reads.append(clock.now)
+        if len(reads) == 1:
+            raise ConnectionError("the database does not answer")
+        return len(reads)
+
+    snapshot = Snapshot(read, max_age_s=1.0, clock=clock)
+    for _ in range(3):
+        with pytest.raises(ConnectionError, match="does not answer"):
+            snapshot.get()
+    assert len(reads) == 1
+    clock.now += 1.0
+    assert [snapshot.get() for _ in range(3)] == [2, 2, 2]
