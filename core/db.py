@@ -75,6 +75,9 @@ jobs = Table(
     # queued or running jobs use one. A column, not the JSON config: indexed alike on SQLite and PostgreSQL, and
     # the config holds the name as typed, which may later name another dataset.
     Column("dataset_id", String(64), index=True),
+    # Bytes its run files (checkpoints, sample grids) hold in object storage, kept by the worker as it uploads and
+    # prunes them: a key's usage is then one sum (core/quota.py), not a listing of storage.
+    Column("storage_bytes", BigInteger, nullable=False, server_default="0"),
 )
 
 job_attempts = Table(
@@ -136,6 +139,7 @@ model_versions = Table(
     Column("location", String(512), nullable=False),  # the storage key of its folder (model.*, samples.png)
     Column("has_samples", Boolean, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("storage_bytes", BigInteger, nullable=False, server_default="0"),  # of its folder's files
 )
 
 model_names = Table(

@@ -1,8 +1,9 @@
 """Training jobs' records (core/records.py) and what belongs to each job in the database besides: the cancel
 request (a column the worker polls, so the API never writes the worker's record to ask), the claims of its
 attempts (a row per attempt: one insert succeeds, so two workers handed the same job never both run it), and
-the outbox entry of its webhook (delivered by service/background/webhooks.py). The run's own files
-(checkpoints, samples) live on the volume, in `<GANSERVE_CHECKPOINT_DIR>/jobs/<id>/`.
+the outbox entry of its webhook (delivered by service/background/webhooks.py), and the bytes its run files hold in
+storage (`storage_bytes`, core/quota.py). The run's own files (checkpoints, samples) live on the volume, in
+`<GANSERVE_CHECKPOINT_DIR>/jobs/<id>/`.
 """
 
 from dataclasses import dataclass
@@ -178,6 +179,18 @@ class JobStore(RecordStore[JobRecord]):
         except IntegrityError:
             return False
         return True
+
+    # --- storage used (core/quota.py) ----------------------------------------------------------------
+
+    def set_storage_bytes(self, job_id: str, size: int) -> None:
+        """What the job's run files now hold in storage (the worker's count after each upload or pruning)."""
+        with self.db.begin() as c:
+            c.execute(update(db_tables.jobs).where(db_tables.jobs.c.id == job_id).values(storage_bytes=size))
+
+    def storage_bytes(self, job_id: str) -> int:
+        with self.db.begin() as c:
+            query = select(db_tables.jobs.c.storage_bytes).where(db_tables.jobs.c.id == job_id)
+            return int(c.execute(query).scalar() or 0)
 
     # --- the webhook outbox --------------------------------------------------------------------------
 

@@ -201,6 +201,14 @@ class TrainConfig(BaseModel):
     # --- run ---
     seed: int = Field(0, ge=0, le=2**32 - 1, description="Seeds weights, shuffling, noise and toy data.")
     sample_every: int = Field(1, ge=1, description="Write a sample grid (and checkpoint) every N epochs.")
+    keep_checkpoints: int | None = Field(
+        None,
+        ge=1,
+        description="How many of its newest epoch checkpoints a job keeps (older ones are deleted as new ones are "
+        "written; the one of the best FID and the published model stay too). Default: the server's "
+        "GANSERVE_KEEP_CHECKPOINTS, at most its GANSERVE_MAX_KEEP_CHECKPOINTS. `ganserve train` run locally keeps "
+        "every one unless this is set.",
+    )
     max_runtime_s: int | None = Field(
         None,
         ge=1,

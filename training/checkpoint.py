@@ -161,6 +161,11 @@ def publish(
         if has_samples:
             storage.put_file(f"{location}/samples.png", samples_png)
         storage.put_file(f"{location}/{MODEL_STEM}.json", staged.with_suffix(".json"))
+        # What the version holds in storage, counted against its owner's quota (core/quota.py).
+        files = [staged.with_suffix(".safetensors"), staged.with_suffix(".json")]
+        if samples_png is not None and has_samples:
+            files.append(samples_png)
+        size = sum(f.stat().st_size for f in files)
     return versions.add(
         name,
         owner=owner,
@@ -168,11 +173,12 @@ def publish(
         metadata=published,
         location=location,
         has_samples=has_samples,
+        storage_bytes=size,
     )
 
 
 # A run checkpoint's fields that describe the run's state or the file, not the published generator.
-RUN_FIELDS = {"format", "sha256", "versions", "discriminator", "optimizers", "device_type", "kept"}
+RUN_FIELDS = {"format", "sha256", "versions", "discriminator", "optimizers", "device_type", "kept", "fid"}
 RUN_FIELDS |= {"last_checkpoint", "last_samples"}
 
 

@@ -5,8 +5,9 @@ Per generator step: `d_steps` discriminator updates on fresh real batches, then 
 last, it writes a sample grid or scatter (`training.samples`) and keeps a checkpoint; every `eval_every`
 epochs it measures sample quality (`training.evaluation`). Between kept checkpoints it writes the latest state
 (at most every `resume_every_s`), so `train(..., resume_from=...)` continues a stopped run exactly
-(`training.run_state`). Losses are checked for NaN/inf every `FINITE_CHECK_EVERY` steps and at every report:
-a diverged run stops with `NonFiniteLossError` instead of checkpointing garbage.
+(`training.run_state`); with `keep_checkpoints`, only the newest kept checkpoints stay, and the best by FID.
+Losses are checked for NaN/inf every `FINITE_CHECK_EVERY` steps and at every report: a diverged run stops with
+`NonFiniteLossError` instead of checkpointing garbage.
 
 It knows nothing of Celery, HTTP or object storage: the caller passes `progress_fn` to hear about progress,
 `should_stop` to ask for cancellation and `files_fn` to hear which run files were written and removed (to copy
@@ -128,6 +129,12 @@ def _check_finite(losses: dict[str, float], epoch: int, step: int) -> None:
         )
 
 
+def _fid(evaluation: dict[str, Any] | None) -> float | None:
+    """An evaluation's FID, when it measured one (image datasets) and it is finite."""
+    value = None if evaluation is None else evaluation.get("fid")
+    return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
+
+
 # --- the loop -----------------------------------------------------------------------------------------
 
 
@@ -146,6 +153,7 @@ def train(
     dataset_file: Path | None = None,
     may_write: Callable[[], bool] | None = None,
     world: World | None = None,
+    keep_checkpoints: int | None = None,
 ) -> TrainResult:
     """Train `config`, writing into `out_dir`. `resume_from`: a checkpoint's stem (see
     `training.run_state.latest(out_dir)`) written by an earlier run of the same config into the same `out_dir`;
@@ -160,8 +168,11 @@ def train(
     more written (a worker whose job has moved on to another must not touch the run). `world`: this process's
     rank among several training together (`training.distributed`; default: the initialised process group's, or
     one process); each passes the same arguments, and only rank 0's callbacks are called (the others' may be
-    None), `out_dir` then being rank 0's (every rank reads `resume_from`)."""
+    None), `out_dir` then being rank 0's (every rank reads `resume_from`). `keep_checkpoints`: how many kept
+    checkpoints stay, the newest (default: `config.keep_checkpoints`; None: all); with it, an evaluation's epoch
+    is saved too, so that the best-by-FID checkpoint can stay beside them (`training.run_state.retained`)."""
     world = distributed.current() if world is None else world
+    keep = config.keep_checkpoints if keep_checkpoints is None else keep_checkpoints
     check_supported(config, world)
     dev = distributed.device_for(world, resolve_device(device))
     _use_all_cores(dev, world)
@@ -258,13 +269,19 @@ def train(
                 if files_fn is not None:
                     files_fn([last_samples], [])
             extra["samples"] = last_samples
-        if plan.evaluator is not None and due(config, epoch, epochs) and world.is_main:
+        evaluating = plan.evaluator is not None and due(config, epoch, epochs)  # the same on every rank
+        if evaluating and world.is_main:
+            assert plan.evaluator is not None
             extra["evaluation"] = {"extractor": plan.evaluator.extractor, **plan.evaluator.run(served)}
         last_report = time.monotonic()
         report(progress(epoch, epoch_losses, **extra))  # the epoch's means, computed (and synced) once
         # After the report: a run killed between the two resumes from the epoch before and redoes this one,
         # identically, so the caller's per-epoch history never has a gap.
-        (save_due,) = distributed.agree(world, kept or time.monotonic() - last_saved >= resume_every_s)
+        # With retention, an evaluated epoch is saved: it may be the best by FID, kept beyond the newest ones.
+        best_candidate = keep is not None and evaluating
+        (save_due,) = distributed.agree(
+            world, kept or best_candidate or time.monotonic() - last_saved >= resume_every_s
+        )
         if save_due:
             saved = None
             if world.is_main:  # the one writer; every rank holds the same state
@@ -278,6 +295,8 @@ def train(
                     last=(last_stem, last_samples),
                     files_fn=files_fn,
                     may_write=may_write,
+                    keep=keep,
+                    fid=_fid(extra.get("evaluation")),
                 )
             if not distributed.agree(world, saved is not None)[0]:
                 return TrainResult("superseded", epoch - 1, step, last_stem, last_samples, epoch_losses)

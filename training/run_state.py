@@ -4,7 +4,11 @@ streams — and everything needed to rebuild and describe the networks, in one f
 `save` is the only writer of a run's checkpoints, `<out_dir>/checkpoints/epoch-NNNN.{safetensors,json}`. The
 loop calls it for the epochs it keeps (every `sample_every`, and the last) and, in between, for the latest
 state only (an older such checkpoint is removed once a newer one is complete); its `files_fn` tells the
-caller which files it wrote and removed, so a worker can copy the run folder into object storage. `latest` finds
+caller which files it wrote and removed, so a worker can copy the run folder into object storage.
+
+Retention (`keep`): once a checkpoint is complete, only the newest `keep` kept checkpoints stay, with the one of
+the lowest FID measured so far (an evaluation's epoch is saved, its FID in the JSON) and the newest checkpoint of
+all; every older one is removed. `keep` None keeps every kept checkpoint, as runs always did. `latest` finds
 the newest intact checkpoint of a run, `restore` continues from it with exactly the numbers a run that never
 stopped gives (on the same machine and device), and `training.checkpoint.publish` turns the last one into a
 served model.
@@ -14,12 +18,14 @@ step. Nothing is unpickled: tensors are safetensors, the rest JSON (training/che
 """
 
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 from torch import nn
 
 from core.train_config import TrainConfig
@@ -138,13 +144,16 @@ def save(
     last: tuple[Path | None, Path | None],
     files_fn: FilesFn | None = None,
     may_write: Callable[[], bool] | None = None,
+    keep: int | None = None,
+    fid: float | None = None,
 ) -> Path | None:
     """Write the run's state after `epoch` epochs (`step` G steps) as `epoch-NNNN`; returns its stem. `kept`:
     the run keeps it; otherwise it only stands in for the epochs since the last kept one, and the previous such
     stand-in is removed once this one is complete. `last`: the newest kept checkpoint and sample grid.
     `files_fn(written, removed)`: called once both are done. `may_write()`: asked before writing and again
     before removing anything; on False nothing more is done and None is returned (the checkpoint, if it was
-    written, is then neither pruned around nor reported)."""
+    written, is then neither pruned around nor reported). `keep`: how many kept checkpoints stay (None: all);
+    `fid`: the FID this epoch's evaluation measured, which may make it the best checkpoint, kept beyond those."""
     if may_write is not None and not may_write():
         return None
     last_checkpoint, last_samples = last
@@ -171,12 +180,13 @@ def save(
         "device_type": s.device.type,
         "last_checkpoint": _relative(last_checkpoint, out_dir),
         "last_samples": _relative(last_samples, out_dir),
+        "fid": fid if fid is not None and math.isfinite(fid) else None,
     }
     stem = stem_for(out_dir, epoch)
     checkpoint.save(stem, tensors, meta)
     if may_write is not None and not may_write():
         return None
-    removed = _prune(stem)
+    removed = _prune(stem, keep)
     if files_fn is not None:
         files_fn([stem.with_suffix(".safetensors"), stem.with_suffix(".json")], removed)
     return stem
@@ -186,20 +196,39 @@ def _epoch(stem: Path) -> int:
     return int(stem.name.removeprefix("epoch-"))
 
 
-def _prune(newest: Path) -> list[Path]:
-    """Stand-ins older than `newest` (a legacy resume folder's are all stand-ins), and temporary files a killed
-    writer left; `newest` is complete by now. Returns the checkpoint files removed."""
+def retained(stems: dict[Path, dict[str, Any] | None], newest: Path, keep: int | None) -> set[Path]:
+    """Which of a run's checkpoints (stem → its JSON, None when unreadable) stay once `newest` is complete: itself
+    and any later one (not this writer's to judge), the newest `keep` kept ones up to it (all when `keep` is None),
+    and the one of the lowest finite FID. Stand-ins older than `newest` and unreadable ones go."""
+    spare = {stem for stem in stems if _epoch(stem) >= _epoch(newest)}
+    # Written before stand-ins existed: a checkpoint without `kept` was kept.
+    kept = [stem for stem, meta in stems.items() if meta is not None and meta.get("kept", True)]
+    kept = sorted((stem for stem in kept if _epoch(stem) <= _epoch(newest)), key=_epoch, reverse=True)
+    spare |= set(kept if keep is None else kept[:keep])
+    scored = [(float(meta["fid"]), -_epoch(stem), stem) for stem, meta in stems.items() if _fid(meta) is not None]
+    if scored:
+        spare.add(min(scored)[2])  # the lowest FID; of equal ones, the newest
+    return spare
+
+
+def _fid(meta: dict[str, Any] | None) -> float | None:
+    value = None if meta is None else meta.get("fid")
+    return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
+
+
+def _prune(newest: Path, keep: int | None = None) -> list[Path]:
+    """Checkpoints `retained` does not keep (a legacy resume folder's are all stand-ins), and temporary files a
+    killed writer left; `newest` is complete by now. Returns the checkpoint files removed."""
     run_dir = newest.parent.parent
     removed: list[Path] = []
     for folder in (CHECKPOINTS_DIR, LEGACY_RESUME_DIR):
-        for json_path in (run_dir / folder).glob("epoch-*.json"):
-            stem = json_path.with_suffix("")
-            if stem == newest or (folder == CHECKPOINTS_DIR and _epoch(stem) >= _epoch(newest)):
-                continue
-            if folder == CHECKPOINTS_DIR and _is_kept(stem):
+        stems = {p.with_suffix(""): _metadata(p.with_suffix("")) for p in (run_dir / folder).glob("epoch-*.json")}
+        spare = retained(stems, newest, keep) if folder == CHECKPOINTS_DIR else set()
+        for stem in sorted(stems, key=_epoch):
+            if stem in spare:
                 continue
             # The JSON first: without it the weights are no checkpoint, so a reader never sees half of one.
-            for path in (json_path, stem.with_suffix(".safetensors")):
+            for path in (stem.with_suffix(".json"), stem.with_suffix(".safetensors")):
                 path.unlink(missing_ok=True)
                 removed.append(path)
         for tmp in (run_dir / folder).glob(".*.tmp"):
@@ -207,11 +236,11 @@ def _prune(newest: Path) -> list[Path]:
     return removed
 
 
-def _is_kept(stem: Path) -> bool:
+def _metadata(stem: Path) -> dict[str, Any] | None:
     try:
-        return bool(checkpoint.load_metadata(stem).get("kept", True))  # written before stand-ins existed: kept
+        return checkpoint.load_metadata(stem)
     except checkpoint.CheckpointError:
-        return False  # unreadable: no use to anyone
+        return None  # unreadable: no use to anyone
 
 
 def _stems(out_dir: Path) -> list[Path]:
@@ -253,13 +282,22 @@ def latest(out_dir: Path) -> ResumePoint | None:
     return None
 
 
+def _config_of(meta: dict[str, Any]) -> Any:
+    """The config a checkpoint was written by, read as this version reads it: a field added since (e.g.
+    `keep_checkpoints`) takes its default, so a run from before an upgrade still resumes."""
+    try:
+        return TrainConfig.model_validate(meta.get("train_config")).model_dump(mode="json")
+    except ValidationError:
+        return meta.get("train_config")
+
+
 def restore(stem: Path, s: Step, config: TrainConfig, out_dir: Path, total_steps: int) -> ResumePoint:
     """Load a checkpoint into a freshly built `Step` of the same config. Raises CheckpointError when it is
     damaged or was written by a different config."""
     tensors, meta = checkpoint.load(stem, s.device)
     if "optimizers" not in meta:
         raise checkpoint.CheckpointError(f"{stem} holds no optimiser state; it cannot be resumed from")
-    if meta.get("train_config") != config.model_dump(mode="json"):
+    if _config_of(meta) != config.model_dump(mode="json"):
         raise checkpoint.CheckpointError(f"{stem} was written by a run with another config; it cannot be resumed")
     nets = s.nets
     try:

@@ -3,10 +3,11 @@
 The training loop writes a run into `<GANSERVE_CHECKPOINT_DIR>/jobs/<id>/`, this worker's own scratch. Storage
 holds the run under the same key, `jobs/<id>/<path in the run folder>`: `RunFiles.files_fn` copies each file
 the loop writes as soon as it is complete (a checkpoint's JSON, its commit record, after its weights) and
-deletes there what the loop pruned; `RunFiles.bring_back`, before a job (re)starts, fetches the run's newest
-intact checkpoint from storage (checked against the SHA-256 its JSON records) and the sample grid it names, so a
-worker on any host resumes where the last one stopped. With storage on the volume itself (the default), the run
-folder *is* the blobs: neither copies anything.
+deletes there what the loop pruned (checkpoint retention: training/run_state.py), and `RunFiles.stored_bytes`
+counts what the run holds there for its owner's quota; `RunFiles.bring_back`, before a job (re)starts, fetches
+the run's newest intact checkpoint from storage (checked against the SHA-256 its JSON records) and the sample
+grid it names, so a worker on any host resumes where the last one stopped. With storage on the volume itself
+(the default), the run folder *is* the blobs: neither copies anything.
 """
 
 import json
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.files import atomic_write_bytes
+from core.quota import stored_bytes
 from core.settings import Settings
 from core.storage import BlobError, Storage, open_storage, sha256_of
 
@@ -75,11 +77,18 @@ class RunFiles:
 
     def files_fn(self, written: list[Path], removed: list[Path]) -> None:
         """The loop's `files_fn`: upload what it wrote, in that order, then delete what it pruned (so storage
-        always holds a whole checkpoint). Raises BlobError naming the object: the job fails, saying which."""
+        always holds a whole checkpoint); with storage in the run folder itself, there is nothing to copy. Raises
+        BlobError naming the object: the job fails, saying which."""
+        if not self.copied:
+            return
         for path in written:
             self.storage.put_file(self.key(path), path)
         for path in removed:
             self.storage.delete(self.key(path))
+
+    def stored_bytes(self) -> int:
+        """Bytes the run's files hold in storage now (its owner's usage, core/quota.py). Raises BlobError."""
+        return stored_bytes(self.storage, self.key(self.run_dir))
 
     def bring_back(self) -> None:
         """Make the run folder hold the run's newest intact checkpoint in storage and the sample grid it names,

@@ -43,7 +43,7 @@ from core.jobs import EpochRecord, JobRecord, JobStore, Progress, PublishedModel
 from core.model_versions import ModelVersions, local_stem
 from core.records import FINISHED, JobStatus, now
 from core.settings import Settings, get_settings
-from core.storage import BlobCache
+from core.storage import BlobCache, BlobError
 from core.tasks import EVALUATE_TASK, TRAIN_TASK
 from worker.app import celery_app
 from worker.datasets import dataset_file
@@ -384,6 +384,21 @@ def _run(store: JobStore, job_id: str, attempt: int, me: str, signals: Signals, 
             changes["evaluation_skipped"] = p.evaluation_skipped
         return changes
 
+    def count_storage() -> None:
+        """The run's bytes in storage, for its owner's quota; a count that fails is logged, never the job's end."""
+        try:
+            store.set_storage_bytes(job_id, run.stored_bytes())
+        except (BlobError, *DATABASE_DOWN) as e:
+            log.warning("job %s: its storage use is not counted now: %s", job_id, e)
+
+    def files(written: list[Path], removed: list[Path], heartbeat: Heartbeat) -> None:
+        run.files_fn(written, removed)
+        # The record names the checkpoints that exist: those retention removed leave it with their files.
+        gone = {run.key(path.with_suffix("")) for path in removed}
+        if gone:
+            heartbeat.update(lambda current: {"checkpoints": [k for k in current.checkpoints if k not in gone]})
+        count_storage()
+
     def report(p: TrainProgress, heartbeat: Heartbeat) -> None:
         signals.touch()
         heartbeat.update(lambda current: changes_for(p, current))
@@ -392,6 +407,8 @@ def _run(store: JobStore, job_id: str, attempt: int, me: str, signals: Signals, 
         signals.touch()  # asked before every step: the watch's sign of progress
         return heartbeat.lost or signals.stop_asked()
 
+    count_storage()  # what earlier attempts left
+    keep = min(config.keep_checkpoints or settings.keep_checkpoints, settings.max_keep_checkpoints)
     with Heartbeat(store, job_id, me, settings.heartbeat_s) as heartbeat:
         result = train(
             config,
@@ -401,10 +418,11 @@ def _run(store: JobStore, job_id: str, attempt: int, me: str, signals: Signals, 
             progress_fn=lambda p: report(p, heartbeat),
             should_stop=lambda: stop(heartbeat),
             resume_from=None if point is None else point.stem,
-            files_fn=run.files_fn if run.copied else None,
+            files_fn=lambda written, removed: files(written, removed, heartbeat),
             dataset_file=dataset_file(settings, record),
             may_write=heartbeat.still_ours,
             world=world,
+            keep_checkpoints=keep,
         )
         version = None
         if result.status == "completed" and heartbeat.still_ours():

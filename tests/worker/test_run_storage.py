@@ -13,6 +13,8 @@ from test_tasks import STEPS_PER_EPOCH, WorkerKilled, history_epochs, kill_at_re
 import training.checkpoint
 import training.loop
 from core.jobs import JobRecord, JobStore
+from core.model_versions import ModelVersions
+from core.quota import stored_bytes
 from core.settings import Settings
 from core.storage import Storage, open_storage
 from worker import run_files, tasks
@@ -252,3 +254,44 @@ def test_an_evaluation_image_goes_to_storage(worker_on: Worker, where: Where, se
     png = nn_png(settings, b"on the volume")  # the default storage: the volume's own file, kept
     assert run_files.store_file(settings, png) == "evaluations/jobs/e1-nearest.png"
     assert png.read_bytes() == b"on the volume"
+
+
+@pytest.mark.parametrize("storage_at", ["s3", "file", "volume"])
+def test_retention_deletes_old_checkpoints_from_storage_and_the_record(
+    storage_at: str,
+    worker_on: Worker,
+    settings: Settings,
+    submit,
+    store: JobStore,
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`keep_checkpoints: 2` of 4 epochs: storage, the record and the volume hold epochs 3 and 4 only (every grid
+    stays), and the bytes the job's run and its published version take are recorded for its key's quota."""
+    a = settings if storage_at == "volume" else worker_on("worker-a", request.getfixturevalue("where_" + storage_at))
+    job = submit(keep_checkpoints=2)
+    assert run_task(job.id, "host:1", monkeypatch)["status"] == "succeeded"
+    done = store.get(job.id)
+    assert run_keys(a, job) == [
+        "checkpoints/epoch-0003.json",
+        "checkpoints/epoch-0003.safetensors",
+        "checkpoints/epoch-0004.json",
+        "checkpoints/epoch-0004.safetensors",
+        *(f"samples/epoch-000{e}.png" for e in range(1, 5)),
+    ]
+    assert done.checkpoints == [f"jobs/{job.id}/checkpoints/epoch-0003", f"jobs/{job.id}/checkpoints/epoch-0004"]
+    assert len(done.samples) == 4
+    assert store.storage_bytes(job.id) == stored_bytes(blobs(a), f"jobs/{job.id}") > 0
+    assert done.model is not None
+    version = ModelVersions(store.db).get(done.model.name, done.model.version)
+    assert version is not None and version.storage_bytes == stored_bytes(blobs(a), version.location) > 0
+
+
+@pytest.fixture
+def where_s3(s3: Where) -> Where:
+    return s3
+
+
+@pytest.fixture
+def where_file(tmp_path: Path) -> Where:
+    return (tmp_path / "object-store").as_uri(), None

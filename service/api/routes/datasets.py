@@ -25,6 +25,7 @@ from core.datasets import (
     register,
 )
 from core.keys import Scope
+from core.quota import over_quota
 from core.storage import BlobError
 from core.train_config import BUILTIN_DATASETS, DCGAN_SIZES, NAME_PATTERN, TrainConfig
 from service.api.blobs import STORAGE_RETRY_AFTER_S, png_blob
@@ -51,6 +52,21 @@ LIST_HINT = "GET /datasets lists the datasets this key may use"
 
 class DatasetList(BaseModel):
     datasets: list[DatasetInfo]
+
+
+def _check_quota(state: AppState, principal: Principal, adding: int = 0) -> None:
+    """413 when the key is at its storage quota, or `adding` bytes more would pass it (core/quota.py)."""
+    quota = state.settings.storage_quota_bytes
+    used = over_quota(state.db, principal.name, quota, adding)
+    if used is not None:
+        raise APIError(
+            413,
+            "storage_quota_exceeded",
+            f"API key {principal.name!r} uses {used.total:,} bytes of storage; this dataset ({adding:,} bytes) "
+            f"would take it past its quota of {quota:,} (GANSERVE_STORAGE_QUOTA_BYTES). Delete datasets it no "
+            "longer needs (GET /datasets, DELETE /datasets/{id}), or ask the operator to raise the quota.",
+            detail={**used.detail(quota), "adding": adding},
+        )
 
 
 def _sees_all(principal: Principal) -> bool:
@@ -113,7 +129,9 @@ def _name_taken(name: str, owner: str) -> APIError:
         "key's datasets) and `image_size` (centre-crop and resize every image to that square; without it, images "
         "of different sizes are a 422 naming them). Every image is decoded within the server's limits "
         "(GANSERVE_DATASET_MAX_BYTES, _MAX_IMAGES, _MAX_IMAGE_PIXELS, _MAX_DECODED_BYTES): a size or count "
-        "beyond them is a 413, any other bad input (links, paths leaving the archive, other formats, a "
+        "beyond them is a 413 (so is one that would take the key past its storage quota: "
+        "GANSERVE_STORAGE_QUOTA_BYTES, `storage_quota_exceeded`), any other bad input (links, paths leaving the "
+        "archive, other formats, a "
         "decompression bomb) a 422, each naming the limit or the entry. Answers 201 with the dataset and its "
         'URL in `Location`; train on it with `"dataset": "<id or name>"`.'
     ),
@@ -145,12 +163,14 @@ def upload_dataset(
             raise validation_error(("body", "name"), problem, name, "dataset_name")
         if store.name_taken(principal.name, name):  # before the work, not only after it
             raise _name_taken(name, principal.name)
+    _check_quota(state, principal)  # at its quota already: before the work
     with tempfile.TemporaryDirectory(prefix="ganserve-dataset-") as scratch:
         try:
             data = read_archive(file.file, FilePath(scratch), ArchiveLimits.of(state.settings), image_size)
         except DatasetRejected as e:
             log.info("dataset upload by key %s refused (%s): %s", principal.name, e.code, e.message)
             raise APIError(e.status, e.code, e.message, e.detail) from None
+        _check_quota(state, principal, data.path.stat().st_size)  # what it would store
         try:
             record = register(
                 store,

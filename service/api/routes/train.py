@@ -14,7 +14,10 @@ from fastapi import APIRouter, Depends, Header, Path, Request, Response, status
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
+from core.datasets import DatasetStore
 from core.jobs import JobRecord, JobStore
+from core.keys import Scope
+from core.quota import over_quota
 from core.records import FINISHED, JobStatus, now
 from core.settings import Settings
 from core.submissions import IDEMPOTENCY_TTL
@@ -30,6 +33,7 @@ from service.background import webhooks
 from service.security.auth import TrainKey, require_train
 from service.state import StateDep
 from training.losses import objective
+from training.model_size import job_parameters
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +58,9 @@ def _get(store: JobStore, job_id: str) -> JobRecord:
         ) from None
 
 
-def _check_caps(config: TrainConfig, settings: Settings) -> None:
-    """This server's own bounds, tighter than (or equal to) TrainConfig's."""
+def _check_caps(config: TrainConfig, settings: Settings, state: StateDep, principal: TrainKey) -> None:
+    """This server's own bounds, tighter than (or equal to) TrainConfig's: epochs, steps, runtime, checkpoints kept
+    and the networks' size (422), and the key's storage quota (429)."""
     if config.epochs > settings.max_epochs:
         raise validation_error(
             ("body", "epochs"),
@@ -76,6 +81,37 @@ def _check_caps(config: TrainConfig, settings: Settings) -> None:
             f"Input should be less than or equal to {settings.max_runtime_s} (this server's GANSERVE_MAX_RUNTIME_S)",
             config.max_runtime_s,
             "less_than_equal",
+        )
+    if config.keep_checkpoints is not None and config.keep_checkpoints > settings.max_keep_checkpoints:
+        raise validation_error(
+            ("body", "keep_checkpoints"),
+            f"Input should be less than or equal to {settings.max_keep_checkpoints} (this server's "
+            "GANSERVE_MAX_KEEP_CHECKPOINTS)",
+            config.keep_checkpoints,
+            "less_than_equal",
+        )
+    any_owner = Scope.admin in principal.scopes
+    parameters = job_parameters(config, DatasetStore(state.db), principal.name, any_owner)
+    if parameters is not None and parameters > settings.max_model_parameters:
+        raise APIError(
+            422,
+            "model_too_large",
+            f"This job's networks (G and D together) have {parameters:,} parameters, more than this server's "
+            f"GANSERVE_MAX_MODEL_PARAMETERS ({settings.max_model_parameters:,}). Use fewer or narrower layers "
+            "(`g_hidden`, `d_hidden`), smaller images (`image_size`) or a smaller `latent_dim`; or ask the "
+            "operator to raise GANSERVE_MAX_MODEL_PARAMETERS.",
+            detail={"parameters": parameters, "limit": settings.max_model_parameters},
+        )
+    used = over_quota(state.db, principal.name, settings.storage_quota_bytes)
+    if used is not None:
+        raise APIError(
+            429,
+            "storage_quota_exceeded",
+            f"API key {principal.name!r} uses {used.total:,} bytes of storage, at or over its quota of "
+            f"{settings.storage_quota_bytes:,} (GANSERVE_STORAGE_QUOTA_BYTES): no new job until it uses less. "
+            "Delete datasets it no longer needs (GET /datasets, DELETE /datasets/{id}), or ask the operator to "
+            "raise the quota.",
+            detail=used.detail(settings.storage_quota_bytes),
         )
 
 
@@ -181,7 +217,7 @@ def start_training(
 ) -> JobView:
     store, settings, submissions = state.jobs, state.settings, state.submissions
     config, webhook = body.train_config(), body.webhook  # the webhook is the job's, not the model's config
-    _check_caps(config, settings)
+    _check_caps(config, settings, state, principal)
     if webhook is not None and (problem := webhooks.refusal(webhook, settings)):
         raise validation_error(("body", "webhook"), problem, webhook, "webhook_refused")
     resources_asked = body.resources.model_dump() if body.resources is not None else None
