@@ -68,6 +68,8 @@ def test_metrics_public_opens_metrics_to_anonymous_scrapers_limited_per_address(
         assert [anon.get("/metrics").status_code for _ in range(3)] == [200, 200, 429]
         assert anon.get("/stats").status_code == 401  # /stats stays keyed: it names every tenant's jobs
         assert anon.get("/metrics", headers=AUTH).status_code == 200  # a key: its own count, not the address's
+        assert anon.get("/metrics", headers=bearer(GENERATE_KEY)).status_code == 200  # any valid key, when open
+        assert anon.get("/metrics", headers=bearer("gsk_not-a-key")).status_code == 401  # a wrong one, never
 
 
 def test_the_metrics_port_serves_without_a_key_while_the_app_runs(

@@ -39,17 +39,21 @@ async def metrics_access(
     bearer: Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)],
     api_key: Annotated[str | None, Security(api_key_scheme)],
 ) -> Principal | None:
-    """An `admin` key (its rate limit applied), or nobody when GANSERVE_METRICS_PUBLIC opens /metrics (the
-    caller's address limited). A refusal says which settings would open it."""
+    """An `admin` key (its rate limit applied). With GANSERVE_METRICS_PUBLIC, anyone: nobody (the caller's
+    address limited) or any valid key (that key limited). A refusal says which settings would open it."""
     state = app_state(request.app)
-    keyless = (bearer is None or not bearer.credentials) and not api_key
-    if state.settings.metrics_public and keyless:
-        await limit_rate(request, state.settings, state.rate_limiter, None)
-        return None
+    key = bearer.credentials if bearer is not None and bearer.credentials else api_key
+    if state.settings.metrics_public:
+        state.keyring.refresh()
+        entry = state.keyring.lookup(key) if key else None
+        if not key or entry is not None:  # an unknown key is refused below, as on every route
+            who = entry.name if entry is not None else None
+            await limit_rate(request, state.settings, state.rate_limiter, who)
+            return Principal(entry.name, frozenset(entry.scopes)) if entry is not None else None
     try:
         return await require_admin(request, bearer, api_key)
     except APIError as e:
-        if e.status_code not in (401, 403):
+        if e.status_code not in (401, 403) or state.settings.metrics_public:  # open already: the key is wrong
             raise
         detail = {**e.detail, "settings": OPENING_SETTINGS} if isinstance(e.detail, dict) else e.detail
         raise APIError(e.status_code, e.error, e.message + HOW_TO_OPEN, detail, e.headers) from None
