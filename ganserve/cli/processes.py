@@ -101,7 +101,9 @@ def api(
     """The API server alone (what the Docker image runs).
 
     uvicorn with the app factory service.main:create_app, on asyncio's event loop. Training jobs need a broker
-    (GANSERVE_REDIS_URL or GANSERVE_BROKER_URL) and a worker; /generate works without either."""
+    (GANSERVE_REDIS_URL or GANSERVE_BROKER_URL) and a worker; /generate works without either. Behind a load
+    balancer set GANSERVE_TRUSTED_PROXIES (the app reads X-Forwarded-For from those only); GANSERVE_METRICS_PORT
+    needs one API process (GANSERVE_WORKERS=1)."""
     import uvicorn
 
     settings = _settings(host=host, port=port, workers=workers, log_level=log_level)
