@@ -137,6 +137,16 @@ class RecordStore(Generic[R]):
             raise KeyError(record_id)
         return record
 
+    def owner(self, record_id: str, conn: Connection | None = None) -> str | None:
+        """The name of the API key that submitted the record (None: not submitted over HTTP). Raises KeyError."""
+        if not re.fullmatch(NAME_PATTERN, record_id):
+            raise KeyError(record_id)
+        with self._conn(conn) as c:
+            row = c.execute(select(self.table.c.owner).where(self.table.c.id == record_id)).one_or_none()
+        if row is None:
+            raise KeyError(record_id)
+        return row.owner
+
     def update(
         self,
         record_id: str,

@@ -105,9 +105,18 @@ class TrainRequest(TrainConfig):
         examples=[{"gpus": 1}],
     )
 
+    visibility: Visibility | None = Field(
+        None,
+        description="Who is served the model once published, used only when this job's `model_name` is claimed "
+        "for the first time (by this job): `public` (every caller of /generate) or `private` (this key, `admin` "
+        "keys and keys granted read access). Left out: the server's GANSERVE_MODEL_VISIBILITY. A name this key "
+        "already owns keeps its visibility (its owner changes it).",
+        examples=["private"],
+    )
+
     def train_config(self) -> TrainConfig:
-        """The job's configuration, without the webhook and the resources."""
-        return TrainConfig.model_validate_json(self.model_dump_json(exclude={"webhook", "resources"}))
+        """The job's configuration, without the webhook, the resources and the name's visibility."""
+        return TrainConfig.model_validate_json(self.model_dump_json(exclude={"webhook", "resources", "visibility"}))
 
 
 class GeneratedImages(BaseModel):

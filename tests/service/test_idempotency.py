@@ -64,7 +64,7 @@ def test_the_same_idempotency_key_for_another_job_is_422(client: TestClient, sen
 
 def test_idempotency_keys_are_per_api_key(client: TestClient, anon: TestClient) -> None:
     mine = post(client, "shared-name").json()["id"]
-    theirs = post(anon, "shared-name", **bearer(TRAIN_KEY))
+    theirs = post(anon, "shared-name", {**BODY, "model_name": "their-digits"}, **bearer(TRAIN_KEY))  # a name of its own
     assert theirs.status_code == 202 and theirs.json()["id"] != mine
     assert "idempotent-replayed" not in theirs.headers
 

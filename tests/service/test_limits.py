@@ -129,7 +129,8 @@ def test_the_queue_count_survives_a_restart(make_app, publish_model) -> None:
 
 def test_the_submitting_key_is_recorded_by_name(client: TestClient, anon: TestClient) -> None:
     job = client.post("/train", json=TRAIN_BODY).json()["id"]
-    other = anon.post("/train", json=TRAIN_BODY, headers=bearer(TRAIN_KEY)).json()["id"]
+    theirs = {**TRAIN_BODY, "model_name": "their-digits"}  # a model name is its first trainer's
+    other = anon.post("/train", json=theirs, headers=bearer(TRAIN_KEY)).json()["id"]
     submissions = client.app.state.ganserve.submissions  # type: ignore[attr-defined]
     assert submissions.jobs_of("test-admin") == {job}
     assert submissions.jobs_of("test-train") == {other}

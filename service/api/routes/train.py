@@ -10,13 +10,16 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Path, Request, Response, status
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
+from sqlalchemy import Connection
+from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 
 from core.datasets import DatasetStore
 from core.jobs import JobRecord, JobStore
 from core.keys import Scope
+from core.model_names import ModelNames, NameOwned, NameReserved, reserved_names
 from core.quota import over_quota
 from core.records import FINISHED, JobStatus, now
 from core.settings import Settings
@@ -30,8 +33,8 @@ from service.api.errors import APIError, broker_unavailable, error_responses, va
 from service.api.routes.datasets import job_dataset
 from service.api.schemas import JobList, JobMetrics, JobView, TrainRequest
 from service.background import webhooks
-from service.security.auth import TrainKey, require_train
-from service.state import StateDep
+from service.security.auth import Principal, TrainKey, require_train
+from service.state import AppState, StateDep
 from training.losses import objective
 from training.model_size import job_parameters
 
@@ -49,13 +52,26 @@ router = APIRouter(
 JobId = Annotated[str, Path(description="The job's id, as returned by POST /train.", examples=["3f2b…"])]
 
 
-def _get(store: JobStore, job_id: str) -> JobRecord:
+def _sees_all(principal: Principal) -> bool:
+    return Scope.admin in principal.scopes
+
+
+def _get(store: JobStore, job_id: str, principal: Principal) -> JobRecord:
+    """The job, when `principal` may see it: a key sees the jobs it submitted, an `admin` key every job (those
+    submitted not over HTTP too). Another key's job answers the very 404 of a job that does not exist, so that no
+    key learns which ids exist."""
     try:
-        return store.get(job_id)
+        record = store.get(job_id)
+        if not _sees_all(principal) and store.owner(job_id) != principal.name:
+            raise KeyError(job_id)
     except KeyError:
         raise APIError(
-            404, "job_not_found", f"No training job {job_id!r}; GET /train lists the jobs.", detail={"id": job_id}
+            404,
+            "job_not_found",
+            f"No training job {job_id!r} for key {principal.name!r}; GET /train lists this key's jobs.",
+            detail={"id": job_id},
         ) from None
+    return record
 
 
 def _check_caps(config: TrainConfig, settings: Settings, state: StateDep, principal: TrainKey) -> None:
@@ -115,11 +131,15 @@ def _check_caps(config: TrainConfig, settings: Settings, state: StateDep, princi
         )
 
 
-def _request_sha256(config: TrainConfig, webhook: str | None = None, resources: dict | None = None) -> str:
+def _request_sha256(
+    config: TrainConfig, webhook: str | None = None, resources: dict | None = None, visibility: str | None = None
+) -> str:
     """The job as validated (defaults filled in), so the same job sent with other spacing or key order,
-    or with a default spelled out, is the same request; its webhook and resources, when it has them, are part of it."""
+    or with a default spelled out, is the same request; its webhook, resources and visibility, when it has them,
+    are part of it."""
     request = config.model_dump(mode="json") | ({"webhook": webhook} if webhook is not None else {})
     request |= {"resources": resources} if resources is not None else {}
+    request |= {"visibility": visibility} if visibility is not None else {}
     return hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
 
 
@@ -166,6 +186,42 @@ def _check_data_parallel(config: TrainConfig, gpus: int) -> None:
         ) from None
 
 
+def _claim_name(state: AppState, principal: Principal, body: TrainRequest, conn: Connection) -> None:
+    """Claim the job's model name for its key in the submission's transaction (so that no job trains for a name it
+    could not publish under, and a refused submission claims nothing): a bundled model's name is a 422, another
+    key's a 403. The claim is made under a savepoint: when another key's first claim of the same name commits
+    between our read and our insert, the primary key refuses ours and the claim is read again (then another's)."""
+    names = ModelNames(state.db, reserved=reserved_names(state.settings.bundled_models_dir))
+    name, admin = body.model_name, _sees_all(principal)
+    visibility = body.visibility or state.settings.model_visibility
+
+    def claim() -> None:
+        names.claim(name, principal.name, visibility=visibility, admin=admin, conn=conn)
+
+    try:
+        try:
+            with conn.begin_nested():
+                claim()
+        except IntegrityError:
+            claim()
+    except NameReserved:
+        raise APIError(
+            422,
+            "model_name_reserved",
+            f"Model name {name!r} is the name of a model bundled with this server, which no job may train or "
+            "publish under (not even an `admin` key's). Choose another model_name.",
+            detail={"model_name": name},
+        ) from None
+    except NameOwned:
+        raise APIError(
+            403,
+            "model_name_owned",
+            f"Model name {name!r} belongs to another API key: a name is its first trainer's, and only that key (or "
+            "an `admin` key) may train or publish under it. Choose another model_name.",
+            detail={"model_name": name},
+        ) from None
+
+
 def job_waiting_for(record: JobRecord, workers: list[WorkerInfo]) -> str | None:
     """Why a queued job waits on no live worker (None: some live worker can take it, or it is not queued)."""
     if record.status != JobStatus.queued:
@@ -204,9 +260,12 @@ IdempotencyKey = Annotated[
         "marked `failed` and the answer is 503 with `Retry-After`. A key may have at most "
         "GANSERVE_MAX_QUEUED_PER_KEY jobs queued or running (429 beyond). Send an `Idempotency-Key` to make "
         "retries safe. A `webhook` is called when the job finishes (422 when the server does not allow it). "
-        "`resources` says how many GPUs it needs (422 when no advertised worker could ever run it)."
+        "`resources` says how many GPUs it needs (422 when no advertised worker could ever run it). The job's "
+        "`model_name` is claimed for this key before it is queued: the first key to train a name owns it (with "
+        "`visibility`), and another key's job under it is a 403 `model_name_owned` (an `admin` key may use any); a "
+        "bundled model's name is a 422 `model_name_reserved`."
     ),
-    responses=error_responses(422, 503),
+    responses=error_responses(403, 422, 503),
 )
 def start_training(
     body: TrainRequest,
@@ -221,7 +280,7 @@ def start_training(
     if webhook is not None and (problem := webhooks.refusal(webhook, settings)):
         raise validation_error(("body", "webhook"), problem, webhook, "webhook_refused")
     resources_asked = body.resources.model_dump() if body.resources is not None else None
-    request_sha256 = _request_sha256(config, webhook, resources_asked)
+    request_sha256 = _request_sha256(config, webhook, resources_asked, body.visibility)
     workers = state.workers.list()
     resources = _resources(body, workers)
     if resources.gpus is not None and resources.gpus > 1:
@@ -250,6 +309,7 @@ def start_training(
                     response.headers["Location"] = f"/train/{record.id}"
                     response.headers["Idempotent-Replayed"] = "true"
                     return view(record, workers)
+        _claim_name(state, principal, body, conn)  # rolled back with the rest if the job is refused below
         uploaded = job_dataset(state, principal, config, conn)  # its row held: not deleted under the job
         active = submissions.active_jobs(conn, principal.name)
         if len(active) >= settings.max_queued_per_key:
@@ -294,16 +354,36 @@ def start_training(
     return view(record, workers)
 
 
-@router.get("", response_model=JobList, summary="List training jobs, newest first")
-def list_jobs(state: StateDep) -> JobList:
-    jobs = state.jobs.list()
+@router.get(
+    "",
+    response_model=JobList,
+    summary="List training jobs, newest first",
+    description="The jobs this key submitted; an `admin` key's list holds every job (those submitted not over HTTP "
+    "too), and `owner` narrows it to one key's.",
+)
+def list_jobs(
+    state: StateDep,
+    principal: TrainKey,
+    owner: Annotated[
+        str | None,
+        Query(
+            max_length=64,
+            description="Only the jobs of the API key of this name (an `admin` key's filter: any other key only ever "
+            "lists its own jobs).",
+        ),
+    ] = None,
+) -> JobList:
+    if _sees_all(principal):
+        jobs = state.jobs.list(owner=owner)
+    else:
+        jobs = state.jobs.list(owner=principal.name) if owner in (None, principal.name) else []
     workers = state.workers.list() if any(j.status == JobStatus.queued for j in jobs) else []
     return JobList(jobs=[view(j, workers) for j in jobs], count=len(jobs))
 
 
 @router.get("/{job_id}", response_model=JobView, summary="A training job's record", responses=error_responses(404))
-def get_job(job_id: JobId, state: StateDep) -> JobView:
-    record = _get(state.jobs, job_id)
+def get_job(job_id: JobId, state: StateDep, principal: TrainKey) -> JobView:
+    record = _get(state.jobs, job_id, principal)
     return view(record, state.workers.list() if record.status == JobStatus.queued else [])
 
 
@@ -318,9 +398,9 @@ def get_job(job_id: JobId, state: StateDep) -> JobView:
     ),
     responses=error_responses(404, 409),
 )
-def cancel_job(job_id: JobId, state: StateDep) -> JobRecord:
+def cancel_job(job_id: JobId, state: StateDep, principal: TrainKey) -> JobRecord:
     store = state.jobs
-    record = _get(store, job_id)
+    record = _get(store, job_id, principal)
     if record.status in FINISHED:
         raise APIError(
             409,
@@ -389,9 +469,9 @@ async def job_events(
     ),
     responses={200: {"content": {"text/event-stream": {}}}, **error_responses(404)},
 )
-async def get_job_events(job_id: JobId, request: Request, state: StateDep) -> StreamingResponse:
+async def get_job_events(job_id: JobId, request: Request, state: StateDep, principal: TrainKey) -> StreamingResponse:
     store = state.jobs
-    record = await run_in_threadpool(_get, store, job_id)  # a 404 before the stream starts
+    record = await run_in_threadpool(_get, store, job_id, principal)  # a 404 before the stream starts
     return StreamingResponse(
         job_events(store, record, request.is_disconnected, state.workers.list),
         media_type="text/event-stream",
@@ -416,8 +496,8 @@ SAMPLE_NAME = re.compile(r"epoch-(\d+)\.png$")
     summary="A training job's history: losses per epoch, sample-quality metrics where measured",
     responses=error_responses(404),
 )
-def get_metrics(job_id: JobId, state: StateDep) -> JobMetrics:
-    record = _get(state.jobs, job_id)
+def get_metrics(job_id: JobId, state: StateDep, principal: TrainKey) -> JobMetrics:
+    record = _get(state.jobs, job_id, principal)
     extractors = list(dict.fromkeys(e.evaluation["extractor"] for e in record.history if e.evaluation))
     return JobMetrics(
         id=record.id,
@@ -435,8 +515,8 @@ def get_metrics(job_id: JobId, state: StateDep) -> JobMetrics:
     summary="A training job's curves as a PNG: `losses` (D and G per epoch) or `fid` (FID and KID)",
     responses={200: {"content": {"image/png": {}}}, **error_responses(404)},
 )
-def get_plot(job_id: JobId, plot: str, state: StateDep) -> Response:
-    record = _get(state.jobs, job_id)
+def get_plot(job_id: JobId, plot: str, state: StateDep, principal: TrainKey) -> Response:
+    record = _get(state.jobs, job_id, principal)
     if plot not in PLOTS:
         raise APIError(
             404, "plot_not_found", f"No plot {plot!r}; choose one of {', '.join(PLOTS)}.", detail={"plots": list(PLOTS)}
@@ -477,8 +557,9 @@ def get_samples(
     job_id: JobId,
     epoch: Annotated[int, Path(ge=1, description="An epoch with a grid: see the job's `samples`.")],
     state: StateDep,
+    principal: TrainKey,
 ) -> Response:
-    record = _get(state.jobs, job_id)
+    record = _get(state.jobs, job_id, principal)
     written = {int(m.group(1)): rel for rel in record.samples if (m := SAMPLE_NAME.search(rel))}
     if epoch not in written:
         raise APIError(
