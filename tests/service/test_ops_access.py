@@ -3,6 +3,7 @@ database (service/api/routes/ops.py, service/api/routes/health.py, service/telem
 
 import socket
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -12,13 +13,18 @@ from fastapi.testclient import TestClient
 from svc_support import AUTH, DEFAULT_MODEL, GENERATE_KEY, bearer, client_on
 from typer.testing import CliRunner
 
+from core.db import Database
+from core.evaluations import EvaluateRequest, EvaluationStore
+from core.jobs import JobStore
+from core.records import JobStatus
 from core.settings import Settings
 from core.train_config import TrainConfig
+from core.workers import WorkerStore
 from ganserve.cli import app as cli
 from ganserve.cli.processes import metrics_port_conflict
 from service.api.routes.health import expire_probes, probes
 from service.state import app_state
-from service.telemetry import Snapshot
+from service.telemetry import Snapshot, read_jobs
 
 
 def free_port() -> int:
@@ -134,31 +140,22 @@ def spy(monkeypatch: pytest.MonkeyPatch, obj: object, name: str, calls: dict[str
     monkeypatch.setattr(obj, name, counted)
 
 
-def test_metrics_stats_and_readyz_read_the_jobs_once_a_second_whatever_the_rate(
-    client: TestClient, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_metrics_stats_and_readyz_read_the_jobs_once_a_second_whatever_the_rate(client: TestClient) -> None:
     state = app_state(client.app)  # type: ignore[arg-type]
     state.jobs.create(config=TrainConfig(model_name="m"))
     snapshot = state.metrics.jobs
     assert isinstance(snapshot, Snapshot)
-    clock = Clock()
+    clock, reads = Clock(), []
+    read = snapshot.read
+    snapshot.read = lambda: reads.append(clock.now) or read()  # the store calls of one read: the test below
     snapshot.clock = clock
     snapshot.expire()
-    calls: dict[str, int] = {}
-    for name in ("list", "count", "get"):
-        spy(monkeypatch, state.jobs, name, calls, f"jobs.{name}")
-    spy(monkeypatch, state.evaluations, "count", calls, "evaluations.count")
-    spy(monkeypatch, state.evaluations, "list", calls, "evaluations.list")
-    spy(monkeypatch, state.workers, "list", calls, "workers.list")
 
     for _ in range(10):
         assert client.get("/metrics").status_code == 200
         assert client.get("/stats").json()["jobs"]["queued"] == 1
         assert client.get("/readyz").status_code in (200, 503)  # 503 while the render process loads
-    # One read for all 30 requests: the running and the queued records, a COUNT per status, the workers; never
-    # every record (no unfiltered list, no evaluation records, no record fetched one by one).
-    one_read = {"jobs.list": 2, "jobs.count": 5, "evaluations.count": 5, "workers.list": 1}
-    assert calls == one_read
+    assert len(reads) == 1  # one read for all 30 requests
 
     state.jobs.create(config=TrainConfig(model_name="m"))
     assert client.get("/stats").json()["jobs"]["queued"] == 1  # the snapshot, at most a second old
@@ -166,7 +163,46 @@ def test_metrics_stats_and_readyz_read_the_jobs_once_a_second_whatever_the_rate(
     assert client.get("/stats").json()["jobs"]["queued"] == 2
     for _ in range(5):
         client.get("/metrics")
-    assert calls == {name: 2 * n for name, n in one_read.items()}  # exactly one more read
+    assert len(reads) == 2  # exactly one more
+
+
+def test_a_read_counts_by_status_and_reads_only_running_and_queued_records(
+    sqlite_db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever the history (here 3 finished jobs, 2 evaluations), one read is a COUNT per status and the
+    running and queued records: never every record, never a record fetched one by one."""
+    jobs, evaluations = JobStore(sqlite_db), EvaluationStore(sqlite_db, tmp_path / "evaluations")
+    workers = WorkerStore(sqlite_db, heartbeat_s=10.0)
+    for status in (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled, JobStatus.running, JobStatus.queued):
+        jobs.update(jobs.create(config=TrainConfig(model_name="m")).id, status=status)
+    for _ in range(2):
+        evaluations.create(model="m", version=1, source="volume", stem="models/m/1", request=EvaluateRequest())
+    calls: list[tuple[str, Any]] = []
+
+    def spy_on(store: object, label: str, *names: str) -> None:
+        for name in names:
+            real = getattr(store, name)
+
+            def counted(*args: Any, _real: Any = real, _name: str = name, **kwargs: Any) -> Any:
+                calls.append((f"{label}.{_name}", kwargs.get("status") if _name == "list" else None))
+                return _real(*args, **kwargs)
+
+            monkeypatch.setattr(store, name, counted)
+
+    spy_on(jobs, "jobs", "list", "count", "get")
+    spy_on(evaluations, "evaluations", "list", "count", "get")
+    spy_on(workers, "workers", "list")
+    snap = read_jobs(jobs, evaluations, workers)
+    assert sorted(calls, key=str) == sorted(
+        [("jobs.list", JobStatus.queued), ("jobs.list", JobStatus.running), ("workers.list", None)]
+        + [("jobs.count", None)] * len(JobStatus)
+        + [("evaluations.count", None)] * len(JobStatus),
+        key=str,
+    )
+    assert snap.jobs == {s.value: 1 for s in JobStatus}
+    assert snap.evaluations == {**{s.value: 0 for s in JobStatus}, "queued": 2}
+    assert [r.status for r in snap.running] == [JobStatus.running]
+    assert snap.waiting == {"any worker": 1} and snap.without_live_worker == 1  # no worker at all
 
 
 def test_readyz_probes_the_database_and_storage_once_a_second(
