@@ -5,12 +5,16 @@ The networks are built on torch's `meta` device, where a tensor has a shape and 
 GANSERVE_MAX_MODEL_PARAMETERS before it is queued (docs/operations.md, "Many users").
 """
 
+import logging
+
 import torch
 
 from core.datasets import AmbiguousName, DatasetStore
 from core.train_config import TrainConfig
 from training.architectures import build_models
 from training.data import CIFAR_NUM_CLASSES, DEFAULT_FOLDER_SIZE, IDX_NUM_CLASSES
+
+log = logging.getLogger(__name__)
 
 # The samples the built-in datasets give (before `image_size`), and their classes: what `build_models` needs.
 BUILTIN_SHAPES: dict[str, tuple[int, ...]] = {
@@ -62,5 +66,6 @@ def job_parameters(config: TrainConfig, datasets: DatasetStore, owner: str | Non
         shape, classes = tuple(record.shape), len(record.classes) if record.classes else None
     try:
         return count_parameters(config, shape, classes)
-    except ValueError:
+    except (ValueError, TypeError, RuntimeError) as e:  # data these networks cannot be built for
+        log.info("job's parameters not counted: %s", e)
         return None

@@ -392,11 +392,13 @@ def _run(store: JobStore, job_id: str, attempt: int, me: str, signals: Signals, 
             log.warning("job %s: its storage use is not counted now: %s", job_id, e)
 
     def files(written: list[Path], removed: list[Path], heartbeat: Heartbeat) -> None:
-        run.files_fn(written, removed)
-        # The record names the checkpoints that exist: those retention removed leave it with their files.
+        run.files_fn(written, [])
+        # The record names the checkpoints that exist: those retention removed leave it before their blobs go, so
+        # that a reader of the record never asks storage for one that is gone.
         gone = {run.key(path.with_suffix("")) for path in removed}
         if gone:
             heartbeat.update(lambda current: {"checkpoints": [k for k in current.checkpoints if k not in gone]})
+        run.files_fn([], removed)
         count_storage()
 
     def report(p: TrainProgress, heartbeat: Heartbeat) -> None:
