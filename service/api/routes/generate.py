@@ -57,6 +57,10 @@ shape a row's output depends on its own latent only, so a deployment returns byt
 same seed, model and version, whatever else is in flight. A deployment with another `GANSERVE_BATCH_MAX`
 may differ in the floats' low-order bits, and so, occasionally, in a pixel.
 
+Without `model`, the default model at its pinned version (`GANSERVE_DEFAULT_MODEL_VERSION`) unless
+`version` is given; with `model` and no `version`, its newest servable version. A private model is served to its
+owner, the keys granted it and `admin` keys only: to any other caller it is a 404 `model_not_found`.
+
 Without a seed (and without a latent) a random seed is drawn. The seed used is returned in the `X-Seed`
 header (the first seed of a grid), with `X-Model` and `X-Model-Version`.
 
@@ -78,8 +82,9 @@ The generators used are returned in `X-Generators` and in the JSON's `generators
 sample them with `ganserve sample`.
 
 **Caching.** `GET` with a `seed` answers with a strong `ETag`; with a `version` too the answer never changes
-(`Cache-Control: public, max-age=31536000, immutable`), without one it may (`no-cache`: the latest version
-can change). `If-None-Match` naming the current ETag is answered 304, without a body. Without a seed the
+(`Cache-Control: public, max-age=31536000, immutable`; `private` for a private model), without one it may
+(`no-cache`: the latest version can change). The ETag names the weights' SHA-256, and the body always comes
+from those weights. `If-None-Match` naming the current ETag is answered 304, without a body. Without a seed the
 image is random: `no-store`.
 """
 
