@@ -365,6 +365,10 @@ class ModelRegistry:
             return listing
         self._unknown.pop(name, None)
         self._listings[name] = listing
+        if self.names_store is not None and not self.claims_fresh():
+            # The claims with the listing, while the database answers: served from memory during an outage.
+            with contextlib.suppress(DatabaseUnavailable, OperationalError):
+                self.claims()
         return listing
 
     def _catalogues_for(self, name: str) -> list[Catalogue]:
