@@ -109,7 +109,7 @@ def test_stops_when_the_client_goes(client: TestClient) -> None:
         return True
 
     async def read() -> list[str]:
-        return [chunk async for chunk in train_routes.job_events(jobs, jobs.get(job_id), gone)]
+        return [chunk.encode().decode() async for chunk in train_routes.job_events(jobs, jobs.get(job_id), gone)]
 
     chunks = asyncio.run(asyncio.wait_for(read(), timeout=5))
     assert len(chunks) == 1 and chunks[0].startswith("id: 1\n") and checks == 1  # the job is still queued
@@ -126,7 +126,7 @@ def test_ends_when_the_record_is_gone(client: TestClient) -> None:
         return False
 
     async def read() -> list[str]:
-        return [chunk async for chunk in train_routes.job_events(jobs, first, here)]
+        return [chunk.encode().decode() async for chunk in train_routes.job_events(jobs, first, here)]
 
     chunks = asyncio.run(asyncio.wait_for(read(), timeout=5))
     assert chunks[-1] == f'event: gone\ndata: {{"id": "{job_id}"}}\n\n'

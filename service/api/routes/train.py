@@ -11,9 +11,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response, status
-from fastapi.responses import StreamingResponse
 from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError
+from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 
 from core.datasets import DatasetStore
@@ -421,6 +421,7 @@ def cancel_job(job_id: JobId, state: StateDep, principal: TrainKey) -> JobRecord
 # (which keeps proxies from closing an idle connection). Module constants: the tests shorten them.
 EVENTS_POLL_S = 0.5
 EVENTS_HEARTBEAT_S = 15.0
+SSE_SEP = "\n"  # the lines' end, as the stream has always had them
 
 
 async def job_events(
@@ -428,7 +429,7 @@ async def job_events(
     first: JobRecord,
     is_disconnected: Callable[[], Awaitable[bool]],
     workers: Callable[[], list[WorkerInfo]] = list,
-) -> AsyncIterator[str]:
+) -> AsyncIterator[ServerSentEvent]:
     """The SSE stream of a job: the record as JSON (`id:` counts the changes) whenever it changes, a comment
     every EVENTS_HEARTBEAT_S while it does not, and the end after a finished record. The volume is read off
     the event loop; the stream stops when the client goes (or the record does)."""
@@ -440,12 +441,12 @@ async def job_events(
         data = view(record, seen).model_dump_json()
         if data != sent:
             changes, sent, quiet_since = changes + 1, data, time.monotonic()
-            yield f"id: {changes}\ndata: {data}\n\n"
+            yield ServerSentEvent(data=data, id=str(changes), sep=SSE_SEP)
             if record.status in FINISHED:
                 return
         elif time.monotonic() - quiet_since >= EVENTS_HEARTBEAT_S:
             quiet_since = time.monotonic()
-            yield ": heartbeat\n\n"
+            yield ServerSentEvent(comment="heartbeat", sep=SSE_SEP)
         await asyncio.sleep(EVENTS_POLL_S)
         if await is_disconnected():
             return
@@ -453,29 +454,34 @@ async def job_events(
             record = await run_in_threadpool(store.get, record.id)
         except KeyError:
             record = None  # deleted from the volume: nothing more will come
-    yield f"event: gone\ndata: {json.dumps({'id': first.id})}\n\n"
+    yield ServerSentEvent(data=json.dumps({"id": first.id}), event="gone", sep=SSE_SEP)
 
 
 @router.get(
     "/{job_id}/events",
-    response_class=StreamingResponse,
+    response_class=EventSourceResponse,
     summary="A training job's record as server-sent events, each time it changes, until it finishes",
     description=(
         "`text/event-stream`: one event (`data:` the job record as JSON, as GET /train/{id} returns it; `id:` "
         f"a count of changes) at once and then whenever the record changes (checked every {EVENTS_POLL_S} s), "
         f"a comment line (`: heartbeat`) after {EVENTS_HEARTBEAT_S:.0f} s without one, and the end of the "
-        "stream after the event of a finished job (`succeeded`, `failed` or `cancelled`). Needs the same key "
-        "as GET /train/{id}, in a header: read it with fetch() streaming rather than EventSource."
+        "stream after the event of a finished job (`succeeded`, `failed` or `cancelled`), or when the server "
+        "shuts down (reconnect then). Needs the same key as GET /train/{id}, in a header: read it with fetch() "
+        "streaming rather than EventSource."
     ),
     responses={200: {"content": {"text/event-stream": {}}}, **error_responses(404)},
 )
-async def get_job_events(job_id: JobId, request: Request, state: StateDep, principal: TrainKey) -> StreamingResponse:
+async def get_job_events(job_id: JobId, request: Request, state: StateDep, principal: TrainKey) -> EventSourceResponse:
     store = state.jobs
     record = await run_in_threadpool(_get, store, job_id, principal)  # a 404 before the stream starts
-    return StreamingResponse(
+    # sse-starlette's response, not Starlette's StreamingResponse: it ends the stream when uvicorn is told to stop,
+    # which otherwise waits for every open stream's client to go (an open dashboard tab held the shutdown until
+    # the container was killed). Its own pings are off: the stream sends its heartbeat only when quiet.
+    return EventSourceResponse(
         job_events(store, record, request.is_disconnected, state.workers.list),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        headers={"Cache-Control": "no-cache"},
+        ping=0,
+        sep=SSE_SEP,
     )
 
 
