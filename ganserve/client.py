@@ -133,14 +133,20 @@ class ModelVersion(_GenerationInfo):
     version: int
     has_samples: bool = False
     weights_sha256: str | None = None
+    available: bool = True  # False: this version cannot be served (`reason` says why)
+    reason: str | None = None
     evaluations: list[dict[str, Any]] = Field(default_factory=list)  # metrics, newest first; keys vary by extractor
 
 
 class ModelSummary(_GenerationInfo):
     name: str
     source: str  # `volume` or `bundled`
-    latest_version: int
+    latest_version: int | None  # the newest servable version; None when none can be served (`reason` says why)
     versions: list[int]
+    available: bool = True
+    reason: str | None = None
+    owner: str | None = None  # the key that owns the name; None for bundled and unclaimed names
+    visibility: str = "public"  # or `private`
 
 
 class ModelDetail(ModelSummary):

@@ -73,7 +73,8 @@ async function loadModels(select) {
     $("play-status").textContent = (await errorText(response)).join("; ");
     return;
   }
-  models = (await response.json()).models.filter((m) => m.kind !== "points");
+  // A model with no servable version (`latest_version` null: every version damaged) cannot be played with.
+  models = (await response.json()).models.filter((m) => m.kind !== "points" && m.latest_version !== null);
   const picker = $("model");
   const keep = select || picker.value;
   picker.replaceChildren(
