@@ -503,7 +503,7 @@ class ModelRegistry:
         newest version's weights are checked against their SHA-256 once)."""
         return [
             self._summary(name, catalogue, versions)
-            for name, (catalogue, versions) in sorted(self._scan().items())
+            for name, (catalogue, versions) in self._scan().items()  # the bundled first, each by name
             if admin or self.readable(name, key)
         ]
 
@@ -550,7 +550,9 @@ class ModelRegistry:
         try:
             verify_weights(catalogue.stem(name, version), sha256)
         except CheckpointError as e:
-            log.error("model %s version %d (%s) cannot be served: %s", name, version, catalogue.source, e)
+            log.error(
+                "model %s version %d (%s) cannot be loaded and is skipped: %s", name, version, catalogue.source, e
+            )
             self._failures[where] = _Failure(signature, public_reason(str(e)))
             return self._failures[where].reason
         self._failures.pop(where, None)

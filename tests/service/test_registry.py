@@ -247,3 +247,19 @@ def test_a_bundled_name_published_over_is_served_from_the_bundle(make_app, setti
         detail = c.get("/models/shipped").json()
         assert detail["source"] == "bundled" and detail["versions"] == [1] and detail["owner"] is None
         assert detail["version_info"][0]["weights_sha256"] == bundled_sha
+
+
+def test_a_request_naming_no_model_gets_the_pinned_default_version(
+    client: TestClient, publish_model, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from svc_support import DEFAULT_MODEL
+
+    monkeypatch.setattr(client.app.state.ganserve.registry, "rescan_interval_s", 0.0)  # type: ignore[attr-defined]
+    assert publish_model(DEFAULT_MODEL, weights_seed=5) == 2
+    pinned = client.get("/generate", params={"seed": 1})
+    assert pinned.status_code == 200 and pinned.headers["x-model-version"] == "1"
+    assert pinned.headers["cache-control"] == "no-cache"  # the operator may move the pin
+    assert client.get("/interpolate", params={"from": 1, "to": 2}).headers["x-model-version"] == "1"
+    named = client.get("/generate", params={"model": DEFAULT_MODEL, "seed": 1})
+    assert named.headers["x-model-version"] == "2" and named.content != pinned.content
+    assert client.get("/generate", params={"seed": 1, "version": 2}).headers["x-model-version"] == "2"
