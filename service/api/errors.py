@@ -6,7 +6,9 @@ Clients (and the api_walk) can then branch on `error` without parsing prose, wha
 a route, request validation, routing itself (404/405) or a bug (500).
 """
 
+import json
 import logging
+import math
 import re
 from collections.abc import Mapping, Sequence
 from http import HTTPStatus
@@ -80,12 +82,31 @@ def _loc(loc: Sequence[str | int]) -> str:
     return ".".join(str(p) for p in loc)
 
 
+def _non_finite(value: Any) -> str | None:
+    """How JSON (as Python's parser reads it) spells a non-finite number; None for anything else."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    return None
+
+
+def _field(loc: Sequence[str | int]) -> str:
+    names = [p for p in loc if isinstance(p, str) and p not in ("body", "query", "path", "header")]
+    return names[-1] if names else "the value"
+
+
 def _clean(err: Mapping[str, Any]) -> dict[str, Any]:
     # pydantic's `ctx` may hold the raised exception object and `url` is noise; neither is JSON material.
     out: dict[str, Any] = {"type": err.get("type"), "loc": list(err.get("loc", ())), "msg": err.get("msg")}
     if err.get("type") == "string_pattern_mismatch" and (err.get("ctx") or {}).get("pattern") == NAME_PATTERN:
         out["msg"] = NAME_RULE
     value = err.get("input")
+    if (spelled := _non_finite(value)) is not None:
+        # A bound's message ("less than or equal to 1") would wrongly say that NaN is too big: say what it is.
+        msg = str(err.get("msg") or "")
+        bound = "" if err.get("type") == "finite_number" else f" ({msg[:1].lower()}{msg[1:]})"
+        out["type"] = "finite_number"
+        out["msg"] = f"{_field(out['loc'])} is {spelled}: give a finite number{bound}"
+        return out  # JSON cannot echo it
     # Scalars only: for a missing field pydantic's input is the whole enclosing object.
     if isinstance(value, str | int | float | bool) and len(repr(value)) <= MAX_ECHOED_INPUT_CHARS:
         out["input"] = value
@@ -131,8 +152,37 @@ async def _api_error(_request: Request, exc: Exception) -> JSONResponse:
 
 async def _request_validation(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    err = _validation_api_error(exc.errors())
+    errors = exc.errors()
+    if len(errors) == 1 and errors[0].get("type") == "json_invalid":
+        return _json_invalid(errors[0], exc)
+    err = _validation_api_error(errors)
     return error_response(err.status_code, err.error, err.message, err.detail)
+
+
+def _line_column(text: str | bytes, pos: int) -> tuple[int, int]:
+    """1-based line and column of offset `pos` (characters of a str, bytes of bytes)."""
+    newline = "\n" if isinstance(text, str) else b"\n"
+    return text.count(newline, 0, pos) + 1, pos - text.rfind(newline, 0, pos)  # type: ignore[arg-type]
+
+
+def _json_invalid(err: Mapping[str, Any], exc: RequestValidationError) -> JSONResponse:
+    """A body that is not JSON: where the parser stopped (line, column, offset) and what it expected there,
+    instead of FastAPI's bare "JSON decode error"."""
+    cause = exc.__cause__
+    loc = list(err.get("loc", ("body", 0)))
+    pos = loc[-1] if isinstance(loc[-1], int) else 0
+    if isinstance(cause, json.JSONDecodeError):
+        expected, pos, line, column = cause.msg, cause.pos, cause.lineno, cause.colno
+    else:
+        expected = str((err.get("ctx") or {}).get("error") or "invalid JSON")
+        line, column = _line_column(exc.body if isinstance(exc.body, str) else "", pos)
+    message = (
+        f"The body is not valid JSON: {expected[:1].lower()}{expected[1:]} at line {line}, column {column} "
+        f"(character {pos}). Send one JSON object: names and strings in double quotes, a comma between members and "
+        "none after the last, brackets and braces closed."
+    )
+    detail = [{"type": "json_invalid", "loc": loc, "msg": expected, "line": line, "column": column, "pos": pos}]
+    return error_response(422, "validation_error", message, detail)
 
 
 async def _http_exception(request: Request, exc: Exception) -> JSONResponse:
@@ -144,9 +194,26 @@ async def _http_exception(request: Request, exc: Exception) -> JSONResponse:
         message = f"{request.method} is not allowed on {request.url.path}; it accepts {', '.join(allowed)}."
         # Starlette's Allow names the first route that matched the path only; /train has two (GET, POST).
         return error_response(405, _code(405), message, headers={**(exc.headers or {}), "Allow": ", ".join(allowed)})
+    elif exc.status_code == 400 and isinstance(exc.__cause__, UnicodeDecodeError):
+        return _not_utf8(exc.__cause__)
     else:
         message = str(exc.detail)
     return error_response(exc.status_code, _code(exc.status_code), message, headers=exc.headers)
+
+
+def _not_utf8(e: UnicodeDecodeError) -> JSONResponse:
+    """A JSON body that is not UTF-8 (FastAPI says only "There was an error parsing the body"): the first byte
+    that cannot be decoded, where it is, and what was expected."""
+    data = bytes(e.object)
+    line, column = _line_column(data, e.start)
+    bad = data[e.start : e.end]
+    message = (
+        f"The body is not UTF-8 text: byte{'s' if len(bad) > 1 else ''} 0x{bad.hex()} at line {line}, byte "
+        f"{column} (byte offset {e.start}) where a UTF-8 character was expected ({e.reason}). Send JSON encoded as "
+        "UTF-8 (as JSON requires), or write other characters as \\u escapes."
+    )
+    detail = {"encoding": e.encoding, "reason": e.reason, "line": line, "column": column, "pos": e.start}
+    return error_response(400, "body_not_utf8", message, detail)
 
 
 def allowed_methods(request: Request) -> list[str]:

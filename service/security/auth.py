@@ -60,9 +60,27 @@ def _presented_key(bearer: HTTPAuthorizationCredentials | None, api_key: str | N
     return api_key or None
 
 
-def _unauthorized(request: Request, ring: KeyRing, scope: Scope, presented: bool) -> APIError:
+def _scope_rule(scope: Scope) -> str:
+    """The scopes a key needs for a route: the one named, or `admin`, which implies every scope (said once when
+    the route needs `admin` itself)."""
+    if scope == Scope.admin:
+        return "scope `admin`"
+    return f"scope `{scope}` (or `admin`, which implies every scope)"
+
+
+def _unauthorized(request: Request, ring: KeyRing, scope: Scope, presented: bool, public: bool = False) -> APIError:
+    """The 401: no key where one is needed, or a key this server does not know (`public`: on a route that is open
+    to callers without any key, which is then the fix to name)."""
     what = f"{request.method} {request.url.path}"
-    if not ring.entries:
+    if presented and public:
+        message = (
+            f"The API key sent is not valid on this server (mistyped, revoked, or made for another server). "
+            f"{what} needs no key here: send it without one (no `Authorization` or `X-API-Key` header) to be "
+            f"served as an anonymous caller, or with a valid key of {_scope_rule(scope)} from the server's "
+            f"operator (`{CREATE_COMMAND}`)."
+        )
+        error, challenge = "invalid_api_key", 'Bearer error="invalid_token"'
+    elif not ring.entries:
         message = (
             f"{what} needs an API key, and this server has none yet. On the server run "
             f"`{CREATE_COMMAND}` (scopes: {', '.join(Scope)}; admin implies all): it prints the key once and "
@@ -72,12 +90,12 @@ def _unauthorized(request: Request, ring: KeyRing, scope: Scope, presented: bool
     elif presented:
         message = (
             f"The API key sent is not valid on this server (mistyped, revoked, or made for another server). "
-            f"{what} needs a key with scope `{scope}`; ask its operator for one (`{CREATE_COMMAND}`)."
+            f"{what} needs a key with {_scope_rule(scope)}; ask its operator for one (`{CREATE_COMMAND}`)."
         )
         error, challenge = "invalid_api_key", 'Bearer error="invalid_token"'
     else:
         message = (
-            f"{what} needs an API key with scope `{scope}`. {HOW_TO_SEND}; the server's operator makes one "
+            f"{what} needs an API key with {_scope_rule(scope)}. {HOW_TO_SEND}; the server's operator makes one "
             f"with `{CREATE_COMMAND}`."
         )
         error, challenge = "api_key_required", "Bearer"
@@ -118,15 +136,15 @@ class Authorize:
             if entry is None:
                 client = request.client.host if request.client else "?"
                 log.warning("%s %s from %s: unknown API key", request.method, request.url.path, client)
-                raise _unauthorized(request, ring, self.scope, presented=True)
+                raise _unauthorized(request, ring, self.scope, presented=True, public=open_to_all)
             principal = Principal(entry.name, frozenset(entry.scopes))
             if not open_to_all and not principal.allows(self.scope):
                 raise APIError(
                     403,
                     "insufficient_scope",
                     f"Key {principal.name!r} has scope(s) {', '.join(sorted(principal.scopes))}; "
-                    f"{request.method} {request.url.path} needs `{self.scope}` (or `admin`). Ask the operator "
-                    f"for a key with it: `ganserve keys create --name NAME --scopes {self.scope}`.",
+                    f"{request.method} {request.url.path} needs a key with {_scope_rule(self.scope)}. Ask the "
+                    f"operator for a key with it: `ganserve keys create --name NAME --scopes {self.scope}`.",
                     detail={"required_scope": self.scope.value, "key": principal.name},
                 )
         who = principal.name if principal else None

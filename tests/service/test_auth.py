@@ -108,7 +108,7 @@ def test_wrong_scope_is_403_naming_the_scope(anon: TestClient, sender: FakeSende
     body = r.json()
     assert body["error"] == "insufficient_scope"
     assert body["detail"] == {"required_scope": "train", "key": "test-generate"}
-    assert "needs `train`" in body["message"] and "--scopes train" in body["message"]
+    assert "needs a key with scope `train`" in body["message"] and "--scopes train" in body["message"]
     r = anon.post(f"/models/{DEFAULT_MODEL}/evaluate", json={"n": 500}, headers=bearer(GENERATE_KEY))
     assert r.status_code == 403 and r.json()["detail"]["required_scope"] == "train"
     r = anon.post(f"/models/{DEFAULT_MODEL}/evaluate", json={"n": 500}, headers=bearer(TRAIN_KEY))
