@@ -11,8 +11,8 @@ A loaded model is identified by (name, version, the SHA-256 of its weights) ever
 the render process (which is asked for those weights, service/serving/wire.py) and in the API's answer cache
 and ETags (service/api/caching.py). A (name, version) that comes to name other weights is another model, never
 served under the old one's ETag. At most `max_models` versions and `max_bytes` of weights stay loaded (least
-recently used dropped beyond); a name with no version is remembered for `unknown_ttl_s`, at most
-UNKNOWN_NAMES_MAX of them.
+recently used dropped beyond); a name with no version, and a version number a name does not have, are
+remembered for `unknown_ttl_s`, at most UNKNOWN_NAMES_MAX of each.
 
 Hot reload: a name never seen before is looked up at once; the version list of a known name is read again at
 most every `rescan_interval_s`, so a version published by a worker becomes the latest within about a second.
@@ -32,6 +32,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
+from math import inf
 from pathlib import Path
 from typing import Any, Literal
 
@@ -218,6 +219,7 @@ class ModelRegistry:
     _rescan_claims: dict[str, float] = field(default_factory=dict, repr=False)  # see get_if_ready
     _listings: dict[str, _Listing] = field(default_factory=dict, repr=False)  # names with versions only
     _unknown: "OrderedDict[str, float]" = field(default_factory=OrderedDict, repr=False)  # name → when looked up
+    _missing: "OrderedDict[tuple[str, int], float]" = field(default_factory=OrderedDict, repr=False)  # likewise
     _failures: dict[tuple[int, str, int], _Failure] = field(default_factory=dict, repr=False)
     _verified: dict[tuple[int, str, int], tuple[Any, ...]] = field(default_factory=dict, repr=False)
     _scanned: tuple[float, dict[str, tuple[Catalogue, dict[int, str]]]] | None = field(default=None, repr=False)
@@ -337,6 +339,14 @@ class ModelRegistry:
             and (not sha256 or want is None or listing.versions.get(want) == sha256)
         ):
             return listing
+        if (
+            listing is not None
+            and want is not None
+            and not sha256  # the API found that version: the render process looks again
+            and want not in listing.versions
+            and 0 <= now - self._missing.get((name, want), -inf) < self.unknown_ttl_s
+        ):
+            return listing  # that number was looked for a moment ago and not found: not asked again yet
         if listing is None and name in self._unknown and 0 <= now - self._unknown[name] < self.unknown_ttl_s:
             return _Listing(now, None, {})  # looked up a moment ago and not found: not asked again yet
         previous = listing
@@ -365,6 +375,11 @@ class ModelRegistry:
             return listing
         self._unknown.pop(name, None)
         self._listings[name] = listing
+        if want is not None and want not in listing.versions:
+            self._missing[(name, want)] = now
+            self._missing.move_to_end((name, want))
+            while len(self._missing) > UNKNOWN_NAMES_MAX:
+                self._missing.popitem(last=False)
         if self.names_store is not None and not self.claims_fresh():
             # The claims with the listing, while the database answers: served from memory during an outage.
             with contextlib.suppress(DatabaseUnavailable, OperationalError):

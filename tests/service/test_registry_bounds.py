@@ -143,3 +143,29 @@ def test_the_default_is_pinned_to_its_version(settings: Settings, publish_model)
     missing = ModelRegistry.from_settings(settings.model_copy(update={"default_model_version": 9}))
     with pytest.raises(ModelNotFound):
         missing.get_default()
+
+
+def test_a_flood_of_missing_version_numbers_asks_the_database_once_each_ttl(
+    settings: Settings, publish_model, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(registry_module, "UNKNOWN_NAMES_MAX", 16)
+    publish_model("real")
+    clock = Clock()
+    registry = ModelRegistry.from_settings(settings, clock=clock, unknown_ttl_s=5.0)
+    registry.get("real")
+    registry.names()  # the scan a 404's list of names comes from, cached for the rescan interval
+    (published,) = [c for c in registry.catalogues if c.source == "volume"]
+    asked: list[str] = []
+    weights = published.weights
+    monkeypatch.setattr(published, "weights", lambda name: asked.append(name) or weights(name))
+    for _ in range(3):
+        with pytest.raises(ModelNotFound, match=r"versions \[1\] only"):
+            registry.get("real", 99)
+    assert len(asked) == 1  # looked up once; then remembered as missing
+    for version in range(100, 200):
+        with pytest.raises(ModelNotFound):
+            registry.get("real", version)
+    assert len(registry._missing) == 16
+    assert publish_model("real", weights_seed=1) == 2
+    clock.now += 5.0  # the listing (rescan interval) and the memory of version 2's absence have lapsed
+    assert registry.get("real", 2).version == 2
