@@ -62,12 +62,17 @@ def submit(client: TestClient, name: str) -> str:
     return r.json()["id"]
 
 
-def listed(client: TestClient, **params: str) -> list[str]:
+def listed(client: TestClient, **params: str | list[str]) -> list[str]:
     r = client.get("/train", params=params)
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["count"] == len(body["jobs"])
     return [j["id"] for j in body["jobs"]]
+
+
+def client_error(r: Any) -> str:
+    assert r.status_code == 422, r.text
+    return r.json()["error"]
 
 
 def without(answer: Any, job_id: str) -> str:
@@ -95,6 +100,8 @@ def test_a_key_lists_its_own_jobs_and_an_admin_every_job(
     assert listed(other) == [others]
     assert set(listed(admin)) == {admins, trainers, others}
     assert listed(admin, owner="test-train") == [trainers]  # the admin's filter
+    assert listed(admin, owner=["test-other", "test-train"]) == [others, trainers]  # newest first
+    assert client_error(admin.get("/train", params={"owner": "Not A Key"})) == "validation_error"
     assert listed(trainer, owner="test-train") == [trainers]
     assert listed(trainer, owner="test-other") == []  # a filter never widens a key's view
 

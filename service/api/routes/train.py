@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response, status
+from pydantic import Field
 from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError
 from sse_starlette import EventSourceResponse, ServerSentEvent
@@ -25,7 +26,7 @@ from core.records import FINISHED, JobStatus, now
 from core.settings import Settings
 from core.submissions import IDEMPOTENCY_TTL
 from core.tasks import TRAIN_TASK, train_queue
-from core.train_config import TrainConfig
+from core.train_config import NAME_PATTERN, TrainConfig
 from core.workers import JobResources, WorkerInfo, default_gpus, refusal, waiting_for
 from service.api import plots
 from service.api.blobs import png_blob
@@ -49,6 +50,7 @@ router = APIRouter(
 )
 
 
+KeyName = Annotated[str, Field(pattern=NAME_PATTERN, max_length=64, examples=["alice"])]
 JobId = Annotated[str, Path(description="The job's id, as returned by POST /train.", examples=["3f2b…"])]
 
 
@@ -359,24 +361,27 @@ def start_training(
     response_model=JobList,
     summary="List training jobs, newest first",
     description="The jobs this key submitted; an `admin` key's list holds every job (those submitted not over HTTP "
-    "too), and `owner` narrows it to one key's.",
+    "too), and `owner` narrows it to some keys' jobs.",
 )
 def list_jobs(
     state: StateDep,
     principal: TrainKey,
     owner: Annotated[
-        str | None,
+        list[KeyName] | None,
         Query(
-            max_length=64,
-            description="Only the jobs of the API key of this name (an `admin` key's filter: any other key only ever "
-            "lists its own jobs).",
+            max_length=16,
+            description="Only the jobs of the API key(s) of these names (repeat it for several): an `admin` key's "
+            "filter, as any other key only ever lists its own jobs.",
         ),
     ] = None,
 ) -> JobList:
-    if _sees_all(principal):
-        jobs = state.jobs.list(owner=owner)
+    keys = set(owner) if owner else None
+    if not _sees_all(principal):
+        keys = {principal.name} if keys is None else keys & {principal.name}  # a filter never widens the view
+    if keys is None:
+        jobs = state.jobs.list()
     else:
-        jobs = state.jobs.list(owner=principal.name) if owner in (None, principal.name) else []
+        jobs = sorted((j for k in keys for j in state.jobs.list(owner=k)), key=lambda j: j.created_at, reverse=True)
     workers = state.workers.list() if any(j.status == JobStatus.queued for j in jobs) else []
     return JobList(jobs=[view(j, workers) for j in jobs], count=len(jobs))
 
