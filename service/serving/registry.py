@@ -433,18 +433,16 @@ class ModelRegistry:
         return model
 
     def _evict(self, keep: Key) -> None:
-        """Least recently used models out until at most `max_models` and `max_bytes` are held (the one just
-        loaded stays, even alone above `max_bytes`: it is being served)."""
-        while len(self._cache) > 1 and (
-            len(self._cache) > self.max_models or sum(self._sizes.values()) > self.max_bytes
-        ):
-            key = next(iter(self._cache))
-            if key == keep:
-                self._cache.move_to_end(key)
-                key = next(iter(self._cache))
-            self._cache.pop(key, None)
-            size = self._sizes.pop(key, 0)
-            log.info("model %s version %d unloaded (least recently used; %d bytes of weights)", key[0], key[1], size)
+        """Least recently used models out until at most `max_models` and `max_bytes` are held. The one just
+        loaded stays (even alone above `max_bytes`: it is being served), and so does the pinned default model,
+        which every request naming no model needs: a flood of other versions cannot make it reload."""
+        while len(self._cache) > self.max_models or sum(self._sizes.values()) > self.max_bytes:
+            victim = next((k for k in self._cache if k != keep and k[:2] != self.default), None)
+            if victim is None:
+                return
+            self._cache.pop(victim, None)
+            size = self._sizes.pop(victim, 0)
+            log.info("model %s version %d unloaded (least recently used; %d bytes of weights)", *victim[:2], size)
 
     # --- access ---------------------------------------------------------------------------------------
 

@@ -97,6 +97,8 @@ REGISTRY_SETTINGS = {
     "cache_dir",
     "cache_max_bytes",
     "bundled_models_dir",
+    "default_model",  # kept loaded whatever else is asked for (the registry's bound spares it)
+    "default_model_version",
     "model_cache_max_models",
     "model_cache_max_bytes",
     "unknown_model_ttl_s",

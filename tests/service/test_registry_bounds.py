@@ -169,3 +169,14 @@ def test_a_flood_of_missing_version_numbers_asks_the_database_once_each_ttl(
     assert publish_model("real", weights_seed=1) == 2
     clock.now += 5.0  # the listing (rescan interval) and the memory of version 2's absence have lapsed
     assert registry.get("real", 2).version == 2
+
+
+def test_the_pinned_default_is_never_unloaded_by_other_models(settings: Settings, publish_model) -> None:
+    for name in (settings.default_model, "x", "y", "z"):
+        publish_model(name)
+    registry = ModelRegistry.from_settings(settings, max_models=2)
+    default = registry.get_default()
+    for name in ("x", "y", "z"):
+        registry.get(name)
+    assert registry.loaded() == [(settings.default_model, 1), ("z", 1)]
+    assert registry.get_default() is default
