@@ -3,7 +3,9 @@ in-process LRU of encoded answers (so that a hot seed skips the forward and the 
 
 An answer is a pure function of what goes into its ETag (model, version, the weights' SHA-256, seed, count,
 label, PNG or JSON, the forward's row count, the PNG level), so the ETag is strong and, for a pinned
-version, the answer is immutable.
+version, the answer is immutable. The body always comes from the weights the ETag names: the render process is
+sent their SHA-256 and renders with exactly those or fails the request (service/serving/render_process.py), and
+this cache is keyed by the ETag itself.
 """
 
 import hashlib
