@@ -3,6 +3,7 @@ key to train a name owns it, another key's job under it is a 403 `model_name_own
 bundled model's name is a 422 `model_name_reserved`, and a refused submission claims nothing."""
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from fastapi import FastAPI
@@ -18,6 +19,7 @@ from svc_support import (
     publish_tiny_model,
 )
 
+from core.db import Database
 from core.keys import ApiKeyEntry, Scope, hash_key
 from core.model_names import ModelName, ModelNames
 from core.settings import Settings
@@ -130,3 +132,40 @@ def test_an_idempotent_retry_is_replayed_and_never_claims_for_another_key(
     theirs = other.post("/train", json={"model_name": "kept", "visibility": "private"}, headers=retry)
     assert theirs.status_code == 403 and theirs.json()["error"] == "model_name_owned"
     assert sender.sent == [first.json()["id"]]
+
+
+@pytest.mark.parametrize(("winner", "status"), [("test-other", 403), ("test-train", 202)])
+def test_a_first_claim_that_loses_a_race_reads_the_winners(
+    make_app: Callable[..., FastAPI],
+    any_db: Database,
+    monkeypatch: pytest.MonkeyPatch,
+    sender: FakeSender,
+    winner: str,
+    status: int,
+) -> None:
+    """Two first claims of one name at once: ours read no claim, the other's insert committed before ours. The
+    primary key refuses our insert; only its savepoint is rolled back, the claim is read again, and the
+    submission's transaction goes on (on PostgreSQL too, where a failed statement would otherwise void it)."""
+    ModelNames(any_db).claim("raced", winner)
+    read = ModelNames.get
+    stale: list[str] = []
+
+    def read_before_the_winner_committed(self: ModelNames, name: str, conn: Any = None) -> ModelName | None:
+        if name == "raced" and not stale:
+            stale.append(name)
+            return None
+        return read(self, name, conn)
+
+    monkeypatch.setattr(ModelNames, "get", read_before_the_winner_committed)
+    url = any_db.engine.url.render_as_string(hide_password=False)
+    with TestClient(make_app(api_keys=KEYS, database_url=url), headers=bearer(TRAIN_KEY)) as c:
+        r = train(c, "raced")
+        assert r.status_code == status, r.text
+        assert stale == ["raced"]  # the race happened
+        if status == 202:
+            assert sender.sent == [r.json()["id"]] and c.get(f"/train/{r.json()['id']}").status_code == 200
+        else:
+            assert r.json()["error"] == "model_name_owned" and sender.sent == []
+        assert train(c, "next").status_code == 202  # the database is in order for the next one
+    claim = ModelNames(any_db).get("raced")
+    assert claim is not None and claim.owner == winner
