@@ -81,7 +81,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state.keyring.log_status()
     try:
         # Loading runs a warm-up forward; off the event loop like every other forward.
-        model = await run_in_threadpool(registry.get, settings.default_model)
+        model = await run_in_threadpool(registry.get_default)  # the pinned version
         log.info("default model %s version %d ready (%s)", model.name, model.version, model.source)
     except ModelNotFound as e:
         log.warning("default model not loaded, /generate without `model` will answer 404 until it exists: %s", e)

@@ -86,6 +86,18 @@ def test_readyz_without_default_model(make_app, broker_check) -> None:
         assert r.json()["detail"]["model"]["ok"] is False
 
 
+def test_readyz_checks_the_pinned_default_version(make_app, publish_model, broker_check) -> None:
+    """/readyz reports the version a request naming no model gets (GANSERVE_DEFAULT_MODEL_VERSION), not the
+    newest: a newer one does not make it ready, a missing pinned one makes it not ready."""
+    publish_model(DEFAULT_MODEL)
+    publish_model(DEFAULT_MODEL)  # version 2: newer than the pin
+    with TestClient(make_app(default_model_version=1)) as c:
+        assert ready(c)["checks"]["model"]["detail"].startswith(f"{DEFAULT_MODEL} version 1 ")
+    with TestClient(make_app(default_model_version=3)) as c:
+        r = c.get("/readyz")
+        assert r.status_code == 503 and r.json()["detail"]["model"]["ok"] is False
+
+
 def test_real_broker_check_for_the_filesystem_broker(make_app, settings) -> None:
     from core.tasks import check_broker
 

@@ -88,7 +88,7 @@ def _blocking_checks(state: AppState, backends: Snapshot[dict[str, Check]]) -> d
     except (DatabaseUnavailable, OperationalError):  # the database check says so
         checks["workers"] = Check(ok=True, detail="unknown: the database does not answer")
     try:
-        model = state.registry.get(state.settings.default_model)
+        model = state.registry.get_default()  # the pinned version, what a request naming no model gets
         checks["model"] = Check(ok=True, detail=f"{model.name} version {model.version} ({model.source})")
     except ModelNotFound as e:
         checks["model"] = Check(ok=False, detail=str(e))
