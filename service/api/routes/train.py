@@ -218,8 +218,9 @@ def _claim_name(state: AppState, principal: Principal, body: TrainRequest, conn:
         raise APIError(
             403,
             "model_name_owned",
-            f"Model name {name!r} belongs to another API key: a name is its first trainer's, and only that key (or "
-            "an `admin` key) may train or publish under it. Choose another model_name.",
+            f"Model name {name!r} is taken: it belongs to another API key (or to the server's operator), as a name is "
+            "its first trainer's, and only its owner (or an `admin` key) may train or publish under it. Choose "
+            "another model_name.",
             detail={"model_name": name},
         ) from None
 
