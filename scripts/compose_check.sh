@@ -162,6 +162,12 @@ containers() { podman ps -a --filter "label=io.podman.compose.project=$PROJECT" 
 container_of() { podman ps --filter "label=io.podman.compose.project=$PROJECT" --filter "label=com.docker.compose.service=$1" --format '{{.Names}}' | head -n 1; }
 state_of() { podman inspect --format '{{.State.Status}} {{.State.ExitCode}}' "$(container_of_any "$1")" 2>/dev/null; }
 container_of_any() { podman ps -a --filter "label=io.podman.compose.project=$PROJECT" --filter "label=com.docker.compose.service=$1" --format '{{.Names}}' | head -n 1; }
+ANON_VOLUMES=$(mktemp "$CACHE/anonymous-volumes.XXXXXX")
+note_anonymous_volumes() { # `down` keeps anonymous volumes (Docker's too): note the project's, for the teardown
+    for c in $(containers); do
+        podman inspect --format '{{range .Mounts}}{{if eq .Type "volume"}}{{.Name}}{{"\n"}}{{end}}{{end}}' "$c" 2>/dev/null
+    done | grep -E '^[0-9a-f]{64}$' >>"$ANON_VOLUMES" || true
+}
 teardown() {
     local rc=$?
     set +e # every step of the teardown runs, whatever fails
@@ -173,9 +179,11 @@ teardown() {
         done
     fi
     step "down (always)"
+    note_anonymous_volumes
     "${PC[@]}" --profile cpu down -t 20 >/dev/null 2>&1 || true
     podman volume ls -q --filter "label=io.podman.compose.project=$PROJECT" | xargs -r podman volume rm -f >/dev/null
-    rm -f "$ENV_FILE"
+    sort -u "$ANON_VOLUMES" | xargs -r podman volume rm -f >/dev/null 2>&1
+    rm -f "$ENV_FILE" "$ANON_VOLUMES"
     ok "containers and the project's volumes removed"
     if [ $rc -eq 0 ]; then printf '\ncompose check PASSED in %s s\n' "$((SECONDS - START))"; else printf '\ncompose check FAILED\n'; fi
     exit $rc
@@ -334,8 +342,35 @@ step "GET /generate?model=walk&seed=1 (the model the job published)"
 png_check "model=walk&seed=1" "model walk"
 
 step "down, then the secrets service again: the volume keeps what the first start generated"
+note_anonymous_volumes
 "${PC[@]}" --profile cpu down -t 20 >/dev/null 2>&1
 ok "down"
 again=$("${PC[@]}" run --rm secrets 2>&1 | grep -E ': (kept|generated|from)' || true)
 printf '%s\n' "$again" | sed 's/^/    secrets: /'
 [ "$(printf '%s\n' "$again" | grep -c ': kept')" -eq 4 ] || fail "a second start did not keep the four secrets"
+
+# --- 5. docker-compose.onebox.yml: the same secrets service, SQLite and folders on one volume --------------------
+step "docker-compose.onebox.yml: podman-compose -f docker-compose.onebox.yml --profile cpu up -d api worker-cpu"
+note_anonymous_volumes
+podman volume ls -q --filter "label=io.podman.compose.project=$PROJECT" | xargs -r podman volume rm -f >/dev/null
+PROJECT=ganserve-compose-check-onebox # teardown now takes this project down
+PC=("$CACHE/tools/bin/podman-compose" -p "$PROJECT" --env-file "$ENV_FILE" -f "$ROOT/docker-compose.onebox.yml")
+kill "$HEALTH_PID" && wait "$HEALTH_PID" 2>/dev/null || true # the loop runs the healthchecks of one project
+health_loop &
+HEALTH_PID=$!
+t0=$SECONDS
+"${PC[@]}" --profile cpu up -d "${SERVICES[@]}" 2>&1 | grep -v -E '^(podman|[0-9a-f]{64}$)|systemd connection|^ganserve-compose-check' || true
+[ "$(podman logs "$(container_of_any secrets)" 2>&1 | head -n 5 | grep -c ': generated')" -eq 4 ] || fail "onebox: the secrets were not generated"
+ok "secrets generated into the onebox project's own volume"
+wait_completed secrets 120
+wait_healthy redis 300
+wait_healthy api 300
+t0=$SECONDS
+while :; do
+    code=$(curl -s -o "$CACHE/readyz.json" -w '%{http_code}' "$BASE_URL/readyz")
+    [ "$code" = 200 ] || [ $((SECONDS - t0)) -ge 120 ] && break
+    sleep 1
+done
+[ "$code" = 200 ] || fail "onebox /readyz answered $code: $(cat "$CACHE/readyz.json")"
+ok "/readyz 200 after $((SECONDS - t0)) s of polling"
+png_check "seed=1" "onebox, bundled mnist-mlp"
