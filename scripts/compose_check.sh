@@ -13,6 +13,7 @@
 #   3. the real Dockerfile, built (the host's local package indexes mounted at build time, when it has them).
 #   4. `up`, then the walk: /readyz, /generate → PNG, a key made inside the api container, a tiny job to
 #      `succeeded`, /generate from the new model; `down`; the secrets kept by a second start; the volumes removed.
+#   5. docker-compose.onebox.yml the same way: its secrets generated, /readyz, /generate; down.
 #
 # Podman 4.3 runs no healthcheck by itself (it would need systemd timers): this script runs `podman healthcheck
 # run` for every container of the project every 2 s while the stack is up. Differences from Docker:
