@@ -60,12 +60,15 @@ def usage(db: Database, owner: str, conn: Connection | None = None) -> Usage:
         return read(c)
 
 
-def over_quota(db: Database, owner: str | None, quota: int, adding: int = 0) -> Usage | None:
+def over_quota(
+    db: Database, owner: str | None, quota: int, adding: int = 0, conn: Connection | None = None
+) -> Usage | None:
     """The key's usage when it is at or over `quota` (or would pass it by adding `adding` bytes), else None. No
-    quota (0) or no key (the CLI's own jobs): None."""
+    quota (0) or no key (the CLI's own jobs): None. `conn`: read in that transaction (one holding SQLite's write
+    lock must not wait for a second connection)."""
     if quota <= 0 or owner is None:
         return None
-    used = usage(db, owner)
+    used = usage(db, owner, conn)
     if adding > 0:
         return used if used.total + adding > quota else None
     return used if used.total >= quota else None

@@ -148,3 +148,17 @@ def test_no_quota_when_it_is_zero(app_with: Callable[..., TestClient]) -> None:
     job = c.post("/train", json=RING).json()
     jobs_of(c).set_storage_bytes(job["id"], 10**15)
     assert c.post("/train", json=RING).status_code == 202
+
+
+def test_a_retry_of_a_job_already_taken_gets_it_back_over_the_quota(app_with: Callable[..., TestClient]) -> None:
+    """The quota refuses new work, not the replay of work already accepted: a client that lost the answer and
+    retries with its Idempotency-Key gets its job, even once that job's files have filled the quota."""
+    c = app_with(storage_quota_bytes=10**6)
+    first = c.post("/train", json=RING, headers={"Idempotency-Key": "once"})
+    assert first.status_code == 202, first.text
+    jobs_of(c).set_storage_bytes(first.json()["id"], 10**6)
+    again = c.post("/train", json=RING, headers={"Idempotency-Key": "once"})
+    assert again.status_code == 202 and again.headers["Idempotent-Replayed"] == "true"
+    assert again.json()["id"] == first.json()["id"]
+    new = c.post("/train", json=RING, headers={"Idempotency-Key": "twice"})
+    assert new.status_code == 429 and new.json()["error"] == "storage_quota_exceeded"

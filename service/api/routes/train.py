@@ -78,7 +78,8 @@ def _get(store: JobStore, job_id: str, principal: Principal) -> JobRecord:
 
 def _check_caps(config: TrainConfig, settings: Settings, state: StateDep, principal: TrainKey) -> None:
     """This server's own bounds, tighter than (or equal to) TrainConfig's: epochs, steps, runtime, checkpoints kept
-    and the networks' size (422), and the key's storage quota (429)."""
+    and the networks' size (422). The storage quota is checked with the submission (`_check_quota`), after an
+    Idempotency-Key replay, so that a retry gets its job back whatever the key has stored since."""
     if config.epochs > settings.max_epochs:
         raise validation_error(
             ("body", "epochs"),
@@ -120,7 +121,12 @@ def _check_caps(config: TrainConfig, settings: Settings, state: StateDep, princi
             "operator to raise GANSERVE_MAX_MODEL_PARAMETERS.",
             detail={"parameters": parameters, "limit": settings.max_model_parameters},
         )
-    used = over_quota(state.db, principal.name, settings.storage_quota_bytes)
+
+
+def _check_quota(state: StateDep, principal: TrainKey, conn: Connection) -> None:
+    """The key's storage quota (429): no new job while it stores as much as it may."""
+    settings = state.settings
+    used = over_quota(state.db, principal.name, settings.storage_quota_bytes, conn=conn)
     if used is not None:
         raise APIError(
             429,
@@ -312,6 +318,7 @@ def start_training(
                     response.headers["Location"] = f"/train/{record.id}"
                     response.headers["Idempotent-Replayed"] = "true"
                     return view(record, workers)
+        _check_quota(state, principal, conn)
         _claim_name(state, principal, body, conn)  # rolled back with the rest if the job is refused below
         uploaded = job_dataset(state, principal, config, conn)  # its row held: not deleted under the job
         active = submissions.active_jobs(conn, principal.name)
