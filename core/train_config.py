@@ -3,12 +3,16 @@
 
 Fields left out (or null) that depend on the objective are filled in from the objective's paper at
 validation time — e.g. `"loss": "wasserstein"` alone means RMSprop 5e-5, 5 critic steps, clipping at
-0.01 — so a stored config always says exactly what ran.
+0.01 — so a stored config always says exactly what ran. So are a named recipe's fields (core/recipes.py): `"recipe":
+"mnist-dcgan"` fills the fields the job leaves out, and a submitted job naming neither a recipe nor an architecture
+gets its dataset's default recipe.
 """
 
-from typing import Annotated, Literal, Self, get_args
+from typing import Annotated, Any, Literal, Self, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
+
+from core import recipes
 
 # Every name that becomes a path on the volume must match this (no slashes, no dot-dot, no hidden files).
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
@@ -23,7 +27,7 @@ ModelName = Annotated[
 
 LossName = Literal["minimax", "non-saturating", "wasserstein", "wgan-gp", "hinge", "least-squares"]
 BuiltinDataset = Literal["mnist", "fashion-mnist", "cifar10", "image-folder", "gaussian-1d", "ring-2d", "grid-2d"]
-ArchitectureName = Literal["mlp", "dcgan", "mad-gan"]
+ArchitectureName = Literal["mlp", "dcgan", "mad-gan", "adagan"]
 OptimizerName = Literal["adam", "rmsprop"]
 
 BUILTIN_DATASETS = frozenset(get_args(BuiltinDataset))
@@ -80,6 +84,36 @@ class R2(BaseModel):
     gamma: float = Field(10.0, gt=0, le=1e5)
 
 
+ROTH_DEFAULT_DECAY = 0.01  # Roth et al.'s code anneals γ₀ to 0.01·γ₀ by default (`--decay_factor`)
+# The objectives whose D is a classifier σ(ψ(x)) of a binary logit ψ, which Roth et al.'s penalty is written for.
+ROTH_LOSSES = ("minimax", "non-saturating")
+
+
+class Roth(BaseModel):
+    """Roth et al. 2017's penalty (γ/2)·Ω, Ω = E_real[(1 − D(x))²‖∇ₓψ(x)‖²] + E_fake[D(x)²‖∇ₓψ(x)‖²] for
+    D(x) = σ(ψ(x)): the gradient of D's logit, weighted by how wrong D is about the sample."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    name: Literal["roth"]
+    gamma: float = Field(
+        2.0, gt=0, le=1e5, description="γ₀, the penalty's weight at the first step (the paper's image runs: 2)."
+    )
+    anneal: bool | Annotated[float, Field(gt=0, lt=1)] = Field(
+        False,
+        description="`false`: γ stays γ₀. `true`: γ falls exponentially to 0.01·γ₀ over the run's G steps, "
+        "γ_t = γ₀·0.01^(t/(T−1)) (the paper's annealing); a number f in (0, 1): falls to f·γ₀ instead.",
+    )
+
+    @property
+    def final_fraction(self) -> float:
+        """γ at the last G step over γ₀: 1 without annealing."""
+        if self.anneal is True:
+            return ROTH_DEFAULT_DECAY
+        if self.anneal is False:
+            return 1.0
+        return float(self.anneal)
+
+
 class SpectralNorm(BaseModel):
     """Every linear/conv weight of D divided by its largest singular value (Miyato et al. 2018)."""
 
@@ -95,7 +129,7 @@ class WeightDecay(BaseModel):
     coefficient: float = Field(1e-4, gt=0, le=1.0)
 
 
-Regularizer = Annotated[InstanceNoise | R1 | R2 | SpectralNorm | WeightDecay, Field(discriminator="name")]
+Regularizer = Annotated[InstanceNoise | R1 | R2 | Roth | SpectralNorm | WeightDecay, Field(discriminator="name")]
 
 
 class TrainConfig(BaseModel):
@@ -125,6 +159,13 @@ class TrainConfig(BaseModel):
     )
 
     model_name: ModelName
+    recipe: recipes.RecipeName | None = Field(
+        None,
+        description="A named set of defaults (GET /recipes lists them): its fields fill those the job leaves out, "
+        "the job's own win. Left out, a submitted job that names no `architecture` gets its dataset's default "
+        "recipe (`mnist`: `mnist-mlp`); the stored config holds the resolved fields and this name.",
+        examples=["mnist-dcgan"],
+    )
     # --- data ---
     dataset: Annotated[str, Field(pattern=NAME_PATTERN)] = Field(
         "mnist",
@@ -147,8 +188,24 @@ class TrainConfig(BaseModel):
     steps: int | None = Field(None, ge=1, le=10_000_000, description="Generator steps; overrides `epochs`.")
     batch_size: int = Field(128, ge=1, le=8192)
     # --- model ---
-    architecture: ArchitectureName = Field("mlp", description="`mlp` (the seeds'), `dcgan`, `mad-gan`.")
+    architecture: ArchitectureName = Field(
+        "mlp", description="`mlp` (the seeds'), `dcgan`, `mad-gan`, `adagan` (a boosted mixture of `mlp` GANs)."
+    )
     generators: int = Field(4, ge=2, le=16, description="`mad-gan` only: the number of generators k.")
+    rounds: int = Field(
+        5,
+        ge=1,
+        le=16,
+        description="`adagan` only: boosting rounds T, each training one `mlp` GAN of `steps` (or `epochs`) on "
+        "the data reweighted towards what the mixture so far misses; the mixture of the T is published.",
+    )
+    adagan_beta: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="`adagan` only: the weight β of each new component in the mixture, (1 − β)·old + β·new; "
+        "default 1/t in round t (every component then weighs 1/T).",
+    )
     conditional: bool = Field(False, description="Class-conditional G and projection D (labelled datasets).")
     latent_dim: int = Field(100, ge=1, le=4096, description="Size of z.")
     g_hidden: list[Annotated[int, Field(ge=1, le=16384)]] | None = Field(
@@ -246,6 +303,12 @@ class TrainConfig(BaseModel):
         """The dataset is one uploaded with POST /datasets (its id or name), not a built-in one."""
         return self.dataset not in BUILTIN_DATASETS
 
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_recipe(cls, data: Any, info: ValidationInfo) -> Any:
+        # Before field validation, so that the recipe's fields are validated (and refused) as the job's own are.
+        return recipes.resolve(data, submitted=bool(info.context and info.context.get(recipes.SUBMITTED)))
+
     @model_validator(mode="after")
     def _check_and_fill(self) -> Self:
         problems = _conflicts(self)
@@ -291,6 +354,10 @@ def _conflicts(c: TrainConfig) -> list[str]:
         out.append("`unrolled_steps` runs D functionally on unrolled weights, which `compile` cannot: use one")
     if c.unrolled_steps and c.architecture == "mad-gan":
         out.append("`unrolled_steps` is not supported with `mad-gan`")
+    if c.conditional and c.architecture == "adagan":
+        out.append("`adagan` cannot be `conditional`: its rounds reweight data points, not classes; drop one")
+    if c.adagan_beta is not None and c.architecture != "adagan":
+        out.append("`adagan_beta` applies to `architecture: adagan` only")
     if c.clip_value is not None and c.loss != "wasserstein":
         out.append("`clip_value` applies to `loss: wasserstein` only")
     if c.gp_lambda is not None and c.loss != "wgan-gp":
@@ -300,4 +367,12 @@ def _conflicts(c: TrainConfig) -> list[str]:
     names = [r.name for r in c.regularizers]
     if len(names) != len(set(names)):
         out.append("each regularizer may appear once")
+    if "roth" in names and (c.loss not in ROTH_LOSSES or c.architecture == "mad-gan"):
+        # Ω is derived for D = σ(ψ) of the JS (binary cross-entropy) game; a critic's unbounded score has no
+        # D(x) to weight by, and MAD-GAN's (k+1)-way softmax is not that game.
+        out.append(
+            f"regularizer `roth` weights by D(x) = σ(logit) of the binary GAN game: use `loss` "
+            f"{' or '.join(ROTH_LOSSES)} with architecture `mlp` or `dcgan` (for critics use `r1`/`r2`), not "
+            f"`{c.loss}` with `{c.architecture}`"
+        )
     return out

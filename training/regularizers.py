@@ -2,7 +2,7 @@
 
 `prepare(config, total_steps)` reads `config.regularizers` once; the loop then calls
 `apply_to_discriminator(d)` after building D, `perturb(x, step)` on every input D sees (real and fake, in D
-steps and in the G step), and adds `d_penalty(...)`'s terms to D's loss.
+steps and in the G step), and adds `d_penalty(..., step=step)`'s terms to D's loss (the step anneals `roth`'s γ).
 """
 
 from collections.abc import Callable
@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from core.train_config import R1, R2, InstanceNoise, SpectralNorm, TrainConfig, WeightDecay
+from core.train_config import R1, R2, InstanceNoise, Roth, SpectralNorm, TrainConfig, WeightDecay
 from training import losses
 
 SPECTRAL_NORM_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.ConvTranspose2d)
@@ -31,10 +31,28 @@ class InstanceNoiseSchedule:
 
 
 @dataclass(frozen=True)
+class RothSchedule:
+    """γ(step) = gamma·final_fraction^(step/(steps − 1)), held at its last value after `steps` G steps: the
+    exponential annealing of Roth et al.'s code (github.com/rothk/Stabilizing_GANs, `--annealing`, which takes
+    γ₀ to `decay_factor`·γ₀, 0.01 by default, at the last iteration). final_fraction 1: a constant γ."""
+
+    gamma: float
+    final_fraction: float
+    steps: int
+
+    def gamma_at(self, step: int) -> float:
+        if self.final_fraction == 1.0:
+            return self.gamma
+        progress = min(1.0, step / max(1, self.steps - 1))
+        return self.gamma * self.final_fraction**progress
+
+
+@dataclass(frozen=True)
 class Regularization:
     noise: InstanceNoiseSchedule | None = None
     r1_gamma: float | None = None
     r2_gamma: float | None = None
+    roth: RothSchedule | None = None
     weight_decay: float | None = None
     spectral_norm: bool = False
 
@@ -58,20 +76,29 @@ class Regularization:
         fake: torch.Tensor,
         real_labels: torch.Tensor | None = None,
         fake_labels: torch.Tensor | None = None,
+        step: int = 0,
     ) -> dict[str, torch.Tensor]:
-        """The penalty terms to add to D's loss, by name (for reporting); empty when none apply."""
+        """The penalty terms to add to D's loss at G step `step`, by name (for reporting); empty when none apply."""
         terms: dict[str, torch.Tensor] = {}
         if self.r1_gamma is not None:
             terms["r1"] = gradient_norm_penalty(d, real, real_labels, self.r1_gamma)
         if self.r2_gamma is not None:
             terms["r2"] = gradient_norm_penalty(d, fake, fake_labels, self.r2_gamma)
+        if self.roth is not None:
+            omega = roth_omega(d, real, fake, real_labels, fake_labels)
+            terms["roth"] = 0.5 * self.roth.gamma_at(step) * omega
         if self.weight_decay is not None and isinstance(d, nn.Module):
             terms["weight_decay"] = self.weight_decay * weight_sq_norm(d)
         return terms
 
     @property
     def penalty_names(self) -> tuple[str, ...]:
-        named = (("r1", self.r1_gamma), ("r2", self.r2_gamma), ("weight_decay", self.weight_decay))
+        named = (
+            ("r1", self.r1_gamma),
+            ("r2", self.r2_gamma),
+            ("roth", self.roth),
+            ("weight_decay", self.weight_decay),
+        )
         return tuple(name for name, value in named if value is not None)
 
 
@@ -86,6 +113,8 @@ def prepare(config: TrainConfig, total_steps: int) -> Regularization:
                 kwargs["r1_gamma"] = reg.gamma
             case R2():
                 kwargs["r2_gamma"] = reg.gamma
+            case Roth():
+                kwargs["roth"] = RothSchedule(reg.gamma, reg.final_fraction, total_steps)
             case WeightDecay():
                 kwargs["weight_decay"] = reg.coefficient
             case SpectralNorm():
@@ -98,6 +127,32 @@ def gradient_norm_penalty(
 ) -> torch.Tensor:
     """(γ/2)·E‖∇ₓD(x)‖² (Mescheder et al. 2018): R1 on real samples, R2 on generated ones."""
     return 0.5 * gamma * losses.input_gradient_sq_norm(d, x, labels).mean()
+
+
+def roth_omega(
+    d: nn.Module | Callable[..., torch.Tensor],
+    real: torch.Tensor,
+    fake: torch.Tensor,
+    real_labels: torch.Tensor | None = None,
+    fake_labels: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Ω(D; P, Q) = E_P[(1 − D(x))²‖∇ₓψ(x)‖²] + E_Q[D(x)²‖∇ₓψ(x)‖²] for D = σ(ψ) (Roth, Lucchi, Nowozin &
+    Hofmann 2017, "Stabilizing Training of GANs through Regularization", NeurIPS; arXiv:1705.09367, and the
+    regulariser of their code's README): ψ's input gradient, the quantity a noise-convolved JS game penalises,
+    weighted by D's error on each sample, so samples D already classifies right cost little. The weights stay in
+    the graph like the gradient (double backprop), as in the authors' code; the caller multiplies by γ/2."""
+    return _roth_side(d, real, real_labels, on_real=True) + _roth_side(d, fake, fake_labels, on_real=False)
+
+
+def _roth_side(
+    d: nn.Module | Callable[..., torch.Tensor], x: torch.Tensor, labels: torch.Tensor | None, on_real: bool
+) -> torch.Tensor:
+    x = x.detach().requires_grad_(True)
+    logit = losses.realness(losses.call_d(d, x, labels))
+    (grad,) = torch.autograd.grad(logit.sum(), x, create_graph=True)
+    d_x = torch.sigmoid(logit)
+    weight = (1.0 - d_x).square() if on_real else d_x.square()
+    return (weight * grad.flatten(1).square().sum(1)).mean()
 
 
 def weight_sq_norm(d: nn.Module) -> torch.Tensor:

@@ -132,7 +132,7 @@ def d_step(s: Step, real: torch.Tensor, real_labels: torch.Tensor | None, step: 
         real_out = losses.call_d(nets.d_run, real_in, real_labels).float()
         fake_out = losses.call_d(nets.d_run, fake_in, fake_labels).float()
     loss = s.d_objective(real_out, fake_out, gen)
-    extras = s.reg.d_penalty(nets.d, real_in, fake_in, real_labels, fake_labels)
+    extras = s.reg.d_penalty(nets.d, real_in, fake_in, real_labels, fake_labels, step=step)
     if s.config.loss == "wgan-gp":
         gp = losses.gradient_penalty(nets.d, real_in, fake_in, real_labels, s.rng)
         extras = {"gp": (s.config.gp_lambda or 0.0) * gp, **extras}

@@ -70,8 +70,17 @@ plausible = {
     "architecture": st.sampled_from(["mlp", "dcgan", "mad-gan", "resnet"]),
     "regularizers": st.lists(
         st.fixed_dictionaries(
-            {"name": st.sampled_from(["r1", "r2", "instance-noise", "spectral-norm", "weight-decay", "dropout"])},
-            optional={"gamma": json_scalars, "sigma": json_scalars, "coefficient": json_scalars},
+            {
+                "name": st.sampled_from(
+                    ["r1", "r2", "roth", "instance-noise", "spectral-norm", "weight-decay", "dropout"]
+                )
+            },
+            optional={
+                "gamma": json_scalars,
+                "sigma": json_scalars,
+                "coefficient": json_scalars,
+                "anneal": json_scalars,
+            },
         ),
         max_size=3,
     ),

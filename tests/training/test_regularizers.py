@@ -1,9 +1,15 @@
+import math
+import re
+from pathlib import Path
+
 import pytest
 import torch
+from pydantic import ValidationError
 from torch import nn
 
 from core.train_config import TrainConfig
 from training import regularizers
+from training.loop import train
 
 
 def _config(*regs: dict[str, object]) -> TrainConfig:
@@ -79,3 +85,116 @@ def test_spectral_norm_bounds_every_layer() -> None:
     for layer in (d[0], d[2], d[3]):
         w = layer.weight.flatten(1)
         assert torch.linalg.matrix_norm(w, ord=2).item() == pytest.approx(1.0, abs=0.02)
+
+
+# --- Roth et al. 2017 ---------------------------------------------------------------------------------
+
+
+class _AffineCritic(nn.Module):
+    """ψ(x) = w·x + b: ∇ₓψ = w everywhere, so Roth et al.'s Ω has a closed form."""
+
+    def __init__(self, w: list[float], b: float) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor(w))
+        self.b = nn.Parameter(torch.tensor(b))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.w + self.b
+
+
+def test_roth_omega_on_an_affine_critic() -> None:
+    critic = _AffineCritic([0.5, -2.0, 1.5], 0.3)
+    gen = torch.Generator().manual_seed(0)
+    real, fake = torch.randn(64, 3, generator=gen), torch.randn(48, 3, generator=gen) + 1.0
+    w_sq = critic.w.detach().square().sum()
+    d_real, d_fake = torch.sigmoid(critic(real)).detach(), torch.sigmoid(critic(fake)).detach()
+    omega = ((1 - d_real).square().mean() + d_fake.square().mean()) * w_sq
+    gamma = 3.0
+    terms = regularizers.Regularization(roth=regularizers.RothSchedule(gamma, 1.0, 10)).d_penalty(critic, real, fake)
+    torch.testing.assert_close(terms["roth"].detach(), 0.5 * gamma * omega)
+    torch.testing.assert_close(regularizers.roth_omega(critic, real, fake).detach(), omega)
+    # In the graph: the penalty trains D (∂Ω/∂w is not zero).
+    terms["roth"].backward()
+    assert critic.w.grad is not None and critic.w.grad.abs().sum() > 0
+
+
+def test_roth_omega_weights_by_how_wrong_d_is() -> None:
+    # A D that is certain and right on both sides pays (almost) nothing; certain and wrong pays ‖w‖² per side.
+    critic = _AffineCritic([1.0, 0.0], 0.0)
+    right_real, right_fake = torch.tensor([[40.0, 0.0]]), torch.tensor([[-40.0, 0.0]])
+    assert regularizers.roth_omega(critic, right_real, right_fake).item() == pytest.approx(0.0, abs=1e-12)
+    assert regularizers.roth_omega(critic, right_fake, right_real).item() == pytest.approx(2.0)
+
+
+def test_roth_gamma_anneals_exponentially_to_its_final_fraction() -> None:
+    sched = regularizers.RothSchedule(gamma=2.0, final_fraction=0.01, steps=5)
+    expected = [2.0 * 0.01 ** (t / 4) for t in range(5)]
+    assert [sched.gamma_at(t) for t in range(5)] == pytest.approx(expected)
+    assert sched.gamma_at(0) == 2.0 and sched.gamma_at(4) == pytest.approx(0.02)
+    assert sched.gamma_at(100) == pytest.approx(0.02)  # held at the end (e.g. a run extended on resume)
+    assert regularizers.RothSchedule(2.0, 1.0, 5).gamma_at(3) == 2.0
+    # The config: `anneal: true` is the paper's 0.01, a number is the final fraction, `false` none, over the run.
+    for anneal, fraction in ((True, 0.01), (0.25, 0.25), (False, 1.0)):
+        reg = regularizers.prepare(_config({"name": "roth", "gamma": 2.0, "anneal": anneal}), total_steps=7)
+        assert reg.roth == regularizers.RothSchedule(2.0, fraction, 7)
+        assert reg.penalty_names == ("roth",)
+    # d_penalty applies the step's γ.
+    critic, x = _AffineCritic([1.0, 1.0], 0.0), torch.randn(8, 2)
+    reg = regularizers.Regularization(roth=sched)
+    ratio = reg.d_penalty(critic, x, x, step=4)["roth"] / reg.d_penalty(critic, x, x, step=0)["roth"]
+    assert ratio.item() == pytest.approx(0.01)
+
+
+def test_roth_composes_with_r1_and_instance_noise() -> None:
+    reg = regularizers.prepare(
+        _config({"name": "instance-noise", "sigma": 0.1}, {"name": "r1", "gamma": 1.0}, {"name": "roth"}), 10
+    )
+    assert reg.noise is not None and reg.r1_gamma == 1.0 and reg.roth is not None
+    assert reg.penalty_names == ("r1", "roth")
+    critic, x = _AffineCritic([1.0, 2.0], 0.0), torch.randn(8, 2)
+    terms = reg.d_penalty(critic, x, x)
+    assert set(terms) == {"r1", "roth"}
+    assert terms["r1"].item() == pytest.approx(0.5 * 1.0 * 5.0, rel=1e-5)  # R1 on ψ itself: (γ/2)‖w‖²
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"regularizers": [{"name": "roth", "gamma": 0}]}, "greater than 0"),
+        ({"regularizers": [{"name": "roth", "gamma": -1.0}]}, "greater than 0"),
+        ({"regularizers": [{"name": "roth", "anneal": 1.5}]}, "less than 1"),
+        ({"regularizers": [{"name": "roth", "anneal": "yes"}]}, "valid boolean"),
+        ({"regularizers": [{"name": "roth", "beta": 1.0}]}, "Extra inputs"),
+        ({"regularizers": [{"name": "roth"}, {"name": "roth"}]}, "each regularizer may appear once"),
+        ({"loss": "wgan-gp", "regularizers": [{"name": "roth"}]}, "regularizer `roth` weights by D(x)"),
+        ({"loss": "hinge", "regularizers": [{"name": "roth"}]}, "not `hinge` with `mlp`"),
+        ({"loss": "least-squares", "regularizers": [{"name": "roth"}]}, "not `least-squares` with `mlp`"),
+        ({"loss": "wasserstein", "regularizers": [{"name": "roth"}]}, "for critics use `r1`/`r2`"),
+        (
+            {"dataset": "ring-2d", "architecture": "mad-gan", "regularizers": [{"name": "roth"}]},
+            "not `non-saturating` with `mad-gan`",
+        ),
+    ],
+)
+def test_roth_config_refuses_what_makes_no_sense(fields: dict[str, object], message: str) -> None:
+    with pytest.raises(ValidationError, match=re.escape(message)):
+        TrainConfig.model_validate({"model_name": "r", **fields})
+
+
+@pytest.mark.parametrize("loss", ["non-saturating", "minimax"])
+def test_roth_trains_two_steps_on_a_toy(loss: str, tmp_path: Path) -> None:
+    config = TrainConfig(
+        model_name="roth",
+        dataset="ring-2d",
+        max_samples=64,
+        batch_size=32,
+        latent_dim=4,
+        g_hidden=[16],
+        d_hidden=[16],
+        steps=2,
+        loss=loss,  # type: ignore[arg-type]
+        regularizers=[{"name": "roth", "gamma": 2.0, "anneal": True}],  # type: ignore[list-item]
+    )
+    result = train(config, tmp_path / "run", data_root=tmp_path)
+    assert result.status == "completed" and result.steps_done == 2
+    assert "roth" in result.losses and math.isfinite(result.losses["roth"]) and result.losses["roth"] > 0
