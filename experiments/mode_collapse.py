@@ -56,6 +56,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "mad-gan": {"loss": "non-saturating", "architecture": "mad-gan"},
     "instance-noise": {"loss": "non-saturating", "regularizers": [{"name": "instance-noise", "sigma": 0.1}]},
     "r1": {"loss": "non-saturating", "regularizers": [{"name": "r1", "gamma": 1.0}]},
+    # Roth et al. 2017 as their image runs set it (γ₀ = 2, annealed to 0.01·γ₀ over the run), untuned here.
+    "roth": {"loss": "non-saturating", "regularizers": [{"name": "roth", "gamma": 2.0, "anneal": True}]},
     "hinge+sn": {"loss": "hinge", "regularizers": [{"name": "spectral-norm"}]},
     "best": {},  # filled per dataset from BEST below
 }

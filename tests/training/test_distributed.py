@@ -52,6 +52,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     },
     # 2 critic steps a G step, each on its global batch's shards; RMSprop, clipping; spectral norm's vectors
     "wasserstein-spectral-norm": {"loss": "wasserstein", "d_steps": 2, "regularizers": [{"name": "spectral-norm"}]},
+    # Roth et al.'s penalty: per-sample input gradients of D's logit, weighted by D(x), as a mean over each shard
+    # (like R1), its γ annealed by the G step that every rank counts alike
+    "roth-annealed": {"regularizers": [{"name": "roth", "gamma": 2.0, "anneal": True}]},
     # BatchNorm2d in G's transposed convolutions, synced as the MLP's BatchNorm1d
     "dcgan-hinge": {"architecture": "dcgan", "loss": "hinge", "latent_dim": 16},
 }
