@@ -20,6 +20,8 @@ Families (chosen in `build_models` from a `TrainConfig`):
   (`ConditionalBatchNorm`; de Vries et al. 2017, Dumoulin et al. 2017), the G Miyato & Koyama pair with that
   D (`conditioning="batchnorm"`; why not concatenation: docs/training.md). The dcgan G concatenates a label
   embedding to z before its projection (`"concat"`; older mlp checkpoints written so still load).
+* `adagan` — Tolstikhin et al. 2017: a mixture of MLP generators trained one per round by
+  training/adagan.py (`AdaGANMixture`); each round trains the plain `mlp` pair below.
 * `mad-gan` — Ghosh et al. 2018: k independent generators sharing nothing (the paper shares all but the
   last layer for images; independent ones are simpler and let each mode-holder differ fully), and the
   MLP discriminator with a (k+1)-way head.
@@ -32,6 +34,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import nn
+
+from training.latents import seed_components
 
 if TYPE_CHECKING:
     from core.train_config import TrainConfig
@@ -401,6 +405,43 @@ class MADGANGenerator(nn.Module):
         return out[generator, torch.arange(n, device=z.device)]
 
 
+# --- AdaGAN --------------------------------------------------------------------------------------------------
+
+
+class AdaGANMixture(nn.Module):
+    """An AdaGAN mixture (Tolstikhin et al. 2017; training/adagan.py): T generators built from one spec
+    (`base`), trained one after another, and their mixture weights. Sample i comes from component
+    `generator[i]`; without indices, row i takes seed i's component (`training.latents.seed_components`), so a
+    plain call on the latents of seeds 0…n−1 samples the mixture as /generate does."""
+
+    def __init__(self, base: dict[str, Any], weights: list[float]):
+        super().__init__()
+        if len(weights) < 1 or any(not w >= 0 for w in weights) or sum(weights) <= 0:
+            raise ValueError(f"an adagan mixture needs non-negative weights with a positive sum, got {weights}")
+        self.base = _to_json(dict(base))
+        self.mixture_weights = [float(w) for w in weights]
+        self.num_generators = len(weights)
+        self.generators = nn.ModuleList(build_generator(base) for _ in weights)
+        self.latent_dim = int(base["latent_dim"])
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        return {"arch": "adagan", "generators": self.num_generators, "weights": self.mixture_weights, "base": self.base}
+
+    def forward(
+        self, z: torch.Tensor, labels: torch.Tensor | None = None, generator: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        _check_unconditional(labels)
+        n = z.shape[0]
+        if generator is None:
+            generator = torch.tensor(seed_components(range(n), self.mixture_weights), device=z.device)
+        if generator.shape != (n,) or int(generator.min()) < 0 or int(generator.max()) >= self.num_generators:
+            raise ValueError(f"`generator` must be N indices in 0…{self.num_generators - 1}")
+        # As MAD-GAN's: every component sees the whole batch (no BatchNorm ever gets a sub-batch of one).
+        out = torch.stack([g(z) for g in self.generators])
+        return out[generator, torch.arange(n, device=z.device)]
+
+
 # --- specs ---------------------------------------------------------------------------------------------------
 
 AnyConfig = MLPGeneratorConfig | MLPDiscriminatorConfig | DCGANGeneratorConfig | DCGANDiscriminatorConfig
@@ -433,7 +474,12 @@ def build_generator(spec: dict[str, Any]) -> nn.Module:
         return DCGANGenerator(DCGANGeneratorConfig(**_fields(spec)))
     if arch == "mad-gan":
         return MADGANGenerator(spec["base"], int(spec["generators"]))
-    raise ValueError(f"unknown generator architecture {arch!r}; known: 'mlp', 'dcgan', 'mad-gan'")
+    if arch == "adagan":
+        weights = [float(w) for w in spec["weights"]]
+        if len(weights) != int(spec["generators"]):
+            raise ValueError(f"adagan spec: {spec['generators']} generators but {len(weights)} weights")
+        return AdaGANMixture(spec["base"], weights)
+    raise ValueError(f"unknown generator architecture {arch!r}; known: 'mlp', 'dcgan', 'mad-gan', 'adagan'")
 
 
 def build_discriminator(spec: dict[str, Any]) -> nn.Module:

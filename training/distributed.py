@@ -116,6 +116,7 @@ def check_supported(config: TrainConfig, world: World) -> None:
         return
     refused = {
         "mad-gan": config.architecture == "mad-gan",
+        "adagan": config.architecture == "adagan",  # its rounds run one after another in one process
         "wgan-gp": config.loss == "wgan-gp",
         "unrolled_steps": bool(config.unrolled_steps),
         "compile": config.compile != "off",

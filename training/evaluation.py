@@ -66,7 +66,7 @@ def generate(
 ) -> torch.Tensor:
     """`n` samples of G in eval mode from seeds 0..n-1 (G's mode restored after), on the CPU."""
     z = _latents(n, latent_dim).to(device)
-    labels, gens = sample_conditioning(n, num_classes, num_generators, device)
+    labels, gens = sample_conditioning(n, num_classes, num_generators, device, getattr(g, "mixture_weights", None))
     was_training = g.training
     g.eval()
     try:

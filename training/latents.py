@@ -8,6 +8,8 @@ the mapping StyleGAN's `gen_images.py` uses, so a seed means the same thing here
 integers 0 … 2³² − 1 (RandomState's range).
 """
 
+import bisect
+import itertools
 import threading
 from collections.abc import Sequence
 
@@ -55,9 +57,55 @@ def seed_labels(seeds: Sequence[int], num_classes: int | None, label: int | None
     return [label if label is not None else s % num_classes for s in seeds]
 
 
-def seed_generators(seeds: Sequence[int], num_generators: int | None) -> list[int] | None:
-    """MAD-GAN: the seed picks the generator, `seed % k` (seeds s and s + k share one). None otherwise."""
-    return None if num_generators is None else [s % num_generators for s in seeds]
+def seed_generators(
+    seeds: Sequence[int], num_generators: int | None, weights: Sequence[float] | None = None
+) -> list[int] | None:
+    """The generator each seed picks: MAD-GAN's `seed % k` (seeds s and s + k share one); with `weights` (an
+    AdaGAN mixture's), `seed_components`. None for a model of one generator."""
+    if num_generators is None:
+        return None
+    if weights is not None:
+        if len(weights) != num_generators:
+            raise ValueError(f"{num_generators} generators need as many mixture weights, got {len(weights)}")
+        return seed_components(seeds, weights)
+    return [s % num_generators for s in seeds]
+
+
+# --- mixture components ---------------------------------------------------------------------------------
+
+_MASK64 = (1 << 64) - 1
+_COMPONENT_SALT = 0x41444147414E2D31  # "ADAGAN-1": a seed's component draw is not its own splitmix64 value
+
+
+def _splitmix64(x: int) -> int:
+    """SplitMix64's output function (Steele, Lea & Flood 2014): a bijection of 64-bit integers whose outputs
+    pass BigCrush for consecutive inputs — a counter-based generator, pure integer arithmetic."""
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def seed_uniform(seed: int) -> float:
+    """A uniform number in [0, 1) that depends on the seed alone: the top 53 bits of splitmix64(seed ^ salt).
+    Integer arithmetic and one exact division by 2⁵³, so the same on every machine, and independent of the
+    seed's latent (NumPy's MT19937 stream)."""
+    if not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"seed must be in 0..{MAX_SEED}, got {seed}")
+    return (_splitmix64(seed ^ _COMPONENT_SALT) >> 11) / float(1 << 53)
+
+
+def seed_components(seeds: Sequence[int], weights: Sequence[float]) -> list[int]:
+    """A mixture's component for each seed: the first i whose cumulative weight w₀ + … + wᵢ exceeds
+    `seed_uniform(seed)` × Σw. Over many seeds component i is picked with frequency wᵢ / Σw; a seed always
+    picks the same one (no global RNG)."""
+    if not weights or any(not w >= 0 for w in weights) or sum(weights) <= 0:
+        raise ValueError(f"mixture weights must be non-negative with a positive sum, got {list(weights)}")
+    cumulative = list(itertools.accumulate(float(w) for w in weights))
+    total = cumulative[-1]
+    last = len(cumulative) - 1
+    # min(): u·Σw may round up to Σw itself; bisect_right skips components of weight 0 (equal cumulatives).
+    return [min(bisect.bisect_right(cumulative, seed_uniform(s) * total), last) for s in seeds]
 
 
 # --- interpolation --------------------------------------------------------------------------------------

@@ -172,6 +172,22 @@ def train(
     checkpoints stay, the newest (default: `config.keep_checkpoints`; None: all); with it, an evaluation's epoch
     is saved too, so that the best-by-FID checkpoint can stay beside them (`training.run_state.retained`)."""
     world = distributed.current() if world is None else world
+    if config.architecture == "adagan":  # T GANs one after another: its own driver (refused under DDP there)
+        from training import adagan  # it imports this module
+
+        distributed.check_supported(config, world)
+        return adagan.train(
+            config,
+            out_dir,
+            data_root=data_root,
+            device=device,
+            progress_fn=progress_fn,
+            should_stop=should_stop,
+            report_every_s=report_every_s,
+            files_fn=files_fn,
+            dataset_file=dataset_file,
+            may_write=may_write,
+        )
     keep = config.keep_checkpoints if keep_checkpoints is None else keep_checkpoints
     check_supported(config, world)
     dev = distributed.device_for(world, resolve_device(device))

@@ -1,6 +1,6 @@
 """What a run writes to show its generator: a PNG grid of G's images for the fixed seeds 0..63, or for a
 toy run a scatter (2-D) or histogram (1-D) of G's points over the data. Seeds map to class labels and
-MAD-GAN generators as /generate maps them, so the samples match what will be served for those seeds.
+MAD-GAN generators (AdaGAN components) as /generate maps them, so the samples match what will be served for those seeds.
 """
 
 import functools
@@ -23,15 +23,25 @@ POINT_SEEDS = list(range(2500))  # the scatter of a toy run: enough points to se
 
 
 def sample_conditioning(
-    n: int, num_classes: int | None, num_generators: int | None, device: torch.device
+    n: int,
+    num_classes: int | None,
+    num_generators: int | None,
+    device: torch.device,
+    weights: list[float] | None = None,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """Labels and generator indices of seeds 0…n−1, mapped as /generate maps them."""
+    """Labels and generator indices of seeds 0…n−1, mapped as /generate maps them (`weights`: an AdaGAN
+    mixture's, `mixture_weights`)."""
     seeds = range(n)
-    labels, gen = seed_labels(seeds, num_classes), seed_generators(seeds, num_generators)
+    labels, gen = seed_labels(seeds, num_classes), seed_generators(seeds, num_generators, weights)
     return (
         None if labels is None else torch.tensor(labels, device=device),
         None if gen is None else torch.tensor(gen, device=device),
     )
+
+
+def _weights(g: nn.Module) -> list[float] | None:
+    """An AdaGAN mixture's component weights (training/architectures.py), None for any other G."""
+    return getattr(g, "mixture_weights", None)
 
 
 def _generate(g: nn.Module, z: torch.Tensor, labels: torch.Tensor | None, gen: torch.Tensor | None) -> torch.Tensor:
@@ -63,12 +73,12 @@ def write_samples(
     if data.kind == "image":
         # A conditional grid is one class per column (seed s has class s % num_classes).
         nrow = num_classes or math.ceil(math.sqrt(fixed_z.shape[0]))
-        labels, gen = sample_conditioning(fixed_z.shape[0], num_classes, num_generators, device)
+        labels, gen = sample_conditioning(fixed_z.shape[0], num_classes, num_generators, device, _weights(g))
         fake = _generate(g, fixed_z, labels, gen)
         png = images.png_bytes(images.grid(images.to_uint8(fake), nrow=nrow))
     else:
         z = _point_latents(config.latent_dim).to(device)
-        labels, gen = sample_conditioning(len(POINT_SEEDS), None, num_generators, device)
+        labels, gen = sample_conditioning(len(POINT_SEEDS), None, num_generators, device, _weights(g))
         fake = _generate(g, z, labels, gen)
         png = scatter_png(data.to_model_range(data.samples).cpu(), fake.cpu(), config.dataset)
     atomic_write_bytes(path, png)

@@ -159,7 +159,8 @@ class LoadedModel:
             raise ValueError(f"model {self.name} version {self.version}: {e}") from None
 
     def generators_for(self, seeds: list[int]) -> list[int] | None:
-        return seed_generators(seeds, self.num_generators)
+        """The generator of each seed: MAD-GAN's seed % k, or an AdaGAN mixture's component by its weights."""
+        return seed_generators(seeds, self.num_generators, getattr(self.generator, "mixture_weights", None))
 
     def render_seeds(self, seeds: list[int], label: int | None = None) -> torch.Tensor:
         latents = latents_from_seeds(seeds, self.latent_dim)
