@@ -372,7 +372,7 @@ def _conflicts(c: TrainConfig) -> list[str]:
         # D(x) to weight by, and MAD-GAN's (k+1)-way softmax is not that game.
         out.append(
             f"regularizer `roth` weights by D(x) = σ(logit) of the binary GAN game: use `loss` "
-            f"{' or '.join(ROTH_LOSSES)} with architecture `mlp` or `dcgan` (for critics use `r1`/`r2`), not "
+            f"{' or '.join(ROTH_LOSSES)} with architecture `mlp`, `dcgan` or `adagan` (for critics use `r1`/`r2`), not "
             f"`{c.loss}` with `{c.architecture}`"
         )
     return out

@@ -181,8 +181,10 @@ def test_roth_config_refuses_what_makes_no_sense(fields: dict[str, object], mess
         TrainConfig.model_validate({"model_name": "r", **fields})
 
 
-@pytest.mark.parametrize("loss", ["non-saturating", "minimax"])
-def test_roth_trains_two_steps_on_a_toy(loss: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("loss", "architecture"), [("non-saturating", "mlp"), ("minimax", "mlp"), ("non-saturating", "adagan")]
+)
+def test_roth_trains_two_steps_on_a_toy(loss: str, architecture: str, tmp_path: Path) -> None:
     config = TrainConfig(
         model_name="roth",
         dataset="ring-2d",
@@ -193,8 +195,10 @@ def test_roth_trains_two_steps_on_a_toy(loss: str, tmp_path: Path) -> None:
         d_hidden=[16],
         steps=2,
         loss=loss,  # type: ignore[arg-type]
+        architecture=architecture,  # type: ignore[arg-type]
+        rounds=2,  # `adagan` only: each round trains its own GAN, with the penalty, for `steps`
         regularizers=[{"name": "roth", "gamma": 2.0, "anneal": True}],  # type: ignore[list-item]
     )
     result = train(config, tmp_path / "run", data_root=tmp_path)
-    assert result.status == "completed" and result.steps_done == 2
+    assert result.status == "completed" and result.steps_done == (4 if architecture == "adagan" else 2)
     assert "roth" in result.losses and math.isfinite(result.losses["roth"]) and result.losses["roth"] > 0
