@@ -190,6 +190,7 @@ def test_metrics_count_workers_and_the_jobs_no_live_worker_can_take(client: Test
     [
         ({"batch_size": 5}, "must divide evenly among the 2 processes"),
         ({"compile": "default"}, "does not support compile"),
+        ({"architecture": "adagan"}, "does not support adagan"),
     ],
 )
 def test_a_job_several_gpus_cannot_train_is_a_422(client: TestClient, workers: WorkerStore, fields, complaint) -> None:

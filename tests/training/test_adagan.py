@@ -182,3 +182,19 @@ def test_two_rounds_on_the_ring_end_to_end(tmp_path: Path) -> None:
     g2, _ = checkpoint.load_generator(again.final_checkpoint)
     with torch.no_grad():
         torch.testing.assert_close(g2(z), g(z), rtol=0, atol=0)  # the same config trains the same mixture
+
+
+def test_two_rounds_on_images(tiny_data_root: Path, tmp_path: Path) -> None:
+    """MLP images: the mixture of BatchNorm generators is checkpointed, rebuilt and gives a grid of seeds 0..63."""
+    config = TrainConfig(
+        model_name="digits-ada", dataset="mnist", architecture="adagan", rounds=2, steps=2, batch_size=16,
+        latent_dim=8, g_hidden=[16], d_hidden=[16], eval_extractor="none",
+    )  # fmt: skip
+    result = train(config, tmp_path, data_root=tiny_data_root)
+    assert result.status == "completed" and result.final_checkpoint is not None and result.samples is not None
+    g, meta = checkpoint.load_generator(result.final_checkpoint)
+    assert meta["kind"] == "image" and meta["image_shape"] == [1, 28, 28] and g.num_generators == 2
+    z = latents_from_seeds(list(range(4)), 8)
+    with torch.no_grad():
+        out = g(z)
+    assert out.shape == (4, 1, 28, 28) and float(out.abs().max()) <= 1.0  # tanh images
