@@ -149,6 +149,32 @@ class ModelSummary(_GenerationInfo):
     visibility: str = "public"  # or `private`
 
 
+class RecipeQuality(_Answer):
+    """What a recipe reached on the server's project: metrics of one run and where they are written down."""
+
+    metrics: dict[str, float]
+    samples: int
+    feature_space: str
+    run: str
+    source: str
+
+
+class Recipe(_Answer):
+    """A named set of training defaults a job may name with `"recipe"`: the fields it sets (a job's own win)."""
+
+    name: str
+    description: str
+    datasets: list[str]
+    sets: dict[str, Any]
+    quality: RecipeQuality | None = None  # None: not measured yet (`quality_note`)
+    quality_note: str = ""
+
+
+class RecipeList(_Answer):
+    recipes: list[Recipe]
+    defaults: dict[str, str] = Field(default_factory=dict)  # dataset → the recipe a job naming none gets
+
+
 class ModelDetail(ModelSummary):
     version_info: list[ModelVersion]
 
@@ -494,6 +520,15 @@ class Client:
         body = config.model_dump(mode="json", exclude_unset=True) if isinstance(config, TrainConfig) else dict(config)
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
         return Job.model_validate_json(self._request("POST", "/train", json=body, headers=headers).content)
+
+    def recipes(self) -> RecipeList:
+        """The recipes a training job may name (GET /recipes), with what each sets and the quality it reached, and
+        the default recipe of each dataset."""
+        return RecipeList.model_validate_json(self._get("/recipes").content)
+
+    def recipe(self, name: str) -> Recipe:
+        """One recipe (GET /recipes/{name}); a GanserveError 404 `recipe_not_found` names the known ones."""
+        return Recipe.model_validate_json(self._get(f"/recipes/{_seg(name)}").content)
 
     def workers(self) -> list[Worker]:
         """Every worker that advertised itself, with `live`; needs a key with scope `admin`."""

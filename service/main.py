@@ -18,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from core.legacy import import_volume
 from core.settings import Settings, get_settings
 from service.api.errors import install_error_handlers
-from service.api.routes import datasets, generate, health, interpolate, models, ops, train, workers
+from service.api.routes import datasets, generate, health, interpolate, models, ops, recipes, train, workers
 from service.api.routes import web as web_page
 from service.background import reaper, webhooks
 from service.security.auth import install_security
@@ -135,7 +135,7 @@ def create_app(settings: Settings | None = None, tasks: Tasks | None = None) -> 
     # Request ids, metrics and JSON access lines; added late, so outside the rest: it sees every answer, 413s included.
     app.add_middleware(ObserveRequests, metrics=state.metrics, access_log=settings.log_format == "json")
     install_proxy_headers(app, settings)  # outermost: the real client, for everything inside (docs/operations.md)
-    for module in (generate, interpolate, train, datasets, models, workers, health, ops):
+    for module in (generate, interpolate, train, datasets, models, recipes, workers, health, ops):
         app.include_router(module.router)
     web_page.install(app)  # the page at / and its /static files (service/static)
     return app

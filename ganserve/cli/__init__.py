@@ -8,7 +8,7 @@ loop and evaluation for jobs), so a local answer is the server's answer for the 
 
 import typer
 
-from ganserve.cli import datasets, db, evaluation, images, jobs, keys, models, processes, secrets, workers
+from ganserve.cli import datasets, db, evaluation, images, jobs, keys, models, processes, recipes, secrets, workers
 
 HELP = """Train GANs and serve their generators: run the service, make images, train and evaluate.
 
@@ -22,6 +22,7 @@ PANELS = {
     "Images": [images.sample, images.generate, images.interpolate],
     "Training and evaluation": [
         jobs.train,
+        recipes.recipes,
         jobs.jobs,
         jobs.job,
         jobs.cancel,

@@ -71,10 +71,11 @@ def read_config(path: Path) -> "TrainConfig":
     """The job file, validated exactly as the body of POST /train; exit code 2 when it is not valid."""
     import pydantic
 
+    from core.recipes import SUBMITTED
     from core.train_config import TrainConfig
 
-    try:
-        return TrainConfig.model_validate_json(path.read_bytes())
+    try:  # as submitted: a job naming neither a recipe nor an architecture gets its dataset's default recipe
+        return TrainConfig.model_validate_json(path.read_bytes(), context={SUBMITTED: True})
     except OSError as e:
         raise fail(f"cannot read {path}: {e}", 2) from None
     except pydantic.ValidationError as e:

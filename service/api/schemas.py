@@ -5,6 +5,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, FiniteFloat, model_validator
 
+from core import recipes
 from core.jobs import EpochRecord, JobRecord
 from core.model_names import Visibility
 from core.records import JobStatus
@@ -113,6 +114,13 @@ class TrainRequest(TrainConfig):
         "already owns keeps its visibility (its owner changes it).",
         examples=["private"],
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_recipe(cls, data: Any) -> Any:
+        # A job submitted over HTTP naming neither a recipe nor an architecture gets its dataset's default recipe
+        # (TrainConfig does this only for a validation context that says "submitted", which FastAPI cannot pass).
+        return recipes.resolve(data, submitted=True)
 
     def train_config(self) -> TrainConfig:
         """The job's configuration, without the webhook, the resources and the name's visibility."""
@@ -312,3 +320,14 @@ class ModelAccess(BaseModel):
     visibility: Visibility
     grants: list[str] = Field(description="The keys granted read access: a private model is served to them too.")
     created_at: datetime = Field(description="When the name was claimed.")
+
+
+class RecipeList(BaseModel):
+    """GET /recipes: every recipe a job may name (core/recipes.py)."""
+
+    recipes: list[recipes.Recipe]
+    defaults: dict[str, str] = Field(
+        description="Dataset → the recipe a job on it gets when it names neither a recipe nor an architecture; a "
+        "dataset not listed keeps TrainConfig's own defaults.",
+        examples=[{"mnist": "mnist-mlp"}],
+    )

@@ -197,6 +197,24 @@ $("train-form").addEventListener("submit", async (e) => {
 
 $("refresh-jobs").addEventListener("click", loadJobs);
 
+/** The recipe picker: GET /recipes, each with what it reached here (or "not measured yet"); its fields are the
+ * job's defaults, and a field filled in on the form overrides them. Left at "the dataset's default", the server
+ * picks the dataset's best measured recipe. */
+async function loadRecipes() {
+  const response = await fetch("/recipes");
+  if (!response.ok) return; // a private server answers 401 without a generate key: the default stays
+  const picker = $("recipe");
+  const known = await response.json();
+  for (const r of known.recipes) {
+    const q = r.quality ? `FID ${r.quality.metrics.fid}` : "not measured yet";
+    const option = new Option(`${r.name} (${r.datasets.join(", ")}; ${q})`, r.name);
+    option.title = r.description;
+    picker.add(option);
+  }
+  const defaults = Object.entries(known.defaults).map(([dataset, name]) => `${dataset}: ${name}`);
+  if (defaults.length) picker.options[0].textContent = `the dataset's default (${defaults.join(", ")})`;
+}
+
 async function loadJobs() {
   if (!$("key").value.trim()) {
     $("jobs-status").textContent = "Enter an API key to see the jobs.";
@@ -386,3 +404,4 @@ $("sample-epoch").addEventListener("change", (event) => {
 });
 
 loadModels();
+loadRecipes();

@@ -134,6 +134,10 @@ def walk(page, base_url: str, key: str, shots: str) -> None:
     assert "epochs" in page.text_content("#train-errors")
 
     page.fill(f"{form} [name=epochs]", "3")
+    # The recipe picker is filled from GET /recipes; the form's own fields override the recipe's.
+    page.wait_for_selector(f"{form} [name=recipe] option[value=mnist-dcgan]", state="attached")
+    assert "FID 47.9" in page.text_content(f"{form} [name=recipe] option[value=mnist-mlp]")
+    page.select_option(f"{form} [name=recipe]", "mnist-mlp")
     page.fill(f"{form} [name=batch_size]", "64")
     page.fill(f"{form} [name=max_samples]", "256")
     page.click(f"{form} button[type=submit]")

@@ -15,6 +15,7 @@ from svc_support import AUTH, DEFAULT_MODEL, TRAIN_KEY, FakeSender, bearer
 from core import db as tables
 from core.db import connect
 from core.jobs import JobStore
+from core.recipes import RECIPES
 from core.submissions import IDEMPOTENCY_TTL
 
 BODY = {"model_name": "my-digits", "epochs": 2, "max_samples": 256}
@@ -47,9 +48,23 @@ def test_the_same_job_written_differently_is_the_same_request(client: TestClient
         "/train", content=reordered, headers={"Idempotency-Key": "spacing", "content-type": "application/json"}
     )
     assert r.status_code == 202 and r.json()["id"] == first
-    # A default spelled out is the same job too: the job is compared as validated.
-    assert post(client, "spacing", {**BODY, "batch_size": 128}).json()["id"] == first
+    # A default spelled out is the same job too: the job is compared as validated (MNIST's default recipe,
+    # mnist-mlp, sets batch 64), and so is the default recipe named.
+    assert post(client, "spacing", {**BODY, "batch_size": 64}).json()["id"] == first
+    assert post(client, "spacing", {**BODY, "recipe": "mnist-mlp"}).json()["id"] == first
     assert len(sender.sent) == 1
+
+
+def test_a_recipe_spelled_out_without_its_name_is_another_request(client: TestClient, sender: FakeSender) -> None:
+    """The recipe's name is part of the validated config (the record shows it), so the same fields sent without it
+    are another job: the Idempotency-Key of the first is a 422 for them, as for any other job."""
+    named = {**BODY, "recipe": "mnist-dcgan"}
+    first = post(client, "recipe", named).json()["id"]
+    spelled = {**BODY, **RECIPES["mnist-dcgan"].sets}
+    r = post(client, "recipe", spelled)
+    assert r.status_code == 422 and r.json()["error"] == "idempotency_key_reused"
+    assert post(client, "recipe", named).json()["id"] == first
+    assert sender.sent == [first]
 
 
 def test_the_same_idempotency_key_for_another_job_is_422(client: TestClient, sender: FakeSender) -> None:
