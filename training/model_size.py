@@ -50,7 +50,9 @@ def count_parameters(config: TrainConfig, shape: tuple[int, ...] | None = None, 
         num_classes = BUILTIN_CLASSES.get(config.dataset)
     with torch.device("meta"):  # shapes only: nothing allocated, nothing initialised
         g, d = build_models(config, sample_shape(config, shape), num_classes)
-    return sum(p.numel() for p in g.parameters()) + sum(p.numel() for p in d.parameters())
+    # An AdaGAN run keeps (and publishes) `rounds` generators like `g`, one per round.
+    copies = config.rounds if config.architecture == "adagan" else 1
+    return copies * sum(p.numel() for p in g.parameters()) + sum(p.numel() for p in d.parameters())
 
 
 def job_parameters(config: TrainConfig, datasets: DatasetStore, owner: str | None, any_owner: bool) -> int | None:

@@ -198,3 +198,15 @@ def test_two_rounds_on_images(tiny_data_root: Path, tmp_path: Path) -> None:
     with torch.no_grad():
         out = g(z)
     assert out.shape == (4, 1, 28, 28) and float(out.abs().max()) <= 1.0  # tanh images
+
+
+def test_the_size_limit_counts_every_round_generator() -> None:
+    """GANSERVE_MAX_MODEL_PARAMETERS sees T generators for an adagan job: T·G + D."""
+    from training.model_size import count_parameters
+
+    one = TrainConfig(model_name="a", dataset="ring-2d", g_hidden=[16], d_hidden=[8])
+    five = one.model_copy(update={"architecture": "adagan", "rounds": 5})
+    g = 100 * 16 + 16 + 16 * 2 + 2  # z of 100 → 16 → 2, with biases
+    d = 2 * 8 + 8 + 8 + 1  # 2 → 8 → 1
+    assert count_parameters(one) == g + d
+    assert count_parameters(five) == 5 * g + d
