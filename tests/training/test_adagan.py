@@ -210,3 +210,24 @@ def test_the_size_limit_counts_every_round_generator() -> None:
     d = 2 * 8 + 8 + 8 + 1  # 2 → 8 → 1
     assert count_parameters(one) == g + d
     assert count_parameters(five) == 5 * g + d
+
+
+def test_reweighting_moves_the_mass_off_a_mode_the_mixture_covers(tmp_path: Path) -> None:
+    """A mixture stuck on the ring's mode 0 (a G that outputs its mean): the classifier's ratio gives mode 0's
+    points weight ~0 and the seven missed modes ~1/7 each."""
+    from training import architectures, toy
+    from training.data import load_to_device
+
+    config = TrainConfig(model_name="a", dataset="ring-2d", architecture="adagan", latent_dim=2, max_samples=8000)
+    data = load_to_device(config, tmp_path, torch.device("cpu"))
+    stuck = architectures.AdaGANMixture(architectures._mlp_g_spec(config, (2,), "linear", None), [1.0])
+    with torch.no_grad():
+        for p in stuck.parameters():
+            p.zero_()
+        stuck.generators[0].net[-1].bias.copy_(toy.get("ring-2d").means[0])
+    w = adagan.reweight(config, data, stuck.eval(), 0.5, 200, torch.device("cpu"))
+    mode = torch.cdist(data.samples.double(), toy.get("ring-2d").means).argmin(1)
+    per_mode = torch.stack([w[mode == k].sum() for k in range(8)])
+    assert float(w.sum()) == pytest.approx(1.0, abs=1e-9)
+    assert float(per_mode[0]) < 0.01
+    torch.testing.assert_close(per_mode[1:], torch.full((7,), 1 / 7, dtype=torch.float64), atol=0.02, rtol=0)
