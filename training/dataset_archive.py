@@ -496,7 +496,9 @@ class _Reader:
                         raise _link(info.filename)
                     if mode and stat.S_IFMT(mode) not in (0, stat.S_IFREG, stat.S_IFDIR):
                         raise _special(info.filename)
-                    if info.is_dir():
+                    # A damaged central directory can name an entry "" (ZipInfo.is_dir would fail on it): as
+                    # with any entry whose path has no parts, there is nothing to read.
+                    if not info.filename or info.is_dir():
                         continue
                     if info.flag_bits & 0x1:
                         raise _bad_entry(

@@ -443,3 +443,17 @@ def test_any_damaged_upload_is_read_or_refused_never_an_error(kind: str, edits, 
             read_archive(io.BytesIO(bytes(data)), Path(folder), LIMITS)
         except DatasetRejected as e:
             assert e.status in (413, 422) and e.message
+
+
+def test_a_zip_entry_with_an_empty_name_is_passed_over() -> None:
+    """Found by the test above (CI, 2026-12-05): a damaged central directory naming an entry "" made zipfile's
+    ZipInfo.is_dir raise IndexError, a 500. Such an entry has nothing to read, like any entry whose path has no
+    parts; the images beside it are read."""
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr(zipfile.ZipInfo(""), b"x")
+        zf.writestr("a/1.png", png(grey(1)))
+        zf.writestr("b/2.png", png(grey(2)))
+    archive.seek(0)
+    with tempfile.TemporaryDirectory() as folder:
+        read_archive(archive, Path(folder), LIMITS)
