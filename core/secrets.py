@@ -14,11 +14,12 @@ carries no password gets the file's.
 import os
 import re
 import secrets
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
+
+from core.files import atomic_write_bytes
 
 # Who reads what, in docker-compose.yml. ganserve runs as 10001:10001 (Dockerfile); the redis images run
 # redis-server as uid 999; PostgreSQL's and MinIO's entrypoints read their files as root, as do the
@@ -55,21 +56,9 @@ def generate() -> str:
 
 
 def _write(path: Path, text: str, uid: int, gid: int, mode: int) -> None:
-    """Write `text` to `path` whole (a temporary file renamed over it), with its owner and mode set before a
-    byte is written. The owner is set only as root (elsewhere: tests, a folder of one's own)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, mode)
-        if os.geteuid() == 0:
-            os.fchown(fd, uid, gid)
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write `text` to `path` whole, with its owner and mode set before a byte is written. The owner is set only
+    as root (elsewhere: tests, a folder of one's own)."""
+    atomic_write_bytes(path, text.encode(), mode, (uid, gid) if os.geteuid() == 0 else None)
 
 
 def init_secrets(folder: Path, environ: Mapping[str, str]) -> list[tuple[str, str]]:
