@@ -80,35 +80,20 @@ def _check_caps(config: TrainConfig, settings: Settings, state: StateDep, princi
     """This server's own bounds, tighter than (or equal to) TrainConfig's: epochs, steps, runtime, checkpoints kept
     and the networks' size (422). The storage quota is checked with the submission (`_check_quota`), after an
     Idempotency-Key replay, so that a retry gets its job back whatever the key has stored since."""
-    if config.epochs > settings.max_epochs:
-        raise validation_error(
-            ("body", "epochs"),
-            f"Input should be less than or equal to {settings.max_epochs} (this server's GANSERVE_MAX_EPOCHS)",
-            config.epochs,
-            "less_than_equal",
-        )
-    if config.steps is not None and config.steps > settings.max_steps:
-        raise validation_error(
-            ("body", "steps"),
-            f"Input should be less than or equal to {settings.max_steps} (this server's GANSERVE_MAX_STEPS)",
-            config.steps,
-            "less_than_equal",
-        )
-    if config.max_runtime_s is not None and config.max_runtime_s > settings.max_runtime_s:
-        raise validation_error(
-            ("body", "max_runtime_s"),
-            f"Input should be less than or equal to {settings.max_runtime_s} (this server's GANSERVE_MAX_RUNTIME_S)",
-            config.max_runtime_s,
-            "less_than_equal",
-        )
-    if config.keep_checkpoints is not None and config.keep_checkpoints > settings.max_keep_checkpoints:
-        raise validation_error(
-            ("body", "keep_checkpoints"),
-            f"Input should be less than or equal to {settings.max_keep_checkpoints} (this server's "
-            "GANSERVE_MAX_KEEP_CHECKPOINTS)",
-            config.keep_checkpoints,
-            "less_than_equal",
-        )
+    caps = [
+        ("epochs", config.epochs, settings.max_epochs, "GANSERVE_MAX_EPOCHS"),
+        ("steps", config.steps, settings.max_steps, "GANSERVE_MAX_STEPS"),
+        ("max_runtime_s", config.max_runtime_s, settings.max_runtime_s, "GANSERVE_MAX_RUNTIME_S"),
+        ("keep_checkpoints", config.keep_checkpoints, settings.max_keep_checkpoints, "GANSERVE_MAX_KEEP_CHECKPOINTS"),
+    ]
+    for field, value, limit, setting in caps:
+        if value is not None and value > limit:
+            raise validation_error(
+                ("body", field),
+                f"Input should be less than or equal to {limit} (this server's {setting})",
+                value,
+                "less_than_equal",
+            )
     any_owner = Scope.admin in principal.scopes
     parameters = job_parameters(config, DatasetStore(state.db), principal.name, any_owner)
     if parameters is not None and parameters > settings.max_model_parameters:
