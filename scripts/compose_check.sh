@@ -289,16 +289,22 @@ sys.exit(0 if without[0].startswith("-NOAUTH") and with_it == ["+OK", "+PONG"] e
 PY
 
 BASE_URL=http://127.0.0.1:$PORT
+# wait_ready LABEL: poll /readyz for up to 120 s; fails naming LABEL and the last answer. Healthy (/healthz) comes
+# first; ready once the render process has loaded its models.
+wait_ready() {
+    local t0=$SECONDS
+    while :; do
+        code=$(curl -s -o "$CACHE/readyz.json" -w '%{http_code}' "$BASE_URL/readyz")
+        [ "$code" = 200 ] || [ $((SECONDS - t0)) -ge 120 ] && break
+        sleep 1
+    done
+    [ "$code" = 200 ] || fail "$1 answered $code: $(cat "$CACHE/readyz.json")"
+    ready_after=$((SECONDS - t0))
+}
+
 step "GET /readyz"
-# Healthy (/healthz) comes first; ready once the render process has loaded its models.
-t0=$SECONDS
-while :; do
-    code=$(curl -s -o "$CACHE/readyz.json" -w '%{http_code}' "$BASE_URL/readyz")
-    [ "$code" = 200 ] || [ $((SECONDS - t0)) -ge 120 ] && break
-    sleep 1
-done
-[ "$code" = 200 ] || fail "/readyz answered $code: $(cat "$CACHE/readyz.json")"
-echo "    (ready after $((SECONDS - t0)) s of polling)"
+wait_ready "/readyz"
+echo "    (ready after $ready_after s of polling)"
 ok "200 $(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print({k: (v.get("ok", v) if isinstance(v, dict) else v) for k, v in d.get("checks", d).items()})' "$CACHE/readyz.json" 2>/dev/null || head -c 300 "$CACHE/readyz.json")"
 
 png_check() { # png_check QUERY LABEL
@@ -366,12 +372,6 @@ ok "secrets generated into the onebox project's own volume"
 wait_completed secrets 120
 wait_healthy redis 300
 wait_healthy api 300
-t0=$SECONDS
-while :; do
-    code=$(curl -s -o "$CACHE/readyz.json" -w '%{http_code}' "$BASE_URL/readyz")
-    [ "$code" = 200 ] || [ $((SECONDS - t0)) -ge 120 ] && break
-    sleep 1
-done
-[ "$code" = 200 ] || fail "onebox /readyz answered $code: $(cat "$CACHE/readyz.json")"
-ok "/readyz 200 after $((SECONDS - t0)) s of polling"
+wait_ready "onebox /readyz"
+ok "/readyz 200 after $ready_after s of polling"
 png_check "seed=1" "onebox, bundled mnist-mlp"
