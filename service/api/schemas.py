@@ -183,6 +183,7 @@ class TrainingSummary(BaseModel):
     step: int | None = Field(None, description="Generator steps completed.")
     losses: dict[str, float] = Field(default_factory=dict, description="Final losses.")
     created_at: datetime | None = None
+    recipe: str | None = Field(None, description="The recipe the job named or was given (GET /recipes); null: none.")
 
 
 class GenerationInfo(BaseModel):
@@ -222,6 +223,36 @@ class ModelVersionInfo(GenerationInfo):
     )
 
 
+class ModelCard(BaseModel):
+    """A model's card in brief: how it was trained and how good its samples are, next to what real data scores.
+    Figures are measured, never estimated: null where nothing was measured."""
+
+    recipe: str | None = Field(
+        None,
+        description="The recipe of the served version's training job (GET /recipes/{name}); for a bundled model "
+        "without one in its training config, its card's. Null: none was named.",
+        examples=["mnist-dcgan"],
+    )
+    fid: float | None = Field(None, description="FID of the served version's samples (lower is better).")
+    n: int | None = Field(None, description="Generated images measured, against as many real ones.")
+    extractor: str | None = Field(
+        None, description="The feature space of `fid`, `precision` and `recall`.", examples=["mnist-cnn-v1"]
+    )
+    precision: float | None = Field(None, description="Share of generated images on the real manifold.")
+    recall: float | None = Field(None, description="Share of real images on the generated manifold.")
+    fid_floor: float | None = Field(
+        None,
+        description="FID of held-out real images against the training images at the same `n` and `extractor`: "
+        "what real data scores, the floor for `fid`. Null: not measured at that n.",
+    )
+    source: str | None = Field(
+        None,
+        description="Where the figures come from: a bundled model's card (its path, e.g. "
+        "`service/bundled/mnist-mlp/README.md`, not served over HTTP), or `evaluation` (the newest "
+        "POST /models/{name}/evaluate result of the served version, listed by GET /models/{name}). Null: none.",
+    )
+
+
 class ModelSummary(GenerationInfo):
     name: str
     source: Literal["volume", "bundled"]
@@ -237,6 +268,9 @@ class ModelSummary(GenerationInfo):
     )
     visibility: Literal["public", "private"] = Field(
         "public", description="`public`: served to every caller; `private`: its owner, admin keys and grantees."
+    )
+    card: ModelCard = Field(
+        default_factory=ModelCard, description="The served version's recipe and sample quality, in brief."
     )
 
 

@@ -602,6 +602,8 @@ class ModelRegistry:
             "training": info.get("training"),
             "error": info.get("error"),
             **{k: info.get(k) for k in GENERATION_FIELDS},
+            # Not in the API's summary: which weights `latest_version`'s evaluations must have measured (its card).
+            "weights_sha256": versions[latest] if latest is not None else None,
         }
 
 
@@ -760,6 +762,7 @@ def _training(meta: dict[str, Any], created: datetime | None) -> dict[str, Any]:
         "step": meta.get("step"),
         "losses": {k: float(v) for k, v in losses.items() if isinstance(v, int | float)},
         "created_at": created,
+        "recipe": config.get("recipe"),
     }
 
 

@@ -78,15 +78,47 @@ async function loadModels(select) {
   const picker = $("model");
   const keep = select || picker.value;
   picker.replaceChildren(
-    ...models.map((m) => new Option(`${m.name} (v${m.latest_version}${m.conditional ? ", conditional" : ""})`, m.name)),
+    ...models.map((m) => {
+      const fid = m.card && typeof m.card.fid === "number" ? `, FID ${m.card.fid.toFixed(1)}` : "";
+      return new Option(`${m.name} (v${m.latest_version}${m.conditional ? ", conditional" : ""}${fid})`, m.name);
+    }),
   );
   if (models.some((m) => m.name === keep)) picker.value = keep;
   if (!models.length) $("play-status").textContent = "No image model is served yet: train one in the Training tab.";
   modelChanged();
 }
 
+/** A model's card in brief (GET /models' `card`) as three lines: its recipe, its sample quality next to what
+ * real data scores at the same n, and where the figures come from. */
+function cardLines(card) {
+  const c = card || {};
+  const num = (x, digits) => (typeof x === "number" ? x.toFixed(digits) : "–");
+  let quality = "FID not measured";
+  if (typeof c.fid === "number" || typeof c.precision === "number") {
+    const floor = typeof c.fid_floor === "number"
+      ? `real data: ${num(c.fid_floor, 1)} at n = ${c.n}`
+      : `at n = ${c.n}; real data not measured at this n`;
+    quality = `FID ${num(c.fid, 1)} (${floor}); precision ${num(c.precision, 2)}, recall ${num(c.recall, 2)}`;
+    if (c.extractor) quality += ` (${c.extractor} features)`;
+  }
+  let source = "none";
+  if (c.source === "evaluation") source = "the newest evaluation of this version (POST /models/{name}/evaluate)";
+  else if (c.source) source = `model card ${c.source} (in the repository; not served here)`;
+  return { recipe: c.recipe || "none named", quality, source };
+}
+
+function showCard(model) {
+  $("model-card").hidden = !model;
+  if (!model) return;
+  const lines = cardLines(model.card);
+  $("card-recipe").textContent = lines.recipe;
+  $("card-quality").textContent = lines.quality;
+  $("card-source").textContent = lines.source;
+}
+
 function modelChanged() {
   const model = currentModel();
+  showCard(model);
   const labels = $("label");
   const classes = model && model.conditional ? model.num_classes || 0 : 0;
   $("label-field").hidden = classes === 0;
@@ -206,7 +238,8 @@ async function loadRecipes() {
   const picker = $("recipe");
   const known = await response.json();
   for (const r of known.recipes) {
-    const q = r.quality ? `FID ${r.quality.metrics.fid}` : "not measured yet";
+    const fid = r.quality && r.quality.metrics.fid;
+    const q = r.quality ? `FID ${typeof fid === "number" ? fid : "–"} at n = ${r.quality.samples}` : "not measured yet";
     const option = new Option(`${r.name} (${r.datasets.join(", ")}; ${q})`, r.name);
     option.title = r.description;
     picker.add(option);

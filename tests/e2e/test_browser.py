@@ -100,6 +100,8 @@ def walk(page, base_url: str, key: str, shots: str) -> None:
     page.wait_for_function(loaded("image", "seed=42"))
     page.wait_for_function(loaded("grid", "count=16"))
     assert page.is_hidden("#label-field")  # no class picker: the default model is not conditional
+    page.wait_for_selector("#model-card", state="visible")  # its card in brief (GET /models' `card`)
+    assert page.text_content("#card-quality").startswith("FID")  # its figures, or "FID not measured"
     curl = page.text_content("#curl")
     assert curl.startswith(f"curl -o {default}-42.png '{base_url}/generate?") and "seed=42" in curl
     href = page.get_attribute("#download", "href")
@@ -184,5 +186,6 @@ def walk(page, base_url: str, key: str, shots: str) -> None:
     page.wait_for_function(loaded("image", "model=web-digits"))
     page.wait_for_function(loaded("grid", "model=web-digits"))
     page.wait_for_function(loaded("strip", "model=web-digits"))  # the interpolation follows the model
+    assert page.text_content("#card-recipe") == "mnist-mlp"  # the recipe its job named, from its card
     screenshot(page, f"{shots}4-playground-new-model")
     assert page.js_errors == []

@@ -1,5 +1,6 @@
-"""`/models`: what can be served, and how good it is (evaluation jobs); who a model belongs to and who may be
-served it (PATCH /models/{name}, /models/{name}/grants: core/model_names.py).
+"""`/models`: what can be served, and how good it is (evaluation jobs, and each model's card in brief:
+service/api/cards.py); who a model belongs to and who may be served it (PATCH /models/{name},
+/models/{name}/grants: core/model_names.py).
 
 A model name belongs to the key that claimed it (its first publisher); its owner, or an `admin` key, changes its
 visibility and its grants and evaluates it. Another key that may read the name (public, or granted) gets a 403
@@ -10,7 +11,7 @@ its record and its nearest-neighbours image show the model's training images.
 """
 
 import logging
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Path, Response, status
 
@@ -21,6 +22,7 @@ from core.model_versions import ModelVersions
 from core.records import JobStatus, now
 from core.tasks import EVALUATE_TASK
 from service.api.blobs import png_blob
+from service.api.cards import model_card
 from service.api.errors import APIError, broker_unavailable, error_responses
 from service.api.schemas import ModelAccess, ModelDetail, ModelList, ModelSummary, VisibilityChange
 from service.security.auth import Principal, TrainKey, public_generate
@@ -43,7 +45,8 @@ KeyName = Annotated[
 def list_models(state: StateDep, principal: Annotated[Principal | None, Depends(public_generate)]) -> ModelList:
     """The models the caller may be served (a private one only to its owner, its grantees and admin keys)."""
     key, admin = _reader(principal)
-    return ModelList(models=[ModelSummary.model_validate(m) for m in state.registry.list_models(key, admin=admin)])
+    listed = state.registry.list_models(key, admin=admin)
+    return ModelList(models=[ModelSummary.model_validate(_with_card(state, m)) for m in listed])
 
 
 @router.get(
@@ -59,9 +62,15 @@ def get_model(
     """A private model the caller may not read is a 404 as for a name that does not exist."""
     key, admin = _reader(principal)
     try:
-        return ModelDetail.model_validate(state.registry.describe(name, key, admin=admin))
+        described = state.registry.describe(name, key, admin=admin)
     except ModelNotFound as e:
         raise APIError(404, "model_not_found", str(e), detail={"available": e.available}) from None
+    return ModelDetail.model_validate(_with_card(state, described))
+
+
+def _with_card(state: AppState, summary: dict[str, Any]) -> dict[str, Any]:
+    """The registry's summary and the model's card in brief (service/api/cards.py)."""
+    return {**summary, "card": model_card(summary, state.settings.bundled_models_dir, state.evaluations)}
 
 
 def _reader(principal: Principal | None) -> tuple[str | None, bool]:
