@@ -13,7 +13,7 @@ from core.train_config import TrainConfig
 from training import distributed, losses, regularizers
 from training.data import DeviceDataset
 from training.distributed import World
-from training.nets import Nets, build_nets, call_g, ema_update
+from training.nets import Nets, build_nets, call_g, ema_decay, ema_update
 from training.unrolled import DFn, unrolled_discriminator
 
 LOSS_KEYS = ("d_loss", "g_loss", "d_real", "d_fake")
@@ -169,7 +169,7 @@ def g_step(s: Step, step: int) -> torch.Tensor:
     finally:
         nets.d.requires_grad_(True)
     if nets.ema is not None:
-        ema_update(nets.ema, nets.g, s.config.ema or 0.0)
+        ema_update(nets.ema, nets.g, ema_decay(s.config.ema or 0.0, step))
     for scheduler in nets.schedulers:
         scheduler.step()
     return loss.detach()
