@@ -44,8 +44,8 @@ class EpochRecord(BaseModel):
     losses: dict[str, FiniteFloat] = Field(description="Means over the epoch (null: not finite).")
     evaluation: Annotated[dict[str, Any] | None, AfterValidator(finite_json)] = Field(
         None,
-        description="Sample-quality metrics measured at the end of this epoch (every `eval_every` epochs), "
-        "with the feature extractor they were measured in.",
+        description="Sample-quality metrics measured at the end of this epoch (every `eval_every` epochs, or on the "
+        "default budget schedule), with the feature extractor they were measured in.",
     )
 
 

@@ -277,7 +277,9 @@ class TrainConfig(BaseModel):
     eval_every: int | None = Field(
         None,
         ge=1,
-        description="Measure sample quality every N epochs and after the last (default: `sample_every`).",
+        description="Measure sample quality every N epochs and after the last. Default (null): the budget "
+        "schedule, as often as keeps evaluation within 10 % of the job's wall time, the last epoch normally "
+        "included; a short job whose evaluation costs more is not measured, and its record says why.",
     )
     eval_samples: int = Field(
         1000,

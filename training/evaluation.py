@@ -1,7 +1,6 @@
-"""Evaluating a generator: in the loop every `eval_every` epochs, so that a job's quality can be watched as it
-trains, and on demand for a published model (`ganserve evaluate`, the worker's evaluation jobs). This
-module loads what is measured (generated samples, real images, the extractor); training/metrics.py computes the
-numbers.
+"""Evaluating a generator: in the loop, so that a job's quality can be watched as it trains, and on demand for
+a published model (`ganserve evaluate`, the worker's evaluation jobs). This module loads what is measured
+(generated samples, real images, the extractor); training/metrics.py computes the numbers.
 
 In the loop. Images: FID, KID, IS, precision/recall, coverage and nearest-neighbour distance of `eval_samples`
 generated images against as many training images, in the feature space of the extractor the config names. Toy
@@ -10,7 +9,16 @@ seed → latent mapping), so a change in the curve is a change in G, not in the 
 
 `build_evaluator` decides once, before the first step, whether evaluation can run: an extractor named
 in the config that cannot load fails the job there (before hours of training), `auto` skips with the
-reason (reported in the job record), and a toy 1-D dataset has nothing to measure.
+reason (reported in the job record), and a toy 1-D dataset has nothing to measure. Embedding a few of the
+real reference images calibrates the first evaluation's expected cost; the first evaluation embeds them all,
+once (every evaluation compares against the same ones).
+
+When. An explicit `eval_every` N measures every N epochs and after the last. By default (`eval_every: null`)
+measuring must not eat the training: `EvalSchedule` measures at an epoch end only while the seconds spent
+evaluating, this evaluation's expected cost included, stay within `EVAL_BUDGET` of the job's wall time so far
+(`within_budget`), keeping one more evaluation's cost in reserve before the last epoch so that the final
+model is normally measured. A short job whose evaluation costs more than a tenth of it is not measured at all,
+and its record says why (`EvalSchedule.skipped_because`).
 
 On demand, `evaluate_model` measures a published model as the loop does (the same seeds, the same fixed choice
 of training images), and `real_floor` measures held-out real images against training images: the floor a GAN's
@@ -18,6 +26,8 @@ numbers are read against.
 """
 
 import functools
+import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +41,7 @@ from core.train_config import TrainConfig
 from training import checkpoint, toy
 from training.classifier import holdout_split
 from training.data import DeviceDataset, load_training_data, to_model_range
-from training.features import ExtractorUnavailable, load_extractor
+from training.features import Embedding, ExtractorUnavailable, load_extractor
 from training.latents import latents_from_seeds
 from training.metrics import ImageMetrics, evaluate_images, mode_metrics, nearest_neighbour_png
 from training.nets import call_g
@@ -40,12 +50,26 @@ from training.samples import sample_conditioning
 EVAL_BATCH = 500  # G forwards per chunk: bounds the activations of a large eval_samples
 MIN_EVAL_IMAGES = 10  # below this FID/KID/precision are noise (and KID needs 2 per set)
 REAL_SUBSET_SEED = 1234  # which training images are the reference: fixed, and not the shuffling seed
+EVAL_BUDGET = 0.10  # the default schedule's share of a job's wall time spent measuring it
+# The first evaluation's expected cost, before one has been timed, from a calibration when the evaluator is
+# built: embedding CALIBRATION_IMAGES real images, scaled to `eval_samples`. The first evaluation embeds the real
+# reference images (then cached), then as many generated ones, and computes the metrics, which costs about
+# FIRST_COST_FACTOR embeddings more: measured on the MNIST classifier, one CPU thread, 1,000 images: 0.42 s to
+# embed, 1.05 s per evaluation with the real features cached; a heavier extractor's embedding dominates more,
+# so 2 errs towards measuring early. The first metrics computed in a process also import torchmetrics (1.1 to
+# 1.7 s here, pulling in matplotlib): FIRST_METRICS_S is added while that is still to come. Paid at build, that
+# import alone would be more than a tenth of a short job that then never measures anything.
+CALIBRATION_IMAGES = 100
+FIRST_COST_FACTOR = 2.0
+FIRST_METRICS_S = 1.5
 
 
 @dataclass(frozen=True)
 class Evaluator:
     extractor: str  # named in every result: FIDs from different feature spaces are not comparable
     run: Callable[[nn.Module], dict[str, Any]]
+    setup_s: float = 0.0  # what calibrating it cost: evaluation time, budgeted too
+    estimate_s: float = 0.0  # the first evaluation's expected cost, before one has been timed
 
 
 @dataclass(frozen=True)
@@ -108,19 +132,33 @@ def _image_evaluator(
     n = min(config.eval_samples, data.n)
     if n < MIN_EVAL_IMAGES:
         return EvaluationPlan(None, f"{data.n} training images are too few to measure (at least {MIN_EVAL_IMAGES})")
-    real = _real_subset(data, n)
+    real = _real_subset(data, n).clamp(-1, 1)
+    t0 = time.monotonic()
+    extractor.embed(real[:CALIBRATION_IMAGES])
+    setup_s = time.monotonic() - t0
+    embed_s = setup_s * n / min(n, CALIBRATION_IMAGES)
+    first_s = (1 + FIRST_COST_FACTOR) * embed_s + (0.0 if "torchmetrics" in sys.modules else FIRST_METRICS_S)
     num_classes = data.num_classes if config.conditional else None
+    real_features: list[Embedding] = []  # embedded at the first evaluation, once: every one compares against them
 
     def run(g: nn.Module) -> dict[str, Any]:
+        if not real_features:
+            real_features.append(extractor.embed(real))
         fake = generate(g, n, config.latent_dim, num_classes, num_generators, device)
-        return evaluate_images(fake, real, extractor).to_dict()
+        return evaluate_images(fake, real, extractor, real_features=real_features[0]).to_dict()
 
-    return EvaluationPlan(Evaluator(extractor.name, run), None)
+    return EvaluationPlan(Evaluator(extractor.name, run, setup_s, first_s), None)
 
 
-def _toy_evaluator(config: TrainConfig, num_generators: int | None, device: torch.device) -> EvaluationPlan:
+def _toy_evaluator(
+    config: TrainConfig, data: DeviceDataset, num_generators: int | None, device: torch.device
+) -> EvaluationPlan:
     if toy.get(config.dataset).n_modes < 2:
         return EvaluationPlan(None, f"{config.dataset} has one mode: there is no mode coverage to measure")
+    # Calibration: scoring real points as the generated ones will be (nothing to cache: the modes are known).
+    t0 = time.monotonic()
+    mode_metrics(data.samples[: config.eval_samples].float().cpu(), config.dataset)
+    setup_s = time.monotonic() - t0
 
     def run(g: nn.Module) -> dict[str, Any]:
         fake = generate(g, config.eval_samples, config.latent_dim, None, num_generators, device)
@@ -133,7 +171,7 @@ def _toy_evaluator(config: TrainConfig, num_generators: int | None, device: torc
             "n_fake": config.eval_samples,
         }
 
-    return EvaluationPlan(Evaluator("toy-mode-metrics", run), None)
+    return EvaluationPlan(Evaluator("toy-mode-metrics", run, setup_s, FIRST_COST_FACTOR * setup_s), None)
 
 
 def build_evaluator(
@@ -142,13 +180,66 @@ def build_evaluator(
     if config.eval_extractor == "none":
         return EvaluationPlan(None, "turned off (eval_extractor: none)")
     if data.kind == "points":
-        return _toy_evaluator(config, num_generators, device)
+        return _toy_evaluator(config, data, num_generators, device)
     return _image_evaluator(config, data, num_generators, device)
 
 
-def due(config: TrainConfig, epoch: int, epochs: int) -> bool:
-    every = config.eval_every or config.sample_every
+def due(every: int, epoch: int, epochs: int) -> bool:
+    """An explicit `eval_every`: every `every` epochs, and after the last."""
     return epoch % every == 0 or epoch == epochs
+
+
+def within_budget(*, spent_s: float, expected_s: float, elapsed_s: float, last: bool) -> bool:
+    """Whether an evaluation expected to take `expected_s` keeps the evaluating seconds (`spent_s` so far, plus
+    this one) within `EVAL_BUDGET` of the job's wall time (`elapsed_s` so far, plus this one). Before the last
+    epoch one more evaluation's cost stays in reserve: then the budget still holds one at the end, when the
+    model users will see is measured."""
+    reserve = 0.0 if last else expected_s
+    return spent_s + expected_s + reserve <= EVAL_BUDGET * (elapsed_s + expected_s)
+
+
+@dataclass
+class EvalSchedule:
+    """When the loop measures: every `every` epochs when the config names it, else by `within_budget` on
+    `clock` (wall time since `start`, the job's start). `run` times each evaluation: its cost is the next
+    one's expected cost."""
+
+    every: int | None
+    start: float
+    spent_s: float = 0.0  # evaluating so far, the evaluator's setup included
+    expected_s: float = 0.0
+    evaluated: int = 0
+    clock: Callable[[], float] = time.monotonic
+
+    @classmethod
+    def for_run(cls, config: TrainConfig, evaluator: Evaluator | None, start: float) -> "EvalSchedule":
+        if evaluator is None:
+            return cls(config.eval_every, start)
+        return cls(config.eval_every, start, spent_s=evaluator.setup_s, expected_s=evaluator.estimate_s)
+
+    def due(self, epoch: int, epochs: int) -> bool:
+        if self.every is not None:
+            return due(self.every, epoch, epochs)
+        elapsed = self.clock() - self.start
+        return within_budget(spent_s=self.spent_s, expected_s=self.expected_s, elapsed_s=elapsed, last=epoch == epochs)
+
+    def run(self, evaluator: Evaluator, g: nn.Module) -> dict[str, Any]:
+        t0 = self.clock()
+        result = evaluator.run(g)
+        self.expected_s = self.clock() - t0
+        self.spent_s += self.expected_s
+        self.evaluated += 1
+        return result
+
+    def skipped_because(self) -> str:
+        """Why the last epoch went unmeasured under the budget (for the record)."""
+        elapsed = self.clock() - self.start
+        done = f"{self.evaluated} earlier epoch(s) were measured" if self.evaluated else "no epoch was measured"
+        return (
+            f"the last epoch's evaluation did not fit the default budget (at most {EVAL_BUDGET * 100:.0f} % of the "
+            f"job's wall time: one is expected to take {self.expected_s:.1f} s, the job ran {elapsed:.0f} s, "
+            f"{self.spent_s:.1f} s of it evaluating); {done}. Set eval_every to measure on a fixed cadence"
+        )
 
 
 # --- a published model, and the real-data floor ---------------------------------------------------------------

@@ -3,11 +3,12 @@
 Per generator step: `d_steps` discriminator updates on fresh real batches, then one generator update
 (`training.step`). At the end of every epoch it reports progress; every `sample_every` epochs, and after the
 last, it writes a sample grid or scatter (`training.samples`) and keeps a checkpoint; every `eval_every`
-epochs it measures sample quality (`training.evaluation`). Between kept checkpoints it writes the latest state
-(at most every `resume_every_s`), so `train(..., resume_from=...)` continues a stopped run exactly
-(`training.run_state`); with `keep_checkpoints`, only the newest kept checkpoints stay, and the best by FID.
-Losses are checked for NaN/inf every `FINITE_CHECK_EVERY` steps and at every report: a diverged run stops with
-`NonFiniteLossError` instead of checkpointing garbage.
+epochs, or by default as often as a tenth of the job's wall time allows, it measures sample quality
+(`training.evaluation`). Between kept checkpoints it writes the latest state (at most every `resume_every_s`),
+so `train(..., resume_from=...)` continues a stopped run exactly (`training.run_state`); with
+`keep_checkpoints`, only the newest kept checkpoints stay, and the best by FID. Losses are checked for NaN/inf
+every `FINITE_CHECK_EVERY` steps and at every report: a diverged run stops with `NonFiniteLossError` instead of
+checkpointing garbage.
 
 It knows nothing of Celery, HTTP or object storage: the caller passes `progress_fn` to hear about progress,
 `should_stop` to ask for cancellation and `files_fn` to hear which run files were written and removed (to copy
@@ -32,7 +33,7 @@ from core.train_config import TrainConfig
 from training import distributed, run_state
 from training.data import load_to_device
 from training.distributed import World
-from training.evaluation import build_evaluator, due
+from training.evaluation import EvalSchedule, build_evaluator
 from training.latents import latents_from_seeds
 from training.samples import SAMPLE_SEEDS, write_samples
 from training.step import build_step, d_step, g_step
@@ -171,6 +172,7 @@ def train(
     None), `out_dir` then being rank 0's (every rank reads `resume_from`). `keep_checkpoints`: how many kept
     checkpoints stay, the newest (default: `config.keep_checkpoints`; None: all); with it, an evaluation's epoch
     is saved too, so that the best-by-FID checkpoint can stay beside them (`training.run_state.retained`)."""
+    began = time.monotonic()  # the job's wall time, which the default evaluation schedule takes a tenth of
     world = distributed.current() if world is None else world
     if config.architecture == "adagan":  # T GANs one after another: its own driver (refused under DDP there)
         from training import adagan  # it imports this module
@@ -205,6 +207,7 @@ def train(
     s = build_step(config, data, dev, total_steps, batch, world)
     keys = s.keys
     plan = build_evaluator(config, data, s.num_generators, dev)  # refuses a named extractor it cannot load
+    schedule = EvalSchedule.for_run(config, plan.evaluator, began)
     fixed_z = latents_from_seeds(SAMPLE_SEEDS, config.latent_dim).to(dev)
     out_dir = Path(out_dir)
 
@@ -285,10 +288,13 @@ def train(
                 if files_fn is not None:
                     files_fn([last_samples], [])
             extra["samples"] = last_samples
-        evaluating = plan.evaluator is not None and due(config, epoch, epochs)  # the same on every rank
+        # Rank 0's clock decides (only it evaluates, so only its clock knows the cost), for every rank.
+        evaluating = plan.evaluator is not None and distributed.agree(world, schedule.due(epoch, epochs))[0]
         if evaluating and world.is_main:
             assert plan.evaluator is not None
-            extra["evaluation"] = {"extractor": plan.evaluator.extractor, **plan.evaluator.run(served)}
+            extra["evaluation"] = {"extractor": plan.evaluator.extractor, **schedule.run(plan.evaluator, served)}
+        elif plan.evaluator is not None and not evaluating and epoch == epochs:  # the budget's doing: say so
+            extra["evaluation_skipped"] = schedule.skipped_because()
         last_report = time.monotonic()
         report(progress(epoch, epoch_losses, **extra))  # the epoch's means, computed (and synced) once
         # After the report: a run killed between the two resumes from the epoch before and redoes this one,

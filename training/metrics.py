@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from training import images, toy
-from training.features import Extractor
+from training.features import Embedding, Extractor
 
 HIGH_QUALITY_SIGMAS = 3.0
 
@@ -250,13 +250,22 @@ def _check_images(fake: torch.Tensor, real: torch.Tensor) -> None:
 
 
 def evaluate_images(
-    fake: torch.Tensor, real: torch.Tensor, extractor: Extractor, *, k: int = DEFAULT_K
+    fake: torch.Tensor,
+    real: torch.Tensor,
+    extractor: Extractor,
+    *,
+    k: int = DEFAULT_K,
+    real_features: Embedding | None = None,
 ) -> ImageMetrics:
     """Every image metric of `fake` against `real` (both float N×C×H×W in [-1, 1], N ≥ 2; clamped to it, as
-    the served images are). k, the precision/recall neighbour, is lowered to N − 1 for tiny sets."""
+    the served images are). k, the precision/recall neighbour, is lowered to N − 1 for tiny sets.
+    `real_features`: `extractor.embed(real)` computed earlier, for a caller that measures against the same
+    real images again and again (the loop): the same figures without embedding them every time."""
     _check_images(fake, real)
+    if real_features is not None and len(real_features.features) != len(real):
+        raise ValueError(f"real_features holds {len(real_features.features)} images, real {len(real)}")
     fake, real = fake.detach().float().cpu().clamp(-1, 1), real.detach().float().cpu().clamp(-1, 1)
-    f, r = extractor.embed(fake), extractor.embed(real)
+    f, r = extractor.embed(fake), real_features if real_features is not None else extractor.embed(real)
     k = min(k, len(fake) - 1, len(real) - 1)
     kid_mean, kid_std = kid_from_features(r.features, f.features)
     score = inception_score_from_logits(f.logits) if f.logits is not None else (None, None)

@@ -172,7 +172,10 @@ class JobMetrics(BaseModel):
         "or `toy-mode-metrics`; FIDs measured in different ones are not comparable.",
     )
     evaluation_skipped: str | None = Field(None, description="Why the job measures no sample quality, if not.")
-    eval_every: int = Field(description="Epochs between evaluations (and one after the last).")
+    eval_every: int | None = Field(
+        description="Epochs between evaluations (and one after the last); null: the default budget schedule, at "
+        "most 10 % of the job's wall time spent evaluating (the last epoch normally included)."
+    )
     history: list[EpochRecord]
 
 

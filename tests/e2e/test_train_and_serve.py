@@ -136,7 +136,7 @@ def test_watch_a_job_then_evaluate_its_model(stack):
     under the model."""
     name = "e2e-watched"
     with stack.client() as client:
-        job_id, _ = submit(client, model_name=name, **{**TINY, "epochs": 2, "eval_samples": 128})
+        job_id, _ = submit(client, model_name=name, **{**TINY, "epochs": 2, "eval_samples": 128, "eval_every": 1})
         wait_for(client, job_id, {"succeeded"}, timeout_s=180)
 
         metrics = client.get(f"/train/{job_id}/metrics").json()

@@ -10,6 +10,8 @@ from fastapi.testclient import TestClient
 from core.jobs import EpochRecord, JobStore
 from core.records import JobStatus
 from core.train_config import TrainConfig
+from service.api.schemas import JobMetrics
+from training.evaluation import EVAL_BUDGET
 from training.images import grid, png_bytes
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -57,7 +59,8 @@ def test_metrics_is_the_history_with_the_extractor_named(client: TestClient) -> 
     r = client.get(f"/train/{job}/metrics")
     assert r.status_code == 200
     body = r.json()
-    assert body["status"] == "running" and body["extractor"] == "mnist-cnn-v1" and body["eval_every"] == 1
+    assert body["status"] == "running" and body["extractor"] == "mnist-cnn-v1"
+    assert body["eval_every"] is None  # the default: the budget schedule
     assert [e["epoch"] for e in body["history"]] == [1, 2, 3]
     assert [e["evaluation"]["fid"] for e in body["history"]] == pytest.approx([100.0, 50.0, 100 / 3])
     # a diverged loss is stored and served as null, never as an unreadable NaN
@@ -82,6 +85,20 @@ def test_plot_errors_say_why(client: TestClient) -> None:
     r = client.get(f"/train/{fresh}/plots/losses.png")
     assert r.status_code == 404 and r.json()["error"] == "no_history_yet"
     assert client.get("/train/nope/plots/losses.png").status_code == 404
+
+
+def test_metrics_name_an_explicit_cadence(client: TestClient) -> None:
+    job = job_with_history(client, eval_every=2)
+    assert client.get(f"/train/{job}/metrics").json()["eval_every"] == 2
+
+
+def test_no_fid_yet_on_the_budget_schedule_says_so(client: TestClient) -> None:
+    share = f"{EVAL_BUDGET * 100:.0f} %"  # the loop's budget, as the API's texts state it
+    job = job_with_history(client, evaluate=False)
+    r = client.get(f"/train/{job}/plots/fid.png")
+    message = r.json()["message"]
+    assert r.status_code == 404 and "budget schedule" in message and share in message and "due at" not in message
+    assert share in (JobMetrics.model_fields["eval_every"].description or "")
 
 
 def test_a_skipped_evaluation_is_explained(client: TestClient) -> None:

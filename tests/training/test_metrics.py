@@ -224,3 +224,13 @@ def test_nearest_neighbour_png_adds_the_feature_space_neighbours(mnist_heldout: 
     assert tuple(image.shape) == (3, 4 * 30 + 2, 8 * 30 + 2)
     torch.testing.assert_close(image[:, 2:30, 2:30], image[:, 2:30, 152:180])
     assert int(image[:, 2:30, 122:150].max()) == 0  # the blank separator
+
+
+def test_precomputed_real_features_give_the_same_figures(mnist_cnn: Extractor, mnist_heldout: torch.Tensor) -> None:
+    """The loop embeds its real images once and passes them in: every figure as if embedded each time."""
+    fake, real = mnist_heldout[:200], mnist_heldout[200:400]
+    cached = evaluate_images(fake, real, mnist_cnn, real_features=mnist_cnn.embed(real)).to_dict()
+    assert cached == evaluate_images(fake, real, mnist_cnn).to_dict()
+    assert cached["fid"] > 0
+    with pytest.raises(ValueError, match="real_features holds 200 images, real 100"):
+        evaluate_images(fake, real[:100], mnist_cnn, real_features=mnist_cnn.embed(real))

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from core.train_config import TrainConfig
-from training import checkpoint, loop, run_state
+from training import checkpoint, evaluation, loop, run_state
 from training.evaluation import EvaluationPlan, Evaluator
 from training.loop import TrainProgress, train
 from training.model_size import count_parameters
@@ -129,6 +129,28 @@ def test_the_best_fid_checkpoint_stays(tiny_data_root: Path, tmp_path: Path, mon
     # The published model's metadata describes the generator, not the run: no FID of a checkpoint in it.
     model = checkpoint.write_model(run_state.stem_for(out, 6), tmp_path / "model")
     assert "fid" not in model and "kept" not in model
+
+
+def test_the_best_fid_checkpoint_stays_when_the_budget_skips_epochs(
+    tiny_data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The default schedule measures where the budget allows: here epochs 2 and 5, not the last. The best of
+    those (epoch 2) stays beside the newest kept checkpoint, and the last report says why it was not measured."""
+    fids = iter([10.0, 30.0])
+    answers = iter([False, True, False, False, True, False])  # the budget's answer at each epoch's end
+    plan = EvaluationPlan(Evaluator("fake", lambda _g: {"fid": next(fids)}), None)
+    monkeypatch.setattr(loop, "build_evaluator", lambda *_: plan)
+    monkeypatch.setattr(evaluation, "within_budget", lambda **_: next(answers))
+    out = tmp_path / "run"
+    config = BASE.model_copy(update={"keep_checkpoints": 1, "sample_every": 3})  # eval_every: the default
+    reports: list[TrainProgress] = []
+    result = train(config, out, data_root=tiny_data_root, progress_fn=reports.append)
+    ends = [r for r in reports if r.epoch_end]
+    assert result.status == "completed"
+    assert [r.epoch for r in ends if r.evaluation is not None] == [2, 5]
+    assert "did not fit the default budget" in (ends[-1].evaluation_skipped or "")
+    assert epochs_on_disk(out) == [2, 6]
+    assert checkpoint.load_metadata(run_state.stem_for(out, 2))["fid"] == 10.0
 
 
 def test_a_pruned_run_resumes_exactly(tiny_data_root: Path, tmp_path: Path) -> None:

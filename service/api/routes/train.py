@@ -486,8 +486,14 @@ async def get_job_events(job_id: JobId, request: Request, state: StateDep, princ
 # --- a job's metrics, curves and sample grids: readable while it runs and after it ends ---------------
 
 
-def _eval_every(record: JobRecord) -> int:
-    return record.config.eval_every or record.config.sample_every
+def _when_evaluated(record: JobRecord) -> str:
+    every = record.config.eval_every
+    if every is None:
+        return (
+            "evaluations run on the default budget schedule (at most 10 % of the job's wall time, the last epoch "
+            "normally included; set eval_every for a fixed cadence)"
+        )
+    return f"the first is due at epoch {every}"
 
 
 PLOTS = ("losses", "fid")
@@ -508,7 +514,7 @@ def get_metrics(job_id: JobId, state: StateDep, principal: TrainKey) -> JobMetri
         status=record.status,
         extractor=extractors[-1] if extractors else None,
         evaluation_skipped=record.evaluation_skipped,
-        eval_every=_eval_every(record),
+        eval_every=record.config.eval_every,
         history=record.history,
     )
 
@@ -536,7 +542,7 @@ def get_plot(job_id: JobId, plot: str, state: StateDep, principal: TrainKey) -> 
         why = record.evaluation_skipped or (
             "this job's dataset is scored with mode metrics, not FID (see GET /train/{id}/metrics)"
             if record.config.is_toy
-            else f"no evaluation has run yet; the first is due at epoch {_eval_every(record)}"
+            else f"no evaluation has run yet; {_when_evaluated(record)}"
         )
         raise APIError(
             404, "no_fid", f"Job {job_id} has no FID to plot: {why}.", detail={"status": record.status.value}
