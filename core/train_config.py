@@ -206,6 +206,11 @@ class TrainConfig(BaseModel):
         description="`adagan` only: the weight β of each new component in the mixture, (1 − β)·old + β·new; "
         "default 1/t in round t (every component then weighs 1/T).",
     )
+    weight_init: Literal["pytorch", "dcgan"] = Field(
+        "pytorch",
+        description="`pytorch`: each layer's default initialisation; `dcgan`: every convolution and linear weight "
+        "from N(0, 0.02) with zero biases, BatchNorm gains from N(1, 0.02) (Radford et al. 2016).",
+    )
     conditional: bool = Field(False, description="Class-conditional G and projection D (labelled datasets).")
     latent_dim: int = Field(100, ge=1, le=4096, description="Size of z.")
     g_hidden: list[Annotated[int, Field(ge=1, le=16384)]] | None = Field(

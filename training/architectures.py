@@ -503,14 +503,32 @@ def build_models(
     shape = tuple(int(s) for s in sample_shape)
     output: Output = config.output or ("linear" if len(shape) == 1 else "tanh")
     if config.architecture == "dcgan":
-        return _dcgan(config, shape, output, classes)
-    g_spec = _mlp_g_spec(config, shape, output, classes)
-    d_spec = _mlp_d_spec(config, shape, classes)
-    if config.architecture == "mad-gan":
-        k = config.generators
-        g_mad = MADGANGenerator(g_spec, k)
-        return g_mad, build_discriminator({**d_spec, "outputs": k + 1})
-    return build_generator(g_spec), build_discriminator(d_spec)
+        g, d = _dcgan(config, shape, output, classes)
+    else:
+        g_spec = _mlp_g_spec(config, shape, output, classes)
+        d_spec = _mlp_d_spec(config, shape, classes)
+        if config.architecture == "mad-gan":
+            k = config.generators
+            g, d = MADGANGenerator(g_spec, k), build_discriminator({**d_spec, "outputs": k + 1})
+        else:
+            g, d = build_generator(g_spec), build_discriminator(d_spec)
+    if config.weight_init == "dcgan":
+        g.apply(dcgan_init)
+        d.apply(dcgan_init)
+    return g, d
+
+
+def dcgan_init(module: nn.Module) -> None:
+    """Radford et al. (2016)'s initialisation, for `Module.apply`: convolution and linear weights from N(0, 0.02),
+    zero biases, BatchNorm gains from N(1, 0.02) and zero shifts. Class-conditional BatchNorm and embeddings keep
+    their own (already N(1, 0.02) / N(0, 0.02) for the gains and shifts)."""
+    if isinstance(module, nn.Conv2d | nn.ConvTranspose2d | nn.Linear):
+        nn.init.normal_(module.weight, 0.0, CBN_INIT_STD)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.BatchNorm1d | nn.BatchNorm2d) and module.affine:
+        nn.init.normal_(module.weight, 1.0, CBN_INIT_STD)
+        nn.init.zeros_(module.bias)
 
 
 def _classes(config: "TrainConfig", num_classes: int | None) -> int | None:

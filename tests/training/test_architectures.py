@@ -113,6 +113,22 @@ def test_dcgan_discriminator_has_no_batchnorm() -> None:
     assert not any(isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d) for m in d.modules())
 
 
+@pytest.mark.parametrize("kind", ["dcgan", "mlp", "mad-gan"])
+def test_dcgan_weight_init_draws_weights_from_n_0_002(kind: str) -> None:
+    torch.manual_seed(0)
+    g, d = build_models(config(dataset="mnist", architecture=kind, weight_init="dcgan"), (1, 28, 28), None)
+    layers = [m for net in (g, d) for m in net.modules() if isinstance(m, nn.Conv2d | nn.ConvTranspose2d | nn.Linear)]
+    weights = torch.cat([m.weight.flatten() for m in layers])
+    assert weights.std().item() == pytest.approx(0.02, rel=0.05)
+    assert all(m.bias is None or not m.bias.any() for m in layers)
+    gains = [m.weight for m in g.modules() if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d)]
+    assert gains and all(0.8 < w.mean().item() < 1.2 and w.std().item() > 0 for w in gains)
+    torch.manual_seed(0)
+    g0, _ = build_models(config(dataset="mnist", architecture=kind), (1, 28, 28), None)
+    default = [m for m in g0.modules() if isinstance(m, nn.Linear)][0].weight
+    assert abs(default.std().item() - 0.02) > 0.01  # PyTorch's own init (±1/√fan_in) is another spread
+
+
 def test_dcgan_rejects_other_sizes() -> None:
     with pytest.raises(ValueError, match="28, 32 or 64"):
         DCGANGenerator(DCGANGeneratorConfig(image_shape=(3, 48, 48)))
