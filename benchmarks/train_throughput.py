@@ -2,6 +2,7 @@
 
     python -m benchmarks.train_throughput                 # throughput of every mode, then the README block
     python -m benchmarks.train_throughput --quality 3     # also: time to a fixed FID, up to 3 epochs each
+    python -m benchmarks.train_throughput --cli           # only: what evaluation costs a CLI job, its own block
 
 Both train the seed recipe on the same data (the MNIST images under the data root: the 60,000-image train
 split when present, else the 10,000-image test split), with the same architecture (MLP G 100→128→256→512→
@@ -23,6 +24,14 @@ from it, and every mode's ratio is to the baseline's images/s. `--quality N` als
 each ganserve mode for up to 2N epochs, measuring FID in the MNIST classifier's feature space (1,000 samples
 against 1,000 real images, `training.evaluation`) after each epoch, and reports the training seconds each
 needed to reach `--fid-target` (default: the reference's FID after its N epochs; evaluation time excluded).
+
+`--cli` measures something else, alone, into a README block of its own: what measuring sample quality costs a
+job. It times `ganserve train JOB.json --no-publish --data-root DATA --device cpu` as a subprocess, end to end
+(start-up, imports, data loading and checkpoints included), for 3 epochs of MNIST with the `seed-reference`
+recipe, three ways: evaluation off (`eval_extractor: none`, the loop alone), the default schedule (at most a
+tenth of the wall time, `training.evaluation.EVAL_BUDGET`) and every epoch (`eval_every: 1`, the default
+cadence before issue 19), each `--cli-rounds` times, interleaved. Evaluation's share of a run is (its median
+wall time - the loop alone's) / its median wall time.
 """
 
 import argparse
@@ -31,6 +40,8 @@ import json
 import math
 import os
 import shutil
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -49,7 +60,7 @@ from core.train_config import TrainConfig
 from experiments.common import update_readme
 from training import checkpoint
 from training.data import DeviceDataset, load_to_device
-from training.evaluation import build_evaluator
+from training.evaluation import EVAL_BUDGET, build_evaluator
 from training.loop import TrainProgress, resolve_device, train
 
 HERE = Path(__file__).resolve().parent
@@ -351,6 +362,105 @@ def first_reaching(points: list[tuple[float, float]], target: float) -> float | 
     return next((s for s, f in points if f <= target), None)
 
 
+# --- what evaluation costs a CLI job ---------------------------------------------------------------------------
+
+CLI_EPOCHS = 3
+CLI_RESULTS = HERE / "results" / "train_throughput_cli.json"
+# label → the job's evaluation fields; "off" first, the loop alone, which the others are read against
+CLI_RUNS: dict[str, dict[str, Any]] = {
+    "off": {"eval_extractor": "none"},
+    "default": {},
+    "every-epoch": {"eval_every": 1},
+}
+CLI_LABELS = {
+    "off": "off (`eval_extractor: none`): the loop alone",
+    "default": "default (`eval_every` unset): the budget schedule",
+    "every-epoch": "every epoch (`eval_every: 1`): the old default's cadence",
+}
+
+
+def time_cli(fields: dict[str, Any], data_root: Path) -> float:
+    """Wall seconds of `ganserve train JOB.json --no-publish` on the CPU for 3 epochs of MNIST with the
+    seed-reference recipe and `fields`, in a scratch directory (its runs/ go there)."""
+    job = {"model_name": "bench-cli", "dataset": "mnist", "epochs": CLI_EPOCHS, "recipe": "seed-reference", **fields}
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(scratch) / "job.json"
+        path.write_text(json.dumps(job))
+        command = [sys.executable, "-m", "ganserve", "train", str(path), "--no-publish"]
+        command += ["--data-root", str(data_root.resolve()), "--device", "cpu"]
+        start = time.perf_counter()
+        done = subprocess.run(command, cwd=scratch, capture_output=True, text=True, check=False)
+        wall = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed ({done.returncode}):\n{done.stderr[-2000:]}")
+    return wall
+
+
+def measure_cli(data_root: Path, rounds: int) -> dict[str, Any]:
+    """Each way `rounds` times, interleaved (so that a busy spell of a shared machine falls on all three), and
+    the median of each."""
+    walls: dict[str, list[float]] = {name: [] for name in CLI_RUNS}
+    for _ in range(rounds):
+        for name, fields in CLI_RUNS.items():
+            walls[name].append(time_cli(fields, data_root))
+            print(f"  {name}: {walls[name][-1]:.1f} s", flush=True)
+    median = {name: statistics.median(w) for name, w in walls.items()}
+    runs = [
+        {
+            "name": name,
+            "walls_s": walls[name],
+            "wall_s": median[name],
+            "ratio": median[name] / median["off"],
+            "evaluation_share": max(0.0, (median[name] - median["off"]) / median[name]),
+        }
+        for name in CLI_RUNS
+    ]
+    return {"epochs": CLI_EPOCHS, "rounds": rounds, "runs": runs}
+
+
+def cli_block(r: dict[str, Any]) -> str:
+    m = r["machine"]
+    default = next(x for x in r["runs"] if x["name"] == "default")
+    met = "met" if default["evaluation_share"] <= EVAL_BUDGET else "not met"
+    lines = [
+        f"`{r['command']}` — {m['cpu']}, {m['cores']} cores, CPU, torch {m['torch']}, "
+        f"OMP_NUM_THREADS={r['omp_threads']}; {r['data']}. The machine was shared with other training runs at "
+        "the time: read the ratios, which hold better than the absolute seconds.",
+        "",
+        f"`ganserve train JOB.json --no-publish --data-root DATA --device cpu`, timed as a subprocess: "
+        f"{r['epochs']} epochs of MNIST, recipe `seed-reference`, median of {r['rounds']} interleaved "
+        f"round(s).",
+        "",
+        "| evaluation | CLI wall s | × off | evaluation's share of the wall time |",
+        "|---|---|---|---|",
+    ]
+    for x in r["runs"]:
+        share = "—" if x["name"] == "off" else f"{100 * x['evaluation_share']:.0f} %"
+        lines.append(f"| {CLI_LABELS[x['name']]} | {x['wall_s']:.1f} | {x['ratio']:.2f} | {share} |")
+    lines += [
+        "",
+        f"Default schedule: evaluation {100 * default['evaluation_share']:.0f} % of the job's wall time "
+        f"(target ≤ {100 * EVAL_BUDGET:.0f} %: {met}).",
+    ]
+    return "\n".join(lines)
+
+
+def main_cli(args: argparse.Namespace) -> None:
+    result = {
+        "command": " ".join(["python -m benchmarks.train_throughput", *sys.argv[1:]]),
+        "machine": machine(),
+        "omp_threads": os.environ.get("OMP_NUM_THREADS", "unset"),
+        "data": f"{images_present(args.data_root):,} MNIST images under the data root",
+        **measure_cli(args.data_root, args.cli_rounds),
+    }
+    block = cli_block(result)
+    print(block)
+    CLI_RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    CLI_RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    if not args.no_readme:
+        update_readme("train_throughput-cli", block, README)
+
+
 # --- report ---------------------------------------------------------------------------------------------------
 
 
@@ -416,8 +526,14 @@ def main() -> None:
         help="the quality to reach; default: the reference loop's FID after its last --quality epoch",
     )
     parser.add_argument("--recipe", metavar="MODE", help="also train the full 300-epoch recipe in MODE, timed")
+    parser.add_argument("--cli", action="store_true", help="only: what evaluation costs a CLI job, its own block")
+    # One round on a shared machine can put a busy spell on one run (seen: the loop alone 1.2x the default's time).
+    parser.add_argument("--cli-rounds", type=int, default=3, help="with --cli: rounds of the three runs")
     parser.add_argument("--no-readme", action="store_true")
     args = parser.parse_args()
+    if args.cli:
+        main_cli(args)
+        return
 
     device = resolve_device(args.device)
     if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
