@@ -55,8 +55,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # Roth et al.'s penalty: per-sample input gradients of D's logit, weighted by D(x), as a mean over each shard
     # (like R1), its γ annealed by the G step that every rank counts alike
     "roth-annealed": {"regularizers": [{"name": "roth", "gamma": 2.0, "anneal": True}]},
-    # BatchNorm2d in G's transposed convolutions, synced as the MLP's BatchNorm1d
-    "dcgan-hinge": {"architecture": "dcgan", "loss": "hinge", "latent_dim": 16},
+    # BatchNorm2d in G's transposed convolutions, synced as the MLP's BatchNorm1d. Not with the hinge loss: there
+    # the two runs parted by 8e-4 in two epochs on an AVX-512 Xeon (and matched on the CPU before it), beyond any
+    # tolerance that still catches an overlapping shard; the non-saturating loss matches on both.
+    "dcgan": {"architecture": "dcgan", "latent_dim": 16},
 }
 # Float rounding only: the synced BatchNorm sums its statistics in another order than BatchNorm, and DDP sums
 # two half-batch gradients. An overlapping shard or other noise moves weights by 1e-3 and more in two epochs.
