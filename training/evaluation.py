@@ -25,6 +25,7 @@ of training images), and `real_floor` measures held-out real images against trai
 numbers are read against.
 """
 
+import dataclasses
 import functools
 import sys
 import time
@@ -42,6 +43,7 @@ from training import checkpoint, toy
 from training.classifier import holdout_split
 from training.data import DeviceDataset, load_training_data, to_model_range
 from training.features import Embedding, ExtractorUnavailable, load_extractor
+from training.label_metrics import label_metrics
 from training.latents import latents_from_seeds
 from training.metrics import ImageMetrics, evaluate_images, mode_metrics, nearest_neighbour_png
 from training.nets import call_g
@@ -253,6 +255,11 @@ def _subset(images: torch.Tensor, n: int) -> torch.Tensor:
 def training_images(train_config: dict[str, Any], data_root: Path, n: int) -> torch.Tensor:
     """n images of the dataset a model was trained on (its dataset, image folder, size and `max_samples`, read
     from the config stored with it), in [-1, 1]; fewer when the dataset is smaller."""
+    return training_set(train_config, data_root, n)[0]
+
+
+def training_set(train_config: dict[str, Any], data_root: Path, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`training_images` and their labels (None for an unlabelled dataset)."""
     config = TrainConfig(
         model_name=train_config.get("model_name", "evaluate"),
         dataset=train_config.get("dataset", "mnist"),
@@ -260,7 +267,9 @@ def training_images(train_config: dict[str, Any], data_root: Path, n: int) -> to
         image_size=train_config.get("image_size"),
         max_samples=train_config.get("max_samples"),
     )
-    return _subset(load_training_data(config, Path(data_root)).samples, n)
+    data = load_training_data(config, Path(data_root))
+    pick = _real_pick(len(data.samples), n)
+    return to_model_range(data.samples[pick]).float(), None if data.labels is None else data.labels[pick]
 
 
 def evaluate_model(
@@ -289,9 +298,19 @@ def evaluate_model(
     lo, hi = meta.get("value_range", [-1, 1])
     fake = (fake - lo) / (hi - lo) * 2 - 1
     say("loading the training images")
-    real = training_images(train_config, data_root, n)
+    real, real_labels = training_set(train_config, data_root, n)
     say(f"measuring {len(fake)} generated vs {len(real)} real images ({ext.name})")
-    metrics = evaluate_images(fake, real, ext)
+    real_features = ext.embed(real.clamp(-1, 1))
+    metrics = evaluate_images(fake, real, ext, real_features=real_features)
+    if num_classes is not None and real_labels is not None and ext.classes_are_modes:
+        say("measuring label agreement and each class's spread")
+        fake_labels, _ = sample_conditioning(len(fake), num_classes, None, torch.device("cpu"))
+        assert fake_labels is not None
+        by_label = label_metrics(ext.embed(fake.clamp(-1, 1)), fake_labels, real_features, real_labels, ext)
+        as_dict = by_label.to_dict()
+        metrics = dataclasses.replace(
+            metrics, label_agreement=by_label.agreement, per_class=tuple(as_dict["per_class"])
+        )
     if nn_png is not None:
         atomic_write_bytes(nn_png, nearest_neighbour_png(fake, real, extractor=ext))
     return metrics

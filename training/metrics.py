@@ -227,6 +227,10 @@ class ImageMetrics:
     class_histogram: tuple[float, ...] | None
     nn_pixel: float  # mean distance from a generated image to its nearest real one, pixels in [-1, 1]
     nn_feature: float  # the same in feature space
+    # Conditional models only (training/label_metrics.py): the share of samples classified as the label asked
+    # for, and per class its agreement, precision, recall and FID against that class's real images.
+    label_agreement: float | None = None
+    per_class: tuple[dict[str, Any], ...] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: plain floats and ints, lists, and None where a figure is not available or not finite."""
@@ -238,6 +242,8 @@ def _json_ready(value: Any) -> Any:
         return value if math.isfinite(value) else None
     if isinstance(value, tuple | list):
         return [_json_ready(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _json_ready(v) for k, v in value.items()}
     return value
 
 

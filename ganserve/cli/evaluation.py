@@ -195,6 +195,14 @@ def metrics_table(m: "ImageMetrics", title: str) -> Table:
         table.add_row("coverage", f"{m.classes_covered}/{m.num_classes}", f"classes; KL to uniform {num(m.class_kl)}")
     table.add_row("NN distance (pixels)", num(m.nn_pixel), "generated → nearest real, mean; 0 = copies")
     table.add_row("NN distance (features)", num(m.nn_feature), "the same in feature space")
+    if m.label_agreement is not None:
+        table.add_row("label agreement", num(m.label_agreement), "samples the classifier puts in the class asked for")
+        for c in m.per_class or ():
+            table.add_row(
+                f"  class {c['label']}",
+                f"{num(c['agreement'])}",
+                f"n {c['n_fake']}; FID {num(c['fid'], 1)}, precision {num(c['precision'])}, recall {num(c['recall'])}",
+            )
     return table
 
 

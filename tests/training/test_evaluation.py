@@ -2,10 +2,13 @@
 on the budget schedule (at most `EVAL_BUDGET` of the job's wall time), on the tiny fake MNIST, and a published
 model's on demand through `evaluate_model` (`ganserve evaluate`: tests/cli)."""
 
+import struct
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 # torchmetrics' import (over 1 s, once per process) is part of a process's first evaluation, and of its expected
@@ -118,6 +121,41 @@ def test_evaluate_model_on_a_published_mad_gan(tiny_data_root: Path, tmp_path: P
     assert (m.extractor, m.n_fake, m.n_real) == ("mnist-cnn-v1", 50, 30)  # the model saw 30 images: 30 to compare
     assert (tmp_path / "nn.png").read_bytes()[:4] == b"\x89PNG"
     assert stages[0] == "loading the model" and any("50 generated vs 30 real" in s for s in stages)
+
+
+def test_evaluate_model_on_a_conditional_model_reports_label_agreement(
+    tmp_path: Path, idx_writer: Callable[..., Path], fake_images: Callable[..., np.ndarray]
+) -> None:
+    data_root = tmp_path / "data"  # 40 fake digits with labels 0..9, as MNIST's t10k split
+    idx_writer(data_root / "mnist" / "t10k-images-idx3-ubyte", fake_images(40))
+    labels = np.arange(40, dtype=np.uint8) % 10
+    (data_root / "mnist" / "t10k-labels-idx1-ubyte").write_bytes(struct.pack(">II", 0x801, 40) + labels.tobytes())
+    job = TrainConfig(
+        model_name="eval-cond", epochs=1, batch_size=16, latent_dim=8, max_samples=40,
+        conditional=True, eval_extractor="none",
+    )  # fmt: skip
+    result = train(job, tmp_path / "run", data_root=data_root, device="cpu")
+    assert result.final_checkpoint is not None
+    stem = tmp_path / "model"
+    checkpoint.write_model(result.final_checkpoint, stem)
+    m = evaluate_model(stem, n=40, data_root=data_root)
+    assert m.label_agreement is not None and 0.0 <= m.label_agreement <= 1.0
+    assert m.per_class is not None and sum(c["n_fake"] for c in m.per_class) == 40
+    # the classifier's class of each sample against the label its seed asked for, weighted by class size
+    weighted = sum(c["agreement"] * c["n_fake"] for c in m.per_class) / 40
+    assert weighted == pytest.approx(m.label_agreement)
+    assert m.to_dict()["per_class"][0]["label"] == m.per_class[0]["label"]
+
+
+def test_evaluate_model_on_an_unconditional_model_has_no_label_figures(tiny_data_root: Path, tmp_path: Path) -> None:
+    job = TrainConfig(
+        model_name="eval-plain", epochs=1, batch_size=16, latent_dim=8, max_samples=30, eval_extractor="none"
+    )
+    result = train(job, tmp_path / "run", data_root=tiny_data_root, device="cpu")
+    assert result.final_checkpoint is not None
+    checkpoint.write_model(result.final_checkpoint, tmp_path / "model")
+    m = evaluate_model(tmp_path / "model", n=30, data_root=tiny_data_root)
+    assert m.label_agreement is None and m.per_class is None
 
 
 # --- when: the default budget schedule ------------------------------------------------------------------------
