@@ -74,6 +74,10 @@ def server() -> Iterator[str]:
 def test_no_server_errors_and_answers_match_the_schema(case, server: str) -> None:
     # positive_data_acceptance is left out: a schema-valid request can still be wrong for the model it names
     # (a `label` for an unconditional model, a latent of another length), which is a documented 422.
-    case.call_and_validate(
-        base_url=server, headers=AUTH, excluded_checks=[schemathesis.checks.positive_data_acceptance]
-    )
+    excluded = [schemathesis.checks.positive_data_acceptance]
+    if (case.method, case.path) == ("GET", "/train"):
+        # `owner` is a list of key names, and schemathesis' "invalid" boolean `false` for it reaches the server as
+        # the query string owner=false: a valid key name, rightly answered 200 (an empty list), reported as
+        # "schema-violating request accepted".
+        excluded.append(schemathesis.checks.negative_data_rejection)
+    case.call_and_validate(base_url=server, headers=AUTH, excluded_checks=excluded)
