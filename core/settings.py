@@ -64,7 +64,7 @@ class Settings(BaseSettings):
     data_root: Path = Field(Path("data"), description="Built-in datasets are read from `<data_root>/<dataset>/`.")
     host: str = Field("127.0.0.1", description="Address the API binds.")
     port: int = Field(8000, ge=1, le=65535, description="Port the API binds.")
-    default_model: str = Field("mnist-mlp", description="Model served when a request names none.")
+    default_model: str = Field("mnist-dcgan-conditional", description="Model served when a request names none.")
     bundled_models_dir: Path = Field(BUNDLED_MODELS_DIR, description="Read-only models shipped with the code.")
     device: str = Field("auto", description="Worker device: `auto` (CUDA when present), `cpu` or `cuda[:N]`.")
     max_count: int = Field(64, ge=1, le=1024, description="Most images one /generate call may return.")

@@ -535,7 +535,12 @@ def _classes(config: "TrainConfig", num_classes: int | None) -> int | None:
     if not config.conditional:
         return None
     if num_classes is None or num_classes < 2:
-        raise ValueError(f"a conditional model needs the dataset's number of classes (≥ 2), got {num_classes}")
+        raise ValueError(
+            f"`conditional: true` needs a labelled dataset, and {config.dataset} has "
+            f"{'no labels here' if num_classes is None else f'{num_classes} class'} (MNIST: the t10k/train "
+            "`*-labels-idx1-ubyte[.gz]` file beside the images; an uploaded dataset: classes as folders). Add them, or "
+            'train unconditionally: `"conditional": false` (MNIST\'s default recipe is then `mnist-dcgan`)'
+        )
     return num_classes
 
 

@@ -111,6 +111,11 @@ def tiny_data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
         images[i, 4:24, col : col + 3] = 255
     header = struct.pack(">IIII", 0x00000803, *images.shape)
     (root / "mnist" / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(header + images.tobytes()))
+    # with labels, as MNIST comes: its default recipe is class-conditional
+    labels = (np.arange(64) % 10).astype(np.uint8)
+    (root / "mnist" / "t10k-labels-idx1-ubyte.gz").write_bytes(
+        gzip.compress(struct.pack(">II", 0x801, 64) + labels.tobytes())
+    )
     return root
 
 

@@ -26,7 +26,7 @@ def test_recipes_table(where: str, use_api) -> None:
     result = run("recipes", *(["--server", SERVER] if where == "server" else []))
     assert result.exit_code == 0, result.output
     assert all(name in result.stdout for name in RECIPE_NAMES)
-    assert "mnist-mlp (default: mnist)" in result.stdout and "fid 47.9" in result.stdout
+    assert "mnist-dcgan-conditional (default: mnist)" in result.stdout and "fid 47.9" in result.stdout
     assert "not measured yet" in result.stdout and "betas=[0.9, 0.999]" in result.stdout
     assert use_api() == ([(SERVER, None)] if where == "server" else [])
 
@@ -41,7 +41,7 @@ def test_one_recipe_and_an_unknown_one() -> None:
 
 def test_the_client_reads_recipes(api: Client) -> None:
     found = api.recipes()
-    assert [r.name for r in found.recipes] == list(RECIPE_NAMES) and found.defaults == {"mnist": "mnist-mlp"}
+    assert [r.name for r in found.recipes] == list(RECIPE_NAMES) and found.defaults == {"mnist": "mnist-dcgan-conditional"}
     assert api.recipe("mnist-mlp").quality.metrics["fid"] == 47.9  # type: ignore[union-attr]
     with pytest.raises(GanserveError) as e:
         api.recipe("mnist-gan")
@@ -59,7 +59,7 @@ def test_the_clients_recipe_models_mirror_the_servers() -> None:
 def test_a_job_file_is_resolved_as_post_train_resolves_it(tmp_path: Path) -> None:
     path = tmp_path / "job.json"
     path.write_text(json.dumps({"model_name": "x", "epochs": 1}))
-    assert (read_config(path).recipe, read_config(path).batch_size) == ("mnist-mlp", 64)
+    assert (read_config(path).recipe, read_config(path).batch_size) == ("mnist-dcgan-conditional", 64)
     path.write_text(json.dumps({"model_name": "x", "recipe": "seed-reference", "batch_size": 32}))
     config = read_config(path)
     assert (config.output, config.batch_size, config.betas) == ("linear", 32, (0.9, 0.999))

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from core.recipes import DEFAULT_RECIPES, RECIPE_NAMES, RECIPES, SUBMITTED, resolve
+from core.recipes import DEFAULT_RECIPES, RECIPE_NAMES, RECIPES, SUBMITTED, default_recipe, resolve
 from core.train_config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,6 +60,23 @@ def test_mnist_mlp_is_the_bundled_models_train_json_but_its_length() -> None:
     assert "| this model, n = 10,000 | 47.9 |" in card and "0.834 | 0.531 |" in card
 
 
+def test_the_default_model_is_its_recipe_trained_and_its_figures_are_its_cards() -> None:
+    name = DEFAULT_RECIPES["mnist"]
+    folder = ROOT / "service/bundled" / name
+    bundled = json.loads((folder / "train.json").read_text())
+    assert bundled["recipe"] == name and bundled["model_name"] == name  # the default model is the default recipe's
+    stored = json.loads((folder / "1/model.json").read_text())["train_config"]
+    resolved = TrainConfig.model_validate(bundled, context=SUBMIT).model_dump(mode="json")
+    assert stored == resolved  # what ran is what the recipe resolves to today
+    figures = RECIPES[name].quality
+    assert figures is not None and figures.samples == 2000
+    card = json.loads((folder / "card.json").read_text())
+    assert (card["recipe"], card["fid"], card["n"]) == (name, figures.metrics["fid"], figures.samples)
+    assert (card["precision"], card["recall"]) == (figures.metrics["precision"], figures.metrics["recall"])
+    readme = (folder / "README.md").read_text()
+    assert f"| this model, n = 2,000 | {figures.metrics['fid']} |" in readme
+
+
 def test_a_jobs_own_fields_override_the_recipe() -> None:
     c = TrainConfig.model_validate(_job("mnist-dcgan", batch_size=32, betas=[0.0, 0.9], ema=None))
     assert (c.architecture, c.batch_size, c.betas, c.ema, c.image_size) == ("dcgan", 32, (0.0, 0.9), None, 28)
@@ -80,11 +97,24 @@ def test_an_unknown_recipe_is_refused_naming_the_known_ones() -> None:
 
 def test_a_submitted_job_naming_no_recipe_nor_architecture_gets_its_datasets_default() -> None:
     c = TrainConfig.model_validate({"model_name": "x"}, context=SUBMIT)
-    assert DEFAULT_RECIPES["mnist"] == "mnist-mlp" and c.recipe == "mnist-mlp" and c.batch_size == 64
+    assert DEFAULT_RECIPES["mnist"] == "mnist-dcgan-conditional" and c.recipe == "mnist-dcgan-conditional" and c.batch_size == 64
+    assert c.architecture == "dcgan" and c.conditional and c.weight_init == "dcgan" and c.ema == 0.999
     # Naming an architecture, or a dataset with no measured recipe, keeps TrainConfig's own defaults.
     for job in ({"architecture": "mlp"}, {"dataset": "fashion-mnist"}, {"dataset": "ring-2d"}, {"recipe": None}):
         c = TrainConfig.model_validate({"model_name": "x", **job}, context=SUBMIT)
         assert c.recipe is None and c.batch_size == 128, job
+
+
+def test_the_default_follows_what_the_job_already_chose() -> None:
+    # conditioning turned off: the best unconditional recipe, not the conditional one with its flag overwritten
+    c = TrainConfig.model_validate({"model_name": "x", "conditional": False}, context=SUBMIT)
+    assert (c.recipe, c.architecture, c.conditional) == ("mnist-dcgan", "dcgan", False)
+    # a field of the MLP family (or MAD-GAN's, AdaGAN's) chooses that family: no default recipe to refuse it
+    for job in ({"g_hidden": [64]}, {"d_hidden": [64]}, {"architecture": "mad-gan", "generators": 3}, {"rounds": 2}):
+        assert default_recipe(job) is None, job
+    c = TrainConfig.model_validate({"model_name": "x", "g_hidden": [64]}, context=SUBMIT)
+    assert (c.recipe, c.architecture, c.g_hidden) == (None, "mlp", [64])
+    assert default_recipe({"dataset": "mnist", "conditional": True}) == "mnist-dcgan-conditional"
 
 
 def test_a_config_read_back_is_never_reinterpreted() -> None:

@@ -99,7 +99,7 @@ def walk(page, base_url: str, key: str, shots: str) -> None:
     page.goto("/")
     page.wait_for_function(loaded("image", "seed=42"))
     page.wait_for_function(loaded("grid", "count=16"))
-    assert page.is_hidden("#label-field")  # no class picker: the default model is not conditional
+    assert page.is_visible("#label-field")  # a class picker: the default model is class-conditional
     page.wait_for_selector("#model-card", state="visible")  # its card in brief (GET /models' `card`)
     assert page.text_content("#card-quality").startswith("FID")  # its figures, or "FID not measured"
     curl = page.text_content("#curl")
@@ -142,6 +142,7 @@ def walk(page, base_url: str, key: str, shots: str) -> None:
     page.select_option(f"{form} [name=recipe]", "mnist-mlp")
     page.fill(f"{form} [name=batch_size]", "64")
     page.fill(f"{form} [name=max_samples]", "256")
+    page.fill(f"{form} [name=eval_every]", "1")  # a quality curve: the default budget would skip so short a job
     page.click(f"{form} button[type=submit]")
     row = page.locator("#jobs tbody tr", has_text="web-digits")
     row.wait_for()

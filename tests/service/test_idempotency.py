@@ -49,9 +49,9 @@ def test_the_same_job_written_differently_is_the_same_request(client: TestClient
     )
     assert r.status_code == 202 and r.json()["id"] == first
     # A default spelled out is the same job too: the job is compared as validated (MNIST's default recipe,
-    # mnist-mlp, sets batch 64), and so is the default recipe named.
+    # mnist-dcgan-conditional, sets batch 64), and so is the default recipe named.
     assert post(client, "spacing", {**BODY, "batch_size": 64}).json()["id"] == first
-    assert post(client, "spacing", {**BODY, "recipe": "mnist-mlp"}).json()["id"] == first
+    assert post(client, "spacing", {**BODY, "recipe": "mnist-dcgan-conditional"}).json()["id"] == first
     assert len(sender.sent) == 1
 
 

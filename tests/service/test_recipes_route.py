@@ -16,13 +16,15 @@ def test_get_recipes_lists_each_with_what_it_sets_and_its_quality(served_anon: T
     assert r.status_code == 200
     body = r.json()
     assert [x["name"] for x in body["recipes"]] == list(RECIPE_NAMES)
-    assert body["defaults"] == {"mnist": "mnist-mlp"}
+    assert body["defaults"] == {"mnist": "mnist-dcgan-conditional"}
     mlp = next(x for x in body["recipes"] if x["name"] == "mnist-mlp")
     assert mlp["sets"]["batch_size"] == 64 and mlp["datasets"][0] == "mnist"
     assert mlp["quality"]["metrics"]["fid"] == 47.9
     assert mlp["quality"]["source"] == "service/bundled/mnist-mlp/README.md#evaluation"
-    dcgan = next(x for x in body["recipes"] if x["name"] == "mnist-dcgan")
-    assert dcgan["quality"] is None and dcgan["quality_note"].startswith("not measured yet")
+    default = next(x for x in body["recipes"] if x["name"] == body["defaults"]["mnist"])
+    assert default["quality"]["metrics"]["fid"] == 15.3 and default["quality"]["samples"] == 2000
+    folder = next(x for x in body["recipes"] if x["name"] == "image-folder-64")
+    assert folder["quality"] is None and folder["quality_note"].startswith("not measured yet")
 
 
 def test_get_one_recipe_and_a_missing_one(served_anon: TestClient) -> None:
@@ -66,6 +68,6 @@ def test_an_unknown_recipe_is_422_naming_the_known_ones(client: TestClient, send
 
 def test_a_job_naming_neither_recipe_nor_architecture_gets_mnists_default(client: TestClient) -> None:
     config = client.post("/train", json=BODY).json()["config"]
-    assert config["recipe"] == "mnist-mlp" and config["batch_size"] == 64 and config["output"] == "tanh"
+    assert config["recipe"] == "mnist-dcgan-conditional" and config["batch_size"] == 64 and config["conditional"] is True
     config = client.post("/train", json={**BODY, "model_name": "other", "architecture": "mlp"}).json()["config"]
     assert config["recipe"] is None and config["batch_size"] == 128

@@ -274,8 +274,11 @@ def test_projection_term_is_the_inner_product() -> None:
 
 
 def test_conditional_needs_the_number_of_classes() -> None:
-    with pytest.raises(ValueError, match="number of classes"):
+    # the message says what is missing and both ways out: the labels, or an unconditional job
+    with pytest.raises(ValueError, match=r"needs a labelled dataset, and mnist has no labels here.*conditional\": false"):
         build_models(config(conditional=True), (1, 28, 28), None)
+    with pytest.raises(ValueError, match="has 1 class"):
+        build_models(config(conditional=True), (1, 28, 28), 1)
 
 
 def test_unconditional_models_refuse_labels() -> None:

@@ -26,4 +26,8 @@ def write_mnist(root: Path, n: int = 64) -> Path:
     (root / "mnist").mkdir(parents=True, exist_ok=True)
     with gzip.open(root / "mnist" / "t10k-images-idx3-ubyte.gz", "wb") as f:
         f.write(struct.pack(">IIII", 0x00000803, n, 28, 28) + images.tobytes())
+    # with labels, as MNIST comes: its default recipe is class-conditional
+    labels = (np.arange(n) % 10).astype(np.uint8)
+    with gzip.open(root / "mnist" / "t10k-labels-idx1-ubyte.gz", "wb") as f:
+        f.write(struct.pack(">II", 0x00000801, n) + labels.tobytes())
     return root
