@@ -379,10 +379,10 @@ CLI_LABELS = {
 }
 
 
-def time_cli(fields: dict[str, Any], data_root: Path) -> float:
-    """Wall seconds of `ganserve train JOB.json --no-publish` on the CPU for 3 epochs of MNIST with the
+def time_cli(fields: dict[str, Any], data_root: Path, epochs: int = CLI_EPOCHS) -> float:
+    """Wall seconds of `ganserve train JOB.json --no-publish` on the CPU for `epochs` epochs of MNIST with the
     seed-reference recipe and `fields`, in a scratch directory (its runs/ go there)."""
-    job = {"model_name": "bench-cli", "dataset": "mnist", "epochs": CLI_EPOCHS, "recipe": "seed-reference", **fields}
+    job = {"model_name": "bench-cli", "dataset": "mnist", "epochs": epochs, "recipe": "seed-reference", **fields}
     with tempfile.TemporaryDirectory() as scratch:
         path = Path(scratch) / "job.json"
         path.write_text(json.dumps(job))
@@ -396,13 +396,13 @@ def time_cli(fields: dict[str, Any], data_root: Path) -> float:
     return wall
 
 
-def measure_cli(data_root: Path, rounds: int) -> dict[str, Any]:
+def measure_cli(data_root: Path, rounds: int, epochs: int = CLI_EPOCHS) -> dict[str, Any]:
     """Each way `rounds` times, interleaved (so that a busy spell of a shared machine falls on all three), and
     the median of each."""
     walls: dict[str, list[float]] = {name: [] for name in CLI_RUNS}
     for _ in range(rounds):
         for name, fields in CLI_RUNS.items():
-            walls[name].append(time_cli(fields, data_root))
+            walls[name].append(time_cli(fields, data_root, epochs))
             print(f"  {name}: {walls[name][-1]:.1f} s", flush=True)
     median = {name: statistics.median(w) for name, w in walls.items()}
     runs = [
@@ -415,7 +415,7 @@ def measure_cli(data_root: Path, rounds: int) -> dict[str, Any]:
         }
         for name in CLI_RUNS
     ]
-    return {"epochs": CLI_EPOCHS, "rounds": rounds, "runs": runs}
+    return {"epochs": epochs, "rounds": rounds, "runs": runs}
 
 
 def cli_block(r: dict[str, Any]) -> str:
@@ -424,8 +424,13 @@ def cli_block(r: dict[str, Any]) -> str:
     met = "met" if default["evaluation_share"] <= EVAL_BUDGET else "not met"
     lines = [
         f"`{r['command']}` — {m['cpu']}, {m['cores']} cores, CPU, torch {m['torch']}, "
-        f"OMP_NUM_THREADS={r['omp_threads']}; {r['data']}. The machine was shared with other training runs at "
-        "the time: read the ratios, which hold better than the absolute seconds.",
+        f"OMP_NUM_THREADS={r['omp_threads']}; {r['data']}."
+        + (
+            " The machine was shared with other training runs at the time: read the ratios, which hold better than "
+            "the absolute seconds."
+            if r.get("shared_machine", True)
+            else " Nothing else ran on the machine."
+        ),
         "",
         f"`ganserve train JOB.json --no-publish --data-root DATA --device cpu`, timed as a subprocess: "
         f"{r['epochs']} epochs of MNIST, recipe `seed-reference`, median of {r['rounds']} interleaved "
@@ -451,14 +456,16 @@ def main_cli(args: argparse.Namespace) -> None:
         "machine": machine(),
         "omp_threads": os.environ.get("OMP_NUM_THREADS", "unset"),
         "data": f"{images_present(args.data_root):,} MNIST images under the data root",
-        **measure_cli(args.data_root, args.cli_rounds),
+        "shared_machine": args.shared_machine,
+        **measure_cli(args.data_root, args.cli_rounds, args.cli_epochs),
     }
     block = cli_block(result)
     print(block)
     CLI_RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    CLI_RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    suffix = "" if args.cli_epochs == CLI_EPOCHS else f"-{args.cli_epochs}-epochs"
+    CLI_RESULTS.with_stem(CLI_RESULTS.stem + suffix).write_text(json.dumps(result, indent=2) + "\n")
     if not args.no_readme:
-        update_readme("train_throughput-cli", block, README)
+        update_readme(f"train_throughput-cli{suffix}", block, README)
 
 
 # --- report ---------------------------------------------------------------------------------------------------
@@ -529,6 +536,8 @@ def main() -> None:
     parser.add_argument("--cli", action="store_true", help="only: what evaluation costs a CLI job, its own block")
     # One round on a shared machine can put a busy spell on one run (seen: the loop alone 1.2x the default's time).
     parser.add_argument("--cli-rounds", type=int, default=3, help="with --cli: rounds of the three runs")
+    parser.add_argument("--cli-epochs", type=int, default=CLI_EPOCHS, help="with --cli: the job's epochs")
+    parser.add_argument("--shared-machine", action="store_true", help="with --cli: say other work shared the CPU")
     parser.add_argument("--no-readme", action="store_true")
     args = parser.parse_args()
     if args.cli:

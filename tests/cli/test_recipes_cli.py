@@ -41,7 +41,8 @@ def test_one_recipe_and_an_unknown_one() -> None:
 
 def test_the_client_reads_recipes(api: Client) -> None:
     found = api.recipes()
-    assert [r.name for r in found.recipes] == list(RECIPE_NAMES) and found.defaults == {"mnist": "mnist-dcgan-conditional"}
+    assert [r.name for r in found.recipes] == list(RECIPE_NAMES)
+    assert found.defaults == {"mnist": "mnist-dcgan-conditional"}
     assert api.recipe("mnist-mlp").quality.metrics["fid"] == 47.9  # type: ignore[union-attr]
     with pytest.raises(GanserveError) as e:
         api.recipe("mnist-gan")

@@ -97,7 +97,7 @@ def test_an_unknown_recipe_is_refused_naming_the_known_ones() -> None:
 
 def test_a_submitted_job_naming_no_recipe_nor_architecture_gets_its_datasets_default() -> None:
     c = TrainConfig.model_validate({"model_name": "x"}, context=SUBMIT)
-    assert DEFAULT_RECIPES["mnist"] == "mnist-dcgan-conditional" and c.recipe == "mnist-dcgan-conditional" and c.batch_size == 64
+    assert DEFAULT_RECIPES["mnist"] == c.recipe == "mnist-dcgan-conditional" and c.batch_size == 64
     assert c.architecture == "dcgan" and c.conditional and c.weight_init == "dcgan" and c.ema == 0.999
     # Naming an architecture, or a dataset with no measured recipe, keeps TrainConfig's own defaults.
     for job in ({"architecture": "mlp"}, {"dataset": "fashion-mnist"}, {"dataset": "ring-2d"}, {"recipe": None}):

@@ -68,6 +68,6 @@ def test_an_unknown_recipe_is_422_naming_the_known_ones(client: TestClient, send
 
 def test_a_job_naming_neither_recipe_nor_architecture_gets_mnists_default(client: TestClient) -> None:
     config = client.post("/train", json=BODY).json()["config"]
-    assert config["recipe"] == "mnist-dcgan-conditional" and config["batch_size"] == 64 and config["conditional"] is True
+    assert (config["recipe"], config["batch_size"], config["conditional"]) == ("mnist-dcgan-conditional", 64, True)
     config = client.post("/train", json={**BODY, "model_name": "other", "architecture": "mlp"}).json()["config"]
     assert config["recipe"] is None and config["batch_size"] == 128

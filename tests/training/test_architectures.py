@@ -125,7 +125,7 @@ def test_dcgan_weight_init_draws_weights_from_n_0_002(kind: str) -> None:
     assert gains and all(0.8 < w.mean().item() < 1.2 and w.std().item() > 0 for w in gains)
     torch.manual_seed(0)
     g0, _ = build_models(config(dataset="mnist", architecture=kind), (1, 28, 28), None)
-    default = [m for m in g0.modules() if isinstance(m, nn.Linear)][0].weight
+    default = next(m for m in g0.modules() if isinstance(m, nn.Linear)).weight
     assert abs(default.std().item() - 0.02) > 0.01  # PyTorch's own init (±1/√fan_in) is another spread
 
 
@@ -275,7 +275,8 @@ def test_projection_term_is_the_inner_product() -> None:
 
 def test_conditional_needs_the_number_of_classes() -> None:
     # the message says what is missing and both ways out: the labels, or an unconditional job
-    with pytest.raises(ValueError, match=r"needs a labelled dataset, and mnist has no labels here.*conditional\": false"):
+    missing = r"needs a labelled dataset, and mnist has no labels here.*conditional\": false"
+    with pytest.raises(ValueError, match=missing):
         build_models(config(conditional=True), (1, 28, 28), None)
     with pytest.raises(ValueError, match="has 1 class"):
         build_models(config(conditional=True), (1, 28, 28), 1)
