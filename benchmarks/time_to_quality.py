@@ -21,7 +21,6 @@ benchmarks/README.md.
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -216,5 +215,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("PYTHONHASHSEED", "0")
     sys.exit(main())

@@ -54,20 +54,19 @@ class Recipe(BaseModel):
     quality_note: str = Field(description="`not measured yet`, or what the figures mean and what else was seen.")
 
 
+# What every recipe here shares: z of 100, Adam 2e-4, Algorithm 1 with k = 1 and the non-saturating loss; each
+# adds its architecture, batch, head and betas.
+_GAN = {"latent_dim": 100, "loss": "non-saturating", "optimizer": "adam", "lr": 2e-4, "d_steps": 1}
+
 # Radford et al. (2016): Adam 2e-4 with β₁ 0.5, weights from N(0, 0.02), tanh head; batch 64 rather than their 128,
 # which at the same images/s gives twice the G steps per second. What TrainConfig cannot set (and the `dcgan`
 # architecture fixes): BatchNorm in G, no BatchNorm in D (gradient penalties need per-sample gradients,
 # training/architectures.py). The EMA's warm-up (training/nets.py) makes it useful from the first epochs.
-_DCGAN = {
+_DCGAN = _GAN | {
     "architecture": "dcgan",
     "weight_init": "dcgan",
     "batch_size": 64,
-    "latent_dim": 100,
-    "loss": "non-saturating",
-    "optimizer": "adam",
-    "lr": 2e-4,
     "betas": [0.5, 0.999],
-    "d_steps": 1,
     "output": "tanh",
     "ema": 0.999,
 }
@@ -84,17 +83,7 @@ RECIPES: dict[str, Recipe] = {
             "Adam 2e-4 with PyTorch's default betas (0.9, 0.999), the non-saturating loss. For reproducing the "
             "reference; TrainConfig's own defaults depart from it with a tanh head and β₁ 0.5.",
             datasets=["mnist"],
-            sets={
-                "architecture": "mlp",
-                "batch_size": 128,
-                "latent_dim": 100,
-                "loss": "non-saturating",
-                "optimizer": "adam",
-                "lr": 2e-4,
-                "betas": [0.9, 0.999],
-                "d_steps": 1,
-                "output": "linear",
-            },
+            sets=_GAN | {"architecture": "mlp", "batch_size": 128, "betas": [0.9, 0.999], "output": "linear"},
             quality=RecipeQuality(
                 metrics={"fid": 1606.1, "precision": 0.995, "recall": 0.0},
                 samples=2000,
@@ -113,17 +102,7 @@ RECIPES: dict[str, Recipe] = {
             "MLP with a tanh head on data in [-1, 1], batch 64, Adam 2e-4 with β₁ 0.5, the non-saturating loss. "
             "The bundled model trained it for 160 epochs of the 10,000-image split (`epochs: 160`).",
             datasets=["mnist", "fashion-mnist"],
-            sets={
-                "architecture": "mlp",
-                "batch_size": 64,
-                "latent_dim": 100,
-                "loss": "non-saturating",
-                "optimizer": "adam",
-                "lr": 2e-4,
-                "betas": [0.5, 0.999],
-                "d_steps": 1,
-                "output": "tanh",
-            },
+            sets=_GAN | {"architecture": "mlp", "batch_size": 64, "betas": [0.5, 0.999], "output": "tanh"},
             quality=RecipeQuality(
                 metrics={"fid": 47.9, "inception_score": 8.67, "precision": 0.834, "recall": 0.531},
                 samples=10_000,

@@ -300,17 +300,16 @@ def evaluate_model(
     say("loading the training images")
     real, real_labels = training_set(train_config, data_root, n)
     say(f"measuring {len(fake)} generated vs {len(real)} real images ({ext.name})")
-    real_features = ext.embed(real.clamp(-1, 1))
-    metrics = evaluate_images(fake, real, ext, real_features=real_features)
+    # Embedded once each: the image metrics and, for a conditional model, the label metrics use the same.
+    fake_features, real_features = ext.embed(fake.clamp(-1, 1)), ext.embed(real.clamp(-1, 1))
+    metrics = evaluate_images(fake, real, ext, real_features=real_features, fake_features=fake_features)
     if num_classes is not None and real_labels is not None and ext.classes_are_modes:
         say("measuring label agreement and each class's spread")
         fake_labels, _ = sample_conditioning(len(fake), num_classes, None, torch.device("cpu"))
         assert fake_labels is not None
-        by_label = label_metrics(ext.embed(fake.clamp(-1, 1)), fake_labels, real_features, real_labels, ext)
-        as_dict = by_label.to_dict()
-        metrics = dataclasses.replace(
-            metrics, label_agreement=by_label.agreement, per_class=tuple(as_dict["per_class"])
-        )
+        by_label = label_metrics(fake_features, fake_labels, real_features, real_labels, ext)
+        per_class = tuple(by_label.to_dict()["per_class"])
+        metrics = dataclasses.replace(metrics, label_agreement=by_label.agreement, per_class=per_class)
     if nn_png is not None:
         atomic_write_bytes(nn_png, nearest_neighbour_png(fake, real, extractor=ext))
     return metrics

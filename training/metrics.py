@@ -262,16 +262,20 @@ def evaluate_images(
     *,
     k: int = DEFAULT_K,
     real_features: Embedding | None = None,
+    fake_features: Embedding | None = None,
 ) -> ImageMetrics:
     """Every image metric of `fake` against `real` (both float N×C×H×W in [-1, 1], N ≥ 2; clamped to it, as
     the served images are). k, the precision/recall neighbour, is lowered to N − 1 for tiny sets.
     `real_features`: `extractor.embed(real)` computed earlier, for a caller that measures against the same
-    real images again and again (the loop): the same figures without embedding them every time."""
+    real images again and again (the loop): the same figures without embedding them every time.
+    `fake_features`: `extractor.embed(fake)`, for a caller that uses the embedding for more (label agreement)."""
     _check_images(fake, real)
-    if real_features is not None and len(real_features.features) != len(real):
-        raise ValueError(f"real_features holds {len(real_features.features)} images, real {len(real)}")
+    for what, given, batch in (("real", real_features, real), ("fake", fake_features, fake)):
+        if given is not None and len(given.features) != len(batch):
+            raise ValueError(f"{what}_features holds {len(given.features)} images, {what} {len(batch)}")
     fake, real = fake.detach().float().cpu().clamp(-1, 1), real.detach().float().cpu().clamp(-1, 1)
-    f, r = extractor.embed(fake), real_features if real_features is not None else extractor.embed(real)
+    f = fake_features if fake_features is not None else extractor.embed(fake)
+    r = real_features if real_features is not None else extractor.embed(real)
     k = min(k, len(fake) - 1, len(real) - 1)
     kid_mean, kid_std = kid_from_features(r.features, f.features)
     score = inception_score_from_logits(f.logits) if f.logits is not None else (None, None)
